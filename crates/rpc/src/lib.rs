@@ -1,0 +1,251 @@
+//! How every Slipway service serves gRPC and how every caller connects: one
+//! server stack (request span, timeout, load shedding, concurrency limit),
+//! standard health and reflection services, the shutdown sequence, and one
+//! client channel builder. Services never assemble these themselves, so the
+//! behaviour under overload and shutdown is the same everywhere.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// Metadata key carrying the acting user (the gateway forwards the CLI's
+/// `X-Convox-Actor` or the authenticated user).
+pub const ACTOR_HEADER: &str = "x-slipway-actor";
+
+/// Server-side limits.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Upper bound for one unary call (streams are bounded by their own logic).
+    pub request_timeout: Duration,
+    /// In-flight requests per connection before new ones are shed.
+    pub concurrency_limit: usize,
+    /// How long in-flight calls may take to finish after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            concurrency_limit: 256,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The health service, reporting NOT_SERVING until [`Health::serving`] is called.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+}
+
+impl Health {
+    /// Marks the whole server and every named service SERVING; call it only
+    /// once migrations ran and dependencies answer.
+    pub async fn serving(&self) {
+        self.set(ServingStatus::Serving).await;
+    }
+
+    /// Marks everything NOT_SERVING (the first step of shutdown).
+    pub async fn not_serving(&self) {
+        self.set(ServingStatus::NotServing).await;
+    }
+
+    async fn set(&self, status: ServingStatus) {
+        self.reporter.set_service_status("", status).await;
+        for name in &self.names {
+            self.reporter.set_service_status(*name, status).await;
+        }
+    }
+}
+
+/// Builds the routes shared by every server (health and reflection) and
+/// returns them with the health handle. `names` are the fully qualified gRPC
+/// service names the server hosts (e.g. `slipway.release.v1.ReleaseService`).
+pub async fn standard_routes(names: &[&'static str]) -> (Routes, Health) {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health {
+        reporter,
+        names: names.to_vec(),
+    };
+    health.not_serving().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(slipway_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let routes = Routes::new(health_service).add_service(reflection);
+    (routes, health)
+}
+
+/// Serves `routes` on `listener` until `shutdown` completes, then runs the
+/// shutdown sequence: health NOT_SERVING, `background` cancelled (background
+/// loops stop), in-flight calls drained for at most `shutdown_grace`.
+pub async fn serve(
+    routes: Routes,
+    listener: TcpListener,
+    options: &ServerOptions,
+    health: Health,
+    background: CancellationToken,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let draining = CancellationToken::new();
+    let signal = {
+        let draining = draining.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+            health.not_serving().await;
+            background.cancel();
+            draining.cancel();
+        }
+    };
+    let server = Server::builder()
+        // A span per request, outermost, so every log line below carries it.
+        .layer(tower_http::trace::TraceLayer::new_for_grpc())
+        // Bounds unary calls; honours a shorter `grpc-timeout` from callers.
+        .timeout(options.request_timeout)
+        // Answers RESOURCE_EXHAUSTED at once instead of queueing when the
+        // concurrency limit below is full.
+        .load_shed(true)
+        .concurrency_limit_per_connection(options.concurrency_limit)
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let grace = options.shutdown_grace;
+    tokio::select! {
+        res = server => res,
+        () = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight calls outlived the shutdown grace; closing");
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("failed to listen for SIGINT: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("failed to listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Client-side settings.
+#[derive(Clone, Debug)]
+pub struct ChannelOptions {
+    /// Upper bound for one call.
+    pub request_timeout: Duration,
+    /// Upper bound for establishing a connection.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Errors building a channel.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// No endpoint was given.
+    #[error("no endpoint given for {0}")]
+    NoEndpoints(&'static str),
+    /// An endpoint is not a valid URI.
+    #[error("invalid endpoint {endpoint:?} for {peer}: {source}")]
+    InvalidEndpoint {
+        /// Which peer the endpoint was for.
+        peer: &'static str,
+        /// The text given.
+        endpoint: String,
+        /// Why it was refused.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// A lazily connecting channel to one or several replicas of `peer`,
+/// balancing calls across them. Endpoints are `http://host:port`.
+pub fn channel(
+    peer: &'static str,
+    endpoints: &[String],
+    options: &ChannelOptions,
+) -> Result<Channel, ChannelError> {
+    if endpoints.is_empty() {
+        return Err(ChannelError::NoEndpoints(peer));
+    }
+    let built = endpoints
+        .iter()
+        .map(|e| {
+            let uri = if e.contains("://") {
+                e.clone()
+            } else {
+                format!("http://{e}")
+            };
+            Endpoint::from_shared(uri)
+                .map(|ep| {
+                    ep.timeout(options.request_timeout)
+                        .connect_timeout(options.connect_timeout)
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(30))
+                })
+                .map_err(|source| ChannelError::InvalidEndpoint {
+                    peer,
+                    endpoint: e.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(if built.len() == 1 {
+        built
+            .into_iter()
+            .next()
+            .expect("one endpoint")
+            .connect_lazy()
+    } else {
+        Channel::balance_list(built.into_iter())
+    })
+}
+
+/// Reads the actor from request metadata; `anonymous` when absent.
+pub fn actor<T>(request: &tonic::Request<T>) -> String {
+    request
+        .metadata()
+        .get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.chars().take(128).collect())
+        .unwrap_or_else(|| "anonymous".to_owned())
+}

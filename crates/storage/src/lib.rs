@@ -1,0 +1,263 @@
+//! Database access shared by the services that own tables: one pool type for
+//! both backends (SQLite for the embedded rack, PostgreSQL at scale), the
+//! dialect differences the stores must respect, migrations, and the one place
+//! where driver errors are classified (unique violations, busy databases).
+//!
+//! The pool is sqlx's `Any` driver, so a store is written once and runs on
+//! both databases; each service keeps one migration directory per dialect
+//! because DDL differs. The shared conformance suites are the check that both
+//! really behave alike.
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+pub use sqlx::{AnyPool, Transaction};
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+/// Which database sits behind a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// PostgreSQL (the scale setup).
+    Postgres,
+    /// SQLite (the embedded default).
+    Sqlite,
+}
+
+impl Dialect {
+    /// Picks the dialect from a database URL.
+    pub fn of_url(url: &str) -> Result<Self, Error> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else {
+            Err(Error::UnsupportedUrl(redact_url(url)))
+        }
+    }
+
+    /// The statement that opens a write transaction. SQLite takes the write
+    /// lock up front so two writers never both read and then collide;
+    /// PostgreSQL locks rows instead (see [`Dialect::for_update`]).
+    pub fn begin_write(self) -> &'static str {
+        match self {
+            Self::Postgres => "BEGIN",
+            Self::Sqlite => "BEGIN IMMEDIATE",
+        }
+    }
+
+    /// The row-lock suffix for a `SELECT` inside a write transaction.
+    pub fn for_update(self) -> &'static str {
+        match self {
+            Self::Postgres => " FOR UPDATE",
+            Self::Sqlite => "",
+        }
+    }
+}
+
+/// A connected pool and the dialect behind it.
+#[derive(Clone, Debug)]
+pub struct Database {
+    /// The pool; every store query goes through it.
+    pub pool: AnyPool,
+    /// Which database it is.
+    pub dialect: Dialect,
+}
+
+/// Failures of connecting or migrating.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The URL names no supported database.
+    #[error("unsupported database URL {0}: use postgres://… or sqlite:…")]
+    UnsupportedUrl(String),
+    /// The database did not accept a connection.
+    #[error("connect to {url}")]
+    Connect {
+        /// The URL without its password.
+        url: String,
+        /// The driver error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("run migrations")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Pool settings.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// Upper bound of open connections (SQLite is capped at a few, since it
+    /// has one writer anyway).
+    pub max_connections: u32,
+    /// How long to wait for a free connection.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 32,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Connects to `url` (`postgres://…` or `sqlite:PATH`). SQLite files are
+/// created when missing and run in WAL mode with foreign keys on.
+pub async fn connect(url: &str, options: &PoolOptions) -> Result<Database, Error> {
+    sqlx::any::install_default_drivers();
+    let dialect = Dialect::of_url(url)?;
+    let connect_err = |source| Error::Connect {
+        url: redact_url(url),
+        source,
+    };
+    let pool = match dialect {
+        Dialect::Postgres => {
+            let opts = AnyConnectOptions::from_str(url).map_err(connect_err)?;
+            AnyPoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(opts)
+                .await
+                .map_err(connect_err)?
+        }
+        Dialect::Sqlite => {
+            // Prepare the file with the native driver (pragma support), then
+            // open the Any pool with the same pragmas in the URL.
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            let path = path.split('?').next().unwrap_or(path);
+            let full = format!(
+                "sqlite://{path}?mode=rwc&journal_mode=WAL&synchronous=NORMAL&foreign_keys=true&busy_timeout=10000"
+            );
+            let opts = AnyConnectOptions::from_str(&full).map_err(connect_err)?;
+            AnyPoolOptions::new()
+                .max_connections(options.max_connections.min(8))
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(opts)
+                .await
+                .map_err(connect_err)?
+        }
+    };
+    Ok(Database { pool, dialect })
+}
+
+impl Database {
+    /// Runs the migrator that matches this database's dialect.
+    pub async fn migrate(&self, postgres: &Migrator, sqlite: &Migrator) -> Result<(), Error> {
+        match self.dialect {
+            Dialect::Postgres => postgres.run(&self.pool).await?,
+            Dialect::Sqlite => sqlite.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Answers once the database does (`SELECT 1`).
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// What a driver error means to a store.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// A unique constraint or index refused the write; carries its name when
+    /// the driver reports one (PostgreSQL does; SQLite names the columns).
+    UniqueViolation(String),
+    /// A foreign key refused the write.
+    ForeignKeyViolation,
+    /// The database was busy or the transaction lost a conflict; retrying
+    /// the whole transaction is safe.
+    Retryable,
+    /// Anything else.
+    Other,
+}
+
+/// Classifies a driver error, in one place for both dialects.
+pub fn classify(err: &sqlx::Error) -> ErrorClass {
+    let sqlx::Error::Database(db) = err else {
+        return ErrorClass::Other;
+    };
+    let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+    match code.as_str() {
+        // PostgreSQL SQLSTATEs.
+        "23505" => ErrorClass::UniqueViolation(db.constraint().unwrap_or_default().to_owned()),
+        "23503" => ErrorClass::ForeignKeyViolation,
+        "40001" | "40P01" => ErrorClass::Retryable,
+        // SQLite extended result codes: SQLITE_CONSTRAINT_UNIQUE,
+        // SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_FOREIGNKEY, and the
+        // BUSY/LOCKED family.
+        "2067" | "1555" => ErrorClass::UniqueViolation(sqlite_unique_target(db.message())),
+        "787" => ErrorClass::ForeignKeyViolation,
+        "5" | "6" | "261" | "262" | "517" => ErrorClass::Retryable,
+        _ => ErrorClass::Other,
+    }
+}
+
+/// SQLite reports `UNIQUE constraint failed: table.col, table.col`.
+fn sqlite_unique_target(message: &str) -> String {
+    message
+        .split_once(": ")
+        .map(|(_, cols)| cols.to_owned())
+        .unwrap_or_default()
+}
+
+/// Removes the password from a database URL so it can be shown.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}://{user}:***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Current time as microseconds since the Unix epoch: how stores keep times,
+/// since the `Any` driver carries no date types.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialect_comes_from_the_url() {
+        assert_eq!(
+            Dialect::of_url("postgres://h/db").unwrap(),
+            Dialect::Postgres
+        );
+        assert_eq!(
+            Dialect::of_url("sqlite:/tmp/x.db").unwrap(),
+            Dialect::Sqlite
+        );
+        let err = Dialect::of_url("mysql://root:pw@h/db")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mysql://root:***@h/db"), "{err}");
+        assert!(!err.contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/d"),
+            "postgres://u:***@h:5432/d"
+        );
+        assert_eq!(redact_url("sqlite:/x.db"), "sqlite:/x.db");
+    }
+}

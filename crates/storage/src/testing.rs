@@ -1,0 +1,64 @@
+//! Throw-away databases for tests: a fresh PostgreSQL database per test
+//! (created on the server named by `SLIPWAY_TEST_DATABASE_URL`, else
+//! `DATABASE_URL`, else the local development server) and a fresh SQLite file
+//! in a temporary directory. A missing server fails the test loudly.
+
+use super::{Database, PoolOptions, connect};
+
+/// The admin URL used to create test databases.
+pub fn postgres_admin_url() -> String {
+    std::env::var("SLIPWAY_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database that lives as long as this value (SQLite) or until the test
+/// run's cleanup (PostgreSQL databases are named `slipway_test_*`).
+pub struct TestDb {
+    /// The connected database.
+    pub db: Database,
+    /// The URL, so a test can reconnect (e.g. after a restart).
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Creates an empty PostgreSQL database and connects to it.
+pub async fn postgres() -> TestDb {
+    let admin_url = postgres_admin_url();
+    let admin = connect(&admin_url, &PoolOptions { max_connections: 1, ..Default::default() })
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL for tests is not reachable ({e:#}); start it or set SLIPWAY_TEST_DATABASE_URL"));
+    let name = format!("slipway_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin.pool)
+        .await
+        .expect("create test database");
+    admin.pool.close().await;
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(&admin_url);
+    let url = format!("{base}/{name}");
+    let db = connect(&url, &PoolOptions::default())
+        .await
+        .expect("connect to test database");
+    TestDb {
+        db,
+        url,
+        _dir: None,
+    }
+}
+
+/// Creates an empty SQLite database file in a temporary directory.
+pub async fn sqlite() -> TestDb {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite:{}", dir.path().join("test.db").display());
+    let db = connect(&url, &PoolOptions::default())
+        .await
+        .expect("open sqlite");
+    TestDb {
+        db,
+        url,
+        _dir: Some(dir),
+    }
+}
