@@ -17,3 +17,6 @@ pub use env::{Env, EnvDiff, EnvError};
 pub use ids::{BuildId, IdError, ReleaseId};
 pub use manifest::{Manifest, ManifestError};
 pub use promotion::{PromotionState, TransitionError};
+
+pub mod secret;
+pub use secret::Secret;

@@ -1,1 +1,85 @@
-//! placeholder
+//! The release service: apps, the append-only release ledger, env snapshots
+//! sealed at rest, promotions and the audit log, served over gRPC.
+//!
+//! `run` is the whole service; `main.rs` only parses config and binds.
+
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod grpc;
+pub mod model;
+pub mod rollout;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use slipway_api::release::v1::release_service_server::{ReleaseServiceServer, SERVICE_NAME};
+use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::crypto::EnvCipher;
+use crate::rollout::Rollouts;
+use crate::service::ReleaseService;
+use crate::store::Store;
+
+/// How often pending promotions whose hand-over may have been lost are re-sent.
+const REDISPATCH_EVERY: Duration = Duration::from_secs(5);
+
+/// Opens the store the configuration names: connects, migrates, loads the key.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let cipher = match &config.env_key {
+        Some(key) => EnvCipher::from_base64(key.expose())?,
+        None => EnvCipher::load_or_create(&config.data_dir.join("env.key"))?,
+    };
+    let url = config.database_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    }
+    let db = slipway_storage::connect(&url, &slipway_storage::PoolOptions::default()).await?;
+    let store = Store::new(db, cipher);
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Runs the service on `listener` until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (routes, health) = slipway_rpc::standard_routes(&[SERVICE_NAME]).await;
+    let store = open_store(&config).await.context("open the release store")?;
+    let rollouts = if config.rollout_endpoints.is_empty() {
+        tracing::warn!("no rollout endpoint configured: promotions stay pending until a rollout driver completes them");
+        Rollouts::Detached
+    } else {
+        let channel = slipway_rpc::channel(
+            "rollout",
+            &config.rollout_endpoints,
+            &slipway_rpc::ChannelOptions { request_timeout: config.request_timeout, ..Default::default() },
+        )?;
+        Rollouts::Grpc(RolloutServiceClient::new(channel))
+    };
+    let deadline = config.default_deadline.as_secs() as u32;
+    let service = Arc::new(ReleaseService::new(store, rollouts, deadline));
+    let background = CancellationToken::new();
+    tokio::spawn(service.clone().redispatch_loop(REDISPATCH_EVERY, background.clone()));
+    let routes = routes.add_service(ReleaseServiceServer::new(grpc::Grpc::new(service)));
+    health.serving().await;
+    tracing::info!(addr = %listener.local_addr()?, "release service serving");
+    let options = slipway_rpc::ServerOptions {
+        request_timeout: config.request_timeout,
+        shutdown_grace: config.shutdown_grace,
+        ..Default::default()
+    };
+    slipway_rpc::serve(routes, listener, &options, health, background, shutdown).await?;
+    Ok(())
+}

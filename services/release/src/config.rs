@@ -1,0 +1,138 @@
+//! Configuration of the release service: flags, each also readable from a
+//! `SLIPWAY_*` variable, validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use slipway_domain::Secret;
+
+use crate::service::DEADLINE_RANGE;
+
+/// The release service's settings.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "slipway-release", version, about = "Slipway release service: apps, the release ledger and promotions")]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7101")]
+    pub listen: SocketAddr,
+
+    /// Database URL: `postgres://…` or `sqlite:PATH`. Defaults to a SQLite
+    /// file in the data directory.
+    #[arg(long, env = "SLIPWAY_DATABASE_URL")]
+    pub database_url: Option<Secret>,
+
+    /// Directory for local state: the default SQLite file and, with --dev,
+    /// the generated env encryption key.
+    #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = ".slipway")]
+    pub data_dir: PathBuf,
+
+    /// Base64-encoded 32-byte AES-256-GCM key sealing env snapshots at rest.
+    /// Required unless --dev (which generates one into the data directory).
+    #[arg(long, env = "SLIPWAY_ENV_KEY")]
+    pub env_key: Option<Secret>,
+
+    /// gRPC endpoints of the rollout service replicas (comma-separated).
+    /// Without one, promotions wait in `pending` for a rollout driver.
+    #[arg(long = "rollout-endpoint", env = "SLIPWAY_ROLLOUT_ENDPOINTS", value_delimiter = ',')]
+    pub rollout_endpoints: Vec<String>,
+
+    /// Rollout deadline for apps that do not set their own (30s to 6h).
+    #[arg(long, env = "SLIPWAY_DEFAULT_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub default_deadline: Duration,
+
+    /// Upper bound of one gRPC call.
+    #[arg(long, env = "SLIPWAY_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// How long in-flight calls may run after SIGTERM.
+    #[arg(long, env = "SLIPWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Development mode: allows a generated env key.
+    #[arg(long, env = "SLIPWAY_DEV")]
+    pub dev: bool,
+}
+
+impl Config {
+    /// A development configuration rooted at `data_dir` (tests build on it).
+    pub fn dev(data_dir: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: None,
+            data_dir,
+            env_key: None,
+            rollout_endpoints: Vec::new(),
+            default_deadline: Duration::from_secs(600),
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+            dev: true,
+        }
+    }
+
+    /// Checks everything that can be checked without I/O.
+    pub fn validate(&self) -> Result<(), String> {
+        let deadline = self.default_deadline.as_secs();
+        if !(u64::from(*DEADLINE_RANGE.start())..=u64::from(*DEADLINE_RANGE.end())).contains(&deadline) {
+            return Err(format!(
+                "--default-deadline must be between {}s and {}s, got {}",
+                DEADLINE_RANGE.start(),
+                DEADLINE_RANGE.end(),
+                humantime::format_duration(self.default_deadline)
+            ));
+        }
+        if self.env_key.is_none() && !self.dev {
+            return Err("--env-key (SLIPWAY_ENV_KEY) is required outside --dev: it seals env snapshots at rest".into());
+        }
+        if let Some(url) = &self.database_url {
+            slipway_storage::Dialect::of_url(url.expose()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite:{}", self.data_dir.join("release.db").display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn production_needs_a_key_and_sane_deadline() {
+        let config = Config::try_parse_from(["slipway-release"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("--env-key"));
+        let config = Config::try_parse_from(["slipway-release", "--dev", "--default-deadline", "10s"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("--default-deadline"));
+        let config = Config::try_parse_from(["slipway-release", "--dev"]).unwrap();
+        config.validate().unwrap();
+        assert!(config.database_url().ends_with("release.db"));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let config = Config::try_parse_from([
+            "slipway-release",
+            "--env-key",
+            "c2VjcmV0",
+            "--database-url",
+            "postgres://u:pw@h/db",
+        ])
+        .unwrap();
+        let text = format!("{config:?}");
+        assert!(!text.contains("c2VjcmV0") && !text.contains("pw@"), "{text}");
+    }
+
+    #[test]
+    fn unknown_database_schemes_are_refused() {
+        let config =
+            Config::try_parse_from(["slipway-release", "--dev", "--database-url", "mysql://h/db"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("unsupported database URL"));
+    }
+}

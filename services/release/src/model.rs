@@ -1,0 +1,379 @@
+//! The release service's records (apps, releases, promotions, audit events)
+//! and the one piece of ledger logic both storage backends share: how a new
+//! release is forked from an existing one (Convox's `ReleaseCreate`).
+
+use chrono::{DateTime, Utc};
+use slipway_domain::{AppName, BuildId, Env, EnvDiff, PromotionState, ReleaseId};
+use std::collections::BTreeMap;
+
+use crate::error::Error;
+
+/// An app and where its promotions stand.
+#[derive(Clone, Debug)]
+pub struct App {
+    /// The user-given name.
+    pub name: AppName,
+    /// When it was created.
+    pub created: DateTime<Utc>,
+    /// Rollout deadline for its promotions, seconds.
+    pub deadline_secs: u32,
+    /// The release of the last successful promotion.
+    pub active_release: Option<ReleaseId>,
+    /// The promotion in flight, if any.
+    pub open_promotion: Option<Promotion>,
+}
+
+impl App {
+    /// The Convox app status: `updating` while a promotion is in flight.
+    pub fn status(&self) -> &'static str {
+        slipway_domain::promotion::app_status(self.open_promotion.as_ref().map(|p| p.state))
+    }
+}
+
+/// One entry of the append-only ledger.
+#[derive(Clone, Debug)]
+pub struct Release {
+    /// `R` + 10 letters.
+    pub id: ReleaseId,
+    /// The app it belongs to.
+    pub app: AppName,
+    /// Position in the app's ledger, 1 for the first release.
+    pub seq: i64,
+    /// The build it runs; none for env-only releases of an app never built.
+    pub build: Option<BuildId>,
+    /// The convox.yml of the build.
+    pub manifest: String,
+    /// The description the build was released with, inherited by forks so an
+    /// env-less copy can describe itself as Convox does.
+    pub build_description: String,
+    /// The env snapshot (sealed at rest).
+    pub env: Env,
+    /// What changed, Convox-style.
+    pub description: String,
+    /// The release this one was forked from.
+    pub parent: Option<ReleaseId>,
+    /// Set on a copy made by a rollback.
+    pub rollback_of: Option<ReleaseId>,
+    /// Who created it.
+    pub actor: String,
+    /// When it was created.
+    pub created: DateTime<Utc>,
+}
+
+/// A promotion of a release and how it ended.
+#[derive(Clone, Debug)]
+pub struct Promotion {
+    /// Unique id (also the id of the rollout that carries it out).
+    pub id: String,
+    /// The app.
+    pub app: AppName,
+    /// The release being promoted.
+    pub release: ReleaseId,
+    /// The last known good release an automatic rollback returns to.
+    pub fallback_release: Option<ReleaseId>,
+    /// Where it stands.
+    pub state: PromotionState,
+    /// Why it did not succeed.
+    pub reason: String,
+    /// The rollout deadline, seconds.
+    pub deadline_secs: u32,
+    /// Highest rollout lease epoch that reported on it.
+    pub lease_epoch: u64,
+    /// Who asked for it.
+    pub actor: String,
+    /// When it was asked for.
+    pub created: DateTime<Utc>,
+    /// When it reached a terminal state.
+    pub finished: Option<DateTime<Utc>>,
+}
+
+/// One line of the audit log. Never carries env values.
+#[derive(Clone, Debug)]
+pub struct AuditEvent {
+    /// Monotonic id.
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub actor: String,
+    /// What (`app.create`, `env.change`, `release.promote`, …).
+    pub action: String,
+    /// Which app.
+    pub app: String,
+    /// Which object (release or promotion id).
+    pub subject: String,
+    /// Keys and descriptions only.
+    pub detail: String,
+}
+
+/// How a new release's env is obtained from the release it forks.
+#[derive(Clone, Debug)]
+pub enum EnvInput {
+    /// Keep the forked env.
+    Keep,
+    /// Replace it wholesale (the Convox `env=` field).
+    Replace(Env),
+    /// Apply a delta on the server (Slipway's atomic `env set/unset`).
+    Change {
+        /// Keys to set.
+        set: BTreeMap<String, String>,
+        /// Keys to remove.
+        unset: Vec<String>,
+    },
+}
+
+/// What a caller asks the ledger to append.
+#[derive(Clone, Debug)]
+pub struct ReleaseRequest {
+    /// A build to run instead of the forked one.
+    pub build: Option<BuildId>,
+    /// The build's manifest (needed the first time a build is released).
+    pub manifest: Option<String>,
+    /// The env change.
+    pub env: EnvInput,
+    /// An explicit description, overriding the derived one.
+    pub description: Option<String>,
+    /// Fork from this release instead of the newest.
+    pub parent: Option<ReleaseId>,
+    /// Copy this release (a rollback): its build, manifest and env.
+    pub copy_of: Option<ReleaseId>,
+}
+
+impl ReleaseRequest {
+    /// A request that changes nothing but what the fields set.
+    pub fn keep() -> Self {
+        Self {
+            build: None,
+            manifest: None,
+            env: EnvInput::Keep,
+            description: None,
+            parent: None,
+            copy_of: None,
+        }
+    }
+}
+
+/// What the fork logic needs to know about an earlier release of a build.
+#[derive(Clone, Debug)]
+pub struct BuildInfo {
+    /// The build's manifest.
+    pub manifest: String,
+    /// The description the build was first released with.
+    pub description: String,
+}
+
+/// The fields of a release about to be appended.
+#[derive(Clone, Debug)]
+pub struct Draft {
+    /// The build it runs.
+    pub build: Option<BuildId>,
+    /// Its manifest.
+    pub manifest: String,
+    /// The build's own description.
+    pub build_description: String,
+    /// Its env.
+    pub env: Env,
+    /// Its description.
+    pub description: String,
+    /// The release it forks.
+    pub parent: Option<ReleaseId>,
+    /// The release it copies, for rollbacks.
+    pub rollback_of: Option<ReleaseId>,
+}
+
+/// Computes the new release the way Convox's `ReleaseCreate` does:
+/// 1. fork build and env from `base` (the parent, else the newest release);
+/// 2. a given build overrides the build, and brings its manifest and
+///    description (`build_info`, looked up by the store when the build is not
+///    the forked one);
+/// 3. an env change is diffed against the forked env and, when something
+///    changed, describes the release as `env add:… change:… remove:…`;
+/// 4. an explicit description wins over everything.
+///
+/// A copy (`copy`, for rollbacks) takes build, manifest and env from the
+/// copied release and is described `rollback to R…`.
+pub fn plan(
+    base: Option<&Release>,
+    copy: Option<&Release>,
+    request: &ReleaseRequest,
+    build_info: Option<BuildInfo>,
+) -> Result<Draft, Error> {
+    let forked_env = base.map(|b| b.env.clone()).unwrap_or_default();
+    let mut draft = Draft {
+        build: base.and_then(|b| b.build.clone()),
+        manifest: base.map(|b| b.manifest.clone()).unwrap_or_default(),
+        build_description: base.map(|b| b.build_description.clone()).unwrap_or_default(),
+        env: forked_env.clone(),
+        description: String::new(),
+        parent: base.map(|b| b.id.clone()),
+        rollback_of: None,
+    };
+    if let Some(copy) = copy {
+        draft.build = copy.build.clone();
+        draft.manifest = copy.manifest.clone();
+        draft.build_description = copy.build_description.clone();
+        draft.env = copy.env.clone();
+        draft.rollback_of = Some(copy.id.clone());
+        draft.description = format!("rollback to {}", copy.id);
+        return Ok(draft);
+    }
+    if let Some(build) = &request.build {
+        let same_as_forked = draft.build.as_ref() == Some(build);
+        match (&request.manifest, build_info) {
+            (Some(manifest), _) => {
+                draft.manifest = manifest.clone();
+                if !same_as_forked {
+                    draft.build_description = request.description.clone().unwrap_or_default();
+                }
+            }
+            (None, Some(info)) => {
+                draft.manifest = info.manifest;
+                draft.build_description = info.description;
+            }
+            (None, None) if same_as_forked => {}
+            (None, None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "build {build} has no release in this app yet: pass its manifest"
+                )));
+            }
+        }
+        draft.build = Some(build.clone());
+    } else if request.manifest.is_some() {
+        return Err(Error::InvalidArgument(
+            "a manifest can only be given together with a build".into(),
+        ));
+    }
+    if !draft.manifest.trim().is_empty() {
+        // Validate what will be promoted later, naming the line.
+        slipway_domain::Manifest::parse(&draft.manifest)
+            .map_err(|e| Error::InvalidArgument(format!("invalid manifest: {e}")))?;
+    }
+    if draft.build.is_some() {
+        draft.description = draft.build_description.clone();
+    }
+    let new_env = match &request.env {
+        EnvInput::Keep => None,
+        EnvInput::Replace(env) => Some(env.clone()),
+        EnvInput::Change { set, unset } => Some(
+            forked_env
+                .apply(set, unset)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+        ),
+    };
+    if let Some(env) = new_env {
+        if let Some(described) = EnvDiff::between(&forked_env, &env).description() {
+            draft.description = described;
+        }
+        draft.env = env;
+    }
+    if let Some(description) = &request.description {
+        draft.description = description.clone();
+    }
+    Ok(draft)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFEST: &str = "services:\n  web:\n    build: .\n    port: 5000\n";
+
+    fn release(id: &str, build: Option<&str>, env: &str, description: &str) -> Release {
+        Release {
+            id: ReleaseId::parse(id).unwrap(),
+            app: AppName::parse("myapp").unwrap(),
+            seq: 1,
+            build: build.map(|b| BuildId::parse(b).unwrap()),
+            manifest: if build.is_some() { MANIFEST.into() } else { String::new() },
+            build_description: if build.is_some() { description.into() } else { String::new() },
+            env: Env::parse_wire(env).unwrap(),
+            description: description.into(),
+            parent: None,
+            rollback_of: None,
+            actor: "test".into(),
+            created: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn env_change_forks_build_and_describes_the_diff() {
+        let base = release("RAAAAAAAAAA", Some("BAAAAAAAAAA"), "BAR=1\nBAZ=2", "build abc first");
+        let request = ReleaseRequest {
+            env: EnvInput::Replace(Env::parse_wire("BAR=9\nFOO=bar").unwrap()),
+            ..ReleaseRequest::keep()
+        };
+        let draft = plan(Some(&base), None, &request, None).unwrap();
+        assert_eq!(draft.description, "env add:FOO change:BAR remove:BAZ");
+        assert_eq!(draft.build, base.build);
+        assert_eq!(draft.manifest, MANIFEST);
+        assert_eq!(draft.parent, Some(base.id.clone()));
+    }
+
+    #[test]
+    fn an_unchanged_env_keeps_the_build_description() {
+        let base = release("RAAAAAAAAAA", Some("BAAAAAAAAAA"), "A=1", "build abc first");
+        let request = ReleaseRequest {
+            env: EnvInput::Replace(Env::parse_wire("A=1").unwrap()),
+            ..ReleaseRequest::keep()
+        };
+        let draft = plan(Some(&base), None, &request, None).unwrap();
+        assert_eq!(draft.description, "build abc first");
+    }
+
+    #[test]
+    fn a_new_build_needs_a_manifest_and_brings_its_description() {
+        let base = release("RAAAAAAAAAA", Some("BAAAAAAAAAA"), "A=1", "old build");
+        let mut request = ReleaseRequest {
+            build: Some(BuildId::parse("BBBBBBBBBBB").unwrap()),
+            ..ReleaseRequest::keep()
+        };
+        let err = plan(Some(&base), None, &request, None).unwrap_err();
+        assert!(err.to_string().contains("pass its manifest"), "{err}");
+
+        request.manifest = Some(MANIFEST.into());
+        request.description = Some("build 0a1b2c3d4e my commit".into());
+        let draft = plan(Some(&base), None, &request, None).unwrap();
+        assert_eq!(draft.description, "build 0a1b2c3d4e my commit");
+        assert_eq!(draft.build_description, "build 0a1b2c3d4e my commit");
+        assert_eq!(draft.env.get("A"), Some("1"), "env is forked");
+    }
+
+    #[test]
+    fn a_copy_is_described_as_a_rollback() {
+        let base = release("RBBBBBBBBBB", Some("BBBBBBBBBBB"), "A=2", "newer");
+        let old = release("RAAAAAAAAAA", Some("BAAAAAAAAAA"), "A=1", "older");
+        let request = ReleaseRequest { copy_of: Some(old.id.clone()), ..ReleaseRequest::keep() };
+        let draft = plan(Some(&base), Some(&old), &request, None).unwrap();
+        assert_eq!(draft.description, "rollback to RAAAAAAAAAA");
+        assert_eq!(draft.rollback_of, Some(old.id.clone()));
+        assert_eq!(draft.parent, Some(base.id.clone()));
+        assert_eq!(draft.env.get("A"), Some("1"));
+        assert_eq!(draft.build, old.build);
+    }
+
+    #[test]
+    fn malformed_manifests_are_refused_with_their_line() {
+        let request = ReleaseRequest {
+            build: Some(BuildId::parse("BAAAAAAAAAA").unwrap()),
+            manifest: Some("services:\n  web:\n    port: abc\n".into()),
+            ..ReleaseRequest::keep()
+        };
+        let err = plan(None, None, &request, None).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn a_delta_applies_to_the_forked_env() {
+        let base = release("RAAAAAAAAAA", None, "KEEP=1\nGONE=2", "");
+        let request = ReleaseRequest {
+            env: EnvInput::Change {
+                set: [("NEW".to_owned(), "3".to_owned())].into(),
+                unset: vec!["GONE".into()],
+            },
+            ..ReleaseRequest::keep()
+        };
+        let draft = plan(Some(&base), None, &request, None).unwrap();
+        assert_eq!(draft.env.to_wire(), "KEEP=1\nNEW=3");
+        assert_eq!(draft.description, "env add:NEW remove:GONE");
+    }
+}
