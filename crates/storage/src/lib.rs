@@ -126,19 +126,28 @@ pub async fn connect(url: &str, options: &PoolOptions) -> Result<Database, Error
                 .map_err(connect_err)?
         }
         Dialect::Sqlite => {
-            // Prepare the file with the native driver (pragma support), then
-            // open the Any pool with the same pragmas in the URL.
             let path = url
                 .trim_start_matches("sqlite://")
                 .trim_start_matches("sqlite:");
             let path = path.split('?').next().unwrap_or(path);
-            let full = format!(
-                "sqlite://{path}?mode=rwc&journal_mode=WAL&synchronous=NORMAL&foreign_keys=true&busy_timeout=10000"
-            );
-            let opts = AnyConnectOptions::from_str(&full).map_err(connect_err)?;
+            let opts = AnyConnectOptions::from_str(&format!("sqlite://{path}?mode=rwc"))
+                .map_err(connect_err)?;
             AnyPoolOptions::new()
                 .max_connections(options.max_connections.min(8))
                 .acquire_timeout(options.acquire_timeout)
+                // WAL lets readers run beside the one writer; writers wait
+                // for each other (busy_timeout) instead of failing at once.
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        use sqlx::Executor as _;
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await
+                        .map(|_| ())
+                    })
+                })
                 .connect_with(opts)
                 .await
                 .map_err(connect_err)?

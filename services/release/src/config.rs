@@ -11,7 +11,11 @@ use crate::service::DEADLINE_RANGE;
 
 /// The release service's settings.
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "slipway-release", version, about = "Slipway release service: apps, the release ledger and promotions")]
+#[command(
+    name = "slipway-release",
+    version,
+    about = "Slipway release service: apps, the release ledger and promotions"
+)]
 pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7101")]
@@ -34,7 +38,11 @@ pub struct Config {
 
     /// gRPC endpoints of the rollout service replicas (comma-separated).
     /// Without one, promotions wait in `pending` for a rollout driver.
-    #[arg(long = "rollout-endpoint", env = "SLIPWAY_ROLLOUT_ENDPOINTS", value_delimiter = ',')]
+    #[arg(
+        long = "rollout-endpoint",
+        env = "SLIPWAY_ROLLOUT_ENDPOINTS",
+        value_delimiter = ','
+    )]
     pub rollout_endpoints: Vec<String>,
 
     /// Rollout deadline for apps that do not set their own (30s to 6h).
@@ -48,6 +56,11 @@ pub struct Config {
     /// How long in-flight calls may run after SIGTERM.
     #[arg(long, env = "SLIPWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// How often promotions still pending (their hand-over to the rollout
+    /// service possibly lost in a crash) are re-sent.
+    #[arg(long, env = "SLIPWAY_REDISPATCH_EVERY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub redispatch_every: Duration,
 
     /// Development mode: allows a generated env key.
     #[arg(long, env = "SLIPWAY_DEV")]
@@ -66,6 +79,7 @@ impl Config {
             default_deadline: Duration::from_secs(600),
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            redispatch_every: Duration::from_secs(5),
             dev: true,
         }
     }
@@ -73,7 +87,9 @@ impl Config {
     /// Checks everything that can be checked without I/O.
     pub fn validate(&self) -> Result<(), String> {
         let deadline = self.default_deadline.as_secs();
-        if !(u64::from(*DEADLINE_RANGE.start())..=u64::from(*DEADLINE_RANGE.end())).contains(&deadline) {
+        if !(u64::from(*DEADLINE_RANGE.start())..=u64::from(*DEADLINE_RANGE.end()))
+            .contains(&deadline)
+        {
             return Err(format!(
                 "--default-deadline must be between {}s and {}s, got {}",
                 DEADLINE_RANGE.start(),
@@ -108,8 +124,15 @@ mod tests {
     fn production_needs_a_key_and_sane_deadline() {
         let config = Config::try_parse_from(["slipway-release"]).unwrap();
         assert!(config.validate().unwrap_err().contains("--env-key"));
-        let config = Config::try_parse_from(["slipway-release", "--dev", "--default-deadline", "10s"]).unwrap();
-        assert!(config.validate().unwrap_err().contains("--default-deadline"));
+        let config =
+            Config::try_parse_from(["slipway-release", "--dev", "--default-deadline", "10s"])
+                .unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("--default-deadline")
+        );
         let config = Config::try_parse_from(["slipway-release", "--dev"]).unwrap();
         config.validate().unwrap();
         assert!(config.database_url().ends_with("release.db"));
@@ -126,13 +149,22 @@ mod tests {
         ])
         .unwrap();
         let text = format!("{config:?}");
-        assert!(!text.contains("c2VjcmV0") && !text.contains("pw@"), "{text}");
+        assert!(
+            !text.contains("c2VjcmV0") && !text.contains("pw@"),
+            "{text}"
+        );
     }
 
     #[test]
     fn unknown_database_schemes_are_refused() {
         let config =
-            Config::try_parse_from(["slipway-release", "--dev", "--database-url", "mysql://h/db"]).unwrap();
-        assert!(config.validate().unwrap_err().contains("unsupported database URL"));
+            Config::try_parse_from(["slipway-release", "--dev", "--database-url", "mysql://h/db"])
+                .unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("unsupported database URL")
+        );
     }
 }

@@ -58,13 +58,18 @@ impl EnvCipher {
         if bytes.len() != 32 {
             return Err(CryptoError::BadKey(format!("got {} bytes", bytes.len())));
         }
-        Ok(Self { cipher: Aes256Gcm::new_from_slice(&bytes).expect("length checked above") })
+        Ok(Self {
+            cipher: Aes256Gcm::new_from_slice(&bytes).expect("length checked above"),
+        })
     }
 
     /// Reads the key from `path`, creating it (mode 0600) with a fresh random
     /// key when it does not exist: the embedded rack's zero-setup default.
     pub fn load_or_create(path: &Path) -> Result<Self, CryptoError> {
-        let io_err = |source| CryptoError::KeyFile { path: path.display().to_string(), source };
+        let io_err = |source| CryptoError::KeyFile {
+            path: path.display().to_string(),
+            source,
+        };
         match std::fs::read_to_string(path) {
             Ok(text) => Self::from_base64(&text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -86,7 +91,13 @@ impl EnvCipher {
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
         let sealed = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce_bytes), Payload { msg: &plaintext, aad: release_id.as_bytes() })
+            .encrypt(
+                Nonce::from_slice(&nonce_bytes),
+                Payload {
+                    msg: &plaintext,
+                    aad: release_id.as_bytes(),
+                },
+            )
             .expect("AES-GCM encryption of an in-memory buffer cannot fail");
         let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
         out.push(VERSION);
@@ -104,9 +115,16 @@ impl EnvCipher {
         let (nonce, body) = sealed[1..].split_at(NONCE_LEN);
         let plaintext = self
             .cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad: release_id.as_bytes() })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: release_id.as_bytes(),
+                },
+            )
             .map_err(|_| fail())?;
-        let map: BTreeMap<String, String> = serde_json::from_slice(&plaintext).map_err(|_| fail())?;
+        let map: BTreeMap<String, String> =
+            serde_json::from_slice(&plaintext).map_err(|_| fail())?;
         Env::from_map(map).map_err(|_| fail())
     }
 }
@@ -115,7 +133,11 @@ impl EnvCipher {
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(text.as_bytes())
 }
 
@@ -137,10 +159,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cipher = EnvCipher::load_or_create(&dir.path().join("env.key")).unwrap();
         let sealed = cipher.seal("RAAAAAAAAAA", &env());
-        assert!(!sealed.windows(7).any(|w| w == b"hunter2"), "plaintext leaked into the sealed value");
+        assert!(
+            !sealed.windows(7).any(|w| w == b"hunter2"),
+            "plaintext leaked into the sealed value"
+        );
         assert_eq!(cipher.open("RAAAAAAAAAA", &sealed).unwrap(), env());
         let err = cipher.open("RBBBBBBBBBB", &sealed).unwrap_err().to_string();
-        assert!(err.contains("RBBBBBBBBBB") && !err.contains("hunter2"), "{err}");
+        assert!(
+            err.contains("RBBBBBBBBBB") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -169,7 +197,9 @@ mod tests {
 
     #[test]
     fn a_tampered_value_does_not_open() {
-        let cipher = EnvCipher::from_base64(&base64::engine::general_purpose::STANDARD.encode([7u8; 32])).unwrap();
+        let cipher =
+            EnvCipher::from_base64(&base64::engine::general_purpose::STANDARD.encode([7u8; 32]))
+                .unwrap();
         let mut sealed = cipher.seal("RAAAAAAAAAA", &env());
         let last = sealed.len() - 1;
         sealed[last] ^= 1;

@@ -32,27 +32,45 @@ impl Grpc {
 
 #[tonic::async_trait]
 impl ReleaseRpc for Grpc {
-    async fn create_app(&self, request: Request<pb::CreateAppRequest>) -> Result<Response<pb::CreateAppResponse>, Status> {
+    async fn create_app(
+        &self,
+        request: Request<pb::CreateAppRequest>,
+    ) -> Result<Response<pb::CreateAppResponse>, Status> {
         let actor = slipway_rpc::actor(&request);
         let req = request.into_inner();
         let name = app_name(&req.name)?;
         let deadline = (req.deadline_seconds != 0).then_some(req.deadline_seconds);
         let app = self.service.create_app(&name, deadline, &actor).await?;
-        Ok(Response::new(pb::CreateAppResponse { app: Some(app_pb(app)) }))
+        Ok(Response::new(pb::CreateAppResponse {
+            app: Some(app_pb(app)),
+        }))
     }
 
-    async fn get_app(&self, request: Request<pb::GetAppRequest>) -> Result<Response<pb::GetAppResponse>, Status> {
+    async fn get_app(
+        &self,
+        request: Request<pb::GetAppRequest>,
+    ) -> Result<Response<pb::GetAppResponse>, Status> {
         let name = app_name(&request.get_ref().name)?;
         let app = self.service.store().get_app(&name).await?;
-        Ok(Response::new(pb::GetAppResponse { app: Some(app_pb(app)) }))
+        Ok(Response::new(pb::GetAppResponse {
+            app: Some(app_pb(app)),
+        }))
     }
 
-    async fn list_apps(&self, _request: Request<pb::ListAppsRequest>) -> Result<Response<pb::ListAppsResponse>, Status> {
+    async fn list_apps(
+        &self,
+        _request: Request<pb::ListAppsRequest>,
+    ) -> Result<Response<pb::ListAppsResponse>, Status> {
         let apps = self.service.store().list_apps().await?;
-        Ok(Response::new(pb::ListAppsResponse { apps: apps.into_iter().map(app_pb).collect() }))
+        Ok(Response::new(pb::ListAppsResponse {
+            apps: apps.into_iter().map(app_pb).collect(),
+        }))
     }
 
-    async fn delete_app(&self, request: Request<pb::DeleteAppRequest>) -> Result<Response<pb::DeleteAppResponse>, Status> {
+    async fn delete_app(
+        &self,
+        request: Request<pb::DeleteAppRequest>,
+    ) -> Result<Response<pb::DeleteAppResponse>, Status> {
         let actor = slipway_rpc::actor(&request);
         let name = app_name(&request.get_ref().name)?;
         self.service.store().delete_app(&name, &actor).await?;
@@ -73,39 +91,82 @@ impl ReleaseRpc for Grpc {
             None => EnvInput::Keep,
         };
         let request = ReleaseRequest {
-            build: req.build.as_deref().filter(|b| !b.is_empty()).map(build_id).transpose()?,
+            build: req
+                .build
+                .as_deref()
+                .filter(|b| !b.is_empty())
+                .map(build_id)
+                .transpose()?,
             manifest: req.manifest.filter(|m| !m.trim().is_empty()),
+            artifacts: (!req.artifacts.is_empty()).then(|| req.artifacts.into_iter().collect()),
             env,
             description: req.description,
-            parent: req.parent_release.as_deref().filter(|p| !p.is_empty()).map(|p| release_id("parent_release", p)).transpose()?,
+            parent: req
+                .parent_release
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .map(|p| release_id("parent_release", p))
+                .transpose()?,
             copy_of: None,
         };
-        let release = self.service.store().create_release(&app, &request, &actor).await?;
-        Ok(Response::new(pb::CreateReleaseResponse { release: Some(release_pb(release)) }))
+        let release = self
+            .service
+            .store()
+            .create_release(&app, &request, &actor)
+            .await?;
+        Ok(Response::new(pb::CreateReleaseResponse {
+            release: Some(release_pb(release)),
+        }))
     }
 
-    async fn change_env(&self, request: Request<pb::ChangeEnvRequest>) -> Result<Response<pb::ChangeEnvResponse>, Status> {
+    async fn change_env(
+        &self,
+        request: Request<pb::ChangeEnvRequest>,
+    ) -> Result<Response<pb::ChangeEnvResponse>, Status> {
         let actor = slipway_rpc::actor(&request);
         let req = request.into_inner();
         let app = app_name(&req.app)?;
         if req.set.is_empty() && req.unset.is_empty() {
-            return Err(Status::invalid_argument("nothing to change: give keys to set or unset"));
+            return Err(Status::invalid_argument(
+                "nothing to change: give keys to set or unset",
+            ));
         }
         let request = ReleaseRequest {
-            env: EnvInput::Change { set: req.set.into_iter().collect(), unset: req.unset },
-            parent: req.parent_release.as_deref().filter(|p| !p.is_empty()).map(|p| release_id("parent_release", p)).transpose()?,
+            env: EnvInput::Change {
+                set: req.set.into_iter().collect(),
+                unset: req.unset,
+            },
+            parent: req
+                .parent_release
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .map(|p| release_id("parent_release", p))
+                .transpose()?,
             ..ReleaseRequest::keep()
         };
-        let release = self.service.store().create_release(&app, &request, &actor).await?;
-        Ok(Response::new(pb::ChangeEnvResponse { release: Some(release_pb(release)) }))
+        let release = self
+            .service
+            .store()
+            .create_release(&app, &request, &actor)
+            .await?;
+        Ok(Response::new(pb::ChangeEnvResponse {
+            release: Some(release_pb(release)),
+        }))
     }
 
-    async fn get_release(&self, request: Request<pb::GetReleaseRequest>) -> Result<Response<pb::GetReleaseResponse>, Status> {
+    async fn get_release(
+        &self,
+        request: Request<pb::GetReleaseRequest>,
+    ) -> Result<Response<pb::GetReleaseResponse>, Status> {
         let req = request.into_inner();
         let app = app_name(&req.app)?;
-        let id = (!req.id.is_empty()).then(|| release_id("id", &req.id)).transpose()?;
+        let id = (!req.id.is_empty())
+            .then(|| release_id("id", &req.id))
+            .transpose()?;
         let release = self.service.store().get_release(&app, id.as_ref()).await?;
-        Ok(Response::new(pb::GetReleaseResponse { release: Some(release_pb(release)) }))
+        Ok(Response::new(pb::GetReleaseResponse {
+            release: Some(release_pb(release)),
+        }))
     }
 
     async fn list_releases(
@@ -118,11 +179,24 @@ impl ReleaseRpc for Grpc {
         let before = if req.page_token.is_empty() {
             None
         } else {
-            Some(req.page_token.parse::<i64>().ok().filter(|s| *s > 0).ok_or_else(|| {
-                Status::invalid_argument(format!("page_token {:?} is not one this service issued", req.page_token))
-            })?)
+            Some(
+                req.page_token
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "page_token {:?} is not one this service issued",
+                            req.page_token
+                        ))
+                    })?,
+            )
         };
-        let releases = self.service.store().list_releases(&app, limit, before).await?;
+        let releases = self
+            .service
+            .store()
+            .list_releases(&app, limit, before)
+            .await?;
         let next_page_token = match releases.last() {
             Some(last) if releases.len() == limit as usize && last.seq > 1 => last.seq.to_string(),
             _ => String::new(),
@@ -142,7 +216,10 @@ impl ReleaseRpc for Grpc {
         let app = app_name(&req.app)?;
         let release = release_id("release", &req.release)?;
         let deadline = (req.deadline_seconds != 0).then_some(req.deadline_seconds);
-        let promoted = self.service.promote(&app, &release, req.force, deadline, &actor).await?;
+        let promoted = self
+            .service
+            .promote(&app, &release, req.force, deadline, &actor)
+            .await?;
         Ok(Response::new(promoted_pb(promoted)))
     }
 
@@ -155,12 +232,18 @@ impl ReleaseRpc for Grpc {
         let app = app_name(&req.app)?;
         let release = release_id("release", &req.release)?;
         let deadline = (req.deadline_seconds != 0).then_some(req.deadline_seconds);
-        let (copy, promoted) = self.service.rollback(&app, &release, deadline, &actor).await?;
+        let (copy, promoted) = self
+            .service
+            .rollback(&app, &release, deadline, &actor)
+            .await?;
         let promotion = match promoted {
             Promoted::Started(p) => Some(promotion_pb(p)),
             Promoted::AlreadyActive(_) => None,
         };
-        Ok(Response::new(pb::RollbackReleaseResponse { release: Some(release_pb(copy)), promotion }))
+        Ok(Response::new(pb::RollbackReleaseResponse {
+            release: Some(release_pb(copy)),
+            promotion,
+        }))
     }
 
     async fn cancel_promotion(
@@ -170,15 +253,23 @@ impl ReleaseRpc for Grpc {
         let actor = slipway_rpc::actor(&request);
         let app = app_name(&request.get_ref().app)?;
         let promotion = self.service.cancel(&app, &actor).await?;
-        Ok(Response::new(pb::CancelPromotionResponse { promotion: Some(promotion_pb(promotion)) }))
+        Ok(Response::new(pb::CancelPromotionResponse {
+            promotion: Some(promotion_pb(promotion)),
+        }))
     }
 
     async fn get_promotion(
         &self,
         request: Request<pb::GetPromotionRequest>,
     ) -> Result<Response<pb::GetPromotionResponse>, Status> {
-        let promotion = self.service.store().get_promotion(&request.get_ref().id).await?;
-        Ok(Response::new(pb::GetPromotionResponse { promotion: Some(promotion_pb(promotion)) }))
+        let promotion = self
+            .service
+            .store()
+            .get_promotion(&request.get_ref().id)
+            .await?;
+        Ok(Response::new(pb::GetPromotionResponse {
+            promotion: Some(promotion_pb(promotion)),
+        }))
     }
 
     async fn list_promotions(
@@ -187,8 +278,14 @@ impl ReleaseRpc for Grpc {
     ) -> Result<Response<pb::ListPromotionsResponse>, Status> {
         let req = request.into_inner();
         let app = app_name(&req.app)?;
-        let promotions = self.service.store().list_promotions(&app, limit(req.limit, 20)?).await?;
-        Ok(Response::new(pb::ListPromotionsResponse { promotions: promotions.into_iter().map(promotion_pb).collect() }))
+        let promotions = self
+            .service
+            .store()
+            .list_promotions(&app, limit(req.limit, 20)?)
+            .await?;
+        Ok(Response::new(pb::ListPromotionsResponse {
+            promotions: promotions.into_iter().map(promotion_pb).collect(),
+        }))
     }
 
     async fn complete_promotion(
@@ -200,13 +297,22 @@ impl ReleaseRpc for Grpc {
             Ok(pb::PromotionOutcome::Succeeded) => PromotionOutcome::Succeeded,
             Ok(pb::PromotionOutcome::RolledBack) => PromotionOutcome::RolledBack,
             Ok(pb::PromotionOutcome::Failed) => PromotionOutcome::Failed,
-            _ => return Err(Status::invalid_argument("outcome must be SUCCEEDED, ROLLED_BACK or FAILED")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "outcome must be SUCCEEDED, ROLLED_BACK or FAILED",
+                ));
+            }
         };
         if req.promotion.is_empty() {
             return Err(Status::invalid_argument("promotion is required"));
         }
-        let promotion = self.service.complete(&req.promotion, outcome, &req.reason, req.lease_epoch).await?;
-        Ok(Response::new(pb::CompletePromotionResponse { promotion: Some(promotion_pb(promotion)) }))
+        let promotion = self
+            .service
+            .complete(&req.promotion, outcome, &req.reason, req.lease_epoch)
+            .await?;
+        Ok(Response::new(pb::CompletePromotionResponse {
+            promotion: Some(promotion_pb(promotion)),
+        }))
     }
 
     async fn list_audit_events(
@@ -214,9 +320,17 @@ impl ReleaseRpc for Grpc {
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
         let req = request.into_inner();
-        let app = (!req.app.is_empty()).then(|| app_name(&req.app)).transpose()?;
-        let events = self.service.store().list_audit(app.as_ref(), limit(req.limit, 100)?).await?;
-        Ok(Response::new(pb::ListAuditEventsResponse { events: events.into_iter().map(audit_pb).collect() }))
+        let app = (!req.app.is_empty())
+            .then(|| app_name(&req.app))
+            .transpose()?;
+        let events = self
+            .service
+            .store()
+            .list_audit(app.as_ref(), limit(req.limit, 100)?)
+            .await?;
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: events.into_iter().map(audit_pb).collect(),
+        }))
     }
 }
 
@@ -235,7 +349,9 @@ fn build_id(value: &str) -> Result<BuildId, Status> {
 fn limit(requested: u32, default: u32) -> Result<u32, Status> {
     match requested {
         0 => Ok(default),
-        n if n > MAX_LIMIT => Err(Status::invalid_argument(format!("limit must be at most {MAX_LIMIT}, got {n}"))),
+        n if n > MAX_LIMIT => Err(Status::invalid_argument(format!(
+            "limit must be at most {MAX_LIMIT}, got {n}"
+        ))),
         n => Ok(n),
     }
 }
@@ -259,7 +375,10 @@ fn app_pb(app: App) -> pb::App {
     pb::App {
         status: app.status().to_owned(),
         name: app.name.to_string(),
-        release: app.active_release.map(|r| r.to_string()).unwrap_or_default(),
+        release: app
+            .active_release
+            .map(|r| r.to_string())
+            .unwrap_or_default(),
         created: Some(timestamp(app.created)),
         deadline_seconds: app.deadline_secs,
         open_promotion: app.open_promotion.map(promotion_pb),
@@ -277,8 +396,12 @@ pub fn release_pb(release: Release) -> pb::Release {
         description: release.description,
         created: Some(timestamp(release.created)),
         parent: release.parent.map(|p| p.to_string()).unwrap_or_default(),
-        rollback_of: release.rollback_of.map(|p| p.to_string()).unwrap_or_default(),
+        rollback_of: release
+            .rollback_of
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         actor: release.actor,
+        artifacts: release.artifacts.into_iter().collect(),
     }
 }
 
@@ -295,7 +418,10 @@ fn promotion_pb(promotion: Promotion) -> pb::Promotion {
         id: promotion.id,
         app: promotion.app.to_string(),
         release: promotion.release.to_string(),
-        fallback_release: promotion.fallback_release.map(|r| r.to_string()).unwrap_or_default(),
+        fallback_release: promotion
+            .fallback_release
+            .map(|r| r.to_string())
+            .unwrap_or_default(),
         state: state as i32,
         reason: promotion.reason,
         deadline_seconds: promotion.deadline_secs,

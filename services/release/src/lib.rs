@@ -14,7 +14,6 @@ pub mod store;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use slipway_api::release::v1::release_service_server::{ReleaseServiceServer, SERVICE_NAME};
@@ -28,9 +27,6 @@ use crate::crypto::EnvCipher;
 use crate::rollout::Rollouts;
 use crate::service::ReleaseService;
 use crate::store::Store;
-
-/// How often pending promotions whose hand-over may have been lost are re-sent.
-const REDISPATCH_EVERY: Duration = Duration::from_secs(5);
 
 /// Opens the store the configuration names: connects, migrates, loads the key.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -56,22 +52,33 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (routes, health) = slipway_rpc::standard_routes(&[SERVICE_NAME]).await;
-    let store = open_store(&config).await.context("open the release store")?;
+    let store = open_store(&config)
+        .await
+        .context("open the release store")?;
     let rollouts = if config.rollout_endpoints.is_empty() {
-        tracing::warn!("no rollout endpoint configured: promotions stay pending until a rollout driver completes them");
+        tracing::warn!(
+            "no rollout endpoint configured: promotions stay pending until a rollout driver completes them"
+        );
         Rollouts::Detached
     } else {
         let channel = slipway_rpc::channel(
             "rollout",
             &config.rollout_endpoints,
-            &slipway_rpc::ChannelOptions { request_timeout: config.request_timeout, ..Default::default() },
+            &slipway_rpc::ChannelOptions {
+                request_timeout: config.request_timeout,
+                ..Default::default()
+            },
         )?;
         Rollouts::Grpc(RolloutServiceClient::new(channel))
     };
     let deadline = config.default_deadline.as_secs() as u32;
     let service = Arc::new(ReleaseService::new(store, rollouts, deadline));
     let background = CancellationToken::new();
-    tokio::spawn(service.clone().redispatch_loop(REDISPATCH_EVERY, background.clone()));
+    tokio::spawn(
+        service
+            .clone()
+            .redispatch_loop(config.redispatch_every, background.clone()),
+    );
     let routes = routes.add_service(ReleaseServiceServer::new(grpc::Grpc::new(service)));
     health.serving().await;
     tracing::info!(addr = %listener.local_addr()?, "release service serving");

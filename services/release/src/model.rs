@@ -46,6 +46,8 @@ pub struct Release {
     /// The description the build was released with, inherited by forks so an
     /// env-less copy can describe itself as Convox does.
     pub build_description: String,
+    /// Artifact reference per service, as the build produced it.
+    pub artifacts: BTreeMap<String, String>,
     /// The env snapshot (sealed at rest).
     pub env: Env,
     /// What changed, Convox-style.
@@ -129,6 +131,8 @@ pub struct ReleaseRequest {
     pub build: Option<BuildId>,
     /// The build's manifest (needed the first time a build is released).
     pub manifest: Option<String>,
+    /// The build's artifacts per service (given with a new build).
+    pub artifacts: Option<BTreeMap<String, String>>,
     /// The env change.
     pub env: EnvInput,
     /// An explicit description, overriding the derived one.
@@ -145,6 +149,7 @@ impl ReleaseRequest {
         Self {
             build: None,
             manifest: None,
+            artifacts: None,
             env: EnvInput::Keep,
             description: None,
             parent: None,
@@ -160,6 +165,8 @@ pub struct BuildInfo {
     pub manifest: String,
     /// The description the build was first released with.
     pub description: String,
+    /// The build's artifacts.
+    pub artifacts: BTreeMap<String, String>,
 }
 
 /// The fields of a release about to be appended.
@@ -169,6 +176,8 @@ pub struct Draft {
     pub build: Option<BuildId>,
     /// Its manifest.
     pub manifest: String,
+    /// The build's artifacts.
+    pub artifacts: BTreeMap<String, String>,
     /// The build's own description.
     pub build_description: String,
     /// Its env.
@@ -202,7 +211,10 @@ pub fn plan(
     let mut draft = Draft {
         build: base.and_then(|b| b.build.clone()),
         manifest: base.map(|b| b.manifest.clone()).unwrap_or_default(),
-        build_description: base.map(|b| b.build_description.clone()).unwrap_or_default(),
+        artifacts: base.map(|b| b.artifacts.clone()).unwrap_or_default(),
+        build_description: base
+            .map(|b| b.build_description.clone())
+            .unwrap_or_default(),
         env: forked_env.clone(),
         description: String::new(),
         parent: base.map(|b| b.id.clone()),
@@ -211,6 +223,7 @@ pub fn plan(
     if let Some(copy) = copy {
         draft.build = copy.build.clone();
         draft.manifest = copy.manifest.clone();
+        draft.artifacts = copy.artifacts.clone();
         draft.build_description = copy.build_description.clone();
         draft.env = copy.env.clone();
         draft.rollback_of = Some(copy.id.clone());
@@ -222,12 +235,14 @@ pub fn plan(
         match (&request.manifest, build_info) {
             (Some(manifest), _) => {
                 draft.manifest = manifest.clone();
+                draft.artifacts = request.artifacts.clone().unwrap_or_default();
                 if !same_as_forked {
                     draft.build_description = request.description.clone().unwrap_or_default();
                 }
             }
             (None, Some(info)) => {
                 draft.manifest = info.manifest;
+                draft.artifacts = info.artifacts;
                 draft.build_description = info.description;
             }
             (None, None) if same_as_forked => {}
@@ -238,9 +253,9 @@ pub fn plan(
             }
         }
         draft.build = Some(build.clone());
-    } else if request.manifest.is_some() {
+    } else if request.manifest.is_some() || request.artifacts.is_some() {
         return Err(Error::InvalidArgument(
-            "a manifest can only be given together with a build".into(),
+            "a manifest or artifacts can only be given together with a build".into(),
         ));
     }
     if !draft.manifest.trim().is_empty() {
@@ -284,8 +299,17 @@ mod tests {
             app: AppName::parse("myapp").unwrap(),
             seq: 1,
             build: build.map(|b| BuildId::parse(b).unwrap()),
-            manifest: if build.is_some() { MANIFEST.into() } else { String::new() },
-            build_description: if build.is_some() { description.into() } else { String::new() },
+            manifest: if build.is_some() {
+                MANIFEST.into()
+            } else {
+                String::new()
+            },
+            artifacts: BTreeMap::new(),
+            build_description: if build.is_some() {
+                description.into()
+            } else {
+                String::new()
+            },
             env: Env::parse_wire(env).unwrap(),
             description: description.into(),
             parent: None,
@@ -297,7 +321,12 @@ mod tests {
 
     #[test]
     fn env_change_forks_build_and_describes_the_diff() {
-        let base = release("RAAAAAAAAAA", Some("BAAAAAAAAAA"), "BAR=1\nBAZ=2", "build abc first");
+        let base = release(
+            "RAAAAAAAAAA",
+            Some("BAAAAAAAAAA"),
+            "BAR=1\nBAZ=2",
+            "build abc first",
+        );
         let request = ReleaseRequest {
             env: EnvInput::Replace(Env::parse_wire("BAR=9\nFOO=bar").unwrap()),
             ..ReleaseRequest::keep()
@@ -342,7 +371,10 @@ mod tests {
     fn a_copy_is_described_as_a_rollback() {
         let base = release("RBBBBBBBBBB", Some("BBBBBBBBBBB"), "A=2", "newer");
         let old = release("RAAAAAAAAAA", Some("BAAAAAAAAAA"), "A=1", "older");
-        let request = ReleaseRequest { copy_of: Some(old.id.clone()), ..ReleaseRequest::keep() };
+        let request = ReleaseRequest {
+            copy_of: Some(old.id.clone()),
+            ..ReleaseRequest::keep()
+        };
         let draft = plan(Some(&base), Some(&old), &request, None).unwrap();
         assert_eq!(draft.description, "rollback to RAAAAAAAAAA");
         assert_eq!(draft.rollback_of, Some(old.id.clone()));

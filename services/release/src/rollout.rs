@@ -49,7 +49,9 @@ impl Rollouts {
         };
         match client
             .clone()
-            .cancel_rollout(pb::CancelRolloutRequest { id: promotion.to_owned() })
+            .cancel_rollout(pb::CancelRolloutRequest {
+                id: promotion.to_owned(),
+            })
             .await
         {
             Ok(_) => Ok(()),
@@ -64,9 +66,13 @@ pub fn spec(release: &Release) -> pb::ReleaseSpec {
     pb::ReleaseSpec {
         app: release.app.to_string(),
         release: release.id.to_string(),
-        build: release.build.as_ref().map(ToString::to_string).unwrap_or_default(),
+        build: release
+            .build
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         manifest: release.manifest.clone(),
         env: release.env.as_map().clone().into_iter().collect(),
-        artifacts: Default::default(),
+        artifacts: release.artifacts.clone().into_iter().collect(),
     }
 }

@@ -36,7 +36,11 @@ pub struct ReleaseService {
 impl ReleaseService {
     /// A service over a migrated store.
     pub fn new(store: Store, rollouts: Rollouts, default_deadline_secs: u32) -> Self {
-        Self { store, rollouts, default_deadline_secs }
+        Self {
+            store,
+            rollouts,
+            default_deadline_secs,
+        }
     }
 
     /// The ledger.
@@ -45,7 +49,12 @@ impl ReleaseService {
     }
 
     /// Creates an app; `deadline_secs` of `None` takes the rack default.
-    pub async fn create_app(&self, name: &AppName, deadline_secs: Option<u32>, actor: &str) -> Result<App> {
+    pub async fn create_app(
+        &self,
+        name: &AppName,
+        deadline_secs: Option<u32>,
+        actor: &str,
+    ) -> Result<App> {
         let deadline = check_deadline(deadline_secs)?.unwrap_or(self.default_deadline_secs);
         self.store.create_app(name, deadline, actor).await
     }
@@ -60,12 +69,25 @@ impl ReleaseService {
         deadline_secs: Option<u32>,
         actor: &str,
     ) -> Result<Promoted> {
-        let options = PromoteOptions { force, deadline_secs: check_deadline(deadline_secs)? };
-        match self.store.start_promotion(app, release, &options, actor).await? {
+        let options = PromoteOptions {
+            force,
+            deadline_secs: check_deadline(deadline_secs)?,
+        };
+        match self
+            .store
+            .start_promotion(app, release, &options, actor)
+            .await?
+        {
             PromotionStart::AlreadyActive(release) => Ok(Promoted::AlreadyActive(release)),
-            PromotionStart::Started { promotion, target, fallback } => {
+            PromotionStart::Started {
+                promotion,
+                target,
+                fallback,
+            } => {
                 tracing::info!(app = %app, release = %release, promotion = %promotion.id, "promotion recorded");
-                self.dispatch(promotion, &target, fallback.as_ref(), actor).await.map(Promoted::Started)
+                self.dispatch(promotion, &target, fallback.as_ref(), actor)
+                    .await
+                    .map(Promoted::Started)
             }
         }
     }
@@ -80,9 +102,14 @@ impl ReleaseService {
         actor: &str,
     ) -> Result<(Release, Promoted)> {
         check_deadline(deadline_secs)?;
-        let request = ReleaseRequest { copy_of: Some(release.clone()), ..ReleaseRequest::keep() };
+        let request = ReleaseRequest {
+            copy_of: Some(release.clone()),
+            ..ReleaseRequest::keep()
+        };
         let copy = self.store.create_release(app, &request, actor).await?;
-        let promoted = self.promote(app, &copy.id, false, deadline_secs, actor).await?;
+        let promoted = self
+            .promote(app, &copy.id, false, deadline_secs, actor)
+            .await?;
         Ok((copy, promoted))
     }
 
@@ -95,25 +122,41 @@ impl ReleaseService {
             .get_app(app)
             .await?
             .open_promotion
-            .ok_or_else(|| Error::FailedPrecondition(format!("app {app} has no promotion in progress")))?;
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!("app {app} has no promotion in progress"))
+            })?;
         match current.state {
             PromotionState::Pending => {
                 let reason = format!("cancelled by {actor}");
                 let done = self
                     .store
-                    .finish_promotion(&current.id, PromotionState::Cancelled, &reason, current.lease_epoch, actor)
+                    .finish_promotion(
+                        &current.id,
+                        PromotionState::Cancelled,
+                        &reason,
+                        current.lease_epoch,
+                        actor,
+                    )
                     .await;
                 // It may have been handed over already; stop that rollout too.
-                self.rollouts.cancel(&current.id).await.map_err(|s| Error::Rollout(s.message().to_owned()))?;
+                self.rollouts
+                    .cancel(&current.id)
+                    .await
+                    .map_err(|s| Error::Rollout(s.message().to_owned()))?;
                 match done {
                     Ok(p) => Ok(p),
                     // The rollout got there first; cancelling it reverts it.
-                    Err(Error::FailedPrecondition(_)) => self.store.get_promotion(&current.id).await,
+                    Err(Error::FailedPrecondition(_)) => {
+                        self.store.get_promotion(&current.id).await
+                    }
                     Err(e) => Err(e),
                 }
             }
             _ => {
-                self.rollouts.cancel(&current.id).await.map_err(|s| Error::Rollout(s.message().to_owned()))?;
+                self.rollouts
+                    .cancel(&current.id)
+                    .await
+                    .map_err(|s| Error::Rollout(s.message().to_owned()))?;
                 self.store.get_promotion(&current.id).await
             }
         }
@@ -129,7 +172,13 @@ impl ReleaseService {
     ) -> Result<Promotion> {
         let done = self
             .store
-            .finish_promotion(promotion, outcome.into_state(), reason, lease_epoch, "rollout")
+            .finish_promotion(
+                promotion,
+                outcome.into_state(),
+                reason,
+                lease_epoch,
+                "rollout",
+            )
             .await?;
         tracing::info!(promotion, app = %done.app, state = done.state.as_str(), "promotion finished");
         Ok(done)
@@ -188,7 +237,10 @@ impl ReleaseService {
             let (target, fallback) = self.store.promotion_specs(&promotion).await?;
             tracing::info!(promotion = %promotion.id, app = %promotion.app, "re-sending a pending promotion");
             let actor = promotion.actor.clone();
-            if let Err(e) = self.dispatch(promotion, &target, fallback.as_ref(), &actor).await {
+            if let Err(e) = self
+                .dispatch(promotion, &target, fallback.as_ref(), &actor)
+                .await
+            {
                 tracing::warn!("failed to re-send a pending promotion: {e}");
             }
         }

@@ -29,7 +29,7 @@ pub static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrat
 /// Migrations for SQLite.
 pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-const RELEASE_COLUMNS: &str = "r.id, r.seq, r.build, r.manifest, r.build_description, r.env_sealed, \
+const RELEASE_COLUMNS: &str = "r.id, r.seq, r.build, r.manifest, r.artifacts, r.build_description, r.env_sealed, \
      r.description, r.parent, r.rollback_of, r.actor, r.created_at";
 const PROMOTION_COLUMNS: &str = "p.id, a.name, p.release_id, p.fallback_release, p.state, p.reason, \
      p.deadline_secs, p.lease_epoch, p.actor, p.created_at, p.finished_at";
@@ -80,7 +80,11 @@ impl Store {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Any>> {
-        Ok(self.db.pool.begin_with(self.db.dialect.begin_write()).await?)
+        Ok(self
+            .db
+            .pool
+            .begin_with(self.db.dialect.begin_write())
+            .await?)
     }
 
     /// Creates an app.
@@ -166,7 +170,9 @@ impl Store {
             .await?
             .try_get("n")?;
             if open > 0 {
-                return Err(Error::FailedPrecondition("app is currently updating".into()));
+                return Err(Error::FailedPrecondition(
+                    "app is currently updating".into(),
+                ));
             }
             sqlx::query("UPDATE apps SET deleted_at = $1 WHERE id = $2")
                 .bind(now_micros())
@@ -182,7 +188,12 @@ impl Store {
 
     /// Appends a release forked from the newest one (or the request's
     /// parent), atomically with respect to every other write on the app.
-    pub async fn create_release(&self, app: &AppName, request: &ReleaseRequest, actor: &str) -> Result<Release> {
+    pub async fn create_release(
+        &self,
+        app: &AppName,
+        request: &ReleaseRequest,
+        actor: &str,
+    ) -> Result<Release> {
         retry(|| async {
             let mut tx = self.begin().await?;
             // Taking the app row serialises forks: the newest release read
@@ -206,7 +217,7 @@ impl Store {
                 None => None,
             };
             let build_info = match (&request.build, &request.manifest) {
-                (Some(build), None) if base.as_ref().and_then(|b| b.build.as_ref()) != Some(build) => {
+                (Some(build), None) if request.artifacts.is_none() && base.as_ref().and_then(|b| b.build.as_ref()) != Some(build) => {
                     self.build_info(&mut tx, app_id, build).await?
                 }
                 _ => None,
@@ -216,15 +227,16 @@ impl Store {
             let now = now_micros();
             let sealed = self.cipher.seal(id.as_str(), &draft.env);
             sqlx::query(
-                "INSERT INTO releases (id, app_id, seq, build, manifest, build_description, env_sealed, \
-                 description, parent, rollback_of, actor, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                "INSERT INTO releases (id, app_id, seq, build, manifest, artifacts, build_description, \
+                 env_sealed, description, parent, rollback_of, actor, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .bind(id.as_str())
             .bind(app_id)
             .bind(seq)
             .bind(draft.build.as_ref().map(BuildId::as_str).unwrap_or_default())
             .bind(&draft.manifest)
+            .bind(serde_json::to_string(&draft.artifacts).expect("a string map always serialises"))
             .bind(&draft.build_description)
             .bind(sealed)
             .bind(&draft.description)
@@ -244,6 +256,7 @@ impl Store {
                 seq,
                 build: draft.build,
                 manifest: draft.manifest,
+                artifacts: draft.artifacts,
                 build_description: draft.build_description,
                 env: draft.env,
                 description: draft.description,
@@ -281,7 +294,12 @@ impl Store {
     }
 
     /// Lists releases newest first, `limit` at most, older than `before_seq`.
-    pub async fn list_releases(&self, app: &AppName, limit: u32, before_seq: Option<i64>) -> Result<Vec<Release>> {
+    pub async fn list_releases(
+        &self,
+        app: &AppName,
+        limit: u32,
+        before_seq: Option<i64>,
+    ) -> Result<Vec<Release>> {
         let mut conn = self.db.pool.acquire().await?;
         let app_id = app_id(&mut conn, app).await?;
         let rows = sqlx::query(&format!(
@@ -293,7 +311,9 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&mut *conn)
         .await?;
-        rows.iter().map(|row| self.release_from_row(app, row)).collect()
+        rows.iter()
+            .map(|row| self.release_from_row(app, row))
+            .collect()
     }
 
     /// Records a pending promotion of `release` after every check that can
@@ -411,13 +431,15 @@ impl Store {
     /// Moves a pending promotion to rolling out. Returns false when it had
     /// already left `pending` (cancelled, or completed by a fast rollout).
     pub async fn mark_rolling_out(&self, promotion: &str) -> Result<bool> {
-        let done = sqlx::query("UPDATE promotions SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4")
-            .bind(PromotionState::RollingOut.as_str())
-            .bind(now_micros())
-            .bind(promotion)
-            .bind(PromotionState::Pending.as_str())
-            .execute(&self.db.pool)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE promotions SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4",
+        )
+        .bind(PromotionState::RollingOut.as_str())
+        .bind(now_micros())
+        .bind(promotion)
+        .bind(PromotionState::Pending.as_str())
+        .execute(&self.db.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -446,12 +468,15 @@ impl Store {
                 return Ok(current);
             }
             // A rollout may finish before its start was acknowledged.
-            let from = if current.state == PromotionState::Pending && outcome != PromotionState::Cancelled {
+            let from = if current.state == PromotionState::Pending
+                && outcome != PromotionState::Cancelled
+            {
                 PromotionState::RollingOut
             } else {
                 current.state
             };
-            from.transition(outcome).map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+            from.transition(outcome)
+                .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
             let now = now_micros();
             sqlx::query(
                 "UPDATE promotions SET state = $1, reason = $2, lease_epoch = $3, updated_at = $4, \
@@ -480,7 +505,15 @@ impl Store {
             } else {
                 format!("{}: {reason}", outcome.as_str())
             };
-            audit(&mut tx, actor, "promotion.finish", current.app.as_str(), promotion, &detail).await?;
+            audit(
+                &mut tx,
+                actor,
+                "promotion.finish",
+                current.app.as_str(),
+                promotion,
+                &detail,
+            )
+            .await?;
             tx.commit().await?;
             current.state = outcome;
             current.reason = reason.to_owned();
@@ -535,8 +568,13 @@ impl Store {
     }
 
     /// Reads the specs a pending promotion needs to be (re)started.
-    pub async fn promotion_specs(&self, promotion: &Promotion) -> Result<(Release, Option<Release>)> {
-        let target = self.get_release(&promotion.app, Some(&promotion.release)).await?;
+    pub async fn promotion_specs(
+        &self,
+        promotion: &Promotion,
+    ) -> Result<(Release, Option<Release>)> {
+        let target = self
+            .get_release(&promotion.app, Some(&promotion.release))
+            .await?;
         let fallback = match &promotion.fallback_release {
             Some(id) => Some(self.get_release(&promotion.app, Some(id)).await?),
             None => None,
@@ -588,9 +626,22 @@ impl Store {
         row.as_ref().map(promotion_from_row).transpose()
     }
 
-    async fn promotion_in(&self, tx: &mut Transaction<'static, Any>, id: &str, lock: bool) -> Result<Promotion> {
-        let suffix = if lock { self.db.dialect.for_update() } else { "" };
-        let lock_clause = if suffix.is_empty() { String::new() } else { format!("{suffix} OF p") };
+    async fn promotion_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        id: &str,
+        lock: bool,
+    ) -> Result<Promotion> {
+        let suffix = if lock {
+            self.db.dialect.for_update()
+        } else {
+            ""
+        };
+        let lock_clause = if suffix.is_empty() {
+            String::new()
+        } else {
+            format!("{suffix} OF p")
+        };
         let row = sqlx::query(&format!(
             "SELECT {PROMOTION_COLUMNS} FROM promotions p JOIN apps a ON a.id = p.app_id WHERE p.id = $1{lock_clause}"
         ))
@@ -601,7 +652,12 @@ impl Store {
         promotion_from_row(&row)
     }
 
-    async fn newest_release(&self, tx: &mut Transaction<'static, Any>, app: &AppName, app_id: i64) -> Result<Option<Release>> {
+    async fn newest_release(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        app: &AppName,
+        app_id: i64,
+    ) -> Result<Option<Release>> {
         let row = sqlx::query(&format!(
             "SELECT {RELEASE_COLUMNS} FROM releases r WHERE r.app_id = $1 ORDER BY r.seq DESC LIMIT 1"
         ))
@@ -618,18 +674,25 @@ impl Store {
         app_id: i64,
         id: &ReleaseId,
     ) -> Result<Release> {
-        let row = sqlx::query(&format!("SELECT {RELEASE_COLUMNS} FROM releases r WHERE r.app_id = $1 AND r.id = $2"))
-            .bind(app_id)
-            .bind(id.as_str())
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| release_not_found(app, id))?;
+        let row = sqlx::query(&format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases r WHERE r.app_id = $1 AND r.id = $2"
+        ))
+        .bind(app_id)
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| release_not_found(app, id))?;
         self.release_from_row(app, &row)
     }
 
-    async fn build_info(&self, tx: &mut Transaction<'static, Any>, app_id: i64, build: &BuildId) -> Result<Option<BuildInfo>> {
+    async fn build_info(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        app_id: i64,
+        build: &BuildId,
+    ) -> Result<Option<BuildInfo>> {
         let row = sqlx::query(
-            "SELECT manifest, build_description FROM releases WHERE app_id = $1 AND build = $2 \
+            "SELECT manifest, artifacts, build_description FROM releases WHERE app_id = $1 AND build = $2 \
              ORDER BY seq DESC LIMIT 1",
         )
         .bind(app_id)
@@ -637,7 +700,11 @@ impl Store {
         .fetch_optional(&mut **tx)
         .await?;
         row.map(|row| {
-            Ok(BuildInfo { manifest: row.try_get("manifest")?, description: row.try_get("build_description")? })
+            Ok(BuildInfo {
+                manifest: row.try_get("manifest")?,
+                artifacts: artifacts_from_json(&row.try_get::<String, _>("artifacts")?)?,
+                description: row.try_get("build_description")?,
+            })
         })
         .transpose()
     }
@@ -651,8 +718,13 @@ impl Store {
             id: stored_id(ReleaseId::parse(&id))?,
             app: app.clone(),
             seq: row.try_get("seq")?,
-            build: if build.is_empty() { None } else { Some(stored_id(BuildId::parse(&build))?) },
+            build: if build.is_empty() {
+                None
+            } else {
+                Some(stored_id(BuildId::parse(&build))?)
+            },
             manifest: row.try_get("manifest")?,
+            artifacts: artifacts_from_json(&row.try_get::<String, _>("artifacts")?)?,
             build_description: row.try_get("build_description")?,
             env,
             description: row.try_get("description")?,
@@ -676,7 +748,10 @@ where
         match attempt().await {
             Err(Error::Store(e)) if tries < 8 && classify(&e) == ErrorClass::Retryable => {
                 tries += 1;
-                tracing::debug!(tries, "retrying a transaction after a transient conflict: {e}");
+                tracing::debug!(
+                    tries,
+                    "retrying a transaction after a transient conflict: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(5 << tries.min(6))).await;
             }
             other => return other,
@@ -684,12 +759,18 @@ where
     }
 }
 
-async fn lock_app(tx: &mut Transaction<'static, Any>, for_update: &str, name: &AppName) -> Result<i64> {
-    let row = sqlx::query(&format!("SELECT id FROM apps WHERE name = $1 AND deleted_at IS NULL{for_update}"))
-        .bind(name.as_str())
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| app_not_found(name))?;
+async fn lock_app(
+    tx: &mut Transaction<'static, Any>,
+    for_update: &str,
+    name: &AppName,
+) -> Result<i64> {
+    let row = sqlx::query(&format!(
+        "SELECT id FROM apps WHERE name = $1 AND deleted_at IS NULL{for_update}"
+    ))
+    .bind(name.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| app_not_found(name))?;
     Ok(row.try_get("id")?)
 }
 
@@ -744,8 +825,11 @@ fn promotion_from_row(row: &AnyRow) -> Result<Promotion> {
         app: stored_id(AppName::parse(&app))?,
         release: stored_id(ReleaseId::parse(&release))?,
         fallback_release: optional_release_id(row.try_get("fallback_release")?)?,
-        state: PromotionState::parse(&state)
-            .ok_or_else(|| Error::Store(sqlx::Error::Decode(format!("unknown promotion state {state:?}").into())))?,
+        state: PromotionState::parse(&state).ok_or_else(|| {
+            Error::Store(sqlx::Error::Decode(
+                format!("unknown promotion state {state:?}").into(),
+            ))
+        })?,
         reason: row.try_get("reason")?,
         deadline_secs: row.try_get::<i64, _>("deadline_secs")? as u32,
         lease_epoch: row.try_get::<i64, _>("lease_epoch")? as u64,
@@ -755,13 +839,28 @@ fn promotion_from_row(row: &AnyRow) -> Result<Promotion> {
     })
 }
 
+fn artifacts_from_json(text: &str) -> Result<std::collections::BTreeMap<String, String>> {
+    serde_json::from_str(text).map_err(|e| {
+        Error::Store(sqlx::Error::Decode(
+            format!("stored artifacts are invalid: {e}").into(),
+        ))
+    })
+}
+
 fn optional_release_id(value: Option<String>) -> Result<Option<ReleaseId>> {
-    value.filter(|v| !v.is_empty()).map(|v| stored_id(ReleaseId::parse(&v))).transpose()
+    value
+        .filter(|v| !v.is_empty())
+        .map(|v| stored_id(ReleaseId::parse(&v)))
+        .transpose()
 }
 
 /// A value the database holds failed validation: the row is corrupt.
 fn stored_id<T, E: std::fmt::Display>(parsed: std::result::Result<T, E>) -> Result<T> {
-    parsed.map_err(|e| Error::Store(sqlx::Error::Decode(format!("stored value is invalid: {e}").into())))
+    parsed.map_err(|e| {
+        Error::Store(sqlx::Error::Decode(
+            format!("stored value is invalid: {e}").into(),
+        ))
+    })
 }
 
 fn time(micros: i64) -> DateTime<Utc> {

@@ -23,6 +23,8 @@ CREATE TABLE releases (
     build              TEXT    NOT NULL DEFAULT '',
     manifest           TEXT    NOT NULL DEFAULT '',
     build_description  TEXT    NOT NULL DEFAULT '',
+    -- JSON object: service -> artifact reference of the build.
+    artifacts          TEXT    NOT NULL DEFAULT '{}',
     -- AES-256-GCM sealed env snapshot; never plaintext.
     env_sealed         BYTEA   NOT NULL,
     description        TEXT    NOT NULL DEFAULT '',

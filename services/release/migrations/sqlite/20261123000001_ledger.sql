@@ -20,6 +20,8 @@ CREATE TABLE releases (
     build              TEXT    NOT NULL DEFAULT '',
     manifest           TEXT    NOT NULL DEFAULT '',
     build_description  TEXT    NOT NULL DEFAULT '',
+    -- JSON object: service -> artifact reference of the build.
+    artifacts          TEXT    NOT NULL DEFAULT '{}',
     env_sealed         BLOB    NOT NULL,
     description        TEXT    NOT NULL DEFAULT '',
     parent             TEXT,

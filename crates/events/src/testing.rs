@@ -1,0 +1,149 @@
+//! The conformance suite every [`EventBus`] implementation runs: the
+//! in-process bus in its unit tests, the Redis Streams bus against a real
+//! server. Each check uses its own app and rollout names, so a shared
+//! backend (one Redis) can run them side by side.
+
+use std::time::Duration;
+
+use tokio_stream::StreamExt as _;
+
+use crate::{Error, Event, EventBus, EventId, EventStream, NewEvent, Topic};
+
+/// How long a check waits for an event that must arrive.
+const WAIT: Duration = Duration::from_secs(5);
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    format!("{prefix}-{t:x}-{n}")
+}
+
+async fn next(stream: &mut EventStream) -> Event {
+    match tokio::time::timeout(WAIT, stream.next()).await {
+        Ok(Some(Ok(event))) => event,
+        Ok(Some(Err(e))) => panic!("stream yielded an error: {e}"),
+        Ok(None) => panic!("stream ended"),
+        Err(_) => panic!("no event within {WAIT:?}"),
+    }
+}
+
+async fn nothing_more(stream: &mut EventStream) {
+    if let Ok(item) = tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+        panic!("expected no further event, got {item:?}");
+    }
+}
+
+/// Runs every check of the suite against `bus`.
+pub async fn conformance<B: EventBus + ?Sized>(bus: &B) {
+    ids_increase(bus).await;
+    app_topic_replays_then_follows(bus).await;
+    rollout_topic_sees_only_its_rollout(bus).await;
+    resume_after_an_id_skips_what_was_seen(bus).await;
+    publishing_while_subscribing_loses_nothing(bus).await;
+}
+
+/// Ids grow strictly with every publish.
+pub async fn ids_increase<B: EventBus + ?Sized>(bus: &B) {
+    let app = unique("ids");
+    let mut last = EventId::default();
+    for i in 0..50 {
+        let id = bus.publish(NewEvent::now(&app, "system/test", format!("e{i}"))).await.unwrap();
+        assert!(id > last, "id {id} after {last}");
+        last = id;
+    }
+}
+
+/// An app subscriber gets the app's past events in order, then live ones,
+/// and none of other apps.
+pub async fn app_topic_replays_then_follows<B: EventBus + ?Sized>(bus: &B) {
+    let app = unique("app");
+    let other = unique("other");
+    bus.publish(NewEvent::now(&app, "system/local/web", "one")).await.unwrap();
+    bus.publish(NewEvent::now(&other, "system/local/web", "elsewhere")).await.unwrap();
+    bus.publish(NewEvent::now(&app, "system/local/web", "two")).await.unwrap();
+    let mut stream = bus.subscribe(Topic::App(app.clone()), None).await.unwrap();
+    assert_eq!(next(&mut stream).await.message, "one");
+    let two = next(&mut stream).await;
+    assert_eq!((two.app.as_str(), two.source.as_str(), two.message.as_str()), (app.as_str(), "system/local/web", "two"));
+    bus.publish(NewEvent::now(&other, "system/local/web", "not mine")).await.unwrap();
+    let id = bus.publish(NewEvent::now(&app, "system/local/web", "three")).await.unwrap();
+    let three = next(&mut stream).await;
+    assert_eq!((three.id, three.message.as_str()), (id, "three"));
+    nothing_more(&mut stream).await;
+}
+
+/// A rollout subscriber sees its rollout's events and nothing else of the app.
+pub async fn rollout_topic_sees_only_its_rollout<B: EventBus + ?Sized>(bus: &B) {
+    let app = unique("ro");
+    let rollout = unique("P");
+    bus.publish(NewEvent::now(&app, "service/web/web-1", "a log line")).await.unwrap();
+    bus.publish(NewEvent::now(&app, "system/local/web", "before").in_rollout(&rollout)).await.unwrap();
+    let mut stream = bus.subscribe(Topic::Rollout(rollout.clone()), None).await.unwrap();
+    assert_eq!(next(&mut stream).await.message, "before");
+    bus.publish(NewEvent::now(&app, "system/local/web", "other").in_rollout(unique("P"))).await.unwrap();
+    bus.publish(NewEvent::now(&app, "system/local/web", "after").in_rollout(&rollout)).await.unwrap();
+    let after = next(&mut stream).await;
+    assert_eq!(after.message, "after");
+    assert_eq!(after.rollout.as_deref(), Some(rollout.as_str()));
+    nothing_more(&mut stream).await;
+}
+
+/// Subscribing after an id yields exactly the events after it.
+pub async fn resume_after_an_id_skips_what_was_seen<B: EventBus + ?Sized>(bus: &B) {
+    let app = unique("resume");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(bus.publish(NewEvent::now(&app, "system/test", format!("e{i}"))).await.unwrap());
+    }
+    let mut stream = bus.subscribe(Topic::App(app.clone()), Some(ids[2])).await.unwrap();
+    assert_eq!(next(&mut stream).await.message, "e3");
+    assert_eq!(next(&mut stream).await.message, "e4");
+    nothing_more(&mut stream).await;
+    let mut at_end = bus.subscribe(Topic::App(app.clone()), Some(ids[4])).await.unwrap();
+    nothing_more(&mut at_end).await;
+    bus.publish(NewEvent::now(&app, "system/test", "e5")).await.unwrap();
+    assert_eq!(next(&mut at_end).await.message, "e5");
+}
+
+/// Events published concurrently with a subscription arrive exactly once,
+/// in order.
+pub async fn publishing_while_subscribing_loses_nothing<B: EventBus + ?Sized>(bus: &B) {
+    let app = unique("race");
+    let total = 100;
+    let publish = async {
+        for i in 0..total {
+            bus.publish(NewEvent::now(&app, "system/test", i.to_string())).await.unwrap();
+            if i % 20 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let subscribe = async {
+        tokio::task::yield_now().await;
+        bus.subscribe(Topic::App(app.clone()), None).await.unwrap()
+    };
+    let ((), mut stream) = tokio::join!(publish, subscribe);
+    for i in 0..total {
+        assert_eq!(next(&mut stream).await.message, i.to_string());
+    }
+    nothing_more(&mut stream).await;
+}
+
+/// A reader resuming from an id older than the retained history is told it
+/// missed events, then gets what is retained. `history` is the bus's
+/// retention in events.
+pub async fn trimmed_history_reports_a_gap<B: EventBus + ?Sized>(bus: &B, history: usize) {
+    let app = unique("gap");
+    let first = bus.publish(NewEvent::now(&app, "system/test", "first")).await.unwrap();
+    for i in 0..history + 2 {
+        bus.publish(NewEvent::now(&app, "system/test", format!("e{i}"))).await.unwrap();
+    }
+    let mut stream = bus.subscribe(Topic::App(app), Some(first)).await.unwrap();
+    match tokio::time::timeout(WAIT, stream.next()).await {
+        Ok(Some(Err(Error::Lagged { .. }))) => {}
+        other => panic!("expected a lag report, got {other:?}"),
+    }
+    assert_eq!(next(&mut stream).await.message, format!("e{}", 2));
+}

@@ -1,0 +1,299 @@
+//! `TestApp`: one release service on a fresh database, with domain-level
+//! helpers, and the `both!` macro that runs a test on each backend.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use slipway_api::release::v1 as pb;
+use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
+use slipway_release::Config;
+use slipway_storage::testing::{self, TestDb};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// The database a test runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Runs `$name(Backend)` once per backend, as two tests.
+#[macro_export]
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            }
+        )*
+    };
+}
+
+pub const MANIFEST: &str =
+    "services:\n  web:\n    build: .\n    command: bin/web\n    port: 5000\n";
+
+pub struct TestApp {
+    pub client: ReleaseServiceClient<Channel>,
+    pub db: TestDb,
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        slipway_telemetry::init_for_tests();
+        let db = match backend {
+            Backend::Postgres => testing::postgres().await,
+            Backend::Sqlite => testing::sqlite().await,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::dev(dir.path().to_path_buf());
+        config.database_url = Some(db.url.clone().into());
+        let key: [u8; 32] = rand::random();
+        config.env_key = Some(base64::engine::general_purpose::STANDARD.encode(key).into());
+        tweak(&mut config);
+        let mut app = Self {
+            client: placeholder_client(),
+            db,
+            config,
+            stop: None,
+            server: None,
+            _dir: dir,
+        };
+        app.start().await;
+        app
+    }
+
+    /// Starts (or restarts) the server with the current config.
+    pub async fn start(&mut self) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let config = self.config.clone();
+        self.server = Some(tokio::spawn(slipway_release::run(
+            config,
+            listener,
+            async {
+                let _ = rx.await;
+            },
+        )));
+        self.stop = Some(tx);
+        self.client = ReleaseServiceClient::new(
+            slipway_rpc::channel("release", &[format!("http://{addr}")], &Default::default())
+                .unwrap(),
+        );
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    pub async fn create_app(&self, name: &str) -> pb::App {
+        self.client
+            .clone()
+            .create_app(pb::CreateAppRequest {
+                name: name.into(),
+                deadline_seconds: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .app
+            .unwrap()
+    }
+
+    /// A release of a new build carrying `manifest`.
+    pub async fn build_release(&self, app: &str, manifest: &str) -> pb::Release {
+        let build = slipway_domain::BuildId::generate().to_string();
+        self.client
+            .clone()
+            .create_release(pb::CreateReleaseRequest {
+                app: app.into(),
+                build: Some(build),
+                manifest: Some(manifest.into()),
+                description: Some("build 0a1b2c3d4e my commit message".into()),
+                artifacts: [("web".to_owned(), "file:///srv/artifact".to_owned())].into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .release
+            .unwrap()
+    }
+
+    pub async fn env_set(
+        &self,
+        app: &str,
+        pairs: &[(&str, &str)],
+    ) -> Result<pb::Release, tonic::Status> {
+        self.change_env(app, pairs, &[]).await
+    }
+
+    pub async fn change_env(
+        &self,
+        app: &str,
+        set: &[(&str, &str)],
+        unset: &[&str],
+    ) -> Result<pb::Release, tonic::Status> {
+        let set: HashMap<String, String> = set
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.client
+            .clone()
+            .change_env(pb::ChangeEnvRequest {
+                app: app.into(),
+                set,
+                unset: unset.iter().map(|k| k.to_string()).collect(),
+                parent_release: None,
+            })
+            .await
+            .map(|r| r.into_inner().release.unwrap())
+    }
+
+    pub async fn promote(
+        &self,
+        app: &str,
+        release: &str,
+    ) -> Result<pb::PromoteReleaseResponse, tonic::Status> {
+        self.client
+            .clone()
+            .promote_release(pb::PromoteReleaseRequest {
+                app: app.into(),
+                release: release.into(),
+                force: false,
+                deadline_seconds: 0,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn complete(
+        &self,
+        promotion: &str,
+        outcome: pb::PromotionOutcome,
+        reason: &str,
+    ) -> Result<pb::Promotion, tonic::Status> {
+        self.client
+            .clone()
+            .complete_promotion(pb::CompletePromotionRequest {
+                promotion: promotion.into(),
+                outcome: outcome as i32,
+                reason: reason.into(),
+                lease_epoch: 1,
+            })
+            .await
+            .map(|r| r.into_inner().promotion.unwrap())
+    }
+
+    /// Promotes and reports success, making `release` active.
+    pub async fn activate(&self, app: &str, release: &str) {
+        let promotion = self.promote(app, release).await.unwrap().promotion.unwrap();
+        self.complete(&promotion.id, pb::PromotionOutcome::Succeeded, "")
+            .await
+            .unwrap();
+    }
+
+    pub async fn app(&self, name: &str) -> pb::App {
+        self.client
+            .clone()
+            .get_app(pb::GetAppRequest { name: name.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .app
+            .unwrap()
+    }
+
+    pub async fn releases(&self, app: &str, limit: u32) -> Vec<pb::Release> {
+        self.client
+            .clone()
+            .list_releases(pb::ListReleasesRequest {
+                app: app.into(),
+                limit,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .releases
+    }
+
+    pub async fn newest(&self, app: &str) -> pb::Release {
+        self.client
+            .clone()
+            .get_release(pb::GetReleaseRequest {
+                app: app.into(),
+                id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .release
+            .unwrap()
+    }
+
+    /// Counts rows of a table straight from the database.
+    pub async fn count(&self, table: &str) -> i64 {
+        use sqlx::Row as _;
+        sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+            .fetch_one(&self.db.db.pool)
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn placeholder_client() -> ReleaseServiceClient<Channel> {
+    ReleaseServiceClient::new(Channel::from_static("http://127.0.0.1:9").connect_lazy())
+}
+
+/// Asserts a call failed with `code` and a message containing `needle`.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) {
+    match result {
+        Ok(v) => panic!("expected {code:?} containing {needle:?}, got Ok({v:?})"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(
+                status.message().contains(needle),
+                "expected {needle:?} in {:?}",
+                status.message()
+            );
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The ledger: forks, env diffs and their descriptions, ordering, and no lost
+//! update under concurrency.
+
+use std::collections::HashSet;
+
+use crate::both;
+use crate::helpers::{Backend, MANIFEST, TestApp};
+use slipway_api::release::v1 as pb;
+
+both!(
+    concurrent_env_sets_lose_nothing,
+    env_changes_are_described_like_convox,
+    releases_list_newest_first_with_a_cursor,
+    releases_fork_from_the_newest_release,
+    a_build_without_manifest_reuses_its_earlier_release,
+);
+
+async fn concurrent_env_sets_lose_nothing(backend: Backend) {
+    let t = TestApp::spawn(backend).await;
+    t.create_app("busy").await;
+    let calls = (0..64).map(|i| {
+        let t = &t;
+        async move {
+            t.env_set("busy", &[(&format!("KEY_{i}"), &format!("value-{i}"))])
+                .await
+                .unwrap()
+        }
+    });
+    let releases = futures::future::join_all(calls).await;
+    let ids: HashSet<_> = releases.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 64, "64 distinct releases");
+    let all = t.releases("busy", 100).await;
+    assert_eq!(all.len(), 64);
+    let newest = t.newest("busy").await;
+    for i in 0..64 {
+        assert!(
+            newest.env.contains(&format!("KEY_{i}=value-{i}")),
+            "KEY_{i} lost: {}",
+            newest.env
+        );
+    }
+    assert_eq!(newest.env.lines().count(), 64);
+    // Each release added exactly one key to its parent: a chain, no forks.
+    for r in &all {
+        assert!(
+            r.description.starts_with("env add:KEY_"),
+            "{}",
+            r.description
+        );
+    }
+}
+
+async fn env_changes_are_described_like_convox(backend: Backend) {
+    let t = TestApp::spawn(backend).await;
+    t.create_app("myapp").await;
+    let build = t.build_release("myapp", MANIFEST).await;
+    assert_eq!(build.description, "build 0a1b2c3d4e my commit message");
+
+    let r = t.env_set("myapp", &[("FOO", "bar")]).await.unwrap();
+    assert_eq!(r.description, "env add:FOO");
+    assert_eq!(r.build, build.build, "same build, new env");
+    assert_eq!(r.manifest, MANIFEST);
+
+    let r = t
+        .env_set("myapp", &[("FOO", "baz"), ("BAR", "1")])
+        .await
+        .unwrap();
+    assert_eq!(r.description, "env add:BAR change:FOO");
+    assert_eq!(r.env, "BAR=1\nFOO=baz");
+
+    let r = t
+        .change_env("myapp", &[("BAZ", "2")], &["BAR"])
+        .await
+        .unwrap();
+    assert_eq!(r.description, "env add:BAZ remove:BAR");
+
+    // The Convox path: the whole env in one field, diffed on the server.
+    let r = t
+        .client
+        .clone()
+        .create_release(pb::CreateReleaseRequest {
+            app: "myapp".into(),
+            env: Some("BAR=9\nBAZ=2\nNEW=x".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .release
+        .unwrap();
+    assert_eq!(r.description, "env add:BAR add:NEW remove:FOO");
+    assert_eq!(r.env, "BAR=9\nBAZ=2\nNEW=x");
+}
+
+async fn releases_list_newest_first_with_a_cursor(backend: Backend) {
+    let t = TestApp::spawn(backend).await;
+    t.create_app("paged").await;
+    let mut created = Vec::new();
+    for i in 0..25 {
+        created.push(
+            t.env_set("paged", &[("N", &i.to_string())])
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    created.reverse();
+    let default_page = t.releases("paged", 0).await;
+    assert_eq!(default_page.len(), 10, "Convox's default limit");
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = t
+            .client
+            .clone()
+            .list_releases(pb::ListReleasesRequest {
+                app: "paged".into(),
+                limit: 7,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.releases.into_iter().map(|r| r.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, created, "every release once, newest first");
+}
+
+async fn releases_fork_from_the_newest_release(backend: Backend) {
+    let t = TestApp::spawn(backend).await;
+    t.create_app("forky").await;
+    let first = t.build_release("forky", MANIFEST).await;
+    t.activate("forky", &first.id).await;
+    // Staged, not promoted: the next build must keep it.
+    t.env_set("forky", &[("STAGED", "1")]).await.unwrap();
+    let second = t.build_release("forky", MANIFEST).await;
+    assert_eq!(second.env, "STAGED=1");
+    assert_eq!(
+        t.app("forky").await.release,
+        first.id,
+        "creating releases does not promote"
+    );
+
+    // An explicit parent forks from that release instead.
+    let forked = t
+        .client
+        .clone()
+        .change_env(pb::ChangeEnvRequest {
+            app: "forky".into(),
+            set: [("OTHER".to_owned(), "2".to_owned())].into(),
+            unset: vec![],
+            parent_release: Some(first.id.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .release
+        .unwrap();
+    assert_eq!(forked.env, "OTHER=2");
+    assert_eq!(forked.parent, first.id);
+    assert_eq!(forked.build, first.build);
+}
+
+async fn a_build_without_manifest_reuses_its_earlier_release(backend: Backend) {
+    let t = TestApp::spawn(backend).await;
+    t.create_app("copy").await;
+    let old = t.build_release("copy", MANIFEST).await;
+    let newer = t
+        .build_release("copy", "services:\n  web:\n    build: .\n    port: 3000\n")
+        .await;
+    assert_ne!(old.build, newer.build);
+    // What the convox CLI's client-side rollback sends: build + env only.
+    let copy = t
+        .client
+        .clone()
+        .create_release(pb::CreateReleaseRequest {
+            app: "copy".into(),
+            build: Some(old.build.clone()),
+            env: Some(old.env.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .release
+        .unwrap();
+    assert_eq!(copy.manifest, MANIFEST);
+    assert_eq!(copy.artifacts, old.artifacts);
+    assert_eq!(copy.description, "build 0a1b2c3d4e my commit message");
+}
