@@ -10,7 +10,7 @@
 //! duplicates. Both implementations run the suite in [`testing`].
 
 mod memory;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::fmt;
@@ -20,7 +20,7 @@ use std::str::FromStr;
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio_stream::Stream;
 
-pub use memory::InProcessBus;
+pub use memory::{DEFAULT_HISTORY, InProcessBus};
 
 /// Where an event sits in its stream. Ordered by time of publication
 /// (milliseconds since the epoch), then by a sequence within the millisecond:

@@ -122,7 +122,7 @@ impl EventBus for InProcessBus {
     }
 }
 
-#[cfg(all(test, feature = "testing"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

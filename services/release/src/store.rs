@@ -46,6 +46,7 @@ pub struct PromoteOptions {
 
 /// What asking for a promotion led to.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one value per promotion request; boxing buys nothing
 pub enum PromotionStart {
     /// A promotion was recorded (pending) and must be handed to the rollout
     /// service with these specs.
@@ -100,10 +101,10 @@ impl Store {
             .bind(i64::from(deadline_secs))
             .fetch_one(&mut *tx)
             .await;
-            if let Err(e) = &inserted {
-                if matches!(classify(e), ErrorClass::UniqueViolation(_)) {
-                    return Err(Error::AlreadyExists(format!("app already exists: {name}")));
-                }
+            if let Err(e) = &inserted
+                && matches!(classify(e), ErrorClass::UniqueViolation(_))
+            {
+                return Err(Error::AlreadyExists(format!("app already exists: {name}")));
             }
             inserted?;
             audit(&mut tx, actor, "app.create", name.as_str(), "", &format!("deadline {deadline_secs}s")).await?;
@@ -414,10 +415,10 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await;
-            if let Err(e) = &inserted {
-                if matches!(classify(e), ErrorClass::UniqueViolation(_)) {
-                    return Err(Error::FailedPrecondition("app is currently updating".into()));
-                }
+            if let Err(e) = &inserted
+                && matches!(classify(e), ErrorClass::UniqueViolation(_))
+            {
+                return Err(Error::FailedPrecondition("app is currently updating".into()));
             }
             inserted?;
             let detail = format!("release {}, deadline {deadline_secs}s", target.id);
