@@ -84,7 +84,11 @@ pub struct NewEvent {
 
 impl NewEvent {
     /// An event of `app` from `source`, happening now.
-    pub fn now(app: impl Into<String>, source: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn now(
+        app: impl Into<String>,
+        source: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             time: Utc::now(),
             app: app.into(),
@@ -206,7 +210,13 @@ mod tests {
     #[test]
     fn ids_round_trip_and_order() {
         let id: EventId = "1700000000000-3".parse().unwrap();
-        assert_eq!(id, EventId { ms: 1_700_000_000_000, seq: 3 });
+        assert_eq!(
+            id,
+            EventId {
+                ms: 1_700_000_000_000,
+                seq: 3
+            }
+        );
         assert_eq!(id.to_string(), "1700000000000-3");
         assert_eq!("42".parse::<EventId>().unwrap(), EventId { ms: 42, seq: 0 });
         assert!("x-1".parse::<EventId>().is_err());

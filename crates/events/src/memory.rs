@@ -75,10 +75,10 @@ impl EventBus for InProcessBus {
         let id = inner.last.next(now_ms());
         inner.last = id;
         let event = Arc::new(Event::from_new(id, event));
-        if inner.history.len() >= inner.capacity {
-            if let Some(old) = inner.history.pop_front() {
-                inner.trimmed = Some(old.id);
-            }
+        if inner.history.len() >= inner.capacity
+            && let Some(old) = inner.history.pop_front()
+        {
+            inner.trimmed = Some(old.id);
         }
         inner.history.push_back(event.clone());
         // No receivers is fine: nobody is tailing.
@@ -114,7 +114,9 @@ impl EventBus for InProcessBus {
                 last = Some(event.id);
                 Some(Ok(Event::clone(&event)))
             }
-            Err(BroadcastStreamRecvError::Lagged(n)) => Some(Err(Error::Lagged { missed: Some(n) })),
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                Some(Err(Error::Lagged { missed: Some(n) }))
+            }
         });
         Ok(Box::pin(
             tokio_stream::iter(head.into_iter().chain(backlog)).chain(live),

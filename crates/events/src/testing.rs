@@ -49,7 +49,10 @@ pub async fn ids_increase<B: EventBus + ?Sized>(bus: &B) {
     let app = unique("ids");
     let mut last = EventId::default();
     for i in 0..50 {
-        let id = bus.publish(NewEvent::now(&app, "system/test", format!("e{i}"))).await.unwrap();
+        let id = bus
+            .publish(NewEvent::now(&app, "system/test", format!("e{i}")))
+            .await
+            .unwrap();
         assert!(id > last, "id {id} after {last}");
         last = id;
     }
@@ -60,15 +63,29 @@ pub async fn ids_increase<B: EventBus + ?Sized>(bus: &B) {
 pub async fn app_topic_replays_then_follows<B: EventBus + ?Sized>(bus: &B) {
     let app = unique("app");
     let other = unique("other");
-    bus.publish(NewEvent::now(&app, "system/local/web", "one")).await.unwrap();
-    bus.publish(NewEvent::now(&other, "system/local/web", "elsewhere")).await.unwrap();
-    bus.publish(NewEvent::now(&app, "system/local/web", "two")).await.unwrap();
+    bus.publish(NewEvent::now(&app, "system/local/web", "one"))
+        .await
+        .unwrap();
+    bus.publish(NewEvent::now(&other, "system/local/web", "elsewhere"))
+        .await
+        .unwrap();
+    bus.publish(NewEvent::now(&app, "system/local/web", "two"))
+        .await
+        .unwrap();
     let mut stream = bus.subscribe(Topic::App(app.clone()), None).await.unwrap();
     assert_eq!(next(&mut stream).await.message, "one");
     let two = next(&mut stream).await;
-    assert_eq!((two.app.as_str(), two.source.as_str(), two.message.as_str()), (app.as_str(), "system/local/web", "two"));
-    bus.publish(NewEvent::now(&other, "system/local/web", "not mine")).await.unwrap();
-    let id = bus.publish(NewEvent::now(&app, "system/local/web", "three")).await.unwrap();
+    assert_eq!(
+        (two.app.as_str(), two.source.as_str(), two.message.as_str()),
+        (app.as_str(), "system/local/web", "two")
+    );
+    bus.publish(NewEvent::now(&other, "system/local/web", "not mine"))
+        .await
+        .unwrap();
+    let id = bus
+        .publish(NewEvent::now(&app, "system/local/web", "three"))
+        .await
+        .unwrap();
     let three = next(&mut stream).await;
     assert_eq!((three.id, three.message.as_str()), (id, "three"));
     nothing_more(&mut stream).await;
@@ -78,12 +95,23 @@ pub async fn app_topic_replays_then_follows<B: EventBus + ?Sized>(bus: &B) {
 pub async fn rollout_topic_sees_only_its_rollout<B: EventBus + ?Sized>(bus: &B) {
     let app = unique("ro");
     let rollout = unique("P");
-    bus.publish(NewEvent::now(&app, "service/web/web-1", "a log line")).await.unwrap();
-    bus.publish(NewEvent::now(&app, "system/local/web", "before").in_rollout(&rollout)).await.unwrap();
-    let mut stream = bus.subscribe(Topic::Rollout(rollout.clone()), None).await.unwrap();
+    bus.publish(NewEvent::now(&app, "service/web/web-1", "a log line"))
+        .await
+        .unwrap();
+    bus.publish(NewEvent::now(&app, "system/local/web", "before").in_rollout(&rollout))
+        .await
+        .unwrap();
+    let mut stream = bus
+        .subscribe(Topic::Rollout(rollout.clone()), None)
+        .await
+        .unwrap();
     assert_eq!(next(&mut stream).await.message, "before");
-    bus.publish(NewEvent::now(&app, "system/local/web", "other").in_rollout(unique("P"))).await.unwrap();
-    bus.publish(NewEvent::now(&app, "system/local/web", "after").in_rollout(&rollout)).await.unwrap();
+    bus.publish(NewEvent::now(&app, "system/local/web", "other").in_rollout(unique("P")))
+        .await
+        .unwrap();
+    bus.publish(NewEvent::now(&app, "system/local/web", "after").in_rollout(&rollout))
+        .await
+        .unwrap();
     let after = next(&mut stream).await;
     assert_eq!(after.message, "after");
     assert_eq!(after.rollout.as_deref(), Some(rollout.as_str()));
@@ -95,15 +123,27 @@ pub async fn resume_after_an_id_skips_what_was_seen<B: EventBus + ?Sized>(bus: &
     let app = unique("resume");
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(bus.publish(NewEvent::now(&app, "system/test", format!("e{i}"))).await.unwrap());
+        ids.push(
+            bus.publish(NewEvent::now(&app, "system/test", format!("e{i}")))
+                .await
+                .unwrap(),
+        );
     }
-    let mut stream = bus.subscribe(Topic::App(app.clone()), Some(ids[2])).await.unwrap();
+    let mut stream = bus
+        .subscribe(Topic::App(app.clone()), Some(ids[2]))
+        .await
+        .unwrap();
     assert_eq!(next(&mut stream).await.message, "e3");
     assert_eq!(next(&mut stream).await.message, "e4");
     nothing_more(&mut stream).await;
-    let mut at_end = bus.subscribe(Topic::App(app.clone()), Some(ids[4])).await.unwrap();
+    let mut at_end = bus
+        .subscribe(Topic::App(app.clone()), Some(ids[4]))
+        .await
+        .unwrap();
     nothing_more(&mut at_end).await;
-    bus.publish(NewEvent::now(&app, "system/test", "e5")).await.unwrap();
+    bus.publish(NewEvent::now(&app, "system/test", "e5"))
+        .await
+        .unwrap();
     assert_eq!(next(&mut at_end).await.message, "e5");
 }
 
@@ -114,7 +154,9 @@ pub async fn publishing_while_subscribing_loses_nothing<B: EventBus + ?Sized>(bu
     let total = 100;
     let publish = async {
         for i in 0..total {
-            bus.publish(NewEvent::now(&app, "system/test", i.to_string())).await.unwrap();
+            bus.publish(NewEvent::now(&app, "system/test", i.to_string()))
+                .await
+                .unwrap();
             if i % 20 == 0 {
                 tokio::task::yield_now().await;
             }
@@ -136,9 +178,14 @@ pub async fn publishing_while_subscribing_loses_nothing<B: EventBus + ?Sized>(bu
 /// retention in events.
 pub async fn trimmed_history_reports_a_gap<B: EventBus + ?Sized>(bus: &B, history: usize) {
     let app = unique("gap");
-    let first = bus.publish(NewEvent::now(&app, "system/test", "first")).await.unwrap();
+    let first = bus
+        .publish(NewEvent::now(&app, "system/test", "first"))
+        .await
+        .unwrap();
     for i in 0..history + 2 {
-        bus.publish(NewEvent::now(&app, "system/test", format!("e{i}"))).await.unwrap();
+        bus.publish(NewEvent::now(&app, "system/test", format!("e{i}")))
+            .await
+            .unwrap();
     }
     let mut stream = bus.subscribe(Topic::App(app), Some(first)).await.unwrap();
     match tokio::time::timeout(WAIT, stream.next()).await {

@@ -1,0 +1,234 @@
+//! Configuration of the build service: flags, each also readable from a
+//! `SLIPWAY_*` variable, validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use slipway_domain::Secret;
+
+/// Which builder turns an unpacked source into artifacts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BuilderKind {
+    /// The unpacked source becomes an immutable, content-addressed directory
+    /// (the embedded default, for the local runtime).
+    Snapshot,
+    /// An OCI image per built service, made with buildah and pushed to
+    /// `--registry`.
+    Oci,
+}
+
+/// Caps on what a source tarball may unpack to; every one is a refusal with
+/// a clear message, never a partial build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceLimits {
+    /// Largest compressed tarball accepted (upload and build).
+    pub max_compressed_bytes: u64,
+    /// Largest total size of the unpacked files.
+    pub max_unpacked_bytes: u64,
+    /// Most entries (files, directories, links) in one tarball.
+    pub max_entries: u64,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        Self {
+            max_compressed_bytes: 1 << 30,
+            max_unpacked_bytes: 4 << 30,
+            max_entries: 200_000,
+        }
+    }
+}
+
+/// The build service's settings.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "slipway-build",
+    version,
+    about = "Slipway build service: sources, manifests, builders and build logs"
+)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7103")]
+    pub listen: SocketAddr,
+
+    /// Database URL: `postgres://…` or `sqlite:PATH`. Defaults to a SQLite
+    /// file in the data directory.
+    #[arg(long, env = "SLIPWAY_DATABASE_URL")]
+    pub database_url: Option<Secret>,
+
+    /// Directory for local state: the default SQLite file and object store,
+    /// build work directories and snapshot artifacts.
+    #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = ".slipway")]
+    pub data_dir: PathBuf,
+
+    /// Object store for sources and build logs: `file:///abs/dir`, or
+    /// `s3://bucket[/prefix]` (credentials, region and endpoint from the
+    /// standard `AWS_*` variables). Defaults to `<data-dir>/objects`.
+    #[arg(long, env = "SLIPWAY_OBJECT_STORE")]
+    pub object_store: Option<Secret>,
+
+    /// gRPC endpoints of the release service replicas (comma-separated).
+    #[arg(
+        long = "release-endpoint",
+        env = "SLIPWAY_RELEASE_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    pub release_endpoints: Vec<String>,
+
+    /// The builder: `snapshot` (local runtime) or `oci` (images for Kubernetes).
+    #[arg(long, env = "SLIPWAY_BUILDER", value_enum, default_value = "snapshot")]
+    pub builder: BuilderKind,
+
+    /// Registry the oci builder pushes to, as `host:port[/path]`.
+    #[arg(long, env = "SLIPWAY_REGISTRY")]
+    pub registry: Option<String>,
+
+    /// Push over plain HTTP / without TLS verification (always on for
+    /// loopback registries).
+    #[arg(long, env = "SLIPWAY_REGISTRY_INSECURE")]
+    pub registry_insecure: bool,
+
+    /// The buildah binary the oci builder runs.
+    #[arg(long, env = "SLIPWAY_BUILDAH", default_value = "buildah")]
+    pub buildah: PathBuf,
+
+    /// Largest compressed source accepted, in bytes.
+    #[arg(long, env = "SLIPWAY_MAX_SOURCE_BYTES", default_value_t = SourceLimits::default().max_compressed_bytes)]
+    pub max_source_bytes: u64,
+
+    /// Largest total unpacked size of a source, in bytes.
+    #[arg(long, env = "SLIPWAY_MAX_UNPACKED_BYTES", default_value_t = SourceLimits::default().max_unpacked_bytes)]
+    pub max_unpacked_bytes: u64,
+
+    /// Most entries a source tarball may hold.
+    #[arg(long, env = "SLIPWAY_MAX_SOURCE_ENTRIES", default_value_t = SourceLimits::default().max_entries)]
+    pub max_source_entries: u64,
+
+    /// Builds run at once by this replica; more wait in `created`.
+    #[arg(long, env = "SLIPWAY_MAX_CONCURRENT_BUILDS", default_value_t = 4)]
+    pub max_concurrent_builds: usize,
+
+    /// A build still running after this long fails (the CLI gives up after 60 minutes).
+    #[arg(long, env = "SLIPWAY_BUILD_TIMEOUT", default_value = "55m", value_parser = humantime::parse_duration)]
+    pub build_timeout: Duration,
+
+    /// Upper bound of one unary gRPC call (including a whole upload).
+    #[arg(long, env = "SLIPWAY_REQUEST_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// How long in-flight calls may run after SIGTERM.
+    #[arg(long, env = "SLIPWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// A development configuration rooted at `data_dir` (tests build on it).
+    pub fn dev(data_dir: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: None,
+            data_dir,
+            object_store: None,
+            release_endpoints: Vec::new(),
+            builder: BuilderKind::Snapshot,
+            registry: None,
+            registry_insecure: false,
+            buildah: PathBuf::from("buildah"),
+            max_source_bytes: SourceLimits::default().max_compressed_bytes,
+            max_unpacked_bytes: SourceLimits::default().max_unpacked_bytes,
+            max_source_entries: SourceLimits::default().max_entries,
+            max_concurrent_builds: 4,
+            build_timeout: Duration::from_secs(55 * 60),
+            request_timeout: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks everything that can be checked without I/O.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.release_endpoints.is_empty() {
+            return Err("--release-endpoint (SLIPWAY_RELEASE_ENDPOINTS) is required: a finished build creates a release".into());
+        }
+        if self.builder == BuilderKind::Oci && self.registry.as_deref().is_none_or(str::is_empty) {
+            return Err("--registry (SLIPWAY_REGISTRY) is required with --builder oci".into());
+        }
+        if self.max_source_bytes == 0
+            || self.max_unpacked_bytes == 0
+            || self.max_source_entries == 0
+        {
+            return Err("source limits must be greater than zero".into());
+        }
+        if self.max_concurrent_builds == 0 {
+            return Err("--max-concurrent-builds must be at least 1".into());
+        }
+        if let Some(url) = &self.database_url {
+            slipway_storage::Dialect::of_url(url.expose()).map_err(|e| e.to_string())?;
+        }
+        if let Some(url) = &self.object_store {
+            crate::objects::ObjectLocation::parse(url.expose()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite:{}", self.data_dir.join("build.db").display()),
+        }
+    }
+
+    /// The source limits in effect.
+    pub fn limits(&self) -> SourceLimits {
+        SourceLimits {
+            max_compressed_bytes: self.max_source_bytes,
+            max_unpacked_bytes: self.max_unpacked_bytes,
+            max_entries: self.max_source_entries,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn release_endpoint_and_registry_are_required() {
+        let config = Config::try_parse_from(["slipway-build"]).unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("--release-endpoint")
+        );
+        let config = Config::try_parse_from([
+            "slipway-build",
+            "--release-endpoint",
+            "127.0.0.1:1",
+            "--builder",
+            "oci",
+        ])
+        .unwrap();
+        assert!(config.validate().unwrap_err().contains("--registry"));
+        let config =
+            Config::try_parse_from(["slipway-build", "--release-endpoint", "127.0.0.1:1"]).unwrap();
+        config.validate().unwrap();
+        assert!(config.database_url().ends_with("build.db"));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let config = Config::try_parse_from([
+            "slipway-build",
+            "--database-url",
+            "postgres://u:pw@h/db",
+            "--object-store",
+            "s3://bucket/prefix?secret=xyz",
+        ])
+        .unwrap();
+        let text = format!("{config:?}");
+        assert!(!text.contains("pw@") && !text.contains("xyz"), "{text}");
+    }
+}

@@ -1,0 +1,208 @@
+//! gRPC translation for `slipway.build.v1.BuildService`: requests are
+//! validated into domain types (a bad field is INVALID_ARGUMENT naming it),
+//! calls go to [`BuildService`], results go back as proto messages.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt as _};
+use slipway_api::build::v1 as pb;
+use slipway_api::build::v1::build_service_server::BuildService as BuildRpc;
+use slipway_api::timestamp;
+use slipway_domain::{AppName, BuildId};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::model::{Build, BuildStatus};
+use crate::objects::{self, ObjectRef};
+use crate::service::{BuildService, NewBuild};
+
+/// Largest page a list call returns.
+const MAX_LIMIT: u32 = 1000;
+/// Longest description or git sha accepted.
+const MAX_TEXT: usize = 4096;
+/// The manifest read when a request names none.
+const DEFAULT_MANIFEST: &str = "convox.yml";
+
+/// The gRPC face of the build service.
+#[derive(Clone, Debug)]
+pub struct Grpc {
+    service: Arc<BuildService>,
+}
+
+impl Grpc {
+    /// Wraps the service.
+    pub fn new(service: Arc<BuildService>) -> Self {
+        Self { service }
+    }
+}
+
+type LogResponses = Pin<Box<dyn Stream<Item = Result<pb::WatchBuildLogsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl BuildRpc for Grpc {
+    async fn create_build(
+        &self,
+        request: Request<pb::CreateBuildRequest>,
+    ) -> Result<Response<pb::CreateBuildResponse>, Status> {
+        let actor = slipway_rpc::actor(&request);
+        let req = request.into_inner();
+        let app = app_name(&req.app)?;
+        let source = ObjectRef::parse_url(&req.source_url).map_err(|e| field("source_url", e))?;
+        let manifest_path = if req.manifest_path.is_empty() {
+            DEFAULT_MANIFEST.to_owned()
+        } else {
+            req.manifest_path
+        };
+        // The same rules as object keys: relative, no `..`.
+        objects::validate_key(&manifest_path).map_err(|e| field("manifest_path", e))?;
+        for (name, value) in [("description", &req.description), ("git_sha", &req.git_sha)] {
+            if value.len() > MAX_TEXT || value.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(Status::invalid_argument(format!(
+                    "{name}: at most {MAX_TEXT} bytes of printable text"
+                )));
+            }
+        }
+        let request = NewBuild {
+            app,
+            source,
+            manifest_path,
+            description: req.description,
+            git_sha: req.git_sha,
+        };
+        let build = self.service.create(request, actor).await?;
+        Ok(Response::new(pb::CreateBuildResponse {
+            build: Some(build_pb(build)),
+        }))
+    }
+
+    async fn get_build(
+        &self,
+        request: Request<pb::GetBuildRequest>,
+    ) -> Result<Response<pb::GetBuildResponse>, Status> {
+        let req = request.into_inner();
+        let build = self
+            .service
+            .get(&app_name(&req.app)?, &build_id(&req.id)?)
+            .await?;
+        Ok(Response::new(pb::GetBuildResponse {
+            build: Some(build_pb(build)),
+        }))
+    }
+
+    async fn list_builds(
+        &self,
+        request: Request<pb::ListBuildsRequest>,
+    ) -> Result<Response<pb::ListBuildsResponse>, Status> {
+        let req = request.into_inner();
+        let app = app_name(&req.app)?;
+        let limit = match req.limit {
+            0 => 10,
+            n if n > MAX_LIMIT => {
+                return Err(Status::invalid_argument(format!(
+                    "limit: at most {MAX_LIMIT}"
+                )));
+            }
+            n => n,
+        };
+        let builds = self.service.list(&app, limit).await?;
+        Ok(Response::new(pb::ListBuildsResponse {
+            builds: builds.into_iter().map(build_pb).collect(),
+        }))
+    }
+
+    type WatchBuildLogsStream = LogResponses;
+
+    async fn watch_build_logs(
+        &self,
+        request: Request<pb::WatchBuildLogsRequest>,
+    ) -> Result<Response<Self::WatchBuildLogsStream>, Status> {
+        let req = request.into_inner();
+        let stream = self
+            .service
+            .logs(&app_name(&req.app)?, &build_id(&req.id)?, req.from_offset)
+            .await?;
+        let stream = stream.map(|chunk| {
+            chunk
+                .map(|chunk| pb::WatchBuildLogsResponse { chunk })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel_build(
+        &self,
+        request: Request<pb::CancelBuildRequest>,
+    ) -> Result<Response<pb::CancelBuildResponse>, Status> {
+        let req = request.into_inner();
+        let build = self
+            .service
+            .cancel(&app_name(&req.app)?, &build_id(&req.id)?)
+            .await?;
+        Ok(Response::new(pb::CancelBuildResponse {
+            build: Some(build_pb(build)),
+        }))
+    }
+
+    async fn upload_source(
+        &self,
+        request: Request<Streaming<pb::UploadSourceRequest>>,
+    ) -> Result<Response<pb::UploadSourceResponse>, Status> {
+        let mut messages = request.into_inner();
+        let first = messages.message().await?.ok_or_else(|| {
+            Status::invalid_argument("app: the first upload message must name the app")
+        })?;
+        let app = app_name(&first.app)?;
+        let key = if first.key.is_empty() {
+            objects::fresh_key()
+        } else {
+            first.key
+        };
+        let object = ObjectRef::new(app, &key).map_err(|e| field("key", e))?;
+        let chunks =
+            futures::stream::iter([Ok(first.chunk)]).chain(messages.map(|m| m.map(|m| m.chunk)));
+        let (object, size) = self.service.upload(object, Box::pin(chunks)).await?;
+        Ok(Response::new(pb::UploadSourceResponse {
+            url: object.url(),
+            size,
+        }))
+    }
+}
+
+fn field(name: &str, err: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{name}: {err}"))
+}
+
+fn app_name(text: &str) -> Result<AppName, Status> {
+    AppName::parse(text).map_err(|e| field("app", e))
+}
+
+fn build_id(text: &str) -> Result<BuildId, Status> {
+    BuildId::parse(text).map_err(|e| field("id", e))
+}
+
+fn status_pb(status: BuildStatus) -> pb::BuildStatus {
+    match status {
+        BuildStatus::Created => pb::BuildStatus::Created,
+        BuildStatus::Running => pb::BuildStatus::Running,
+        BuildStatus::Complete => pb::BuildStatus::Complete,
+        BuildStatus::Failed => pb::BuildStatus::Failed,
+        BuildStatus::Cancelled => pb::BuildStatus::Cancelled,
+    }
+}
+
+/// A build as the API shows it.
+pub fn build_pb(build: Build) -> pb::Build {
+    pb::Build {
+        id: build.id.into_string(),
+        app: build.app.into_string(),
+        description: build.description,
+        git_sha: build.git_sha,
+        manifest: build.manifest,
+        release: build.release.unwrap_or_default(),
+        reason: build.reason,
+        status: status_pb(build.status).into(),
+        started: Some(timestamp(build.started)),
+        ended: build.ended.map(timestamp),
+        artifacts: build.artifacts.into_iter().collect(),
+    }
+}

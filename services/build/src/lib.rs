@@ -1,0 +1,160 @@
+//! The build service: source uploads, safe unpacking, manifest validation,
+//! snapshot and OCI builders, and build logs that can be followed live and
+//! replayed, served over gRPC. A finished build asks the release service for
+//! its release.
+//!
+//! `run` is the whole service; `main.rs` only parses config and binds.
+//!
+//! The data directory holds, per replica: `objects/` (the default object
+//! store), `work/<build>/` (a build's scratch space, removed when it ends),
+//! `artifacts/sha256-*/` (snapshot artifacts) and `buildah/` (oci builder
+//! storage).
+
+pub mod builder;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod log;
+pub mod model;
+pub mod objects;
+pub mod pipeline;
+pub mod release;
+pub mod service;
+pub mod store;
+pub mod unpack;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use slipway_api::build::v1::build_service_server::{BuildServiceServer, SERVICE_NAME};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{BuilderKind, Config};
+
+use crate::builder::Builder;
+use crate::builder::oci::OciBuilder;
+use crate::builder::snapshot::{SnapshotBuilder, remove_tree};
+use crate::objects::{ObjectLocation, Objects};
+use crate::pipeline::Pipeline;
+use crate::release::Releases;
+use crate::service::BuildService;
+use crate::store::Store;
+
+/// Largest gRPC message accepted (upload chunks are far smaller).
+const MAX_MESSAGE_BYTES: usize = 8 << 20;
+
+/// The data directory as an absolute path (artifact URLs must be absolute).
+fn data_dir(config: &Config) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    std::path::absolute(&config.data_dir)
+        .with_context(|| format!("resolve {}", config.data_dir.display()))
+}
+
+/// The builder the configuration names.
+pub fn builder_from_config(config: &Config) -> anyhow::Result<Arc<dyn Builder>> {
+    let data = data_dir(config)?;
+    Ok(match config.builder {
+        BuilderKind::Snapshot => Arc::new(SnapshotBuilder::new(data.join("artifacts"))),
+        BuilderKind::Oci => {
+            let registry = config
+                .registry
+                .as_deref()
+                .context("--registry is required with --builder oci")?;
+            Arc::new(OciBuilder::new(
+                config.buildah.clone(),
+                registry,
+                config.registry_insecure,
+                data.join("buildah"),
+            ))
+        }
+    })
+}
+
+/// Opens the build store the configuration names: connects and migrates.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let url = config.database_url();
+    if url.starts_with("sqlite:") {
+        data_dir(config)?;
+    }
+    let db = slipway_storage::connect(&url, &slipway_storage::PoolOptions::default()).await?;
+    let store = Store::new(db);
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Runs the service with the configured builder on `listener` until
+/// `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let builder = builder_from_config(&config)?;
+    run_with_builder(config, listener, shutdown, builder).await
+}
+
+/// Runs the service with an explicit builder (tests use this to put a
+/// builder of their own behind the same pipeline).
+pub async fn run_with_builder(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    builder: Arc<dyn Builder>,
+) -> anyhow::Result<()> {
+    let (routes, health) = slipway_rpc::standard_routes(&[SERVICE_NAME]).await;
+    let data = data_dir(&config)?;
+    let store = open_store(&config).await.context("open the build store")?;
+    let location = match &config.object_store {
+        Some(url) => ObjectLocation::parse(url.expose())?,
+        None => ObjectLocation::Local(data.join("objects")),
+    };
+    let objects = Objects::open(&location).context("open the object store")?;
+    let channel = slipway_rpc::channel(
+        "release",
+        &config.release_endpoints,
+        &slipway_rpc::ChannelOptions {
+            request_timeout: config.request_timeout,
+            ..Default::default()
+        },
+    )?;
+    // Work directories of a previous run belong to builds that are over.
+    let work_root = data.join("work");
+    let stale = work_root.clone();
+    tokio::task::spawn_blocking(move || remove_tree(&stale))
+        .await?
+        .with_context(|| format!("clear {}", work_root.display()))?;
+    let pipeline = Pipeline {
+        store,
+        objects,
+        builder,
+        releases: Releases::new(channel),
+        limits: config.limits(),
+        work_root,
+    };
+    let background = CancellationToken::new();
+    let service = Arc::new(BuildService::new(
+        pipeline,
+        config.max_concurrent_builds,
+        config.build_timeout,
+        background.clone(),
+    ));
+    tokio::spawn(service.clone().heartbeat_loop(background.clone()));
+    let server = BuildServiceServer::new(grpc::Grpc::new(service.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let routes = routes.add_service(server);
+    health.serving().await;
+    tracing::info!(addr = %listener.local_addr()?, "build service serving");
+    let options = slipway_rpc::ServerOptions {
+        request_timeout: config.request_timeout,
+        shutdown_grace: config.shutdown_grace,
+        ..Default::default()
+    };
+    slipway_rpc::serve(routes, listener, &options, health, background, shutdown).await?;
+    // Shutdown stopped the running builds; let them record how they ended.
+    service.wait_idle(config.shutdown_grace).await;
+    Ok(())
+}

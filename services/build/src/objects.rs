@@ -1,0 +1,391 @@
+//! The object store behind the build service: uploaded sources and build
+//! logs, through the `object_store` crate, so the same code runs on a local
+//! directory (the embedded default) and on any S3-compatible store.
+//!
+//! Layout inside the store:
+//! - `apps/<app>/objects/<key>`: objects uploaded for an app (the CLI's
+//!   `tmp/<hex>.tgz` sources), addressed as `object://<app>/<key>`;
+//! - `apps/<app>/builds/<id>/log`: the full log of a finished build.
+//!
+//! Keys come from users, so they are checked here before anything touches
+//! the store: no `..`, empty or absolute segments, no control characters.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _};
+use object_store::aws::AmazonS3Builder;
+use object_store::buffered::BufWriter;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, PutPayload};
+use slipway_domain::{AppName, BuildId};
+use tokio::io::AsyncWriteExt as _;
+
+/// Longest object key accepted.
+const MAX_KEY_LEN: usize = 512;
+
+/// Failures of the object store and of the names given to it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store URL in the configuration is not usable.
+    #[error("invalid object store URL {0:?}: use file:///abs/dir or s3://bucket[/prefix]")]
+    InvalidStoreUrl(String),
+    /// An object URL given by a caller is not `object://<app>/<key>`.
+    #[error("invalid object URL {0:?}: expected object://<app>/<key>")]
+    InvalidUrl(String),
+    /// An object key is malformed.
+    #[error("invalid object key {key:?}: {why}")]
+    InvalidKey {
+        /// The key given.
+        key: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The object does not exist.
+    #[error("object {0} not found")]
+    NotFound(String),
+    /// The object is larger than allowed.
+    #[error("object is larger than the {limit}-byte limit")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The store failed.
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    /// A local file failed.
+    #[error("{action}: {source}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where objects live, parsed from the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjectLocation {
+    /// A local directory.
+    Local(PathBuf),
+    /// An S3-compatible bucket, with an optional key prefix.
+    S3 {
+        /// The bucket name.
+        bucket: String,
+        /// Key prefix inside the bucket (may be empty).
+        prefix: String,
+    },
+}
+
+impl ObjectLocation {
+    /// Parses `file:///abs/dir`, a bare absolute path, or `s3://bucket[/prefix]`.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let invalid = || Error::InvalidStoreUrl(redact(text));
+        if text.starts_with('/') {
+            return Ok(Self::Local(PathBuf::from(text)));
+        }
+        let url = url::Url::parse(text).map_err(|_| invalid())?;
+        match url.scheme() {
+            "file" => Ok(Self::Local(url.to_file_path().map_err(|()| invalid())?)),
+            "s3" => {
+                let bucket = url
+                    .host_str()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(invalid)?;
+                Ok(Self::S3 {
+                    bucket: bucket.to_owned(),
+                    prefix: url.path().trim_matches('/').to_owned(),
+                })
+            }
+            _ => Err(invalid()),
+        }
+    }
+}
+
+/// Shows a store URL without its query (which may carry credentials).
+fn redact(text: &str) -> String {
+    text.split('?').next().unwrap_or_default().to_owned()
+}
+
+/// A caller's object: an app and a key inside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectRef {
+    /// The app the object belongs to.
+    pub app: AppName,
+    /// The validated key.
+    pub key: String,
+}
+
+impl ObjectRef {
+    /// Validates `key` for `app`.
+    pub fn new(app: AppName, key: &str) -> Result<Self, Error> {
+        validate_key(key)?;
+        Ok(Self {
+            app,
+            key: key.to_owned(),
+        })
+    }
+
+    /// Parses `object://<app>/<key>`.
+    pub fn parse_url(url: &str) -> Result<Self, Error> {
+        let invalid = || Error::InvalidUrl(url.chars().take(200).collect());
+        let rest = url.strip_prefix("object://").ok_or_else(invalid)?;
+        let (app, key) = rest.split_once('/').ok_or_else(invalid)?;
+        let app = AppName::parse(app).map_err(|_| invalid())?;
+        Self::new(app, key)
+    }
+
+    /// The `object://<app>/<key>` URL callers pass around.
+    pub fn url(&self) -> String {
+        format!("object://{}/{}", self.app, self.key)
+    }
+
+    fn path(&self) -> ObjectPath {
+        ObjectPath::from(format!("apps/{}/objects/{}", self.app, self.key))
+    }
+}
+
+/// Checks a user-chosen object key.
+pub fn validate_key(key: &str) -> Result<(), Error> {
+    let refuse = |why| {
+        Err(Error::InvalidKey {
+            key: key.chars().take(200).collect(),
+            why,
+        })
+    };
+    if key.is_empty() {
+        return refuse("must not be empty");
+    }
+    if key.len() > MAX_KEY_LEN {
+        return refuse("longer than 512 bytes");
+    }
+    if key.starts_with('/') {
+        return refuse("must be relative");
+    }
+    if key.chars().any(|c| c.is_control() || c == '\\') {
+        return refuse("control characters and backslashes are not allowed");
+    }
+    for segment in key.split('/') {
+        match segment {
+            "" => return refuse("empty path segment"),
+            "." | ".." => return refuse("'.' and '..' segments are not allowed"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A fresh key for an upload that did not name one: `tmp/<32 hex>.tgz`.
+pub fn fresh_key() -> String {
+    format!("tmp/{:032x}.tgz", rand::random::<u128>())
+}
+
+/// The build service's view of the object store.
+#[derive(Clone, Debug)]
+pub struct Objects {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Objects {
+    /// Opens the store at `location`, creating a local directory if needed.
+    pub fn open(location: &ObjectLocation) -> Result<Self, Error> {
+        let store: Arc<dyn ObjectStore> = match location {
+            ObjectLocation::Local(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                    action: format!("create object directory {}", dir.display()),
+                    source,
+                })?;
+                Arc::new(LocalFileSystem::new_with_prefix(dir)?)
+            }
+            ObjectLocation::S3 { bucket, prefix } => {
+                let s3 = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()?;
+                if prefix.is_empty() {
+                    Arc::new(s3)
+                } else {
+                    Arc::new(PrefixStore::new(s3, prefix.as_str()))
+                }
+            }
+        };
+        Ok(Self { store })
+    }
+
+    /// Stores `chunks` as `object`, refusing more than `limit` bytes (the
+    /// partial upload is aborted, so nothing is left behind). Returns the size.
+    pub async fn put_stream<S, E>(
+        &self,
+        object: &ObjectRef,
+        mut chunks: S,
+        limit: u64,
+    ) -> Result<u64, PutError<E>>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+    {
+        let mut writer = BufWriter::new(self.store.clone(), object.path());
+        let mut size = 0u64;
+        let outcome = async {
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(PutError::Input)?;
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(PutError::Store(Error::TooLarge { limit }));
+                }
+                writer
+                    .put(chunk)
+                    .await
+                    .map_err(|e| PutError::Store(e.into()))?;
+            }
+            writer.shutdown().await.map_err(|source| {
+                PutError::Store(Error::Io {
+                    action: "finish the upload".into(),
+                    source,
+                })
+            })
+        }
+        .await;
+        match outcome {
+            Ok(()) => Ok(size),
+            Err(e) => {
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!("failed to abort a partial upload: {abort}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Copies `object` into the local file `dest`, refusing objects larger
+    /// than `limit` bytes. Returns the size.
+    pub async fn download(
+        &self,
+        object: &ObjectRef,
+        dest: &Path,
+        limit: u64,
+    ) -> Result<u64, Error> {
+        let result = self.store.get(&object.path()).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => Error::NotFound(object.url()),
+            e => e.into(),
+        })?;
+        if result.meta.size > limit {
+            return Err(Error::TooLarge { limit });
+        }
+        let io = |action: &str| {
+            let action = format!("{action} {}", dest.display());
+            move |source| Error::Io { action, source }
+        };
+        let mut file = tokio::fs::File::create(dest).await.map_err(io("create"))?;
+        let mut stream = result.into_stream();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(Error::TooLarge { limit });
+            }
+            file.write_all(&chunk).await.map_err(io("write"))?;
+        }
+        file.flush().await.map_err(io("flush"))?;
+        Ok(size)
+    }
+
+    /// Stores the full log of a finished build.
+    pub async fn put_log(&self, app: &AppName, build: &BuildId, log: Bytes) -> Result<(), Error> {
+        self.store
+            .put(&log_path(app, build), PutPayload::from_bytes(log))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads the full log of a finished build; `None` if none was stored
+    /// (e.g. the build was interrupted by a crash).
+    pub async fn get_log(&self, app: &AppName, build: &BuildId) -> Result<Option<Bytes>, Error> {
+        match self.store.get(&log_path(app, build)).await {
+            Ok(result) => Ok(Some(result.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn log_path(app: &AppName, build: &BuildId) -> ObjectPath {
+    ObjectPath::from(format!("apps/{app}/builds/{build}/log"))
+}
+
+/// Why a streamed upload failed: the input stream, or the store.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError<E> {
+    /// The caller's stream failed.
+    #[error("reading the upload: {0}")]
+    Input(E),
+    /// The store (or the size limit) refused it.
+    #[error(transparent)]
+    Store(Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape() {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "..",
+            "a//b",
+            "./a",
+            "a\\b",
+            "a\nb",
+        ] {
+            assert!(validate_key(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["tmp/0123abcd.tgz", "source.tgz", "a/b/c.tar.gz", "a..b"] {
+            validate_key(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn object_urls_round_trip() {
+        let r = ObjectRef::parse_url("object://myapp/tmp/abc.tgz").unwrap();
+        assert_eq!(r.app.as_str(), "myapp");
+        assert_eq!(r.key, "tmp/abc.tgz");
+        assert_eq!(r.url(), "object://myapp/tmp/abc.tgz");
+        for bad in [
+            "s3://myapp/x",
+            "object://myapp",
+            "object://My_App/x",
+            "object://myapp/../x",
+        ] {
+            assert!(ObjectRef::parse_url(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn store_locations() {
+        assert_eq!(
+            ObjectLocation::parse("/var/x").unwrap(),
+            ObjectLocation::Local("/var/x".into())
+        );
+        assert_eq!(
+            ObjectLocation::parse("file:///var/x").unwrap(),
+            ObjectLocation::Local("/var/x".into())
+        );
+        assert_eq!(
+            ObjectLocation::parse("s3://bucket/a/b/").unwrap(),
+            ObjectLocation::S3 {
+                bucket: "bucket".into(),
+                prefix: "a/b".into()
+            }
+        );
+        let err = ObjectLocation::parse("ftp://h/x?token=secret")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
+    }
+}

@@ -1,0 +1,390 @@
+//! The build service's operations, independent of gRPC: create (and start)
+//! a build, read and list builds, follow or replay a build's log, cancel,
+//! and store uploaded objects.
+//!
+//! Builds run as tasks of this replica, at most `max_concurrent_builds` at a
+//! time. Each open build has a heartbeat in the database; a background loop
+//! refreshes this replica's and fails builds whose replica fell silent, and
+//! stops local builds that another replica was asked to cancel.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _};
+use slipway_domain::{AppName, BuildId};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::model::{Build, BuildStatus, Outcome};
+use crate::objects::{ObjectRef, PutError};
+use crate::pipeline::{Pipeline, Running, Stop};
+
+/// How often open builds' heartbeats are refreshed and checked.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+/// A build whose replica has been silent this long is failed.
+const ABANDONED_AFTER: Duration = Duration::from_secs(60);
+/// How often a reader of a build running on another replica checks whether
+/// it ended.
+const REMOTE_POLL: Duration = Duration::from_secs(1);
+/// How long CancelBuild waits for a local build to wind down.
+const CANCEL_WAIT: Duration = Duration::from_secs(15);
+/// Largest chunk of a replayed log sent at once.
+const REPLAY_CHUNK: usize = 64 << 10;
+
+/// A stream of log chunks.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// What CreateBuild asks for, validated.
+#[derive(Clone, Debug)]
+pub struct NewBuild {
+    /// The app.
+    pub app: AppName,
+    /// The source object.
+    pub source: ObjectRef,
+    /// Manifest path inside the source.
+    pub manifest_path: String,
+    /// Description for the release.
+    pub description: String,
+    /// The commit, when known.
+    pub git_sha: String,
+}
+
+/// The build service.
+#[derive(Debug)]
+pub struct BuildService {
+    pipeline: Arc<Pipeline>,
+    running: Mutex<HashMap<BuildId, Arc<Running>>>,
+    permits: Arc<Semaphore>,
+    /// This replica's id in the `runner` column.
+    runner: String,
+    build_timeout: Duration,
+    /// Fires when the service shuts down; running builds are stopped.
+    shutdown: CancellationToken,
+}
+
+impl BuildService {
+    /// A service running at most `concurrency` builds at once.
+    pub fn new(
+        pipeline: Pipeline,
+        concurrency: usize,
+        build_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            pipeline: Arc::new(pipeline),
+            running: Mutex::default(),
+            permits: Arc::new(Semaphore::new(concurrency)),
+            runner: format!("{:032x}", rand::random::<u128>()),
+            build_timeout,
+            shutdown,
+        }
+    }
+
+    fn running(&self, id: &BuildId) -> Option<Arc<Running>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Records a build and starts it in the background.
+    pub async fn create(self: &Arc<Self>, request: NewBuild, actor: String) -> Result<Build> {
+        if request.source.app != request.app {
+            return Err(Error::InvalidArgument(format!(
+                "source_url: object belongs to app {}, not {}",
+                request.source.app, request.app
+            )));
+        }
+        let build = Build {
+            id: BuildId::generate(),
+            app: request.app,
+            status: BuildStatus::Created,
+            reason: String::new(),
+            description: request.description,
+            git_sha: request.git_sha,
+            source_url: request.source.url(),
+            manifest_path: request.manifest_path,
+            manifest: String::new(),
+            release: None,
+            artifacts: Default::default(),
+            started: chrono::Utc::now(),
+            ended: None,
+        };
+        let running = Running::new();
+        // Registered before the row exists, so no reader can find the row
+        // without finding the live log.
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(build.id.clone(), running.clone());
+        if let Err(e) = self.pipeline.store.insert(&build, &self.runner).await {
+            self.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&build.id);
+            return Err(e);
+        }
+        tracing::info!(build_id = %build.id, app = %build.app, "build created");
+        tokio::spawn(self.clone().drive(build.clone(), running, actor));
+        Ok(build)
+    }
+
+    /// Runs a build: waits for a slot, then the pipeline.
+    #[tracing::instrument(skip_all, fields(build_id = %build.id, app = %build.app))]
+    async fn drive(self: Arc<Self>, build: Build, running: Arc<Running>, actor: String) {
+        let stop_on_shutdown = {
+            let (shutdown, running) = (self.shutdown.clone(), running.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                running.request_stop(Stop::Shutdown);
+            })
+        };
+        let permit = tokio::select! {
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            () = running.cancel.cancelled() => None,
+        };
+        match permit {
+            Some(_permit) => match self.pipeline.store.start(&build.id).await {
+                Ok(true) => {
+                    let timeout = {
+                        let (after, running) = (self.build_timeout, running.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(after).await;
+                            running.request_stop(Stop::Timeout(after));
+                        })
+                    };
+                    self.pipeline.run(&build, &running, &actor).await;
+                    timeout.abort();
+                }
+                Ok(false) => running.log.close(),
+                Err(e) => {
+                    tracing::error!(build_id = %build.id, "failed to start the build: {e}");
+                    self.end_unstarted(
+                        &build,
+                        &running,
+                        "internal error: could not start the build",
+                    )
+                    .await;
+                }
+            },
+            None => {
+                let reason = match running.stop.get() {
+                    Some(Stop::Shutdown) => "the build service shut down before the build started",
+                    _ => "cancelled",
+                };
+                self.end_unstarted(&build, &running, reason).await;
+            }
+        }
+        stop_on_shutdown.abort();
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&build.id);
+        running.finished.cancel();
+    }
+
+    /// Ends a build that never ran.
+    async fn end_unstarted(&self, build: &Build, running: &Running, reason: &str) {
+        let status = if reason == "cancelled" {
+            BuildStatus::Cancelled
+        } else {
+            BuildStatus::Failed
+        };
+        running.log.line(if status == BuildStatus::Cancelled {
+            "Build cancelled".to_owned()
+        } else {
+            format!("Build failed: {reason}")
+        });
+        if let Err(e) = self
+            .pipeline
+            .objects
+            .put_log(&build.app, &build.id, running.log.contents())
+            .await
+        {
+            tracing::warn!(build_id = %build.id, "failed to store the build log: {e}");
+        }
+        if let Err(e) = self
+            .pipeline
+            .store
+            .finish(&build.id, &Outcome::stopped(status, reason, String::new()))
+            .await
+        {
+            tracing::error!(build_id = %build.id, "failed to record the build's outcome: {e}");
+        }
+        running.log.close();
+    }
+
+    /// Reads a build.
+    pub async fn get(&self, app: &AppName, id: &BuildId) -> Result<Build> {
+        self.pipeline.store.get(app, id).await
+    }
+
+    /// Lists an app's builds, newest first.
+    pub async fn list(&self, app: &AppName, limit: u32) -> Result<Vec<Build>> {
+        self.pipeline.store.list(app, limit).await
+    }
+
+    /// Cancels an open build; a build that already ended is returned as is.
+    pub async fn cancel(&self, app: &AppName, id: &BuildId) -> Result<Build> {
+        let build = self.get(app, id).await?;
+        if build.status.is_terminal() {
+            return Ok(build);
+        }
+        if let Some(running) = self.running(id) {
+            running.request_stop(Stop::Cancelled);
+            if tokio::time::timeout(CANCEL_WAIT, running.finished.cancelled())
+                .await
+                .is_err()
+            {
+                tracing::warn!(build_id = %id, "build still winding down after cancel");
+            }
+        } else {
+            // Running on another replica: record it; that replica's heartbeat
+            // loop sees it and stops its builder.
+            let outcome =
+                Outcome::stopped(BuildStatus::Cancelled, "cancelled", build.manifest.clone());
+            self.pipeline.store.finish(id, &outcome).await?;
+        }
+        self.get(app, id).await
+    }
+
+    /// The log of a build from byte `offset`: followed live while the build
+    /// runs, replayed from the object store once it ended. The stream ends
+    /// when the build does.
+    pub async fn logs(
+        self: &Arc<Self>,
+        app: &AppName,
+        id: &BuildId,
+        offset: u64,
+    ) -> Result<LogStream> {
+        // Live first: a build that ends meanwhile is then found ended below.
+        if let Some(running) = self.running(id) {
+            self.get(app, id).await?; // the build must belong to `app`
+            return Ok(Box::pin(running.log.follow(offset).map(Ok)));
+        }
+        let build = self.get(app, id).await?;
+        if build.status.is_terminal() {
+            return self.replay(&build, offset).await;
+        }
+        // Open on another replica: wait for its end, then replay.
+        let service = self.clone();
+        let stream = futures::stream::once(async move {
+            loop {
+                tokio::time::sleep(REMOTE_POLL).await;
+                let build = service.get(&build.app, &build.id).await?;
+                if build.status.is_terminal() {
+                    return service.replay(&build, offset).await;
+                }
+            }
+        })
+        .map(|r| match r {
+            Ok(stream) => stream,
+            Err(e) => Box::pin(futures::stream::iter([Err(e)])) as LogStream,
+        })
+        .flatten();
+        Ok(Box::pin(stream))
+    }
+
+    async fn replay(&self, build: &Build, offset: u64) -> Result<LogStream> {
+        let log = self
+            .pipeline
+            .objects
+            .get_log(&build.app, &build.id)
+            .await?
+            .unwrap_or_default();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(log.len());
+        let chunks: Vec<Result<Bytes>> = log
+            .slice(start..)
+            .chunks(REPLAY_CHUNK)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        Ok(Box::pin(futures::stream::iter(chunks)))
+    }
+
+    /// Stores an uploaded object and returns its reference and size.
+    pub async fn upload<S, E>(&self, object: ObjectRef, chunks: S) -> Result<(ObjectRef, u64)>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let limit = self.pipeline.limits.max_compressed_bytes;
+        match self
+            .pipeline
+            .objects
+            .put_stream(&object, chunks, limit)
+            .await
+        {
+            Ok(size) => Ok((object, size)),
+            Err(PutError::Input(e)) => {
+                Err(Error::InvalidArgument(format!("upload interrupted: {e}")))
+            }
+            Err(PutError::Store(e)) => Err(e.into()),
+        }
+    }
+
+    /// Waits (at most `grace`) for every local build to record its outcome;
+    /// used at shutdown, after the builds were told to stop.
+    pub async fn wait_idle(&self, grace: Duration) {
+        let finished: Vec<CancellationToken> = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|r| r.finished.clone())
+            .collect();
+        let all = futures::future::join_all(finished.iter().map(|f| f.cancelled()));
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(
+                "builds still winding down at shutdown; their replica will be declared silent"
+            );
+        }
+    }
+
+    /// Refreshes this replica's heartbeats, fails abandoned builds and stops
+    /// local builds cancelled elsewhere, until `stop` fires.
+    pub async fn heartbeat_loop(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            if let Err(e) = self.heartbeat_once().await {
+                tracing::warn!("failed to refresh build heartbeats: {e}");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// One round of [`Self::heartbeat_loop`].
+    pub async fn heartbeat_once(&self) -> Result<()> {
+        let store = &self.pipeline.store;
+        store.heartbeat(&self.runner).await?;
+        let silent_since = chrono::Utc::now() - ABANDONED_AFTER;
+        for id in store
+            .fail_abandoned(
+                silent_since,
+                "the build service replica running the build stopped",
+            )
+            .await?
+        {
+            tracing::warn!(build_id = %id, "failed a build whose replica fell silent");
+        }
+        let local: Vec<(BuildId, Arc<Running>)> = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .collect();
+        for (id, running) in local {
+            if let Ok(Some(BuildStatus::Cancelled)) = store.status(&id).await {
+                running.request_stop(Stop::Cancelled);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! The build store's conformance suite, run against SQLite and PostgreSQL.
+
+use std::collections::BTreeMap;
+
+use slipway_build::model::{Build, BuildStatus, Outcome};
+use slipway_build::store::Store;
+use slipway_domain::{AppName, BuildId};
+
+use crate::helpers::Backend;
+
+fn new_build(app: &str, n: i64) -> Build {
+    Build {
+        id: BuildId::generate(),
+        app: AppName::parse(app).unwrap(),
+        status: BuildStatus::Created,
+        reason: String::new(),
+        description: format!("build {n}"),
+        git_sha: "37ea8cd80ed61ff9b4bb81d11cc6af0fa61cd23e".into(),
+        source_url: format!("object://{app}/tmp/{n}.tgz"),
+        manifest_path: "convox.yml".into(),
+        manifest: String::new(),
+        release: None,
+        artifacts: BTreeMap::new(),
+        started: chrono::DateTime::from_timestamp_micros(1_700_000_000_000_000 + n).unwrap(),
+        ended: None,
+    }
+}
+
+async fn conformance(backend: Backend) {
+    let db = backend.db().await;
+    let store = Store::new(db.db.clone());
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap(); // idempotent
+
+    let builds: Vec<Build> = (0..3).map(|n| new_build("myapp", n)).collect();
+    for b in &builds {
+        store.insert(b, "runner-a").await.unwrap();
+    }
+    store
+        .insert(&new_build("other", 9), "runner-a")
+        .await
+        .unwrap();
+    let app = AppName::parse("myapp").unwrap();
+
+    // Round trip and newest-first listing, per app.
+    assert_eq!(store.get(&app, &builds[0].id).await.unwrap(), builds[0]);
+    let listed: Vec<BuildId> = store
+        .list(&app, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            builds[2].id.clone(),
+            builds[1].id.clone(),
+            builds[0].id.clone()
+        ]
+    );
+    assert_eq!(store.list(&app, 1).await.unwrap().len(), 1);
+    let other = AppName::parse("other").unwrap();
+    assert!(matches!(
+        store.get(&other, &builds[0].id).await,
+        Err(slipway_build::error::Error::NotFound(_))
+    ));
+
+    // created -> running once; the first ending wins.
+    assert!(store.start(&builds[0].id).await.unwrap());
+    assert!(!store.start(&builds[0].id).await.unwrap());
+    let mut artifacts = BTreeMap::new();
+    artifacts.insert("web".to_owned(), "file:///a/sha256-x".to_owned());
+    let done = Outcome {
+        status: BuildStatus::Complete,
+        reason: String::new(),
+        manifest: "services: {}".into(),
+        release: Some("RABCDEFGHIJ".into()),
+        artifacts: artifacts.clone(),
+    };
+    assert!(store.finish(&builds[0].id, &done).await.unwrap());
+    let cancel = Outcome::stopped(BuildStatus::Cancelled, "cancelled", String::new());
+    assert!(!store.finish(&builds[0].id, &cancel).await.unwrap());
+    let got = store.get(&app, &builds[0].id).await.unwrap();
+    assert_eq!(got.status, BuildStatus::Complete);
+    assert_eq!(got.release.as_deref(), Some("RABCDEFGHIJ"));
+    assert_eq!(got.artifacts, artifacts);
+    assert_eq!(got.manifest, "services: {}");
+    assert!(got.ended.is_some());
+    assert_eq!(
+        store.status(&builds[0].id).await.unwrap(),
+        Some(BuildStatus::Complete)
+    );
+    assert_eq!(store.status(&BuildId::generate()).await.unwrap(), None);
+
+    // A cancelled created build can no longer start.
+    assert!(store.finish(&builds[1].id, &cancel).await.unwrap());
+    assert!(!store.start(&builds[1].id).await.unwrap());
+
+    // Abandoned builds: only open ones whose runner fell silent.
+    store
+        .insert(&new_build("myapp", 5), "runner-b")
+        .await
+        .unwrap();
+    let future = chrono::Utc::now() + chrono::Duration::seconds(5);
+    store.heartbeat("runner-b").await.unwrap();
+    let failed = store
+        .fail_abandoned(future, "replica stopped")
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 3, "{failed:?}"); // builds[2], other's, and runner-b's
+    let b2 = store.get(&app, &builds[2].id).await.unwrap();
+    assert_eq!(
+        (b2.status, b2.reason.as_str()),
+        (BuildStatus::Failed, "replica stopped")
+    );
+    assert!(
+        store
+            .fail_abandoned(future, "again")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let past = chrono::Utc::now() - chrono::Duration::seconds(60);
+    store
+        .insert(&new_build("myapp", 6), "runner-c")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .fail_abandoned(past, "too early")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn store_conformance_sqlite() {
+    conformance(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn store_conformance_postgres() {
+    conformance(Backend::Postgres).await;
+}

@@ -1,0 +1,187 @@
+//! Configuration of the rollout service: flags, each also readable from a
+//! `SLIPWAY_*` variable, validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use slipway_domain::Secret;
+
+use crate::service::DEADLINE_RANGE;
+
+/// The rollout service's settings.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "slipway-rollout",
+    version,
+    about = "Slipway rollout service: rolling deployments, health, deadlines, automatic rollback"
+)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7102")]
+    pub listen: SocketAddr,
+
+    /// Database URL: `postgres://…` or `sqlite:PATH`. Defaults to a SQLite
+    /// file in the data directory.
+    #[arg(long, env = "SLIPWAY_DATABASE_URL")]
+    pub database_url: Option<Secret>,
+
+    /// Directory for local state: the default SQLite file and process logs.
+    #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = ".slipway")]
+    pub data_dir: PathBuf,
+
+    /// gRPC endpoints of the release service replicas (comma-separated),
+    /// told the outcome of every rollout. Without one, outcomes are only
+    /// recorded here.
+    #[arg(
+        long = "release-endpoint",
+        env = "SLIPWAY_RELEASE_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    pub release_endpoints: Vec<String>,
+
+    /// Rollout deadline when a StartRollout gives none (30s to 6h).
+    #[arg(long, env = "SLIPWAY_DEFAULT_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub default_deadline: Duration,
+
+    /// How long a replica owns a rollout without renewing; after a crash,
+    /// another replica (or the restarted one) takes over after this long.
+    #[arg(long, env = "SLIPWAY_LEASE_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// Stable service ports of the local runtime: `LOW-HIGH`, or `0` to let
+    /// the OS pick (each service keeps its port across releases either way).
+    #[arg(long, env = "SLIPWAY_PORT_RANGE", default_value = "20000-29999", value_parser = parse_port_range)]
+    pub port_range: PortRange,
+
+    /// Exits of a new release's process that fail the rollout at once.
+    #[arg(long, env = "SLIPWAY_RESTART_LIMIT", default_value_t = 3)]
+    pub restart_limit: u32,
+
+    /// This replica's name in rollout leases; random when not given.
+    #[arg(long, env = "SLIPWAY_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    /// Upper bound of one gRPC call.
+    #[arg(long, env = "SLIPWAY_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// How long in-flight calls may run after SIGTERM.
+    #[arg(long, env = "SLIPWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Where stable ports come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange(pub Option<(u16, u16)>);
+
+/// Parses `LOW-HIGH` (or `0` for OS-assigned ports).
+pub fn parse_port_range(text: &str) -> Result<PortRange, String> {
+    if text.trim() == "0" {
+        return Ok(PortRange(None));
+    }
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or_else(|| format!("expected LOW-HIGH or 0, got {text:?}"))?;
+    let lo: u16 = lo
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid port {lo:?}"))?;
+    let hi: u16 = hi
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid port {hi:?}"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("expected 1 <= LOW <= HIGH, got {lo}-{hi}"));
+    }
+    Ok(PortRange(Some((lo, hi))))
+}
+
+impl Config {
+    /// A configuration for tests and the embedded rack, rooted at `data_dir`:
+    /// OS-assigned ports, a short lease.
+    pub fn dev(data_dir: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: None,
+            data_dir,
+            release_endpoints: Vec::new(),
+            default_deadline: Duration::from_secs(600),
+            lease_ttl: Duration::from_secs(3),
+            port_range: PortRange(None),
+            restart_limit: 3,
+            replica_id: None,
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks everything that can be checked without I/O.
+    pub fn validate(&self) -> Result<(), String> {
+        let deadline = self.default_deadline.as_secs();
+        if !(u64::from(*DEADLINE_RANGE.start())..=u64::from(*DEADLINE_RANGE.end()))
+            .contains(&deadline)
+        {
+            return Err(format!(
+                "--default-deadline must be between {}s and {}s, got {}",
+                DEADLINE_RANGE.start(),
+                DEADLINE_RANGE.end(),
+                humantime::format_duration(self.default_deadline)
+            ));
+        }
+        if self.lease_ttl < Duration::from_millis(300) {
+            return Err("--lease-ttl must be at least 300ms".into());
+        }
+        if self.restart_limit == 0 {
+            return Err("--restart-limit must be at least 1".into());
+        }
+        if let Some(url) = &self.database_url {
+            slipway_storage::Dialect::of_url(url.expose()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite:{}", self.data_dir.join("rollout.db").display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_refused() {
+        let config = Config::try_parse_from(["slipway-rollout"]).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.port_range, PortRange(Some((20000, 29999))));
+        assert!(config.database_url().ends_with("rollout.db"));
+        let config =
+            Config::try_parse_from(["slipway-rollout", "--default-deadline", "10s"]).unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("--default-deadline")
+        );
+        assert!(Config::try_parse_from(["slipway-rollout", "--port-range", "9-3"]).is_err());
+        let config = Config::try_parse_from(["slipway-rollout", "--port-range", "0"]).unwrap();
+        assert_eq!(config.port_range, PortRange(None));
+        let config =
+            Config::try_parse_from(["slipway-rollout", "--release-endpoint", "a:1,b:2"]).unwrap();
+        assert_eq!(config.release_endpoints, ["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let config =
+            Config::try_parse_from(["slipway-rollout", "--database-url", "postgres://u:pw@h/db"])
+                .unwrap();
+        assert!(!format!("{config:?}").contains("pw@"));
+    }
+}

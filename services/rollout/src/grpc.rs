@@ -1,0 +1,211 @@
+//! gRPC translation for `slipway.rollout.v1.RolloutService`: requests into
+//! validated domain requests, results into wire messages. No logic here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use slipway_api::rollout::v1 as pb;
+use slipway_api::rollout::v1::rollout_service_server::RolloutService;
+use slipway_api::timestamp;
+use tokio_stream::Stream;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::model::{Phase, Rollout, SpecRecord};
+use crate::service::{Rollouts, StartRequest, WatchItem};
+
+/// The gRPC face of [`Rollouts`].
+pub struct Grpc {
+    service: Arc<Rollouts>,
+}
+
+impl Grpc {
+    /// Wraps the service.
+    pub fn new(service: Arc<Rollouts>) -> Self {
+        Self { service }
+    }
+}
+
+fn spec_record(spec: pb::ReleaseSpec) -> SpecRecord {
+    SpecRecord {
+        app: spec.app,
+        release: spec.release,
+        build: spec.build,
+        manifest: spec.manifest,
+        env: spec.env.into_iter().collect(),
+        artifacts: spec.artifacts.into_iter().collect(),
+    }
+}
+
+fn phase(p: Phase) -> pb::RolloutPhase {
+    match p {
+        Phase::Pending => pb::RolloutPhase::Pending,
+        Phase::Updating => pb::RolloutPhase::Updating,
+        Phase::Running => pb::RolloutPhase::Running,
+        Phase::Reverting => pb::RolloutPhase::Reverting,
+        Phase::Reverted => pb::RolloutPhase::Reverted,
+        Phase::Failure => pb::RolloutPhase::Failure,
+    }
+}
+
+/// The wire form of a rollout.
+pub fn rollout(r: Rollout) -> pb::Rollout {
+    pb::Rollout {
+        promotion: r.id.clone(),
+        id: r.id,
+        app: r.app,
+        release: r.release,
+        fallback_release: r.fallback_release.unwrap_or_default(),
+        phase: phase(r.phase) as i32,
+        reason: r.reason,
+        deadline: Some(timestamp(r.deadline_at)),
+        created: Some(timestamp(r.created)),
+        deadline_seconds: r.deadline_secs,
+        finished: r.finished.map(timestamp),
+    }
+}
+
+fn required(value: &str, field: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Error::InvalidArgument(format!("{field} is required")).into());
+    }
+    Ok(())
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchRolloutResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RolloutService for Grpc {
+    async fn start_rollout(
+        &self,
+        request: Request<pb::StartRolloutRequest>,
+    ) -> Result<Response<pb::StartRolloutResponse>, Status> {
+        let req = request.into_inner();
+        let target = req
+            .target
+            .ok_or_else(|| Error::InvalidArgument("target is required".into()))?;
+        let started = self
+            .service
+            .start(StartRequest {
+                promotion: req.promotion,
+                target: spec_record(target),
+                fallback: req
+                    .fallback
+                    .filter(|f| !f.release.is_empty())
+                    .map(spec_record),
+                deadline_secs: req.deadline_seconds,
+            })
+            .await?;
+        Ok(Response::new(pb::StartRolloutResponse {
+            rollout: Some(rollout(started)),
+        }))
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::GetRolloutResponse>, Status> {
+        let id = request.into_inner().id;
+        required(&id, "id")?;
+        let found = self.service.get(&id).await?;
+        Ok(Response::new(pb::GetRolloutResponse {
+            rollout: Some(rollout(found)),
+        }))
+    }
+
+    type WatchRolloutStream = WatchStream;
+
+    async fn watch_rollout(
+        &self,
+        request: Request<pb::WatchRolloutRequest>,
+    ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        let req = request.into_inner();
+        required(&req.id, "id")?;
+        let after = match req.after_event_id.as_str() {
+            "" => 0,
+            text => text.parse::<u64>().map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "after_event_id {text:?} is not an event id of this rollout"
+                ))
+            })?,
+        };
+        let app = self.service.get(&req.id).await?.app;
+        let rx = self.service.watch(&req.id, after).await?;
+        let stream = ReceiverStream::new(rx).map(move |item| match item {
+            Ok(WatchItem::Event(e)) => Ok(pb::WatchRolloutResponse {
+                event: Some(pb::Event {
+                    id: e.seq.to_string(),
+                    time: Some(timestamp(e.time)),
+                    app: app.clone(),
+                    source: e.source,
+                    message: e.message,
+                }),
+                finished: None,
+            }),
+            Ok(WatchItem::Finished(r)) => Ok(pb::WatchRolloutResponse {
+                event: None,
+                finished: Some(rollout(r)),
+            }),
+            Err(e) => Err(Status::from(e)),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel_rollout(
+        &self,
+        request: Request<pb::CancelRolloutRequest>,
+    ) -> Result<Response<pb::CancelRolloutResponse>, Status> {
+        let id = request.into_inner().id;
+        required(&id, "id")?;
+        let cancelled = self.service.cancel(&id).await?;
+        Ok(Response::new(pb::CancelRolloutResponse {
+            rollout: Some(rollout(cancelled)),
+        }))
+    }
+
+    async fn list_processes(
+        &self,
+        request: Request<pb::ListProcessesRequest>,
+    ) -> Result<Response<pb::ListProcessesResponse>, Status> {
+        let app = request.into_inner().app;
+        required(&app, "app")?;
+        let processes = self
+            .service
+            .processes(&app)
+            .await?
+            .into_iter()
+            .map(|p| pb::Process {
+                id: p.id,
+                service: p.service,
+                release: p.release,
+                status: p.status,
+                started: Some(timestamp(p.started)),
+                pid: p.pid.unwrap_or_default(),
+                port: p.port.map(u32::from).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListProcessesResponse { processes }))
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let app = request.into_inner().app;
+        required(&app, "app")?;
+        let services = self
+            .service
+            .services(&app)
+            .await?
+            .into_iter()
+            .map(|s| pb::Service {
+                name: s.name,
+                address: s.address,
+                count: s.count,
+            })
+            .collect();
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+}

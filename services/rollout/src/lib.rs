@@ -1,0 +1,139 @@
+//! The rollout service: carries promotions out on a runtime (local
+//! processes now; Kubernetes next), watches health and deadlines, rolls back
+//! on its own, records every event, and reports outcomes to the release
+//! service. Rollouts survive crashes: state and leases live in the
+//! database, and the local runtime re-adopts the processes it started.
+//!
+//! `run` is the whole service; `main.rs` only parses config and binds.
+
+pub mod config;
+pub mod driver;
+pub mod error;
+pub mod grpc;
+pub mod model;
+pub mod recorder;
+pub mod report;
+pub mod runtime;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use slipway_api::rollout::v1::rollout_service_server::{RolloutServiceServer, SERVICE_NAME};
+use slipway_events::{EventBus, InProcessBus};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::driver::Drivers;
+use crate::recorder::Recorder;
+use crate::report::Reporter;
+use crate::runtime::local::{LocalConfig, LocalRuntime};
+use crate::service::Rollouts;
+use crate::store::Store;
+
+/// Opens the store the configuration names: connects and migrates.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let url = config.database_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    }
+    let db = slipway_storage::connect(&url, &slipway_storage::PoolOptions::default()).await?;
+    let store = Store::new(db);
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Runs the service on `listener` with an in-process event bus until
+/// `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_bus(
+        config,
+        Arc::new(InProcessBus::default()),
+        listener,
+        shutdown,
+    )
+    .await
+}
+
+/// Runs the service publishing to `bus` (the embedded rack shares one).
+pub async fn run_with_bus(
+    config: Config,
+    bus: Arc<dyn EventBus>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (routes, health) = slipway_rpc::standard_routes(&[SERVICE_NAME]).await;
+    let store = open_store(&config)
+        .await
+        .context("open the rollout store")?;
+    let recorder = Recorder::start(store.clone(), bus.clone());
+    let runtime = LocalRuntime::start(
+        store.clone(),
+        Arc::new(recorder.clone()),
+        LocalConfig {
+            data_dir: config.data_dir.clone(),
+            ports: config.port_range.0,
+            restart_limit: config.restart_limit,
+        },
+    )
+    .await
+    .context("start the local runtime")?;
+    let reporter = if config.release_endpoints.is_empty() {
+        tracing::warn!("no release endpoint configured: rollout outcomes are not reported");
+        Reporter::new(None)
+    } else {
+        let channel = slipway_rpc::channel(
+            "release",
+            &config.release_endpoints,
+            &slipway_rpc::ChannelOptions {
+                request_timeout: config.request_timeout,
+                ..Default::default()
+            },
+        )?;
+        Reporter::new(Some(channel))
+    };
+    let background = CancellationToken::new();
+    let replica = config
+        .replica_id
+        .clone()
+        .unwrap_or_else(|| format!("rollout-{}", uuid::Uuid::new_v4().simple()));
+    let drivers = Drivers::new(
+        store.clone(),
+        Arc::new(runtime.clone()),
+        recorder,
+        reporter,
+        replica.clone(),
+        config.lease_ttl,
+        background.clone(),
+    );
+    tokio::spawn(drivers.clone().takeover_loop());
+    let service = Arc::new(Rollouts::new(
+        store,
+        Arc::new(runtime),
+        bus,
+        drivers.clone(),
+        config.default_deadline.as_secs() as u32,
+    ));
+    let routes = routes.add_service(RolloutServiceServer::new(grpc::Grpc::new(service)));
+    health.serving().await;
+    tracing::info!(addr = %listener.local_addr()?, replica, "rollout service serving");
+    let options = slipway_rpc::ServerOptions {
+        request_timeout: config.request_timeout,
+        shutdown_grace: config.shutdown_grace,
+        ..Default::default()
+    };
+    slipway_rpc::serve(routes, listener, &options, health, background, shutdown).await?;
+    // Hand leases back so a restarted replica takes over without waiting.
+    drivers.wait_idle(Duration::from_secs(2)).await;
+    Ok(())
+}

@@ -1,0 +1,596 @@
+//! The rollout service's storage: rollouts with their owner leases, the
+//! durable per-rollout event log, and the local runtime's records (desired
+//! spec per app, stable ports, started processes). One implementation over
+//! sqlx's `Any` driver for SQLite and PostgreSQL; the store tests run every
+//! operation against both.
+//!
+//! Fencing: a replica drives a rollout only while it holds the lease, and
+//! every write a driver makes is conditional on the lease epoch it took, so
+//! a replica that lost its lease (paused, partitioned) changes nothing.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use slipway_storage::{Database, ErrorClass, classify, now_micros};
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use crate::error::{Error, Result};
+use crate::model::{Phase, Rollout, RolloutPlan, Spec};
+
+/// Migrations for PostgreSQL.
+pub static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// Migrations for SQLite.
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+const ROLLOUT_COLUMNS: &str = "id, app, release_id, fallback_release, phase, reason, deadline_secs, \
+     deadline_at, epoch, cancel_requested, reported, created_at, finished_at";
+
+/// A rollout to record.
+#[derive(Clone, Debug)]
+pub struct NewRollout {
+    /// The promotion id.
+    pub id: String,
+    /// What to run.
+    pub target: Spec,
+    /// What to return to.
+    pub fallback: Option<Spec>,
+    /// Deadline in seconds.
+    pub deadline_secs: u32,
+}
+
+/// An event of a rollout's durable log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Position in the rollout's log, from 1.
+    pub seq: u64,
+    /// When it happened.
+    pub time: DateTime<Utc>,
+    /// e.g. `system/local/web`.
+    pub source: String,
+    /// The text.
+    pub message: String,
+}
+
+/// A process the local runtime started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessRecord {
+    /// e.g. `web-4f2a9c1d`.
+    pub id: String,
+    /// The app.
+    pub app: String,
+    /// The service.
+    pub service: String,
+    /// The release it runs.
+    pub release: String,
+    /// OS process id; `None` if the service died between recording and spawning.
+    pub pid: Option<u32>,
+    /// The port it listens on.
+    pub port: u16,
+    /// When it was started.
+    pub started: DateTime<Utc>,
+}
+
+/// The rollout database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Database,
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn time(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+fn lease_until(ttl: Duration) -> i64 {
+    now_micros() + i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX / 2)
+}
+
+impl Store {
+    /// A store over a connected database (run [`Store::migrate`] first).
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// Runs the migrations of the database's dialect.
+    pub async fn migrate(&self) -> Result<(), slipway_storage::Error> {
+        self.db.migrate(&POSTGRES_MIGRATOR, &SQLITE_MIGRATOR).await
+    }
+
+    /// Records a rollout owned by `owner` (epoch 1), or returns the one that
+    /// exists for the same id (`false`: nothing was recorded). Refuses a
+    /// second rollout of an app while one is in flight.
+    pub async fn create(
+        &self,
+        new: &NewRollout,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<(RolloutPlan, bool)> {
+        if let Some(existing) = self.plan(&new.id).await? {
+            return Ok((existing, false));
+        }
+        let now = now_micros();
+        let deadline = now + i64::from(new.deadline_secs) * 1_000_000;
+        let inserted = retry(|| {
+            sqlx::query(
+                "INSERT INTO rollouts (id, app, release_id, fallback_release, target_spec, fallback_spec, phase, \
+                 deadline_secs, deadline_at, owner, lease_expires, epoch, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12)",
+            )
+            .bind(&new.id)
+            .bind(&new.target.app)
+            .bind(&new.target.release)
+            .bind(new.fallback.as_ref().map(|f| f.release.clone()))
+            .bind(new.target.to_json())
+            .bind(new.fallback.as_ref().map(Spec::to_json))
+            .bind(Phase::Pending.as_str())
+            .bind(i64::from(new.deadline_secs))
+            .bind(deadline)
+            .bind(owner)
+            .bind(lease_until(ttl))
+            .bind(now)
+            .execute(&self.db.pool)
+        })
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if matches!(classify(&e), ErrorClass::UniqueViolation(_)) => {
+                // Either the same promotion raced us in, or another rollout
+                // of the app is open.
+                if let Some(existing) = self.plan(&new.id).await? {
+                    return Ok((existing, false));
+                }
+                let open = self.open_for_app(&new.target.app).await?;
+                return Err(Error::FailedPrecondition(format!(
+                    "app {} is updating: rollout {} is in progress",
+                    new.target.app,
+                    open.as_deref().unwrap_or("?")
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let plan = self
+            .plan(&new.id)
+            .await?
+            .ok_or_else(|| Error::Corrupt(format!("rollout {} vanished after insert", new.id)))?;
+        Ok((plan, true))
+    }
+
+    async fn open_for_app(&self, app: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT id FROM rollouts WHERE app = $1 AND finished_at IS NULL")
+            .bind(app)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("id")).transpose()?)
+    }
+
+    /// Reads a rollout.
+    pub async fn get(&self, id: &str) -> Result<Option<Rollout>> {
+        let row = sqlx::query(&format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        row.as_ref().map(rollout_from_row).transpose()
+    }
+
+    /// Reads a rollout with its specs.
+    pub async fn plan(&self, id: &str) -> Result<Option<RolloutPlan>> {
+        let row = sqlx::query(&format!(
+            "SELECT {ROLLOUT_COLUMNS}, target_spec, fallback_spec FROM rollouts WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let rollout = rollout_from_row(&row)?;
+        let spec = |json: String| {
+            Spec::from_json(&json).map_err(|e| Error::Corrupt(format!("rollout {id}: {e}")))
+        };
+        let target = spec(row.try_get("target_spec")?)?;
+        let fallback = row
+            .try_get::<Option<String>, _>("fallback_spec")?
+            .map(spec)
+            .transpose()?;
+        Ok(Some(RolloutPlan {
+            rollout,
+            target: target.into(),
+            fallback: fallback.map(Into::into),
+        }))
+    }
+
+    /// Takes over the lease of a rollout whose lease expired and whose
+    /// outcome is not yet acknowledged. Returns the new epoch, or `None` if
+    /// someone else holds it.
+    pub async fn acquire(&self, id: &str, owner: &str, ttl: Duration) -> Result<Option<u64>> {
+        let row = retry(|| {
+            sqlx::query(
+                "UPDATE rollouts SET owner = $1, lease_expires = $2, epoch = epoch + 1 \
+                 WHERE id = $3 AND lease_expires < $4 AND reported = 0 RETURNING epoch",
+            )
+            .bind(owner)
+            .bind(lease_until(ttl))
+            .bind(id)
+            .bind(now_micros())
+            .fetch_optional(&self.db.pool)
+        })
+        .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>("epoch"))
+            .transpose()?
+            .map(|e| e as u64))
+    }
+
+    /// Extends the lease held at `epoch`. Returns whether a cancel was
+    /// requested, or `None` if the lease was lost.
+    pub async fn renew(
+        &self,
+        id: &str,
+        owner: &str,
+        epoch: u64,
+        ttl: Duration,
+    ) -> Result<Option<bool>> {
+        let row = retry(|| {
+            sqlx::query(
+                "UPDATE rollouts SET lease_expires = $1 WHERE id = $2 AND owner = $3 AND epoch = $4 \
+                 RETURNING cancel_requested",
+            )
+            .bind(lease_until(ttl))
+            .bind(id)
+            .bind(owner)
+            .bind(epoch as i64)
+            .fetch_optional(&self.db.pool)
+        })
+        .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>("cancel_requested"))
+            .transpose()?
+            .map(|c| c != 0))
+    }
+
+    /// Gives the lease up (graceful shutdown) so another replica takes over
+    /// at once.
+    pub async fn release_lease(&self, id: &str, epoch: u64) -> Result<()> {
+        sqlx::query("UPDATE rollouts SET lease_expires = 0 WHERE id = $1 AND epoch = $2")
+            .bind(id)
+            .bind(epoch as i64)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves the rollout to `phase` if the lease is still at `epoch`;
+    /// `deadline` starts a fresh deadline for the phase. Returns whether the
+    /// write happened (false: the lease was lost).
+    pub async fn set_phase(
+        &self,
+        id: &str,
+        epoch: u64,
+        phase: Phase,
+        reason: &str,
+        deadline: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let now = now_micros();
+        let done = retry(|| {
+            sqlx::query(
+                "UPDATE rollouts SET phase = $1, reason = $2, deadline_at = COALESCE($3, deadline_at), \
+                 finished_at = $4 WHERE id = $5 AND epoch = $6",
+            )
+            .bind(phase.as_str())
+            .bind(reason)
+            .bind(deadline.map(micros))
+            .bind(phase.is_terminal().then_some(now))
+            .bind(id)
+            .bind(epoch as i64)
+            .execute(&self.db.pool)
+        })
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a cancel request (any replica may take it; the owner reads
+    /// it when it renews). Returns the rollout, or `None` if unknown.
+    pub async fn request_cancel(&self, id: &str) -> Result<Option<Rollout>> {
+        retry(|| {
+            sqlx::query(
+                "UPDATE rollouts SET cancel_requested = 1 WHERE id = $1 AND finished_at IS NULL",
+            )
+            .bind(id)
+            .execute(&self.db.pool)
+        })
+        .await?;
+        self.get(id).await
+    }
+
+    /// Records that the release service acknowledged the outcome.
+    pub async fn mark_reported(&self, id: &str, epoch: u64) -> Result<bool> {
+        let done = retry(|| {
+            sqlx::query(
+                "UPDATE rollouts SET reported = 1, lease_expires = 0 WHERE id = $1 AND epoch = $2",
+            )
+            .bind(id)
+            .bind(epoch as i64)
+            .execute(&self.db.pool)
+        })
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Rollouts that need a driver (in flight, or outcome unreported) and
+    /// whose lease has expired.
+    pub async fn orphaned(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT id FROM rollouts WHERE reported = 0 AND lease_expires < $1 ORDER BY created_at",
+        )
+        .bind(now_micros())
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
+    /// Appends an event to a rollout's log and returns its sequence number.
+    pub async fn append_event(
+        &self,
+        rollout: &str,
+        time: DateTime<Utc>,
+        source: &str,
+        message: &str,
+    ) -> Result<u64> {
+        for _ in 0..20 {
+            let row = sqlx::query(
+                "INSERT INTO rollout_events (rollout_id, seq, time, source, message) \
+                 SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM rollout_events WHERE rollout_id = $5 \
+                 RETURNING seq",
+            )
+            .bind(rollout)
+            .bind(micros(time))
+            .bind(source)
+            .bind(message)
+            .bind(rollout)
+            .fetch_one(&self.db.pool)
+            .await;
+            match row {
+                Ok(row) => return Ok(row.try_get::<i64, _>("seq")? as u64),
+                // A concurrent append took the number (or the database was
+                // busy): take the next one.
+                Err(e)
+                    if matches!(
+                        classify(&e),
+                        ErrorClass::UniqueViolation(_) | ErrorClass::Retryable
+                    ) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::FailedPrecondition(format!(
+            "rollout {rollout}: event log is contended"
+        )))
+    }
+
+    /// A rollout's events after `after`, oldest first, at most `limit`.
+    pub async fn events_after(
+        &self,
+        rollout: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT seq, time, source, message FROM rollout_events WHERE rollout_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3",
+        )
+        .bind(rollout)
+        .bind(after as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    seq: r.try_get::<i64, _>("seq")? as u64,
+                    time: time(r.try_get("time")?),
+                    source: r.try_get("source")?,
+                    message: r.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- the local runtime's records ----
+
+    /// Records what an app should run (the spec JSON and the rollout that set it).
+    pub async fn local_set_app(&self, app: &str, spec_json: &str, rollout: &str) -> Result<()> {
+        retry(|| {
+            sqlx::query(
+                "INSERT INTO local_apps (app, spec, rollout_id, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (app) DO UPDATE SET spec = excluded.spec, rollout_id = excluded.rollout_id, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(app)
+            .bind(spec_json)
+            .bind(rollout)
+            .bind(now_micros())
+            .execute(&self.db.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets what an app should run.
+    pub async fn local_remove_app(&self, app: &str) -> Result<()> {
+        retry(|| {
+            sqlx::query("DELETE FROM local_apps WHERE app = $1")
+                .bind(app)
+                .execute(&self.db.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Every app's desired spec JSON and rollout.
+    pub async fn local_apps(&self) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query("SELECT app, spec, rollout_id FROM local_apps ORDER BY app")
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("app")?,
+                    r.try_get("spec")?,
+                    r.try_get("rollout_id")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The stable port of a service, if one was assigned.
+    pub async fn local_port(&self, app: &str, service: &str) -> Result<Option<u16>> {
+        let row = sqlx::query("SELECT port FROM local_ports WHERE app = $1 AND service = $2")
+            .bind(app)
+            .bind(service)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>("port"))
+            .transpose()?
+            .map(|p| p as u16))
+    }
+
+    /// Every assigned stable port.
+    pub async fn local_ports(&self) -> Result<Vec<u16>> {
+        let rows = sqlx::query("SELECT port FROM local_ports")
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<i64, _>("port")? as u16))
+            .collect()
+    }
+
+    /// Assigns a stable port; `false` if the port is taken by another service.
+    pub async fn local_assign_port(&self, app: &str, service: &str, port: u16) -> Result<bool> {
+        let done = retry(|| {
+            sqlx::query("INSERT INTO local_ports (app, service, port) VALUES ($1, $2, $3)")
+                .bind(app)
+                .bind(service)
+                .bind(i64::from(port))
+                .execute(&self.db.pool)
+        })
+        .await;
+        match done {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(classify(&e), ErrorClass::UniqueViolation(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records a process about to be spawned.
+    pub async fn local_insert_process(&self, p: &ProcessRecord) -> Result<()> {
+        retry(|| {
+            sqlx::query(
+                "INSERT INTO local_processes (id, app, service, release_id, pid, port, started_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&p.id)
+            .bind(&p.app)
+            .bind(&p.service)
+            .bind(&p.release)
+            .bind(p.pid.map(i64::from))
+            .bind(i64::from(p.port))
+            .bind(micros(p.started))
+            .execute(&self.db.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Records the OS pid of a spawned process.
+    pub async fn local_set_pid(&self, id: &str, pid: u32) -> Result<()> {
+        retry(|| {
+            sqlx::query("UPDATE local_processes SET pid = $1 WHERE id = $2")
+                .bind(i64::from(pid))
+                .bind(id)
+                .execute(&self.db.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets a process that is gone.
+    pub async fn local_delete_process(&self, id: &str) -> Result<()> {
+        retry(|| {
+            sqlx::query("DELETE FROM local_processes WHERE id = $1")
+                .bind(id)
+                .execute(&self.db.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Every recorded process.
+    pub async fn local_processes(&self) -> Result<Vec<ProcessRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, app, service, release_id, pid, port, started_at FROM local_processes ORDER BY started_at",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ProcessRecord {
+                    id: r.try_get("id")?,
+                    app: r.try_get("app")?,
+                    service: r.try_get("service")?,
+                    release: r.try_get("release_id")?,
+                    pid: r.try_get::<Option<i64>, _>("pid")?.map(|p| p as u32),
+                    port: r.try_get::<i64, _>("port")? as u16,
+                    started: time(r.try_get("started_at")?),
+                })
+            })
+            .collect()
+    }
+}
+
+fn rollout_from_row(row: &AnyRow) -> Result<Rollout> {
+    let phase: String = row.try_get("phase")?;
+    let id: String = row.try_get("id")?;
+    Ok(Rollout {
+        phase: Phase::parse(&phase)
+            .ok_or_else(|| Error::Corrupt(format!("rollout {id}: phase {phase:?}")))?,
+        app: row.try_get("app")?,
+        release: row.try_get("release_id")?,
+        fallback_release: row.try_get("fallback_release")?,
+        reason: row.try_get("reason")?,
+        deadline_secs: u32::try_from(row.try_get::<i64, _>("deadline_secs")?).unwrap_or(u32::MAX),
+        deadline_at: time(row.try_get("deadline_at")?),
+        epoch: row.try_get::<i64, _>("epoch")? as u64,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        reported: row.try_get::<i64, _>("reported")? != 0,
+        created: time(row.try_get("created_at")?),
+        finished: row.try_get::<Option<i64>, _>("finished_at")?.map(time),
+        id,
+    })
+}
+
+/// Retries a statement while the database reports a transient conflict
+/// (SQLite busy, PostgreSQL serialization failure).
+async fn retry<T, F, Fut>(mut attempt: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if tries < 8 && classify(&e) == ErrorClass::Retryable => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(5 << tries.min(6))).await;
+            }
+            other => return other,
+        }
+    }
+}

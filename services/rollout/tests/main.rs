@@ -1,0 +1,8 @@
+//! The rollout service's tests: one binary. Real processes (the
+//! `slipway-testapp` binary), real sockets, SQLite and PostgreSQL.
+
+mod crash;
+mod helpers;
+mod rollouts;
+mod runtime;
+mod store;

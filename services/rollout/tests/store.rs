@@ -1,0 +1,169 @@
+//! The store against both databases: the same checks on SQLite and PostgreSQL.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use slipway_rollout::model::Phase;
+use slipway_rollout::store::{NewRollout, ProcessRecord, Store};
+
+use crate::helpers::{App, domain_spec};
+
+async fn suite(store: Store) {
+    store.migrate().await.unwrap();
+    let ttl = Duration::from_secs(30);
+    let new = NewRollout {
+        id: "P1".into(),
+        target: domain_spec("app1", "RBBBBBBBBBB", &App::healthy(1)),
+        fallback: Some(domain_spec("app1", "RAAAAAAAAAA", &App::healthy(1))),
+        deadline_secs: 60,
+    };
+    // Created once; a second create returns the same rollout.
+    let (plan, created) = store.create(&new, "a", ttl).await.unwrap();
+    assert!(created);
+    assert_eq!(
+        (plan.rollout.phase, plan.rollout.epoch),
+        (Phase::Pending, 1)
+    );
+    assert_eq!(plan.fallback.as_ref().unwrap().release, "RAAAAAAAAAA");
+    assert_eq!(plan.target.env.get("TESTAPP_MODE"), Some("healthy"));
+    let (again, created) = store.create(&new, "b", ttl).await.unwrap();
+    assert!(!created);
+    assert_eq!(again.rollout.created, plan.rollout.created);
+    // A second rollout of the same app is refused while one is open.
+    let other = NewRollout {
+        id: "P2".into(),
+        ..new.clone()
+    };
+    let err = store
+        .create(&other, "a", ttl)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is updating"), "{err}");
+
+    // The lease: held, so nobody takes it; renewals report cancels.
+    assert_eq!(store.acquire("P1", "b", ttl).await.unwrap(), None);
+    assert_eq!(store.renew("P1", "a", 1, ttl).await.unwrap(), Some(false));
+    store.request_cancel("P1").await.unwrap().unwrap();
+    assert_eq!(store.renew("P1", "a", 1, ttl).await.unwrap(), Some(true));
+    assert!(store.orphaned().await.unwrap().is_empty());
+    // Released (or expired): taken over with a higher epoch; the old owner is fenced.
+    store.release_lease("P1", 1).await.unwrap();
+    assert_eq!(store.orphaned().await.unwrap(), ["P1"]);
+    assert_eq!(store.acquire("P1", "b", ttl).await.unwrap(), Some(2));
+    assert_eq!(store.renew("P1", "a", 1, ttl).await.unwrap(), None);
+    assert!(
+        !store
+            .set_phase("P1", 1, Phase::Updating, "", None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_phase("P1", 2, Phase::Updating, "", None)
+            .await
+            .unwrap()
+    );
+    let fresh = Utc::now() + Duration::from_secs(60);
+    assert!(
+        store
+            .set_phase("P1", 2, Phase::Reverting, "why", Some(fresh))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_phase("P1", 2, Phase::Reverted, "why", None)
+            .await
+            .unwrap()
+    );
+    let done = store.get("P1").await.unwrap().unwrap();
+    assert_eq!(
+        (done.phase, done.reason.as_str(), done.reported),
+        (Phase::Reverted, "why", false)
+    );
+    assert!(done.finished.is_some());
+    assert_eq!(done.deadline_at.timestamp(), fresh.timestamp());
+    // Finished: the app may roll out again; reported rollouts need no driver.
+    store.create(&other, "a", ttl).await.unwrap();
+    assert!(store.mark_reported("P1", 2).await.unwrap());
+    assert_eq!(
+        store.acquire("P1", "c", Duration::ZERO).await.unwrap(),
+        None
+    );
+
+    // Events: numbered from 1 per rollout, read back after an id.
+    for i in 0..5 {
+        let seq = store
+            .append_event("P1", Utc::now(), "system/local/web", &format!("e{i}"))
+            .await
+            .unwrap();
+        assert_eq!(seq, i + 1);
+    }
+    assert_eq!(
+        store
+            .append_event("P2", Utc::now(), "system/local/web", "x")
+            .await
+            .unwrap(),
+        1
+    );
+    let after = store.events_after("P1", 2, 100).await.unwrap();
+    assert_eq!(
+        after.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+        ["e2", "e3", "e4"]
+    );
+    assert_eq!(store.events_after("P1", 0, 2).await.unwrap().len(), 2);
+
+    // The local runtime's records.
+    assert_eq!(store.local_port("app1", "web").await.unwrap(), None);
+    assert!(store.local_assign_port("app1", "web", 20001).await.unwrap());
+    assert!(
+        !store.local_assign_port("app2", "web", 20001).await.unwrap(),
+        "a port belongs to one service"
+    );
+    assert_eq!(store.local_port("app1", "web").await.unwrap(), Some(20001));
+    assert_eq!(store.local_ports().await.unwrap(), [20001]);
+    let record = ProcessRecord {
+        id: "web-1".into(),
+        app: "app1".into(),
+        service: "web".into(),
+        release: "RAAAAAAAAAA".into(),
+        pid: None,
+        port: 41000,
+        started: chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap(),
+    };
+    store.local_insert_process(&record).await.unwrap();
+    store.local_set_pid("web-1", 4242).await.unwrap();
+    assert_eq!(
+        store.local_processes().await.unwrap(),
+        [ProcessRecord {
+            pid: Some(4242),
+            ..record
+        }]
+    );
+    store.local_delete_process("web-1").await.unwrap();
+    assert!(store.local_processes().await.unwrap().is_empty());
+    store.local_set_app("app1", "{}", "P1").await.unwrap();
+    store
+        .local_set_app("app1", "{\"x\":1}", "P2")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.local_apps().await.unwrap(),
+        [("app1".to_owned(), "{\"x\":1}".to_owned(), "P2".to_owned())]
+    );
+    store.local_remove_app("app1").await.unwrap();
+    assert!(store.local_apps().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_store_works_on_sqlite() {
+    let db = slipway_storage::testing::sqlite().await;
+    suite(Store::new(db.db.clone())).await;
+}
+
+#[tokio::test]
+async fn the_store_works_on_postgres() {
+    let db = slipway_storage::testing::postgres().await;
+    suite(Store::new(db.db.clone())).await;
+}
