@@ -22,6 +22,18 @@ pub struct TestDb {
     _dir: Option<tempfile::TempDir>,
 }
 
+impl TestDb {
+    /// Another handle on the same database (for a second replica); the
+    /// original keeps the files alive.
+    pub fn share(&self) -> TestDb {
+        TestDb {
+            db: self.db.clone(),
+            url: self.url.clone(),
+            _dir: None,
+        }
+    }
+}
+
 /// Creates an empty PostgreSQL database and connects to it.
 pub async fn postgres() -> TestDb {
     let admin_url = postgres_admin_url();

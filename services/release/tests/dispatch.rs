@@ -54,10 +54,16 @@ impl RolloutService for Recorder {
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
-    async fn list_processes(&self, _: Request<rpb::ListProcessesRequest>) -> Result<Response<rpb::ListProcessesResponse>, Status> {
+    async fn list_processes(
+        &self,
+        _: Request<rpb::ListProcessesRequest>,
+    ) -> Result<Response<rpb::ListProcessesResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
-    async fn list_services(&self, _: Request<rpb::ListServicesRequest>) -> Result<Response<rpb::ListServicesResponse>, Status> {
+    async fn list_services(
+        &self,
+        _: Request<rpb::ListServicesRequest>,
+    ) -> Result<Response<rpb::ListServicesResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
     async fn cancel_rollout(
@@ -145,7 +151,10 @@ async fn promotions_are_handed_to_the_rollout_service(backend: Backend) {
         .into_inner()
         .promotion
         .unwrap();
-    assert_eq!(*recorder.cancelled.lock().unwrap(), vec![promotion.id.clone()]);
+    assert_eq!(
+        *recorder.cancelled.lock().unwrap(),
+        vec![promotion.id.clone()]
+    );
     assert_eq!(
         cancelled.state,
         pb::PromotionState::RollingOut as i32,

@@ -98,6 +98,24 @@ impl TestApp {
         );
     }
 
+    /// A second replica on the same database and key.
+    pub async fn replica(&self) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = self.config.clone();
+        config.data_dir = dir.path().to_path_buf();
+        let db = self.db.share();
+        let mut app = Self {
+            client: placeholder_client(),
+            db,
+            config,
+            stop: None,
+            server: None,
+            _dir: dir,
+        };
+        app.start().await;
+        app
+    }
+
     /// Stops the server and waits for it to finish.
     pub async fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {

@@ -13,7 +13,35 @@ both!(
     releases_list_newest_first_with_a_cursor,
     releases_fork_from_the_newest_release,
     a_build_without_manifest_reuses_its_earlier_release,
+    two_replicas_interleaving_lose_nothing,
 );
+
+async fn two_replicas_interleaving_lose_nothing(backend: Backend) {
+    let a = TestApp::spawn(backend).await;
+    let b = a.replica().await;
+    a.create_app("shared").await;
+    a.env_set("shared", &[("K1", "1")]).await.unwrap();
+    // b writes behind a's back: a's remembered head is stale now.
+    b.env_set("shared", &[("K2", "2")]).await.unwrap();
+    let r = a.env_set("shared", &[("K3", "3")]).await.unwrap();
+    assert_eq!(
+        r.env, "K1=1\nK2=2\nK3=3",
+        "a forked from b's release, not its stale head"
+    );
+    assert_eq!(r.description, "env add:K3");
+    let both = futures::future::join_all((0..20).map(|i| {
+        let t = if i % 2 == 0 { &a } else { &b };
+        async move {
+            t.env_set("shared", &[(&format!("X{i}"), "x")])
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(both.len(), 20);
+    assert_eq!(a.newest("shared").await.env.lines().count(), 23);
+    assert_eq!(a.releases("shared", 100).await.len(), 23);
+}
 
 async fn concurrent_env_sets_lose_nothing(backend: Backend) {
     let t = TestApp::spawn(backend).await;
