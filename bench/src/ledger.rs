@@ -27,7 +27,11 @@ use crate::stats::{percentile_ms, throughput};
 #[derive(clap::Args)]
 pub(crate) struct Args {
     /// PostgreSQL server (a scratch database is created on it).
-    #[arg(long, env = "SLIPWAY_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "SLIPWAY_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     database_url: String,
     /// How long each throughput case runs.
     #[arg(long, default_value = "4")]
@@ -44,21 +48,37 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut admin = sqlx::PgConnection::connect(&args.database_url)
         .await
         .context("connect to PostgreSQL (set SLIPWAY_BENCH_DATABASE_URL)")?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {scratch}")).execute(&mut admin).await?;
-    sqlx::query(&format!("CREATE DATABASE {scratch}")).execute(&mut admin).await?;
-    let base = args.database_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&args.database_url);
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {scratch}"))
+        .execute(&mut admin)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {scratch}"))
+        .execute(&mut admin)
+        .await?;
+    let base = args
+        .database_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(&args.database_url);
     let url = format!("{base}/{scratch}");
     let result = measure(&args, &url).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)")).execute(&mut admin).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
     result
 }
 
 async fn measure(args: &Args, url: &str) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.seconds);
-    eprintln!("ledger: PostgreSQL scratch database, {}s per case", args.seconds);
+    eprintln!(
+        "ledger: PostgreSQL scratch database, {}s per case",
+        args.seconds
+    );
 
     // Baseline: raw single-row INSERTs of the release shape.
-    let raw = sqlx::postgres::PgPoolOptions::new().max_connections(64).connect(url).await?;
+    let raw = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(64)
+        .connect(url)
+        .await?;
     sqlx::query(
         "CREATE TABLE raw_releases (id TEXT PRIMARY KEY, app_id BIGINT NOT NULL, seq BIGINT NOT NULL, \
          build TEXT NOT NULL, manifest TEXT NOT NULL, artifacts TEXT NOT NULL, build_description TEXT NOT NULL, \
@@ -99,19 +119,30 @@ async fn measure(args: &Args, url: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = slipway_release::Config::dev(dir.path().to_path_buf());
     config.database_url = Some(url.to_owned().into());
-    config.env_key = Some(base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>()).into());
+    config.env_key = Some(
+        base64::engine::general_purpose::STANDARD
+            .encode(rand::random::<[u8; 32]>())
+            .into(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(slipway_release::run(config, listener, async {
         let _ = stopped.await;
     }));
-    let channel = slipway_rpc::channel("release", &[format!("http://{addr}")], &Default::default())?;
+    let channel =
+        slipway_rpc::channel("release", &[format!("http://{addr}")], &Default::default())?;
     let client = ReleaseServiceClient::new(channel);
 
     let apps: Vec<String> = (0..64).map(|i| format!("bench-{i}")).collect();
     for app in apps.iter().map(String::as_str).chain(["one", "listed"]) {
-        client.clone().create_app(pb::CreateAppRequest { name: app.to_owned(), deadline_seconds: 0 }).await?;
+        client
+            .clone()
+            .create_app(pb::CreateAppRequest {
+                name: app.to_owned(),
+                deadline_seconds: 0,
+            })
+            .await?;
     }
     let apps = Arc::new(apps);
     let mut many = HashMap::new();
@@ -129,7 +160,10 @@ async fn measure(args: &Args, url: &str) -> anyhow::Result<()> {
         let client2 = client.clone();
         one.insert(
             c,
-            throughput(c, duration, move |worker, n| env_set(client2.clone(), "one".into(), worker, n)).await?,
+            throughput(c, duration, move |worker, n| {
+                env_set(client2.clone(), "one".into(), worker, n)
+            })
+            .await?,
         );
     }
 
@@ -141,7 +175,11 @@ async fn measure(args: &Args, url: &str) -> anyhow::Result<()> {
         let started = Instant::now();
         let page = client
             .clone()
-            .list_releases(pb::ListReleasesRequest { app: "listed".into(), limit: 20, page_token: String::new() })
+            .list_releases(pb::ListReleasesRequest {
+                app: "listed".into(),
+                limit: 20,
+                page_token: String::new(),
+            })
             .await?
             .into_inner();
         samples.push(started.elapsed());
@@ -152,18 +190,35 @@ async fn measure(args: &Args, url: &str) -> anyhow::Result<()> {
     let _ = stop.send(());
     server.await??;
 
-    println!("{:<34} {:>12} {:>12} {:>8}", "case", "releases/s", "raw INSERT/s", "ratio");
+    println!(
+        "{:<34} {:>12} {:>12} {:>8}",
+        "case", "releases/s", "raw INSERT/s", "ratio"
+    );
     let mut figures = serde_json::Map::new();
     for c in CONCURRENCY {
         let raw = raw_rates[&c];
         for (label, rates) in [("many apps", &many), ("one app", &one)] {
             let rate = rates[&c];
-            println!("{:<34} {:>12.0} {:>12.0} {:>7.0}%", format!("env set, {label}, concurrency {c}"), rate, raw, 100.0 * rate / raw);
+            println!(
+                "{:<34} {:>12.0} {:>12.0} {:>7.0}%",
+                format!("env set, {label}, concurrency {c}"),
+                rate,
+                raw,
+                100.0 * rate / raw
+            );
             let key = format!("env_set_{}_c{c}", label.replace(' ', "_"));
-            figures.insert(key, json!({"releases_per_s": rate, "raw_insert_per_s": raw, "ratio": rate / raw}));
+            figures.insert(
+                key,
+                json!({"releases_per_s": rate, "raw_insert_per_s": raw, "ratio": rate / raw}),
+            );
         }
     }
-    println!("{:<34} {:>12.2} ms (p50) {:>8.2} ms (p99)", format!("list 20 of {}", args.list_releases), list_p50, list_p99);
+    println!(
+        "{:<34} {:>12.2} ms (p50) {:>8.2} ms (p99)",
+        format!("list 20 of {}", args.list_releases),
+        list_p50,
+        list_p99
+    );
     figures.insert(
         "list_releases".into(),
         json!({"releases_in_app": args.list_releases, "page": 20, "p50_ms": list_p50, "p99_ms": list_p99, "goal_p99_ms": 5.0}),
@@ -173,7 +228,12 @@ async fn measure(args: &Args, url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn env_set(mut client: ReleaseServiceClient<Channel>, app: String, worker: usize, n: u64) -> anyhow::Result<()> {
+async fn env_set(
+    mut client: ReleaseServiceClient<Channel>,
+    app: String,
+    worker: usize,
+    n: u64,
+) -> anyhow::Result<()> {
     client
         .change_env(pb::ChangeEnvRequest {
             app,
@@ -186,7 +246,10 @@ async fn env_set(mut client: ReleaseServiceClient<Channel>, app: String, worker:
 }
 
 /// Appends `count` releases to the `listed` app with 16 callers.
-async fn throughput_fill(client: ReleaseServiceClient<Channel>, count: usize) -> anyhow::Result<()> {
+async fn throughput_fill(
+    client: ReleaseServiceClient<Channel>,
+    count: usize,
+) -> anyhow::Result<()> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let workers = (0..16).map(|worker| {
         let (client, next) = (client.clone(), next.clone());

@@ -9,7 +9,10 @@ mod stats;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "slipway-bench", about = "Slipway benchmarks (ratios against same-run baselines)")]
+#[command(
+    name = "slipway-bench",
+    about = "Slipway benchmarks (ratios against same-run baselines)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -18,7 +18,11 @@ pub(crate) fn percentile_ms(samples: &mut [Duration], p: f64) -> f64 {
 /// Runs `op` from `concurrency` workers for `duration` and returns
 /// completed operations per second. `op` gets the worker index and the
 /// operation number within that worker; any error aborts the run.
-pub(crate) async fn throughput<F, Fut>(concurrency: usize, duration: Duration, op: F) -> anyhow::Result<f64>
+pub(crate) async fn throughput<F, Fut>(
+    concurrency: usize,
+    duration: Duration,
+    op: F,
+) -> anyhow::Result<f64>
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,

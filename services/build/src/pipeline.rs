@@ -129,6 +129,12 @@ impl Pipeline {
                 Outcome::stopped(failure.status, failure.reason, manifest_text)
             }
         };
+        // The work tree goes before the build is reported ended, so a
+        // finished build never leaves anything behind.
+        let cleanup = work.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || remove_tree(&cleanup)).await {
+            tracing::warn!(build_id = %build.id, "failed to remove work directory {}: {e}", work.display());
+        }
         self.store_log(build, log).await;
         match self.store.finish(&build.id, &outcome).await {
             Ok(true) => {
@@ -142,10 +148,6 @@ impl Pipeline {
             }
         }
         log.close();
-        let cleanup = work.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || remove_tree(&cleanup)).await {
-            tracing::warn!(build_id = %build.id, "failed to remove work directory {}: {e}", work.display());
-        }
     }
 
     /// A cancelled step becomes the status and reason of why it was stopped.

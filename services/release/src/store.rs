@@ -215,10 +215,10 @@ impl Store {
         request: &ReleaseRequest,
         actor: &str,
     ) -> Result<Release> {
-        if let Some(head) = self.fast_path_head(app, request) {
-            if let Some(release) = self.append_optimistic(app, &head, request, actor).await? {
-                return Ok(release);
-            }
+        if let Some(head) = self.fast_path_head(app, request)
+            && let Some(release) = self.append_optimistic(app, &head, request, actor).await?
+        {
+            return Ok(release);
         }
         let (app_id, release) = self.append_locked(app, request, actor).await?;
         self.remember(app_id, &release);

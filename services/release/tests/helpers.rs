@@ -98,8 +98,15 @@ impl TestApp {
         );
     }
 
-    /// A second replica on the same database and key.
+    /// A second replica on the same database and key, started once this
+    /// one has migrated (SQLite migrations take no lock; one process at a
+    /// time migrates an embedded rack).
     pub async fn replica(&self) -> TestApp {
+        self.client
+            .clone()
+            .list_apps(pb::ListAppsRequest {})
+            .await
+            .expect("first replica is up");
         let dir = tempfile::tempdir().unwrap();
         let mut config = self.config.clone();
         config.data_dir = dir.path().to_path_buf();

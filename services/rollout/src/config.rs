@@ -69,6 +69,44 @@ pub struct Config {
     /// How long in-flight calls may run after SIGTERM.
     #[arg(long, env = "SLIPWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Base64-encoded 32-byte AES-256-GCM key sealing stored specs (they
+    /// carry the release env). Without it, a key is generated into the
+    /// data directory (`spec.key`).
+    #[arg(long, env = "SLIPWAY_SPEC_KEY")]
+    pub spec_key: Option<Secret>,
+
+    /// Where apps run: `local` processes (the embedded default) or
+    /// `kubernetes` (a namespace per app, a Deployment per service).
+    #[arg(long, env = "SLIPWAY_RUNTIME", value_enum, default_value_t = RuntimeKind::Local)]
+    pub runtime: RuntimeKind,
+
+    /// The rack's name: Kubernetes app namespaces are `<rack>-<app>` and
+    /// carry it as the `rack` label.
+    #[arg(long, env = "SLIPWAY_RACK", default_value = "slipway")]
+    pub rack: String,
+
+    /// Kubernetes: the kubeconfig file. Without it: `KUBECONFIG`,
+    /// `~/.kube/config`, then the in-cluster service account.
+    #[arg(long, env = "SLIPWAY_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubernetes: the kubeconfig context; its current one otherwise.
+    #[arg(long, env = "SLIPWAY_KUBE_CONTEXT")]
+    pub kube_context: Option<String>,
+
+    /// Kubernetes: use the pod's service account (running in the cluster).
+    #[arg(long, env = "SLIPWAY_KUBE_IN_CLUSTER")]
+    pub kube_in_cluster: bool,
+}
+
+/// The runtime apps run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Real processes on this machine.
+    Local,
+    /// A Kubernetes cluster.
+    Kubernetes,
 }
 
 /// Where stable ports come from.
@@ -113,6 +151,12 @@ impl Config {
             replica_id: None,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            spec_key: None,
+            runtime: RuntimeKind::Local,
+            rack: "slipway".to_owned(),
+            kubeconfig: None,
+            kube_context: None,
+            kube_in_cluster: false,
         }
     }
 
@@ -134,6 +178,23 @@ impl Config {
         }
         if self.restart_limit == 0 {
             return Err("--restart-limit must be at least 1".into());
+        }
+        // `<rack>-<app>` must be a DNS label (63) for apps of up to 30.
+        let rack_ok = self.rack.len() <= 32
+            && self.rack.starts_with(|c: char| c.is_ascii_lowercase())
+            && !self.rack.ends_with('-')
+            && self
+                .rack
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !rack_ok {
+            return Err(format!(
+                "--rack must be [a-z][a-z0-9-]* of at most 32 characters, got {:?}",
+                self.rack
+            ));
+        }
+        if self.kube_in_cluster && self.kubeconfig.is_some() {
+            return Err("--kube-in-cluster and --kubeconfig exclude each other".into());
         }
         if let Some(url) = &self.database_url {
             slipway_storage::Dialect::of_url(url.expose()).map_err(|e| e.to_string())?;
@@ -175,6 +236,19 @@ mod tests {
         let config =
             Config::try_parse_from(["slipway-rollout", "--release-endpoint", "a:1,b:2"]).unwrap();
         assert_eq!(config.release_endpoints, ["a:1", "b:2"]);
+        let config = Config::try_parse_from([
+            "slipway-rollout",
+            "--runtime",
+            "kubernetes",
+            "--rack",
+            "prod",
+        ])
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.runtime, RuntimeKind::Kubernetes);
+        let config = Config::try_parse_from(["slipway-rollout", "--rack", "Prod_1"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("--rack"));
+        assert!(Config::try_parse_from(["slipway-rollout", "--runtime", "nomad"]).is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The rollout service: carries promotions out on a runtime (local
-//! processes now; Kubernetes next), watches health and deadlines, rolls back
+//! processes or Kubernetes, by `--runtime`), watches health and deadlines, rolls back
 //! on its own, records every event, and reports outcomes to the release
 //! service. Rollouts survive crashes: state and leases live in the
 //! database, and the local runtime re-adopts the processes it started.
@@ -7,6 +7,7 @@
 //! `run` is the whole service; `main.rs` only parses config and binds.
 
 pub mod config;
+pub mod crypto;
 pub mod driver;
 pub mod error;
 pub mod grpc;
@@ -29,10 +30,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
+use crate::config::RuntimeKind;
 use crate::driver::Drivers;
 use crate::recorder::Recorder;
 use crate::report::Reporter;
+use crate::runtime::kubernetes::{ClientSettings, KubernetesConfig, KubernetesRuntime};
 use crate::runtime::local::{LocalConfig, LocalRuntime};
+use crate::runtime::{DynRuntime, EventSink};
 use crate::service::Rollouts;
 use crate::store::Store;
 
@@ -44,9 +48,54 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
             .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     }
     let db = slipway_storage::connect(&url, &slipway_storage::PoolOptions::default()).await?;
-    let store = Store::new(db);
+    let cipher = match &config.spec_key {
+        Some(key) => crypto::SpecCipher::from_base64(key.expose())?,
+        None => crypto::SpecCipher::load_or_create(&config.data_dir.join("spec.key"))?,
+    };
+    let store = Store::new(db, cipher);
     store.migrate().await?;
     Ok(store)
+}
+
+/// Starts the runtime the configuration names.
+pub async fn start_runtime(
+    config: &Config,
+    store: Store,
+    events: Arc<dyn EventSink>,
+) -> anyhow::Result<DynRuntime> {
+    Ok(match config.runtime {
+        RuntimeKind::Local => Arc::new(
+            LocalRuntime::start(
+                store,
+                events,
+                LocalConfig {
+                    data_dir: config.data_dir.clone(),
+                    ports: config.port_range.0,
+                    restart_limit: config.restart_limit,
+                },
+            )
+            .await
+            .context("start the local runtime")?,
+        ),
+        RuntimeKind::Kubernetes => {
+            let client = ClientSettings {
+                kubeconfig: config.kubeconfig.clone(),
+                context: config.kube_context.clone(),
+                in_cluster: config.kube_in_cluster,
+            }
+            .client()
+            .await
+            .context("connect to kubernetes")?;
+            Arc::new(KubernetesRuntime::new(
+                client,
+                events,
+                KubernetesConfig {
+                    rack: config.rack.clone(),
+                    restart_limit: config.restart_limit,
+                },
+            ))
+        }
+    })
 }
 
 /// Runs the service on `listener` with an in-process event bus until
@@ -77,17 +126,7 @@ pub async fn run_with_bus(
         .await
         .context("open the rollout store")?;
     let recorder = Recorder::start(store.clone(), bus.clone());
-    let runtime = LocalRuntime::start(
-        store.clone(),
-        Arc::new(recorder.clone()),
-        LocalConfig {
-            data_dir: config.data_dir.clone(),
-            ports: config.port_range.0,
-            restart_limit: config.restart_limit,
-        },
-    )
-    .await
-    .context("start the local runtime")?;
+    let runtime = start_runtime(&config, store.clone(), Arc::new(recorder.clone())).await?;
     let reporter = if config.release_endpoints.is_empty() {
         tracing::warn!("no release endpoint configured: rollout outcomes are not reported");
         Reporter::new(None)
@@ -109,7 +148,7 @@ pub async fn run_with_bus(
         .unwrap_or_else(|| format!("rollout-{}", uuid::Uuid::new_v4().simple()));
     let drivers = Drivers::new(
         store.clone(),
-        Arc::new(runtime.clone()),
+        runtime.clone(),
         recorder,
         reporter,
         replica.clone(),
@@ -119,7 +158,7 @@ pub async fn run_with_bus(
     tokio::spawn(drivers.clone().takeover_loop());
     let service = Arc::new(Rollouts::new(
         store,
-        Arc::new(runtime),
+        runtime,
         bus,
         drivers.clone(),
         config.default_deadline.as_secs() as u32,

@@ -16,6 +16,7 @@ use slipway_storage::{Database, ErrorClass, classify, now_micros};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
+use crate::crypto::SpecCipher;
 use crate::error::{Error, Result};
 use crate::model::{Phase, Rollout, RolloutPlan, Spec};
 
@@ -76,6 +77,8 @@ pub struct ProcessRecord {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Database,
+    /// Seals specs (they carry the decrypted env) before they are stored.
+    cipher: SpecCipher,
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -91,9 +94,16 @@ fn lease_until(ttl: Duration) -> i64 {
 }
 
 impl Store {
-    /// A store over a connected database (run [`Store::migrate`] first).
-    pub fn new(db: Database) -> Self {
-        Self { db }
+    /// A store over a connected database (run [`Store::migrate`] first);
+    /// specs are sealed at rest with `cipher`.
+    pub fn new(db: Database, cipher: SpecCipher) -> Self {
+        Self { db, cipher }
+    }
+
+    fn open_spec(&self, app: &str, stored: &str) -> Result<String> {
+        self.cipher
+            .open(app, stored)
+            .map_err(|e| Error::Corrupt(e.to_string()))
     }
 
     /// Runs the migrations of the database's dialect.
@@ -115,6 +125,11 @@ impl Store {
         }
         let now = now_micros();
         let deadline = now + i64::from(new.deadline_secs) * 1_000_000;
+        let target_sealed = self.cipher.seal(&new.target.app, &new.target.to_json());
+        let fallback_sealed = new
+            .fallback
+            .as_ref()
+            .map(|f| self.cipher.seal(&new.target.app, &f.to_json()));
         let inserted = retry(|| {
             sqlx::query(
                 "INSERT INTO rollouts (id, app, release_id, fallback_release, target_spec, fallback_spec, phase, \
@@ -125,8 +140,8 @@ impl Store {
             .bind(&new.target.app)
             .bind(&new.target.release)
             .bind(new.fallback.as_ref().map(|f| f.release.clone()))
-            .bind(new.target.to_json())
-            .bind(new.fallback.as_ref().map(Spec::to_json))
+            .bind(&target_sealed)
+            .bind(fallback_sealed.as_deref())
             .bind(Phase::Pending.as_str())
             .bind(i64::from(new.deadline_secs))
             .bind(deadline)
@@ -189,7 +204,8 @@ impl Store {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let rollout = rollout_from_row(&row)?;
-        let spec = |json: String| {
+        let spec = |stored: String| {
+            let json = self.open_spec(&rollout.app, &stored)?;
             Spec::from_json(&json).map_err(|e| Error::Corrupt(format!("rollout {id}: {e}")))
         };
         let target = spec(row.try_get("target_spec")?)?;
@@ -406,6 +422,7 @@ impl Store {
 
     /// Records what an app should run (the spec JSON and the rollout that set it).
     pub async fn local_set_app(&self, app: &str, spec_json: &str, rollout: &str) -> Result<()> {
+        let sealed = self.cipher.seal(app, spec_json);
         retry(|| {
             sqlx::query(
                 "INSERT INTO local_apps (app, spec, rollout_id, updated_at) VALUES ($1, $2, $3, $4) \
@@ -413,7 +430,7 @@ impl Store {
                  updated_at = excluded.updated_at",
             )
             .bind(app)
-            .bind(spec_json)
+            .bind(&sealed)
             .bind(rollout)
             .bind(now_micros())
             .execute(&self.db.pool)
@@ -440,11 +457,9 @@ impl Store {
             .await?;
         rows.iter()
             .map(|r| {
-                Ok((
-                    r.try_get("app")?,
-                    r.try_get("spec")?,
-                    r.try_get("rollout_id")?,
-                ))
+                let app: String = r.try_get("app")?;
+                let spec = self.open_spec(&app, &r.try_get::<String, _>("spec")?)?;
+                Ok((app, spec, r.try_get("rollout_id")?))
             })
             .collect()
     }

@@ -3,6 +3,8 @@
 
 mod crash;
 mod helpers;
+mod k8s_fake;
+mod kubernetes;
 mod rollouts;
 mod runtime;
 mod store;

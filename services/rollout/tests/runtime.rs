@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use slipway_events::NewEvent;
+use slipway_rollout::crypto::SpecCipher;
 use slipway_rollout::runtime::EventSink;
 use slipway_rollout::runtime::local::{LocalConfig, LocalRuntime};
 use slipway_rollout::store::Store;
@@ -18,7 +19,7 @@ impl EventSink for Discard {
 #[tokio::test]
 async fn the_local_runtime_passes_the_conformance_suite() {
     let db = slipway_storage::testing::sqlite().await;
-    let store = Store::new(db.db.clone());
+    let store = Store::new(db.db.clone(), SpecCipher::generate());
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let runtime = LocalRuntime::start(

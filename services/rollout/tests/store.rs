@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use slipway_rollout::crypto::SpecCipher;
 use slipway_rollout::model::Phase;
 use slipway_rollout::store::{NewRollout, ProcessRecord, Store};
 
@@ -159,11 +160,59 @@ async fn suite(store: Store) {
 #[tokio::test]
 async fn the_store_works_on_sqlite() {
     let db = slipway_storage::testing::sqlite().await;
-    suite(Store::new(db.db.clone())).await;
+    suite(Store::new(db.db.clone(), SpecCipher::generate())).await;
 }
 
 #[tokio::test]
 async fn the_store_works_on_postgres() {
     let db = slipway_storage::testing::postgres().await;
-    suite(Store::new(db.db.clone())).await;
+    suite(Store::new(db.db.clone(), SpecCipher::generate())).await;
+}
+
+#[tokio::test]
+async fn specs_are_sealed_at_rest() {
+    let db = slipway_storage::testing::sqlite().await;
+    let store = Store::new(db.db.clone(), SpecCipher::generate());
+    store.migrate().await.unwrap();
+    let mut target = domain_spec("sealed", "RBBBBBBBBBB", &App::healthy(1));
+    target.env.insert("DB_PASSWORD", "hunter2-secret").unwrap();
+    let new = NewRollout {
+        id: "PSEALED".into(),
+        target: target.clone(),
+        fallback: Some(target.clone()),
+        deadline_secs: 60,
+    };
+    store
+        .create(&new, "a", Duration::from_secs(30))
+        .await
+        .unwrap();
+    store
+        .local_set_app("sealed", &target.to_json(), "PSEALED")
+        .await
+        .unwrap();
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT target_spec, fallback_spec FROM rollouts")
+            .fetch_all(&db.db.pool)
+            .await
+            .unwrap();
+    let (spec,): (String,) = sqlx::query_as("SELECT spec FROM local_apps")
+        .fetch_one(&db.db.pool)
+        .await
+        .unwrap();
+    for text in [rows[0].0.clone(), rows[0].1.clone().unwrap(), spec] {
+        assert!(
+            !text.contains("hunter2")
+                && !text.contains("DB_PASSWORD")
+                && !text.contains("TESTAPP_MODE"),
+            "plaintext at rest: {text}"
+        );
+    }
+    // And they still read back.
+    let plan = store.plan("PSEALED").await.unwrap().unwrap();
+    assert_eq!(plan.target.env.get("DB_PASSWORD"), Some("hunter2-secret"));
+    assert!(
+        store.local_apps().await.unwrap()[0]
+            .1
+            .contains("hunter2-secret")
+    );
 }

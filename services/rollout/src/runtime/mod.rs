@@ -5,8 +5,9 @@
 //! fast on what it can see (crash loops, never-healthy processes).
 //!
 //! Two backends implement it: [`local`] (real processes behind a stable
-//! per-service port; the embedded default) and Kubernetes (Deployments,
-//! ReplicaSets, readiness probes). Both run the suite in [`conformance`].
+//! per-service port; the embedded default) and [`kubernetes`] (a namespace
+//! per app, Deployments, readiness probes; tested against a fake API server
+//! in `tests/k8s_fake`). Both run the suite in [`conformance`].
 //!
 //! Contract every backend honours:
 //! - `apply` returns as soon as the new desired state is recorded; progress
@@ -24,6 +25,7 @@
 //!   they happen, tagged with the rollout that caused them.
 
 pub mod conformance;
+pub mod kubernetes;
 pub mod local;
 
 use std::sync::Arc;

@@ -1,0 +1,246 @@
+//! The command line, as clap derive types. Names, flags and defaults follow
+//! the `convox` CLI so that its users need nothing new.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Build, release and promote apps on a Slipway (or Convox) rack.
+#[derive(Debug, Parser)]
+#[command(name = "slipway", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The app (default: the contents of .convox/app, else the current directory's name).
+    #[arg(short, long, global = true, value_name = "NAME")]
+    pub app: Option<String>,
+    /// The rack URL, `http://convox:PASSWORD@HOST:PORT` (default: the URL `slipway login` stored).
+    #[arg(
+        long,
+        global = true,
+        env = "RACK_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub rack: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List apps, or manage one.
+    Apps {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        command: Option<AppsCommand>,
+    },
+    /// Package DIR, upload it and build it into a new release (not promoted).
+    Build(BuildArgs),
+    /// Build and promote in one step.
+    Deploy(DeployArgs),
+    /// List releases (newest first), or manage one.
+    Releases {
+        /// How many to list.
+        #[arg(short, long)]
+        limit: Option<u32>,
+        /// What to do (default: list).
+        #[command(subcommand)]
+        command: Option<ReleasesCommand>,
+    },
+    /// Show the environment of the newest release, or change it.
+    Env {
+        /// What to do (default: print every KEY=VALUE).
+        #[command(subcommand)]
+        command: Option<EnvCommand>,
+    },
+    /// Stream the app's logs.
+    Logs(LogsArgs),
+    /// List the app's processes.
+    Ps,
+    /// List the app's services and where to reach them.
+    Services,
+    /// Show the rack.
+    Rack,
+    /// Check a rack URL and store it for commands run without RACK_URL.
+    Login {
+        /// `http://convox:PASSWORD@HOST:PORT`.
+        url: String,
+    },
+}
+
+/// `apps` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AppsCommand {
+    /// Create an app.
+    Create {
+        /// The app's name (default: --app, .convox/app, or the directory's name).
+        name: Option<String>,
+        /// Promotion deadline in seconds (30-21600; default 600).
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+    },
+    /// Show an app.
+    Info {
+        /// The app (default: --app, .convox/app, or the directory's name).
+        name: Option<String>,
+    },
+    /// Delete an app.
+    Delete {
+        /// The app (default: --app, .convox/app, or the directory's name).
+        name: Option<String>,
+    },
+    /// Cancel the app's promotion in flight (it is rolled back).
+    Cancel {
+        /// The app (default: --app, .convox/app, or the directory's name).
+        name: Option<String>,
+    },
+}
+
+/// The flags of `build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The source directory.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// The release's description (default, for a clean git tree: `build <sha> <subject>`).
+    #[arg(short, long)]
+    pub description: Option<String>,
+    /// The manifest file in the source (default: convox.yml).
+    #[arg(short, long, value_name = "FILE")]
+    pub manifest: Option<String>,
+    /// Build without the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print only the release id on stdout (everything else goes to stderr).
+    #[arg(long)]
+    pub id: bool,
+}
+
+/// The flags of `deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// What to build.
+    #[command(flatten)]
+    pub build: BuildArgs,
+    /// Promote even if the release is older than the active one.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `releases` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ReleasesCommand {
+    /// Show a release.
+    Info {
+        /// The release id.
+        id: String,
+    },
+    /// Print a release's manifest.
+    Manifest {
+        /// The release id.
+        id: String,
+    },
+    /// Promote a release (default: the newest) and follow its rollout.
+    Promote {
+        /// The release id.
+        id: Option<String>,
+        /// Promote even if the release is older than the active one.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Copy a release and promote the copy.
+    Rollback {
+        /// The release to go back to.
+        id: String,
+        /// Print only the new release's id on stdout.
+        #[arg(long = "id")]
+        id_only: bool,
+    },
+}
+
+/// `env` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Print one value.
+    Get {
+        /// The variable.
+        key: String,
+    },
+    /// Set variables (also reads KEY=VALUE lines from stdin when it is not a terminal).
+    Set {
+        /// `KEY=VALUE` pairs.
+        #[arg(value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+        /// Promote the new release.
+        #[arg(short, long)]
+        promote: bool,
+        /// Print only the new release's id on stdout.
+        #[arg(long)]
+        id: bool,
+    },
+    /// Remove variables.
+    Unset {
+        /// The variables.
+        #[arg(value_name = "KEY", required = true)]
+        keys: Vec<String>,
+        /// Promote the new release.
+        #[arg(short, long)]
+        promote: bool,
+        /// Print only the new release's id on stdout.
+        #[arg(long)]
+        id: bool,
+    },
+}
+
+/// The flags of `logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Print what is there and stop instead of following.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// How far back to start, e.g. `10m` (default: 2m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
+    /// Only this service's logs.
+    #[arg(short, long)]
+    pub service: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli =
+            Cli::try_parse_from(["slipway", "releases", "info", "RX", "-a", "myapp"]).unwrap();
+        assert_eq!(cli.app.as_deref(), Some("myapp"));
+        let cli =
+            Cli::try_parse_from(["slipway", "env", "set", "A=1", "B=2", "-p", "--id"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Env {
+                command: Some(EnvCommand::Set {
+                    promote: true,
+                    id: true,
+                    ..
+                })
+            }
+        ));
+        let cli = Cli::try_parse_from(["slipway", "releases", "rollback", "RX", "--id"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Releases {
+                command: Some(ReleasesCommand::Rollback { id_only: true, .. }),
+                ..
+            }
+        ));
+    }
+}

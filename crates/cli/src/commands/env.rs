@@ -1,0 +1,183 @@
+//! `slipway env`: print, get, set, unset. Changes go to Slipway's atomic env
+//! route as a delta (`{"set":{…},"unset":[…]}`), never as a rewritten whole
+//! env, so two people changing different keys at once both win.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal as _, Read as _};
+
+use anyhow::{Context as _, bail};
+use slipway_client::Client;
+use slipway_client::types::{EnvChange, Release};
+
+use super::promote::promote;
+use crate::Context;
+use crate::cli::EnvCommand;
+use crate::output::{Output, print};
+
+/// Runs `env` (print everything without a subcommand).
+pub(crate) async fn run(ctx: &Context, command: Option<EnvCommand>) -> anyhow::Result<()> {
+    let (client, app) = (ctx.client()?, ctx.app()?);
+    match command {
+        None => {
+            let env = parse_env(&newest(&client, &app).await?.env);
+            let lines: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            print(&format!("{}\n", lines.join("\n")))?;
+        }
+        Some(EnvCommand::Get { key }) => {
+            let env = parse_env(&newest(&client, &app).await?.env);
+            match env.get(&key) {
+                Some(value) => print(&format!("{value}\n"))?,
+                None => bail!("env not found: {key}"),
+            }
+        }
+        Some(EnvCommand::Set {
+            pairs,
+            promote: and_promote,
+            id,
+        }) => {
+            let mut pairs = pairs;
+            let stdin = std::io::stdin();
+            if !stdin.is_terminal() {
+                let mut text = String::new();
+                stdin
+                    .lock()
+                    .read_to_string(&mut text)
+                    .context("read KEY=VALUE lines from stdin")?;
+                pairs.extend(
+                    text.lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(str::to_owned),
+                );
+            }
+            let set = parse_pairs(&pairs)?;
+            let out = Output::new(id);
+            let keys: Vec<&str> = set.keys().map(String::as_str).collect();
+            out.start(&format!("Setting {}", keys.join(", ")))?;
+            let change = EnvChange {
+                set,
+                unset: Vec::new(),
+            };
+            apply(&client, out, &app, &change, and_promote).await?;
+        }
+        Some(EnvCommand::Unset {
+            keys,
+            promote: and_promote,
+            id,
+        }) => {
+            let mut keys = keys;
+            keys.sort();
+            keys.dedup();
+            if let Some(bad) = keys.iter().find(|k| k.is_empty() || k.contains('=')) {
+                bail!(
+                    "invalid environment variable name {bad:?}: give names only, e.g. `slipway env unset FOO`"
+                );
+            }
+            let out = Output::new(id);
+            out.start(&format!("Unsetting {}", keys.join(", ")))?;
+            let change = EnvChange {
+                set: BTreeMap::new(),
+                unset: keys,
+            };
+            apply(&client, out, &app, &change, and_promote).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends the change, prints `OK` and the new release, promotes on request.
+async fn apply(
+    client: &Client,
+    out: Output,
+    app: &str,
+    change: &EnvChange,
+    and_promote: bool,
+) -> anyhow::Result<()> {
+    let release = client.env_change(app, change).await?;
+    out.ok()?;
+    out.line(&format!("Release: {}", release.id))?;
+    if and_promote {
+        promote(client, out, app, &release.id, false).await?;
+    }
+    out.id(&release.id)?;
+    Ok(())
+}
+
+/// The newest release (whose env new releases fork from), or an empty one.
+async fn newest(client: &Client, app: &str) -> anyhow::Result<Release> {
+    Ok(client
+        .releases(app, Some(1))
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or_default())
+}
+
+/// `KEY=VALUE` arguments into a map (a later key wins); each must have a
+/// non-empty key and an `=`.
+fn parse_pairs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    if pairs.is_empty() {
+        bail!("nothing to set: give KEY=VALUE arguments (or lines on stdin)");
+    }
+    let mut set = BTreeMap::new();
+    for pair in pairs {
+        match pair.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                set.insert(key.trim().to_owned(), value.to_owned());
+            }
+            _ => bail!("invalid environment variable {pair:?}: expected KEY=VALUE"),
+        }
+    }
+    Ok(set)
+}
+
+/// A release's env text as Convox parses it: lines split at the first `=`,
+/// keys trimmed, lines without `=` or with an empty key skipped.
+fn parse_env(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .filter(|(key, _)| !key.trim().is_empty())
+        .map(|(key, value)| (key.trim().to_owned(), value.to_owned()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_split_at_the_first_equals_and_later_keys_win() {
+        let set = parse_pairs(&["A=1".into(), "B=x=y".into(), "A=2".into(), "C=".into()]).unwrap();
+        assert_eq!(
+            set,
+            BTreeMap::from([
+                ("A".into(), "2".into()),
+                ("B".into(), "x=y".into()),
+                ("C".into(), String::new())
+            ])
+        );
+    }
+
+    #[test]
+    fn bad_pairs_are_named() {
+        let err = parse_pairs(&["FOO".into()]).unwrap_err().to_string();
+        assert!(
+            err.contains("\"FOO\"") && err.contains("KEY=VALUE"),
+            "{err}"
+        );
+        assert!(parse_pairs(&["=x".into()]).is_err());
+        assert!(parse_pairs(&[]).is_err());
+    }
+
+    #[test]
+    fn env_text_parses_like_convox() {
+        let env = parse_env("B=2\nA=1\nnoequals\n=empty\nC=x=y");
+        assert_eq!(
+            env.into_iter().collect::<Vec<_>>(),
+            [
+                ("A".into(), "1".into()),
+                ("B".into(), "2".into()),
+                ("C".into(), "x=y".into())
+            ]
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! One module per command group; `run` dispatches the parsed command line.
+
+mod apps;
+mod build;
+mod env;
+mod promote;
+mod rack;
+mod releases;
+mod runtime;
+
+use crate::Context;
+use crate::cli::Command;
+
+/// Runs a parsed command.
+pub(crate) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Apps { command } => apps::run(ctx, command).await,
+        Command::Build(args) => build::build(ctx, &args).await,
+        Command::Deploy(args) => build::deploy(ctx, &args).await,
+        Command::Releases { limit, command } => releases::run(ctx, limit, command).await,
+        Command::Env { command } => env::run(ctx, command).await,
+        Command::Logs(args) => runtime::logs(ctx, &args).await,
+        Command::Ps => runtime::ps(ctx).await,
+        Command::Services => runtime::services(ctx).await,
+        Command::Rack => rack::rack(ctx).await,
+        Command::Login { url } => rack::login(ctx, &url).await,
+    }
+}

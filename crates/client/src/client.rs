@@ -1,0 +1,491 @@
+//! The typed client: one async method per gateway route, each returning the
+//! Convox JSON shapes of [`crate::types`]. Plain HTTP/1.1 over hyper (the
+//! version axum and tonic already use, so the SDK adds no crates); request
+//! bodies are encoded the way the `convox` CLI encodes them (forms for
+//! params, raw bytes for objects, JSON for Slipway's env route).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+
+use crate::error::api_message;
+use crate::socket::{LogStream, SocketOptions};
+use crate::types::{
+    App, Build, EnvChange, Object, Process, Promotion, Release, Rollback, Service, System,
+};
+use crate::{Error, RackUrl};
+
+/// The `User-Agent` of every request.
+const USER_AGENT: &str = concat!("slipway/", env!("CARGO_PKG_VERSION"));
+
+/// A client of one rack. Cheap to clone; connections are reused.
+#[derive(Clone, Debug)]
+pub struct Client {
+    rack: RackUrl,
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+}
+
+/// Options of `POST /apps/{app}/builds` (unset fields are not sent).
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// `description`: what the build is; the release inherits it.
+    pub description: Option<String>,
+    /// `git-sha`: the commit built.
+    pub git_sha: Option<String>,
+    /// `manifest`: the manifest file in the source (default `convox.yml`).
+    pub manifest: Option<String>,
+    /// `no-cache=true`.
+    pub no_cache: bool,
+}
+
+/// Options of `POST /apps/{app}/releases` (unset fields are not sent; an
+/// empty `env` is sent as `env=`, which the server treats as "set to empty").
+#[derive(Clone, Debug, Default)]
+pub struct ReleaseOptions {
+    /// `build`: the build the release runs.
+    pub build: Option<String>,
+    /// `env`: the complete env, `K=V` lines.
+    pub env: Option<String>,
+    /// `description`: overrides the server's.
+    pub description: Option<String>,
+    /// `parent-release`: fork from this release instead of the newest.
+    pub parent_release: Option<String>,
+}
+
+/// Options of the app log stream (sent as headers, like the `convox` CLI).
+#[derive(Clone, Debug, Default)]
+pub struct LogOptions {
+    /// Only one service's logs.
+    pub service: Option<String>,
+    /// How far back to start (server default: 2 minutes).
+    pub since: Option<Duration>,
+    /// False: end after the backlog instead of following.
+    pub follow: bool,
+}
+
+/// A request body.
+enum Body {
+    Empty,
+    Form(Vec<(&'static str, String)>),
+    Json(Vec<u8>),
+    Raw(Vec<u8>),
+}
+
+impl Client {
+    /// A client of the rack at `rack_url` (`http://user:password@host:port[/prefix]`).
+    pub fn new(rack_url: &str) -> Result<Self, Error> {
+        Ok(Self::from_rack(RackUrl::parse(rack_url)?))
+    }
+
+    /// A client of an already parsed rack URL.
+    pub fn from_rack(rack: RackUrl) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(30)));
+        connector.set_nodelay(true);
+        let http = HttpClient::builder(TokioExecutor::new()).build(connector);
+        Self { rack, http }
+    }
+
+    /// The rack this client talks to.
+    pub fn rack(&self) -> &RackUrl {
+        &self.rack
+    }
+
+    /// `GET /system`.
+    pub async fn system(&self) -> Result<System, Error> {
+        self.json(Method::GET, &["system"], &[], Body::Empty).await
+    }
+
+    /// `GET /auth`: succeeds when the credentials are accepted.
+    pub async fn auth(&self) -> Result<(), Error> {
+        self.call(Method::GET, &["auth"], &[], Body::Empty)
+            .await
+            .map(drop)
+    }
+
+    /// `GET /apps`.
+    pub async fn apps(&self) -> Result<Vec<App>, Error> {
+        self.json(Method::GET, &["apps"], &[], Body::Empty).await
+    }
+
+    /// `POST /apps`: creates an app; `timeout` is its promotion deadline in seconds.
+    pub async fn app_create(&self, name: &str, timeout: Option<u64>) -> Result<App, Error> {
+        let mut form = vec![("name", name.to_owned())];
+        if let Some(timeout) = timeout {
+            form.push(("timeout", timeout.to_string()));
+        }
+        self.json(Method::POST, &["apps"], &[], Body::Form(form))
+            .await
+    }
+
+    /// `GET /apps/{app}`.
+    pub async fn app(&self, app: &str) -> Result<App, Error> {
+        self.json(Method::GET, &["apps", app], &[], Body::Empty)
+            .await
+    }
+
+    /// `DELETE /apps/{app}`.
+    pub async fn app_delete(&self, app: &str) -> Result<(), Error> {
+        self.call(Method::DELETE, &["apps", app], &[], Body::Empty)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /apps/{app}/cancel`: cancels the app's promotion in flight.
+    pub async fn app_cancel(&self, app: &str) -> Result<(), Error> {
+        self.call(Method::POST, &["apps", app, "cancel"], &[], Body::Empty)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /apps/{app}/objects/{key}`: uploads bytes (a source tarball).
+    pub async fn object_store(&self, app: &str, key: &str, data: Vec<u8>) -> Result<Object, Error> {
+        let mut segments = vec!["apps", app, "objects"];
+        segments.extend(key.split('/'));
+        self.json(Method::POST, &segments, &[], Body::Raw(data))
+            .await
+    }
+
+    /// `POST /apps/{app}/builds`: starts a build of an uploaded source.
+    pub async fn build_create(
+        &self,
+        app: &str,
+        source_url: &str,
+        options: &BuildOptions,
+    ) -> Result<Build, Error> {
+        let mut form = vec![("url", source_url.to_owned())];
+        let optional = [
+            ("description", &options.description),
+            ("git-sha", &options.git_sha),
+            ("manifest", &options.manifest),
+        ];
+        form.extend(
+            optional
+                .into_iter()
+                .filter_map(|(k, v)| v.clone().map(|v| (k, v))),
+        );
+        if options.no_cache {
+            form.push(("no-cache", "true".to_owned()));
+        }
+        self.json(
+            Method::POST,
+            &["apps", app, "builds"],
+            &[],
+            Body::Form(form),
+        )
+        .await
+    }
+
+    /// `GET /apps/{app}/builds/{id}`.
+    pub async fn build(&self, app: &str, id: &str) -> Result<Build, Error> {
+        self.json(Method::GET, &["apps", app, "builds", id], &[], Body::Empty)
+            .await
+    }
+
+    /// `GET /apps/{app}/builds`, newest first.
+    pub async fn builds(&self, app: &str, limit: Option<u32>) -> Result<Vec<Build>, Error> {
+        let query: Vec<_> = limit
+            .map(|l| ("limit", l.to_string()))
+            .into_iter()
+            .collect();
+        self.json(Method::GET, &["apps", app, "builds"], &query, Body::Empty)
+            .await
+    }
+
+    /// The build's log (websocket): from byte 0, live until the build ends.
+    pub async fn build_logs(&self, app: &str, id: &str) -> Result<LogStream, Error> {
+        LogStream::connect(
+            &self.rack,
+            &["apps", app, "builds", id, "logs"],
+            &SocketOptions::default(),
+        )
+        .await
+    }
+
+    /// `GET /apps/{app}/releases`, newest first (server default limit 10).
+    pub async fn releases(&self, app: &str, limit: Option<u32>) -> Result<Vec<Release>, Error> {
+        let query: Vec<_> = limit
+            .map(|l| ("limit", l.to_string()))
+            .into_iter()
+            .collect();
+        self.json(Method::GET, &["apps", app, "releases"], &query, Body::Empty)
+            .await
+    }
+
+    /// `GET /apps/{app}/releases/{id}`.
+    pub async fn release(&self, app: &str, id: &str) -> Result<Release, Error> {
+        self.json(
+            Method::GET,
+            &["apps", app, "releases", id],
+            &[],
+            Body::Empty,
+        )
+        .await
+    }
+
+    /// `POST /apps/{app}/releases`: Convox's release create (fork + diff on the server).
+    pub async fn release_create(
+        &self,
+        app: &str,
+        options: &ReleaseOptions,
+    ) -> Result<Release, Error> {
+        let fields = [
+            ("build", &options.build),
+            ("description", &options.description),
+            ("env", &options.env),
+            ("parent-release", &options.parent_release),
+        ];
+        let form = fields
+            .into_iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+            .collect();
+        self.json(
+            Method::POST,
+            &["apps", app, "releases"],
+            &[],
+            Body::Form(form),
+        )
+        .await
+    }
+
+    /// `POST /apps/{app}/releases/{id}/promote`: starts a promotion (or
+    /// answers a no-op when the release is already active).
+    pub async fn release_promote(
+        &self,
+        app: &str,
+        id: &str,
+        force: bool,
+    ) -> Result<Promotion, Error> {
+        let form = vec![("force", force.to_string())];
+        self.json(
+            Method::POST,
+            &["apps", app, "releases", id, "promote"],
+            &[],
+            Body::Form(form),
+        )
+        .await
+    }
+
+    /// Slipway: `POST /apps/{app}/releases/{id}/rollback`: copies the release
+    /// and promotes the copy.
+    pub async fn release_rollback(&self, app: &str, id: &str) -> Result<Rollback, Error> {
+        self.json(
+            Method::POST,
+            &["apps", app, "releases", id, "rollback"],
+            &[],
+            Body::Empty,
+        )
+        .await
+    }
+
+    /// Slipway: `POST /apps/{app}/env`: applies only this change to the
+    /// newest release's env, atomically on the server; returns the new release.
+    pub async fn env_change(&self, app: &str, change: &EnvChange) -> Result<Release, Error> {
+        let body = serde_json::to_vec(change).map_err(|e| Error::Decode {
+            what: "env change".into(),
+            reason: e.to_string(),
+        })?;
+        self.json(Method::POST, &["apps", app, "env"], &[], Body::Json(body))
+            .await
+    }
+
+    /// Slipway: `GET /apps/{app}/promotions/{id}`.
+    pub async fn promotion(&self, app: &str, id: &str) -> Result<Promotion, Error> {
+        self.json(
+            Method::GET,
+            &["apps", app, "promotions", id],
+            &[],
+            Body::Empty,
+        )
+        .await
+    }
+
+    /// Slipway: the promotion's runtime events (websocket), one
+    /// `<time> system/<runtime>/<object> <message>` line each, from the
+    /// start; the stream ends when the rollout ends.
+    pub async fn promotion_events(&self, app: &str, id: &str) -> Result<LogStream, Error> {
+        LogStream::connect(
+            &self.rack,
+            &["apps", app, "promotions", id, "events"],
+            &SocketOptions::default(),
+        )
+        .await
+    }
+
+    /// `GET /apps/{app}/processes`.
+    pub async fn processes(&self, app: &str) -> Result<Vec<Process>, Error> {
+        self.json(Method::GET, &["apps", app, "processes"], &[], Body::Empty)
+            .await
+    }
+
+    /// `GET /apps/{app}/services`.
+    pub async fn services(&self, app: &str) -> Result<Vec<Service>, Error> {
+        self.json(Method::GET, &["apps", app, "services"], &[], Body::Empty)
+            .await
+    }
+
+    /// The app's logs (websocket), with options as headers.
+    pub async fn app_logs(&self, app: &str, options: &LogOptions) -> Result<LogStream, Error> {
+        let mut headers = vec![("Prefix", "true".to_owned())];
+        if !options.follow {
+            headers.push(("Follow", "false".to_owned()));
+        }
+        if let Some(since) = options.since {
+            headers.push(("Since", go_duration(since)));
+        }
+        let socket = SocketOptions { headers };
+        match &options.service {
+            Some(service) => {
+                LogStream::connect(
+                    &self.rack,
+                    &["apps", app, "services", service, "logs"],
+                    &socket,
+                )
+                .await
+            }
+            None => LogStream::connect(&self.rack, &["apps", app, "logs"], &socket).await,
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Body,
+    ) -> Result<T, Error> {
+        let what = format!("{method} /{}", segments.join("/"));
+        let bytes = self.call(method, segments, query, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
+            what,
+            reason: e.to_string(),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Body,
+    ) -> Result<Bytes, Error> {
+        let url = self.rack.route(segments, query);
+        let (content_type, data) = match body {
+            Body::Empty => ("application/octet-stream", Vec::new()),
+            Body::Form(fields) => {
+                let mut fields = fields;
+                // Go's url.Values.Encode sorts the keys; do the same.
+                fields.sort_by(|a, b| a.0.cmp(b.0));
+                let encoded = url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(fields)
+                    .finish();
+                ("application/x-www-form-urlencoded", encoded.into_bytes())
+            }
+            Body::Json(data) => ("application/json", data),
+            Body::Raw(data) => ("application/octet-stream", data),
+        };
+        let mut request = Request::builder()
+            .method(method)
+            .uri(url.as_str())
+            .header(header::USER_AGENT, USER_AGENT)
+            .header(header::ACCEPT, "*/*")
+            .header(header::CONTENT_TYPE, content_type);
+        if let Some(auth) = self
+            .rack
+            .authorization()
+            .and_then(|a| HeaderValue::from_str(&a).ok())
+        {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(data)))
+            .map_err(|e| Error::RackUrl {
+                url: self.rack.to_string(),
+                reason: e.to_string(),
+            })?;
+        let response = self.http.request(request).await.map_err(|e| {
+            let reason = root_cause(&e);
+            if e.is_connect() {
+                Error::Connect {
+                    rack: self.rack.to_string(),
+                    reason,
+                }
+            } else {
+                Error::Transport {
+                    rack: self.rack.to_string(),
+                    reason,
+                }
+            }
+        })?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Error::Transport {
+                rack: self.rack.to_string(),
+                reason: root_cause(&e),
+            })?
+            .to_bytes();
+        if status >= 400 {
+            return Err(Error::Api {
+                status,
+                message: api_message(status, &bytes),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+/// The innermost error's message (e.g. `Connection refused (os error 111)`).
+pub(crate) fn root_cause(error: &dyn std::error::Error) -> String {
+    let mut current = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
+
+/// A duration as Go prints it (`5s`, `2m0s`, `1h0m0s`, `1.5s`), which the
+/// rack's header parser expects.
+pub fn go_duration(d: Duration) -> String {
+    let total = d.as_secs();
+    let (h, m, s) = (total / 3600, (total / 60) % 60, total % 60);
+    let nanos = d.subsec_nanos();
+    let seconds = if nanos == 0 {
+        s.to_string()
+    } else {
+        let fraction = format!("{nanos:09}");
+        format!("{s}.{}", fraction.trim_end_matches('0'))
+    };
+    match (h, m) {
+        (0, 0) if total == 0 && nanos == 0 => "0s".to_owned(),
+        (0, 0) => format!("{seconds}s"),
+        (0, m) => format!("{m}m{seconds}s"),
+        (h, m) => format!("{h}h{m}m{seconds}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_print_like_go() {
+        assert_eq!(go_duration(Duration::from_secs(0)), "0s");
+        assert_eq!(go_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration(Duration::from_secs(120)), "2m0s");
+        assert_eq!(go_duration(Duration::from_secs(600)), "10m0s");
+        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(go_duration(Duration::from_secs(3725)), "1h2m5s");
+    }
+}

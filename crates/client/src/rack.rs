@@ -1,0 +1,179 @@
+//! The rack URL: `http://user:password@host:port/prefix`, as `RACK_URL`
+//! carries it. Credentials become HTTP Basic auth in their percent-escaped
+//! form (what the `convox` CLI sends); everything shown to people has the
+//! password removed.
+
+use base64::Engine as _;
+
+use crate::Error;
+
+/// A parsed, usable rack URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RackUrl {
+    /// The URL without userinfo, query or fragment, path without a trailing `/`.
+    base: url::Url,
+    /// `user[:password]`, still percent-escaped.
+    userinfo: Option<String>,
+}
+
+impl RackUrl {
+    /// Parses `scheme://[user:password@]host[:port][/prefix]`. Only `http`
+    /// works for now: this build has no TLS client.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let text = text.trim();
+        let invalid = |reason: &str| Error::RackUrl {
+            url: redact(text),
+            reason: reason.to_owned(),
+        };
+        let mut url = url::Url::parse(text)
+            .map_err(|e| invalid(&format!("{e} (expected http://convox:PASSWORD@HOST:PORT)")))?;
+        match url.scheme() {
+            "http" => {}
+            "https" => {
+                return Err(invalid(
+                    "https is not supported yet (this build has no TLS client); use http://",
+                ));
+            }
+            other => {
+                return Err(invalid(&format!(
+                    "unsupported scheme {other:?}; use http://"
+                )));
+            }
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("no host"));
+        }
+        let userinfo = match (url.username(), url.password()) {
+            ("", None) => None,
+            (user, None) => Some(user.to_owned()),
+            (user, Some(password)) => Some(format!("{user}:{password}")),
+        };
+        // Infallible for http URLs with a host.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        url.set_query(None);
+        url.set_fragment(None);
+        let path = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&path);
+        Ok(Self {
+            base: url,
+            userinfo,
+        })
+    }
+
+    /// `host:port`, for connecting.
+    pub fn authority(&self) -> String {
+        let host = self.base.host_str().unwrap_or_default();
+        let port = self.base.port_or_known_default().unwrap_or(80);
+        format!("{host}:{port}")
+    }
+
+    /// The `Authorization` header value, when the URL has credentials.
+    pub fn authorization(&self) -> Option<String> {
+        self.userinfo.as_ref().map(|userinfo| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(userinfo)
+            )
+        })
+    }
+
+    /// The URL of a route: the prefix, then each segment percent-escaped.
+    pub(crate) fn route(&self, segments: &[&str], query: &[(&str, String)]) -> url::Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        url
+    }
+
+    /// The websocket URL of a route (`ws://` for an `http` rack).
+    pub(crate) fn socket(&self, segments: &[&str]) -> String {
+        let url = self.route(segments, &[]);
+        format!(
+            "ws{}",
+            url.as_str().strip_prefix("http").unwrap_or(url.as_str())
+        )
+    }
+
+    /// The origin (`http://host:port`) sent on websocket handshakes.
+    pub(crate) fn origin(&self) -> String {
+        self.base.origin().ascii_serialization()
+    }
+}
+
+/// Shows the rack without its credentials.
+impl std::fmt::Display for RackUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.base.as_str().trim_end_matches('/'))
+    }
+}
+
+/// Debug output never contains the password either.
+impl std::fmt::Debug for RackUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RackUrl({self})")
+    }
+}
+
+/// `text` with anything between `://` and `@` replaced, for error messages.
+fn redact(text: &str) -> String {
+    let Some(at) = text.rfind('@') else {
+        return text.to_owned();
+    };
+    let scheme = text
+        .find("://")
+        .filter(|s| *s < at)
+        .map_or("", |s| &text[..s + 3]);
+    format!("{scheme}***@{}", &text[at + 1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_stay_percent_escaped_and_out_of_display() {
+        let rack = RackUrl::parse("http://convox:p%40ss@127.0.0.1:5443/prefix/").unwrap();
+        assert_eq!(rack.to_string(), "http://127.0.0.1:5443/prefix");
+        assert_eq!(format!("{rack:?}"), "RackUrl(http://127.0.0.1:5443/prefix)");
+        let expected = base64::engine::general_purpose::STANDARD.encode("convox:p%40ss");
+        assert_eq!(rack.authorization().unwrap(), format!("Basic {expected}"));
+        assert_eq!(rack.authority(), "127.0.0.1:5443");
+        assert_eq!(
+            rack.route(&["apps", "my app"], &[]).as_str(),
+            "http://127.0.0.1:5443/prefix/apps/my%20app"
+        );
+        assert_eq!(
+            rack.socket(&["apps", "a", "logs"]),
+            "ws://127.0.0.1:5443/prefix/apps/a/logs"
+        );
+        assert_eq!(rack.origin(), "http://127.0.0.1:5443");
+    }
+
+    #[test]
+    fn plain_urls_have_no_auth_and_default_ports() {
+        let rack = RackUrl::parse("http://localhost").unwrap();
+        assert_eq!(rack.authorization(), None);
+        assert_eq!(rack.authority(), "localhost:80");
+        let q = rack.route(&["apps", "a", "releases"], &[("limit", "3".into())]);
+        assert_eq!(q.as_str(), "http://localhost/apps/a/releases?limit=3");
+    }
+
+    #[test]
+    fn bad_urls_say_why_without_the_password() {
+        let err = RackUrl::parse("https://convox:secret@host")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("https is not supported"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        let err = RackUrl::parse("convox:secret@host:5443")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
+    }
+}

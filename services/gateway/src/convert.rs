@@ -1,0 +1,114 @@
+//! Proto messages into the Convox JSON shapes of `slipway_client::types`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use slipway_api::build::v1 as bpb;
+use slipway_api::release::v1 as rpb;
+use slipway_api::rollout::v1 as opb;
+use slipway_client::types;
+
+fn time(t: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
+    match t {
+        Some(t) if t.seconds > 0 => slipway_api::from_timestamp(t),
+        _ => types::go_time::ZERO,
+    }
+}
+
+/// A Convox app. `status` is the release service's, unless the caller
+/// learned better from the rollout (`rollback` while reverting).
+pub(crate) fn app(app: rpb::App) -> types::App {
+    types::App {
+        generation: "3".into(),
+        locked: false,
+        name: app.name,
+        release: app.release,
+        router: String::new(),
+        status: app.status,
+        parameters: Default::default(),
+    }
+}
+
+/// A Convox release.
+pub(crate) fn release(release: rpb::Release) -> types::Release {
+    types::Release {
+        created: time(release.created.as_ref()),
+        id: release.id,
+        app: release.app,
+        build: release.build,
+        env: release.env,
+        manifest: release.manifest,
+        description: release.description,
+    }
+}
+
+/// A Convox build.
+pub(crate) fn build(build: bpb::Build) -> types::Build {
+    let status = match bpb::BuildStatus::try_from(build.status) {
+        Ok(bpb::BuildStatus::Created) => "created",
+        Ok(bpb::BuildStatus::Running) => "running",
+        Ok(bpb::BuildStatus::Complete) => "complete",
+        Ok(bpb::BuildStatus::Failed) => "failed",
+        Ok(bpb::BuildStatus::Cancelled) => "cancelled",
+        _ => "unknown",
+    };
+    types::Build {
+        started: time(build.started.as_ref()),
+        ended: time(build.ended.as_ref()),
+        id: build.id,
+        app: build.app,
+        description: build.description,
+        git_sha: build.git_sha,
+        manifest: build.manifest,
+        release: build.release,
+        reason: build.reason,
+        status: status.into(),
+        ..Default::default()
+    }
+}
+
+/// A Slipway promotion.
+pub(crate) fn promotion(p: rpb::Promotion) -> types::Promotion {
+    let state = match rpb::PromotionState::try_from(p.state) {
+        Ok(rpb::PromotionState::Pending) => "pending",
+        Ok(rpb::PromotionState::RollingOut) => "rolling_out",
+        Ok(rpb::PromotionState::Succeeded) => "succeeded",
+        Ok(rpb::PromotionState::RolledBack) => "rolled_back",
+        Ok(rpb::PromotionState::Failed) => "failed",
+        Ok(rpb::PromotionState::Cancelled) => "cancelled",
+        _ => "unknown",
+    };
+    types::Promotion {
+        id: p.id,
+        app: p.app,
+        release: p.release,
+        fallback: p.fallback_release,
+        state: state.into(),
+        reason: p.reason,
+        noop: false,
+        message: String::new(),
+    }
+}
+
+/// A Convox process.
+pub(crate) fn process(app: &str, p: opb::Process) -> types::Process {
+    types::Process {
+        started: time(p.started.as_ref()),
+        id: p.id,
+        app: app.to_owned(),
+        name: p.service.clone(),
+        release: p.release,
+        status: p.status,
+        host: "127.0.0.1".into(),
+        ports: if p.port > 0 {
+            vec![p.port.to_string()]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    }
+}
+
+/// One event line in the seed's form: `<time> <source> <message>\n`.
+pub(crate) fn event_line(event: &opb::Event) -> String {
+    let at = time(event.time.as_ref()).to_rfc3339_opts(SecondsFormat::Secs, true);
+    format!("{at} {} {}\n", event.source, event.message)
+}

@@ -1,0 +1,91 @@
+//! The rack's interface, which scripts rely on:
+//! `slipway-rack --data-dir DIR --listen HOST:PORT --password PW`, each also
+//! from `SLIPWAY_DATA_DIR`, `SLIPWAY_LISTEN`, `SLIPWAY_PASSWORD`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use slipway_domain::Secret;
+
+/// The embedded rack's settings.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "slipway-rack",
+    version,
+    about = "The embedded Slipway rack: every service in one process"
+)]
+pub struct Config {
+    /// Directory for all state (SQLite files, sources, artifacts, logs, keys).
+    #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = ".slipway/rack")]
+    pub data_dir: PathBuf,
+
+    /// Address of the Convox-compatible HTTP API.
+    #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:5443")]
+    pub listen: SocketAddr,
+
+    /// Rack password (HTTP Basic). Without one, a random password is kept
+    /// in `<data-dir>/password`. Must be URL-safe.
+    #[arg(long, env = "SLIPWAY_PASSWORD")]
+    pub password: Option<Secret>,
+
+    /// Rack name reported to clients.
+    #[arg(long, env = "SLIPWAY_RACK_NAME", default_value = "local")]
+    pub name: String,
+
+    /// Rollout deadline for apps without their own (30s to 6h).
+    #[arg(long, env = "SLIPWAY_DEFAULT_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub default_deadline: Duration,
+
+    /// Largest source upload (bytes).
+    #[arg(long, env = "SLIPWAY_MAX_UPLOAD_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+
+    /// Stable service ports are taken from this range (e.g. `20000-29999`).
+    #[arg(long, env = "SLIPWAY_PORT_RANGE", value_parser = slipway_rollout::config::parse_port_range)]
+    pub port_range: Option<slipway_rollout::config::PortRange>,
+
+    /// Bring the rack up, deploy `examples/myapp` with the `slipway` CLI,
+    /// print the app's URL, and keep serving.
+    #[arg(long)]
+    pub quickstart: bool,
+
+    /// The app directory the quick start deploys.
+    #[arg(long, default_value = "examples/myapp")]
+    pub quickstart_app: PathBuf,
+}
+
+impl Config {
+    /// The password in effect (given, or kept in the data dir).
+    pub fn password(&self, data_dir: &Path) -> anyhow::Result<String> {
+        match &self.password {
+            Some(p) => Ok(p.expose().to_owned()),
+            None => crate::load_or_create_password(&data_dir.join("password")),
+        }
+    }
+
+    /// Checks everything that can be checked without I/O.
+    pub fn validate(&self) -> Result<(), String> {
+        let url_safe = |p: &str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+        };
+        if self
+            .password
+            .as_ref()
+            .is_some_and(|p| !url_safe(p.expose()))
+        {
+            return Err(
+                "--password must be non-empty and URL-safe (letters, digits, - _ . ~)".into(),
+            );
+        }
+        let secs = self.default_deadline.as_secs();
+        if !(30..=21_600).contains(&secs) {
+            return Err(format!(
+                "--default-deadline must be between 30s and 6h, got {secs}s"
+            ));
+        }
+        Ok(())
+    }
+}

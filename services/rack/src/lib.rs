@@ -1,0 +1,197 @@
+//! The embedded rack: release, build, rollout and gateway in one process,
+//! still talking gRPC to each other on loopback, on SQLite files and the
+//! local runtime in one data directory. It is the same code the scale setup
+//! runs as separate binaries, wired together here.
+
+pub mod config;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// A running rack.
+pub struct Rack {
+    /// Where the gateway listens.
+    pub addr: SocketAddr,
+    /// `http://convox:PW@HOST:PORT`, what RACK_URL should be.
+    pub rack_url: String,
+    /// gRPC addresses of the services (release, build, rollout).
+    pub services: [SocketAddr; 3],
+    stop: CancellationToken,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+impl Rack {
+    /// Binds every listener, starts every service, and returns once the
+    /// gateway answers and the services are ready.
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        let data = &config.data_dir;
+        std::fs::create_dir_all(data)
+            .with_context(|| format!("create data dir {}", data.display()))?;
+        let password = config.password(data)?;
+        let gateway_listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("bind {}", config.listen))?;
+        let addr = gateway_listener.local_addr()?;
+        let release_listener = loopback().await?;
+        let build_listener = loopback().await?;
+        let rollout_listener = loopback().await?;
+        let release_addr = release_listener.local_addr()?;
+        let build_addr = build_listener.local_addr()?;
+        let rollout_addr = rollout_listener.local_addr()?;
+        let url = |a: SocketAddr| format!("http://{a}");
+
+        let mut release = slipway_release::Config::dev(data.join("release"));
+        release.rollout_endpoints = vec![url(rollout_addr)];
+        release.default_deadline = config.default_deadline;
+
+        let mut build = slipway_build::Config::dev(data.join("build"));
+        build.release_endpoints = vec![url(release_addr)];
+
+        let mut rollout = slipway_rollout::Config::dev(data.join("rollout"));
+        rollout.release_endpoints = vec![url(release_addr)];
+        rollout.default_deadline = config.default_deadline;
+        if let Some(range) = config.port_range {
+            rollout.port_range = range;
+        }
+
+        let gateway = slipway_gateway::Config {
+            listen: addr,
+            password: Some(password.clone().into()),
+            release_endpoints: vec![url(release_addr)],
+            build_endpoints: vec![url(build_addr)],
+            rollout_endpoints: vec![url(rollout_addr)],
+            rack_name: config.name.clone(),
+            provider: "local".into(),
+            max_upload_bytes: config.max_upload_bytes,
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(60),
+            concurrency_limit: 1024,
+            dev: true,
+        };
+        gateway.validate().map_err(anyhow::Error::msg)?;
+
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let signal = |stop: &CancellationToken| {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        };
+        tasks.spawn(named(
+            "release",
+            slipway_release::run(release, release_listener, signal(&stop)),
+        ));
+        tasks.spawn(named(
+            "build",
+            slipway_build::run(build, build_listener, signal(&stop)),
+        ));
+        tasks.spawn(named(
+            "rollout",
+            slipway_rollout::run(rollout, rollout_listener, signal(&stop)),
+        ));
+        tasks.spawn(named(
+            "gateway",
+            slipway_gateway::run(gateway, gateway_listener, signal(&stop)),
+        ));
+
+        let host = match addr.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            ip => ip.to_string(),
+        };
+        let rack = Self {
+            addr,
+            rack_url: format!("http://convox:{password}@{host}:{}", addr.port()),
+            services: [release_addr, build_addr, rollout_addr],
+            stop,
+            tasks,
+        };
+        rack.wait_ready().await?;
+        Ok(rack)
+    }
+
+    /// Waits until every service answers a call (a NotFound counts).
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let channel = slipway_rpc::channel(
+            "release",
+            &[format!("http://{}", self.services[0])],
+            &Default::default(),
+        )?;
+        let mut client = ReleaseServiceClient::new(channel);
+        loop {
+            match client
+                .list_apps(slipway_api::release::v1::ListAppsRequest {})
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(status) if tokio::time::Instant::now() > deadline => {
+                    anyhow::bail!(
+                        "the release service did not come up within 60s: {}",
+                        status.message()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Runs until `shutdown` completes or a service stops, then stops all.
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let outcome = tokio::select! {
+            () = shutdown => Ok(()),
+            Some(done) = self.tasks.join_next() => match done {
+                Ok((name, Ok(()))) => Err(anyhow::anyhow!("the {name} service stopped unexpectedly")),
+                Ok((name, Err(e))) => Err(e.context(format!("the {name} service failed"))),
+                Err(e) => Err(anyhow::anyhow!("a service task panicked: {e}")),
+            },
+        };
+        self.shutdown().await;
+        outcome
+    }
+
+    /// Stops every service and waits for them.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        while let Some(done) = self.tasks.join_next().await {
+            if let Ok((name, Err(e))) = done {
+                tracing::warn!("the {name} service failed while stopping: {e:#}");
+            }
+        }
+    }
+}
+
+async fn loopback() -> anyhow::Result<TcpListener> {
+    Ok(TcpListener::bind("127.0.0.1:0").await?)
+}
+
+async fn named(
+    name: &'static str,
+    task: impl Future<Output = anyhow::Result<()>>,
+) -> (&'static str, anyhow::Result<()>) {
+    (name, task.await)
+}
+
+/// Reads the rack password from `path`, or writes a fresh random one.
+pub fn load_or_create_password(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+            let password: String = (0..24)
+                .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+                .collect();
+            std::fs::write(path, &password).with_context(|| format!("write {}", path.display()))?;
+            Ok(password)
+        }
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}

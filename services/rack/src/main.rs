@@ -1,0 +1,81 @@
+//! `slipway-rack`: the embedded rack. Prints the RACK_URL once ready; with
+//! `--quickstart` also deploys the example app and prints its URL.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use slipway_rack::{Config, Rack};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        Err(e) if e.use_stderr() => {
+            eprintln!("invalid config: {e}");
+            return Ok(ExitCode::from(64));
+        }
+        Err(e) => {
+            e.print()?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if let Err(e) = config.validate() {
+        eprintln!("invalid config: {e}");
+        return Ok(ExitCode::from(64)); // EX_USAGE
+    }
+    let _telemetry = slipway_telemetry::init("rack");
+    let rack = Rack::start(&config).await?;
+    println!("Rack ready. Use it with:");
+    println!("  export RACK_URL={}", rack.rack_url);
+    if config.quickstart
+        && let Err(e) = quickstart(&config, &rack.rack_url).await
+    {
+        eprintln!("ERROR: quick start failed: {e:#}");
+        rack.shutdown().await;
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("Serving; press Ctrl-C to stop.");
+    rack.serve(slipway_rpc::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deploys the example app with the `slipway` CLI (built next to this
+/// binary) and prints the URL of its web service.
+async fn quickstart(config: &Config, rack_url: &str) -> anyhow::Result<()> {
+    let cli = std::env::current_exe()?.with_file_name("slipway");
+    anyhow::ensure!(
+        cli.exists(),
+        "the slipway CLI is not built next to slipway-rack ({}): run `cargo build -p slipway-cli`",
+        cli.display()
+    );
+    let app = "myapp";
+    let run = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(&cli);
+        command.args(args).env("RACK_URL", rack_url);
+        command
+    };
+    let exists = run(&["apps", "info", app]).output().await?.status.success();
+    if !exists {
+        let status = run(&["apps", "create", app])
+            .status()
+            .await
+            .context("run slipway apps create")?;
+        anyhow::ensure!(status.success(), "slipway apps create {app} failed");
+    }
+    let dir = config.quickstart_app.to_string_lossy().into_owned();
+    let status = run(&["deploy", &dir, "-a", app, "-d", "quick start"])
+        .status()
+        .await
+        .context("run slipway deploy")?;
+    anyhow::ensure!(status.success(), "slipway deploy failed");
+    let services = run(&["services", "-a", app]).output().await?;
+    let text = String::from_utf8_lossy(&services.stdout);
+    let domain = text
+        .lines()
+        .skip(1)
+        .find_map(|line| line.split_whitespace().nth(1).map(str::to_owned))
+        .context("the app has no service address")?;
+    println!("App {app} is live at http://{domain}/");
+    Ok(())
+}

@@ -1,0 +1,585 @@
+//! The Kubernetes runtime (the scale setup): a namespace per app
+//! (`<rack>-<app>`), and per service an env Secret per release, a Service
+//! for the stable address and a Deployment whose rolling update Kubernetes
+//! carries out. Slipway writes with server-side apply (field manager
+//! `slipway`, forced) and reads progress back the way `kubectl rollout
+//! status` does, failing fast from pod states and readiness-probe events
+//! (see `progress.rs`). Events of the namespace stream to the event sink as
+//! `system/k8s/<object> <message>` (see `events.rs`).
+//!
+//! Nothing here needs local state to be right: the desired state is in the
+//! API server, and a restarted rollout service re-applies (a no-op when
+//! nothing changed: server-side apply leaves `generation` alone) and reads
+//! progress from the objects again.
+
+mod api;
+mod events;
+mod objects;
+mod progress;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use self::api::Op;
+use self::events::Watcher;
+use self::objects::{LABEL_APP, LABEL_RELEASE, LABEL_SERVICE, namespace_name};
+use self::progress::{DeploymentState, FATAL_WAITING};
+use super::{
+    EventSink, ProcessInfo, Progress, Runtime, RuntimeError, ServiceInfo, ServiceProgress, Spec,
+};
+
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "slipway";
+/// Upper bound between two reads of progress while waiting for events.
+const POLL: Duration = Duration::from_secs(1);
+/// How long `remove` waits for the namespace to go.
+const REMOVE_LIMIT: Duration = Duration::from_secs(300);
+
+/// Settings of the Kubernetes runtime.
+#[derive(Clone, Debug)]
+pub struct KubernetesConfig {
+    /// The rack name: prefix of app namespaces, value of the `rack` label.
+    pub rack: String,
+    /// Container restarts of a new release that fail the rollout.
+    pub restart_limit: u32,
+}
+
+/// How to reach the API server.
+#[derive(Clone, Debug, Default)]
+pub struct ClientSettings {
+    /// A kubeconfig file; otherwise `KUBECONFIG`, `~/.kube/config`, or the
+    /// in-cluster service account, in that order.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context; otherwise its current context.
+    pub context: Option<String>,
+    /// Use the pod's service account and only that.
+    pub in_cluster: bool,
+}
+
+impl ClientSettings {
+    /// Builds a client from the settings.
+    pub async fn client(&self) -> Result<kube::Client, RuntimeError> {
+        let backend =
+            |e: &dyn std::fmt::Display| RuntimeError::Backend(format!("kubernetes config: {e}"));
+        let options = kube::config::KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        let config = if self.in_cluster {
+            kube::Config::incluster().map_err(|e| backend(&e))?
+        } else if let Some(path) = &self.kubeconfig {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| backend(&e))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| backend(&e))?
+        } else if self.context.is_some() {
+            kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| backend(&e))?
+        } else {
+            kube::Config::infer().await.map_err(|e| backend(&e))?
+        };
+        kube::Client::try_from(config).map_err(|e| backend(&e))
+    }
+}
+
+/// The Kubernetes runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct KubernetesRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: kube::Client,
+    events: Arc<dyn EventSink>,
+    config: KubernetesConfig,
+    apps: tokio::sync::Mutex<BTreeMap<String, AppEntry>>,
+}
+
+/// What the runtime knows of an app beyond the API server: the spec it
+/// last applied (services, health settings) and its event watcher.
+#[derive(Clone)]
+struct AppEntry {
+    spec: Arc<Spec>,
+    watcher: Arc<Watcher>,
+}
+
+fn backend(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Backend(e.to_string())
+}
+
+impl KubernetesRuntime {
+    /// A runtime talking to the API server through `client`.
+    pub fn new(client: kube::Client, events: Arc<dyn EventSink>, config: KubernetesConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                events,
+                config,
+                apps: tokio::sync::Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    fn rack(&self) -> &str {
+        &self.inner.config.rack
+    }
+
+    fn namespaced<K>(&self, ns: &str) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.inner.client.clone(), ns)
+    }
+
+    /// Server-side apply of `body` as `name`.
+    async fn apply_object<K>(
+        &self,
+        api: &Api<K>,
+        resource: &'static str,
+        namespace: Option<&str>,
+        name: &str,
+        body: &Value,
+    ) -> Result<K, RuntimeError>
+    where
+        K: kube::Resource + Clone + DeserializeOwned + Debug,
+    {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let op = Op {
+            verb: "patch",
+            resource,
+            namespace,
+            name: Some(name),
+        };
+        let patch = Patch::Apply(body);
+        api::call(op, || api.patch(name, &params, &patch)).await
+    }
+
+    async fn list<K>(
+        &self,
+        api: &Api<K>,
+        resource: &'static str,
+        ns: &str,
+        selector: &str,
+    ) -> Result<Vec<K>, RuntimeError>
+    where
+        K: kube::Resource + Clone + DeserializeOwned + Debug,
+    {
+        let params = ListParams::default().labels(selector);
+        let op = Op {
+            verb: "list",
+            resource,
+            namespace: Some(ns),
+            name: None,
+        };
+        Ok(api::call(op, || api.list(&params)).await?.items)
+    }
+
+    async fn entry(&self, app: &str) -> Option<AppEntry> {
+        self.inner.apps.lock().await.get(app).cloned()
+    }
+
+    /// Reads progress once.
+    async fn progress_now(
+        &self,
+        entry: &AppEntry,
+        release: &str,
+    ) -> Result<Progress, RuntimeError> {
+        let spec = &entry.spec;
+        if spec.release != release {
+            return Err(RuntimeError::NotFound(format!(
+                "app {} is moving to {}, not {release}",
+                spec.app, spec.release
+            )));
+        }
+        let ns = namespace_name(self.rack(), &spec.app);
+        let selector = format!("{LABEL_APP}={}", spec.app);
+        let deployments: Vec<Deployment> = self
+            .list(&self.namespaced(&ns), "deployments", &ns, &selector)
+            .await?;
+        let pods: Vec<Pod> = self
+            .list(
+                &self.namespaced(&ns),
+                "pods",
+                &ns,
+                &format!("{selector},{LABEL_RELEASE}={release}"),
+            )
+            .await?;
+        let unhealthy = entry
+            .watcher
+            .unhealthy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let now = Utc::now();
+        let mut complete = true;
+        let mut services = Vec::new();
+        for svc in spec.manifest.services.values() {
+            let desired = svc.scale.count;
+            let Some(d) = deployments
+                .iter()
+                .find(|d| d.metadata.name.as_deref() == Some(svc.name.as_str()))
+            else {
+                complete = false;
+                services.push(ServiceProgress {
+                    service: svc.name.clone(),
+                    healthy: 0,
+                    desired,
+                });
+                continue;
+            };
+            if progress::template_release(d) != Some(release) {
+                return Err(RuntimeError::NotFound(format!(
+                    "service {} of app {} runs toward release {}, not {release}",
+                    svc.name,
+                    spec.app,
+                    progress::template_release(d).unwrap_or("?")
+                )));
+            }
+            let state = progress::deployment_state(d);
+            if state == DeploymentState::Complete {
+                services.push(ServiceProgress {
+                    service: svc.name.clone(),
+                    healthy: desired,
+                    desired,
+                });
+                continue;
+            }
+            let own: Vec<&Pod> = progress::of_release(&pods, release)
+                .into_iter()
+                .filter(|p| {
+                    p.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(LABEL_SERVICE))
+                        == Some(&svc.name)
+                })
+                .collect();
+            if let Some(reason) =
+                progress::pod_failure(&svc.name, &own, self.inner.config.restart_limit)
+            {
+                return Ok(Progress::Failed { reason });
+            }
+            if let Some(reason) = progress::health_failure(svc, &own, &unhealthy, now) {
+                return Ok(Progress::Failed { reason });
+            }
+            match state {
+                DeploymentState::DeadlineExceeded(message) => {
+                    return Ok(Progress::Failed {
+                        reason: format!("service {}: deadline exceeded ({message})", svc.name),
+                    });
+                }
+                DeploymentState::Waiting { healthy, desired } => {
+                    complete = false;
+                    services.push(ServiceProgress {
+                        service: svc.name.clone(),
+                        healthy,
+                        desired,
+                    });
+                }
+                DeploymentState::Complete => {}
+            }
+        }
+        // Deployments of services the release dropped must be gone too.
+        if deployments.iter().any(|d| {
+            d.metadata
+                .name
+                .as_deref()
+                .is_none_or(|n| !spec.manifest.services.contains_key(n))
+        }) {
+            complete = false;
+        }
+        Ok(if complete {
+            Progress::Complete
+        } else {
+            Progress::Progressing { services }
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for KubernetesRuntime {
+    fn name(&self) -> &'static str {
+        "k8s"
+    }
+
+    #[tracing::instrument(skip_all, fields(app = %spec.app, release = %spec.release))]
+    async fn apply(
+        &self,
+        rollout: &str,
+        spec: Arc<Spec>,
+        deadline: Duration,
+    ) -> Result<(), RuntimeError> {
+        let rack = self.rack().to_owned();
+        let app = spec.app.clone();
+        let ns = namespace_name(&rack, &app);
+        // Build every object first: a spec that cannot run touches nothing.
+        let mut deployments = Vec::new();
+        for svc in spec.manifest.services.values() {
+            let body = objects::deployment(&rack, &spec, svc, deadline.as_secs().max(1))
+                .map_err(backend)?;
+            deployments.push((svc, body));
+        }
+        let namespaces: Api<Namespace> = Api::all(self.inner.client.clone());
+        self.apply_object(
+            &namespaces,
+            "namespaces",
+            None,
+            &ns,
+            &objects::namespace(&rack, &app),
+        )
+        .await?;
+        {
+            let mut apps = self.inner.apps.lock().await;
+            let watcher = match apps.get(&app) {
+                Some(entry) => {
+                    *entry
+                        .watcher
+                        .rollout
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(rollout.to_owned());
+                    entry.watcher.clone()
+                }
+                None => {
+                    Watcher::start(
+                        self.inner.client.clone(),
+                        self.inner.events.clone(),
+                        &app,
+                        &ns,
+                        rollout,
+                    )
+                    .await?
+                }
+            };
+            apps.insert(
+                app.clone(),
+                AppEntry {
+                    spec: spec.clone(),
+                    watcher,
+                },
+            );
+        }
+        let secrets: Api<Secret> = self.namespaced(&ns);
+        let services: Api<Service> = self.namespaced(&ns);
+        let deploys: Api<Deployment> = self.namespaced(&ns);
+        for (svc, body) in &deployments {
+            let secret = objects::secret(&rack, &spec, &svc.name);
+            let name = objects::secret_name(&svc.name, &spec.release);
+            self.apply_object(&secrets, "secrets", Some(&ns), &name, &secret)
+                .await?;
+            if let Some(service) = objects::service(&rack, &app, svc) {
+                self.apply_object(&services, "services", Some(&ns), &svc.name, &service)
+                    .await?;
+            }
+            self.apply_object(&deploys, "deployments", Some(&ns), &svc.name, body)
+                .await?;
+        }
+        // Services the release no longer has.
+        let background = DeleteParams::background();
+        let existing: Vec<Deployment> = self
+            .list(&deploys, "deployments", &ns, &format!("{LABEL_APP}={app}"))
+            .await?;
+        for d in existing {
+            let Some(name) = d.metadata.name else {
+                continue;
+            };
+            if spec.manifest.services.contains_key(&name) {
+                continue;
+            }
+            let op = Op {
+                verb: "delete",
+                resource: "deployments",
+                namespace: Some(&ns),
+                name: Some(&name),
+            };
+            match api::call(op, || deploys.delete(&name, &background)).await {
+                Ok(_) | Err(RuntimeError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            let op = Op {
+                verb: "delete",
+                resource: "services",
+                namespace: Some(&ns),
+                name: Some(&name),
+            };
+            match api::call(op, || services.delete(&name, &background)).await {
+                Ok(_) | Err(RuntimeError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::info!(rollout, "applied release to kubernetes");
+        Ok(())
+    }
+
+    async fn progress(
+        &self,
+        app: &str,
+        release: &str,
+        wait: Duration,
+    ) -> Result<Progress, RuntimeError> {
+        let entry = self
+            .entry(app)
+            .await
+            .ok_or_else(|| RuntimeError::NotFound(format!("app {app} has no desired release")))?;
+        let mut changed = entry.watcher.changed.subscribe();
+        changed.borrow_and_update();
+        let progress = self.progress_now(&entry, release).await?;
+        if !matches!(progress, Progress::Progressing { .. }) {
+            return Ok(progress);
+        }
+        let _ = tokio::time::timeout(wait.min(POLL), changed.changed()).await;
+        self.progress_now(&entry, release).await
+    }
+
+    async fn remove(&self, rollout: &str, app: &str) -> Result<(), RuntimeError> {
+        let ns = namespace_name(self.rack(), app);
+        if let Some(entry) = self.inner.apps.lock().await.remove(app) {
+            entry.watcher.cancel.cancel();
+        }
+        let namespaces: Api<Namespace> = Api::all(self.inner.client.clone());
+        let background = DeleteParams::background();
+        let op = Op {
+            verb: "delete",
+            resource: "namespaces",
+            namespace: None,
+            name: Some(&ns),
+        };
+        match api::call(op, || namespaces.delete(&ns, &background)).await {
+            Ok(_) => {}
+            Err(RuntimeError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let start = Instant::now();
+        let op = Op {
+            verb: "get",
+            resource: "namespaces",
+            namespace: None,
+            name: Some(&ns),
+        };
+        while api::call(op, || namespaces.get_opt(&ns)).await?.is_some() {
+            if start.elapsed() > REMOVE_LIMIT {
+                return Err(RuntimeError::Backend(format!(
+                    "namespace {ns} still terminating after {}s",
+                    REMOVE_LIMIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::info!(rollout, app, "removed app from kubernetes");
+        Ok(())
+    }
+
+    async fn processes(&self, app: &str) -> Result<Vec<ProcessInfo>, RuntimeError> {
+        let ns = namespace_name(self.rack(), app);
+        let pods: Vec<Pod> = self
+            .list(
+                &self.namespaced(&ns),
+                "pods",
+                &ns,
+                &format!("{LABEL_APP}={app}"),
+            )
+            .await?;
+        let mut out: Vec<ProcessInfo> = pods.iter().map(process_info).collect();
+        out.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
+        Ok(out)
+    }
+
+    async fn services(&self, app: &str) -> Result<Vec<ServiceInfo>, RuntimeError> {
+        let ns = namespace_name(self.rack(), app);
+        let selector = format!("{LABEL_APP}={app}");
+        let deployments: Vec<Deployment> = self
+            .list(&self.namespaced(&ns), "deployments", &ns, &selector)
+            .await?;
+        let services: Vec<Service> = self
+            .list(&self.namespaced(&ns), "services", &ns, &selector)
+            .await?;
+        let mut out: Vec<ServiceInfo> = deployments
+            .iter()
+            .filter_map(|d| {
+                let name = d.metadata.name.clone()?;
+                let port = services
+                    .iter()
+                    .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))
+                    .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port));
+                let count = d
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.available_replicas)
+                    .unwrap_or(0);
+                Some(ServiceInfo {
+                    address: port
+                        .map(|p| format!("{name}.{ns}.svc.cluster.local:{p}"))
+                        .unwrap_or_default(),
+                    name,
+                    count: u32::try_from(count).unwrap_or(0),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+/// A pod as a process.
+fn process_info(pod: &Pod) -> ProcessInfo {
+    let label = |key: &str| {
+        pod.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(key))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let status = pod.status.as_ref();
+    let fatal = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.state
+                    .as_ref()
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.as_deref())
+                    .is_some_and(|r| FATAL_WAITING.contains(&r))
+            })
+        });
+    let state = if pod.metadata.deletion_timestamp.is_some() {
+        "stopping"
+    } else if progress::is_ready(pod) {
+        "running"
+    } else if fatal {
+        "unhealthy"
+    } else {
+        "starting"
+    };
+    let started = status
+        .and_then(|s| s.start_time.as_ref())
+        .or(pod.metadata.creation_timestamp.as_ref())
+        .and_then(progress::to_chrono)
+        .unwrap_or_else(Utc::now);
+    let port = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.ports.as_ref()?.first())
+        .and_then(|p| u16::try_from(p.container_port).ok());
+    ProcessInfo {
+        id: pod.metadata.name.clone().unwrap_or_default(),
+        service: label(LABEL_SERVICE),
+        release: label(LABEL_RELEASE),
+        status: state.to_owned(),
+        started,
+        pid: None,
+        port,
+    }
+}

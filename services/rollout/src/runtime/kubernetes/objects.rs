@@ -1,0 +1,237 @@
+//! The objects the Kubernetes runtime writes, as server-side apply bodies:
+//! a Namespace per app, an Opaque Secret per release and service (the
+//! env), a Service per service with a port (the stable address), and a
+//! Deployment per service. Built as JSON so the exact shape sent is plain
+//! to read here and to assert in tests; status is read back typed.
+//!
+//! Every body carries only the fields Slipway owns: with server-side apply
+//! a field left out is a field given up, and defaults stay the server's.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use slipway_domain::manifest::Service;
+
+use super::super::Spec;
+
+/// Labels of objects the runtime writes: rack and app on every object,
+/// service on per-service ones, release on per-release ones.
+pub(crate) const LABEL_RACK: &str = "rack";
+/// See [`LABEL_RACK`].
+pub(crate) const LABEL_APP: &str = "app";
+/// See [`LABEL_RACK`].
+pub(crate) const LABEL_SERVICE: &str = "service";
+/// See [`LABEL_RACK`].
+pub(crate) const LABEL_RELEASE: &str = "release";
+
+/// Readiness-probe failures in a row that make a pod unready.
+pub(crate) const FAILURE_THRESHOLD: u32 = 3;
+
+/// Why a spec cannot be turned into objects.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ObjectError {
+    /// `deployment.minimum: 100` with `maximum: 100` allows no step.
+    #[error(
+        "service {service}: deployment minimum {minimum}% and maximum {maximum}% leave no room to replace a process (maxSurge and maxUnavailable would both be 0)"
+    )]
+    NoRollingRoom {
+        /// The service.
+        service: String,
+        /// `deployment.minimum`.
+        minimum: u32,
+        /// `deployment.maximum`.
+        maximum: u32,
+    },
+    /// Neither an artifact nor `image` names what to run.
+    #[error("service {0}: no image (the release has no artifact for it and the manifest no image)")]
+    NoImage(String),
+}
+
+/// `<rack>-<app>`: the app's namespace.
+pub(crate) fn namespace_name(rack: &str, app: &str) -> String {
+    format!("{rack}-{app}")
+}
+
+/// `<service>-env-<release>`: a release's env Secret for one service.
+/// Release ids are upper case; object names must not be.
+pub(crate) fn secret_name(service: &str, release: &str) -> String {
+    format!("{service}-env-{}", release.to_ascii_lowercase())
+}
+
+/// The Namespace of `app`.
+pub(crate) fn namespace(rack: &str, app: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": namespace_name(rack, app),
+            "labels": { LABEL_RACK: rack, LABEL_APP: app },
+        },
+    })
+}
+
+/// The env Secret of `service` in `spec`'s release: `data` values base64,
+/// the manifest's defaults under the release env.
+pub(crate) fn secret(rack: &str, spec: &Spec, service: &str) -> Value {
+    let env = spec.manifest.env_for(service, &spec.env);
+    let engine = base64::engine::general_purpose::STANDARD;
+    let data: serde_json::Map<String, Value> = env
+        .iter()
+        .map(|(k, v)| (k.to_owned(), Value::String(engine.encode(v))))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_name(service, &spec.release),
+            "namespace": namespace_name(rack, &spec.app),
+            "labels": {
+                LABEL_RACK: rack,
+                LABEL_APP: spec.app,
+                LABEL_SERVICE: service,
+                LABEL_RELEASE: spec.release,
+            },
+        },
+        "type": "Opaque",
+        "data": data,
+    })
+}
+
+/// The Service giving `service` its stable in-cluster address; `None`
+/// for a service without a port.
+pub(crate) fn service(rack: &str, app: &str, svc: &Service) -> Option<Value> {
+    let port = svc.port.as_ref()?.number;
+    Some(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": svc.name,
+            "namespace": namespace_name(rack, app),
+            "labels": { LABEL_RACK: rack, LABEL_APP: app, LABEL_SERVICE: svc.name },
+        },
+        "spec": {
+            "selector": { LABEL_APP: app, LABEL_SERVICE: svc.name },
+            "ports": [{ "name": "main", "port": port, "targetPort": port, "protocol": "TCP" }],
+        },
+    }))
+}
+
+/// `maxSurge` and `maxUnavailable` from `deployment.maximum`/`minimum`, as
+/// percentages (Kubernetes rounds surge up and unavailable down).
+pub(crate) fn rolling_update(svc: &Service) -> Result<(String, String), ObjectError> {
+    let surge = svc.deployment.maximum.saturating_sub(100);
+    let unavailable = 100u32.saturating_sub(svc.deployment.minimum);
+    if surge == 0 && unavailable == 0 {
+        return Err(ObjectError::NoRollingRoom {
+            service: svc.name.clone(),
+            minimum: svc.deployment.minimum,
+            maximum: svc.deployment.maximum,
+        });
+    }
+    Ok((format!("{surge}%"), format!("{unavailable}%")))
+}
+
+/// The Deployment of `svc` running `spec`'s release. The selector (app and
+/// service) never changes: Kubernetes refuses a changed selector, and the
+/// release label lives only on the pod template.
+pub(crate) fn deployment(
+    rack: &str,
+    spec: &Spec,
+    svc: &Service,
+    deadline_secs: u64,
+) -> Result<Value, ObjectError> {
+    let (surge, unavailable) = rolling_update(svc)?;
+    let image = spec
+        .artifacts
+        .get(&svc.name)
+        .filter(|a| !a.is_empty())
+        .or(svc.image.as_ref())
+        .ok_or_else(|| ObjectError::NoImage(svc.name.clone()))?;
+    let mut container = json!({
+        "name": svc.name,
+        "image": image,
+        "envFrom": [{ "secretRef": { "name": secret_name(&svc.name, &spec.release) } }],
+    });
+    if let Some(command) = &svc.command {
+        container["command"] = json!(["/bin/sh", "-c", command]);
+    }
+    if let Some(port) = &svc.port {
+        container["env"] = json!([{ "name": "PORT", "value": port.number.to_string() }]);
+        container["ports"] =
+            json!([{ "name": "main", "containerPort": port.number, "protocol": "TCP" }]);
+        if !svc.health.disabled {
+            container["readinessProbe"] = json!({
+                "httpGet": { "path": svc.health.path, "port": port.number },
+                "initialDelaySeconds": svc.health.grace_secs,
+                "periodSeconds": svc.health.interval_secs,
+                "timeoutSeconds": svc.health.timeout_secs.max(1),
+                "failureThreshold": FAILURE_THRESHOLD,
+            });
+        }
+    }
+    Ok(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": svc.name,
+            "namespace": namespace_name(rack, &spec.app),
+            "labels": { LABEL_RACK: rack, LABEL_APP: spec.app, LABEL_SERVICE: svc.name },
+        },
+        "spec": {
+            "replicas": svc.scale.count,
+            "selector": { "matchLabels": { LABEL_APP: spec.app, LABEL_SERVICE: svc.name } },
+            "progressDeadlineSeconds": deadline_secs,
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": { "maxSurge": surge, "maxUnavailable": unavailable },
+            },
+            "template": {
+                "metadata": {
+                    "labels": {
+                        LABEL_APP: spec.app,
+                        LABEL_SERVICE: svc.name,
+                        LABEL_RELEASE: spec.release,
+                    },
+                },
+                "spec": {
+                    "terminationGracePeriodSeconds": svc.termination_grace_secs,
+                    "containers": [container],
+                },
+            },
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_domain::Manifest;
+
+    fn svc(yaml: &str) -> Service {
+        Manifest::parse(yaml).unwrap().services["web"].clone()
+    }
+
+    #[test]
+    fn rolling_update_comes_from_minimum_and_maximum() {
+        let web = svc("services:\n  web:\n    build: .\n    port: 80\n");
+        assert_eq!(rolling_update(&web).unwrap(), ("100%".into(), "50%".into()));
+        let web = svc(
+            "services:\n  web:\n    build: .\n    port: 80\n    deployment:\n      minimum: 100\n      maximum: 150\n",
+        );
+        assert_eq!(rolling_update(&web).unwrap(), ("50%".into(), "0%".into()));
+        // The manifest parser refuses this too; the runtime does not rely on it.
+        let mut web = web;
+        web.deployment.maximum = 100;
+        assert!(
+            rolling_update(&web)
+                .unwrap_err()
+                .to_string()
+                .contains("maxSurge and maxUnavailable would both be 0")
+        );
+    }
+
+    #[test]
+    fn names_are_lower_case() {
+        assert_eq!(secret_name("web", "RABCDEFGHIJ"), "web-env-rabcdefghij");
+        assert_eq!(namespace_name("prod", "myapp"), "prod-myapp");
+    }
+}

@@ -1,0 +1,360 @@
+//! The fake API server's HTTP side: routes `/api/v1/...` and
+//! `/apis/apps/v1/...` the way the real one does, records every request,
+//! applies scripted faults (RBAC denials, 5xx/429 for the next N calls),
+//! and streams watches as JSON lines.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::Shared;
+use super::store::{ApiError, Key, matches_selector, resource};
+
+/// One request as the fake received it.
+#[derive(Clone, Debug)]
+pub(crate) struct Recorded {
+    /// `GET`, `PATCH`, …
+    pub(crate) method: String,
+    /// The path, without the query.
+    pub(crate) path: String,
+    /// The query string.
+    pub(crate) query: String,
+    /// The `Content-Type` header.
+    pub(crate) content_type: String,
+    /// The body, parsed as JSON (`Null` when empty).
+    pub(crate) body: Value,
+}
+
+/// What a path names.
+struct Target {
+    resource: &'static str,
+    group: &'static str,
+    namespace: String,
+    name: Option<String>,
+    status: bool,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let (group, rest) = if let Some(rest) = path.strip_prefix("/api/v1/") {
+        ("v1", rest)
+    } else if let Some(rest) = path.strip_prefix("/apis/apps/v1/") {
+        ("apps/v1", rest)
+    } else {
+        return None;
+    };
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let (res, namespace, name, sub) = match segs.as_slice() {
+        ["namespaces"] => ("namespaces", "", None, None),
+        ["namespaces", n] if group == "v1" => ("namespaces", "", Some(*n), None),
+        ["namespaces", ns, r] => (*r, *ns, None, None),
+        ["namespaces", ns, r, n] => (*r, *ns, Some(*n), None),
+        ["namespaces", ns, r, n, s] => (*r, *ns, Some(*n), Some(*s)),
+        _ => return None,
+    };
+    let (resource, g, _, _) = resource(res)?;
+    if g != group || !matches!(sub, None | Some("status")) {
+        return None;
+    }
+    Some(Target {
+        resource,
+        group: g,
+        namespace: namespace.to_owned(),
+        name: name.map(str::to_owned),
+        status: sub.is_some(),
+    })
+}
+
+fn error(e: &ApiError) -> Response {
+    let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, axum::Json(e.body())).into_response()
+}
+
+/// The one handler: every request comes here.
+pub(crate) async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let parsed: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body)
+            .or_else(|_| serde_norway::from_slice(&body))
+            .unwrap_or(Value::Null)
+    };
+    shared.lock().requests.push(Recorded {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or_default().to_owned(),
+        content_type: content_type.clone(),
+        body: parsed.clone(),
+    });
+    let Some(target) = parse_path(uri.path()) else {
+        return error(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
+    };
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb = match (&method, target.name.is_some()) {
+        (&Method::GET, false) if watch => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::GET, true) => "get",
+        (&Method::PATCH, _) => "patch",
+        (&Method::PUT, _) => "update",
+        (&Method::POST, _) => "create",
+        (&Method::DELETE, _) => "delete",
+        _ => {
+            return error(&ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "method not allowed",
+            ));
+        }
+    };
+    {
+        let mut state = shared.lock();
+        if state
+            .denied
+            .iter()
+            .any(|(v, r)| v == verb && r == target.resource)
+        {
+            let group = if target.group == "v1" {
+                "\"\""
+            } else {
+                "\"apps\""
+            };
+            let what = match &target.name {
+                Some(n) => format!(
+                    "{}.{} \"{n}\"",
+                    target.resource,
+                    target.group.trim_end_matches("/v1").trim_end_matches("v1")
+                ),
+                None => target.resource.to_owned(),
+            };
+            return error(&ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "{what} is forbidden: User \"system:serviceaccount:slipway:rollout\" cannot {verb} resource \"{}\" in API group {group} in the namespace \"{}\"",
+                    target.resource, target.namespace
+                ),
+            ));
+        }
+        if let Some(code) = (verb != "watch")
+            .then(|| state.faults.pop_front())
+            .flatten()
+        {
+            let reason = if code == 429 {
+                "TooManyRequests"
+            } else {
+                "InternalError"
+            };
+            return error(&ApiError::new(code, reason, "scripted fault"));
+        }
+    }
+    if verb == "watch" {
+        return watch_response(shared, target, &query).await;
+    }
+    let key: Key = (
+        target.resource.to_owned(),
+        target.namespace.clone(),
+        target.name.clone().unwrap_or_default(),
+    );
+    let mut state = shared.lock();
+    let store = &mut state.store;
+    let result = match verb {
+        "list" => {
+            let selector = query
+                .get("labelSelector")
+                .map(String::as_str)
+                .unwrap_or_default();
+            let (_, _, kind, _) = resource(target.resource).expect("parsed resources exist");
+            let items = store.list(target.resource, &target.namespace, selector);
+            Ok(json!({
+                "apiVersion": target.group, "kind": format!("{kind}List"),
+                "metadata": {"resourceVersion": store.rv.to_string()}, "items": items,
+            }))
+        }
+        "get" => store
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&key)),
+        "patch" => {
+            if content_type != "application/apply-patch+yaml" {
+                Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("the fake serves server-side apply only, not {content_type}"),
+                ))
+            } else if target.status {
+                Err(ApiError::new(
+                    405,
+                    "MethodNotAllowed",
+                    "status is written by the controller",
+                ))
+            } else {
+                match query.get("fieldManager") {
+                    None => Err(ApiError::new(
+                        400,
+                        "BadRequest",
+                        "PatchOptions.meta.k8s.io is invalid: fieldManager: Required value",
+                    )),
+                    Some(manager) => store.apply(key, manager, parsed),
+                }
+            }
+        }
+        "update" => store.replace(key, target.status, parsed),
+        "create" => {
+            let name = parsed["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            store.create((key.0, key.1, name), parsed)
+        }
+        "delete" => store.delete(key),
+        _ => unreachable!("verbs are matched above"),
+    };
+    match result {
+        Ok(object) => {
+            let code = if verb == "create" {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (code, axum::Json(object)).into_response()
+        }
+        Err(e) => error(&e),
+    }
+}
+
+/// A watch: replays history after `resourceVersion` (or the current
+/// objects as ADDED when none is given), then streams live changes until
+/// the timeout, a scripted drop, or the client leaving. A version older
+/// than the compaction floor gets one ERROR event with code 410.
+async fn watch_response(
+    shared: Arc<Shared>,
+    target: Target,
+    query: &HashMap<String, String>,
+) -> Response {
+    // A test may hold new watches back (to make changes while none runs).
+    let mut hold = shared.hold.subscribe();
+    while *hold.borrow_and_update() {
+        if hold.changed().await.is_err() {
+            break;
+        }
+    }
+    let selector = query.get("labelSelector").cloned().unwrap_or_default();
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .map_or(Duration::from_secs(3600), Duration::from_secs);
+    let from: Option<u64> = query
+        .get("resourceVersion")
+        .filter(|v| !v.is_empty() && *v != "0")
+        .and_then(|v| v.parse().ok());
+    let matches = {
+        let resource = target.resource;
+        let ns = target.namespace.clone();
+        move |key: &Key, object: &Value| {
+            key.0 == resource
+                && (ns.is_empty() || key.1 == ns)
+                && matches_selector(object, &selector)
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1024);
+    let line = |kind: &str, object: &Value| {
+        let mut text =
+            serde_json::to_string(&json!({"type": kind, "object": object})).expect("json");
+        text.push('\n');
+        Ok(Bytes::from(text))
+    };
+    let (mut live, mut last) = {
+        let state = shared.lock();
+        let store = &state.store;
+        let live = store.changes.subscribe();
+        match from {
+            Some(rv) if rv < store.floor => {
+                let gone = ApiError::new(
+                    410,
+                    "Expired",
+                    format!("too old resource version: {rv} ({})", store.floor),
+                );
+                let _ = tx.try_send(line("ERROR", &gone.body()));
+                drop(tx);
+                return Response::new(Body::from_stream(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                ));
+            }
+            Some(rv) => {
+                for c in store
+                    .history
+                    .iter()
+                    .filter(|c| c.rv > rv && matches(&c.key, &c.object))
+                {
+                    let _ = tx.try_send(line(c.kind, &c.object));
+                }
+            }
+            None => {
+                for v in store
+                    .objects
+                    .iter()
+                    .filter(|(k, v)| matches(k, v))
+                    .map(|(_, v)| v)
+                {
+                    let _ = tx.try_send(line("ADDED", v));
+                }
+            }
+        }
+        (live, store.rv)
+    };
+    let mut drops = shared.drops.subscribe();
+    drops.borrow_and_update();
+    shared.lock().open_watches += 1;
+    let counter = shared.clone();
+    tokio::spawn(async move {
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => break,
+                _ = drops.changed() => break,
+                () = tx.closed() => break,
+                change = live.recv() => match change {
+                    Ok(c) if c.rv > last && matches(&c.key, &c.object) => {
+                        last = c.rv;
+                        if tx.send(line(c.kind, &c.object)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => break,
+                },
+            }
+        }
+        counter.lock().open_watches -= 1;
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .expect("a valid response")
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: a whole rack in-process (release, build, rollout and
+//! gateway on loopback gRPC, SQLite, the local runtime), driven by the real
+//! `slipway` binary and by raw requests shaped like the `convox` CLI's.
+
+#![allow(unreachable_pub)]
+
+mod convox_wire;
+mod workflow;
