@@ -109,7 +109,12 @@ pub async fn serve(
     };
     let server = Server::builder()
         // A span per request, outermost, so every log line below carries it.
-        .layer(tower_http::trace::TraceLayer::new_for_grpc())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_grpc()
+                // A non-OK status is an answer (NotFound, FailedPrecondition),
+                // not an outage; the service logs what needs a human.
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         // Bounds unary calls; honours a shorter `grpc-timeout` from callers.
         .timeout(options.request_timeout)
         // Answers RESOURCE_EXHAUSTED at once instead of queueing when the

@@ -24,11 +24,17 @@ pub struct Guard {
 /// Initialises the global subscriber for binary `name`. Calling it twice (as
 /// tests that start several services do) keeps the first subscriber.
 pub fn init(name: &'static str) -> Guard {
+    init_with_default(name, "info")
+}
+
+/// Like [`init`], with another filter when `RUST_LOG` is unset (the
+/// embedded rack shares a terminal with the CLI and defaults to `warn`).
+pub fn init_with_default(name: &'static str, default_filter: &str) -> Guard {
     let format = match std::env::var("SLIPWAY_LOG_FORMAT").as_deref() {
         Ok("json") => Format::Json,
         _ => Format::Text,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         eprintln!("invalid config: {e}");
         return Ok(ExitCode::from(64)); // EX_USAGE
     }
-    let _telemetry = slipway_telemetry::init("rack");
+    let _telemetry = slipway_telemetry::init_with_default("rack", "warn");
     let rack = Rack::start(&config).await?;
     println!("Rack ready. Use it with:");
     println!("  export RACK_URL={}", rack.rack_url);
