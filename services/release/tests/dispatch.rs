@@ -66,6 +66,13 @@ impl RolloutService for Recorder {
     ) -> Result<Response<rpb::ListServicesResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+    type StreamAppLogsStream = tokio_stream::Empty<Result<rpb::StreamAppLogsResponse, Status>>;
+    async fn stream_app_logs(
+        &self,
+        _: Request<rpb::StreamAppLogsRequest>,
+    ) -> Result<Response<Self::StreamAppLogsStream>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
     async fn cancel_rollout(
         &self,
         request: Request<rpb::CancelRolloutRequest>,
