@@ -5,4 +5,5 @@
 #![allow(unreachable_pub)]
 
 mod convox_wire;
+mod logs;
 mod workflow;

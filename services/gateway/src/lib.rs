@@ -7,6 +7,7 @@ pub mod config;
 mod convert;
 pub mod error;
 mod objects;
+mod reads;
 mod routes;
 mod stream;
 
@@ -25,20 +26,35 @@ use tower::Layer as _;
 use tower_http::limit::RequestBodyLimitLayer;
 
 pub use config::Config;
+pub use reads::Replicas;
 
 /// The version `GET /system` reports. It must compare greater than
 /// `20180708231844` as a string, or the `convox` CLI uses legacy routes.
 pub const VERSION: &str = "3.24.6-slipway.0.1.0";
 
+/// A client per replica of each service, for the GET handlers' reads.
+#[derive(Clone)]
+pub struct Reads {
+    /// Release service replicas.
+    pub release: Replicas<ReleaseServiceClient<Channel>>,
+    /// Build service replicas.
+    pub build: Replicas<BuildServiceClient<Channel>>,
+    /// Rollout service replicas.
+    pub rollout: Replicas<RolloutServiceClient<Channel>>,
+}
+
 /// What every handler needs.
 #[derive(Clone)]
 pub struct AppState {
-    /// Release service client (balanced over its replicas).
+    /// Release service client (balanced over its replicas), for writes and
+    /// streams: never retried.
     pub release: ReleaseServiceClient<Channel>,
     /// Build service client.
     pub build: BuildServiceClient<Channel>,
     /// Rollout service client.
     pub rollout: RolloutServiceClient<Channel>,
+    /// Clients for idempotent reads, which are retried (see [`Replicas`]).
+    pub reads: Reads,
     /// The rack password (empty accepts anything, --dev only).
     pub password: Secret,
     /// Rack name for `GET /system`.
@@ -71,6 +87,23 @@ impl AppState {
                 &config.rollout_endpoints,
                 &options,
             )?),
+            reads: Reads {
+                release: Replicas::connect(
+                    "release",
+                    &config.release_endpoints,
+                    &options,
+                    ReleaseServiceClient::new,
+                )?,
+                build: Replicas::connect("build", &config.build_endpoints, &options, |c| {
+                    BuildServiceClient::new(c).max_decoding_message_size(16 << 20)
+                })?,
+                rollout: Replicas::connect(
+                    "rollout",
+                    &config.rollout_endpoints,
+                    &options,
+                    RolloutServiceClient::new,
+                )?,
+            },
             password: config.password.clone().unwrap_or_else(|| Secret::new("")),
             rack_name: config.rack_name.clone(),
             provider: config.provider.clone(),

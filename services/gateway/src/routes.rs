@@ -58,11 +58,12 @@ pub(crate) async fn system(State(state): State<AppState>) -> Json<types::System>
 
 pub(crate) async fn list_apps(State(state): State<AppState>) -> ApiResult<Json<Vec<types::App>>> {
     let apps = state
+        .reads
         .release
-        .clone()
-        .list_apps(rpb::ListAppsRequest {})
+        .read(rpb::ListAppsRequest {}, |mut c, m| async move {
+            c.list_apps(m).await
+        })
         .await?
-        .into_inner()
         .apps;
     Ok(Json(apps.into_iter().map(convert::app).collect()))
 }
@@ -107,23 +108,28 @@ pub(crate) async fn get_app(
 /// An app, its status refined by the rollout: `rollback` while reverting.
 pub(crate) async fn app_with_status(state: &AppState, app: &str) -> ApiResult<types::App> {
     let found = state
+        .reads
         .release
-        .clone()
-        .get_app(rpb::GetAppRequest {
-            name: app.to_owned(),
-        })
+        .read(
+            rpb::GetAppRequest {
+                name: app.to_owned(),
+            },
+            |mut c, m| async move { c.get_app(m).await },
+        )
         .await?
-        .into_inner()
         .app
         .unwrap_or_default();
     let reverting = match &found.open_promotion {
         Some(p) if p.state == rpb::PromotionState::RollingOut as i32 => state
+            .reads
             .rollout
-            .clone()
-            .get_rollout(opb::GetRolloutRequest { id: p.id.clone() })
+            .read(
+                opb::GetRolloutRequest { id: p.id.clone() },
+                |mut c, m| async move { c.get_rollout(m).await },
+            )
             .await
             .ok()
-            .and_then(|r| r.into_inner().rollout)
+            .and_then(|r| r.rollout)
             .is_some_and(|r| r.phase == opb::RolloutPhase::Reverting as i32),
         _ => false,
     };
@@ -170,16 +176,16 @@ pub(crate) async fn list_releases(
     Path(app): Path<String>,
     Query(q): Query<Limit>,
 ) -> ApiResult<Json<Vec<types::Release>>> {
+    let message = rpb::ListReleasesRequest {
+        app,
+        limit: q.limit.unwrap_or(0),
+        page_token: String::new(),
+    };
     let releases = state
+        .reads
         .release
-        .clone()
-        .list_releases(rpb::ListReleasesRequest {
-            app,
-            limit: q.limit.unwrap_or(0),
-            page_token: String::new(),
-        })
+        .read(message, |mut c, m| async move { c.list_releases(m).await })
         .await?
-        .into_inner()
         .releases;
     Ok(Json(releases.into_iter().map(convert::release).collect()))
 }
@@ -188,15 +194,15 @@ pub(crate) async fn get_release(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<types::Release>> {
+    let message = rpb::GetReleaseRequest {
+        app,
+        id: id.to_uppercase(),
+    };
     let release = state
+        .reads
         .release
-        .clone()
-        .get_release(rpb::GetReleaseRequest {
-            app,
-            id: id.to_uppercase(),
-        })
+        .read(message, |mut c, m| async move { c.get_release(m).await })
         .await?
-        .into_inner()
         .release
         .unwrap_or_default();
     Ok(Json(convert::release(release)))
@@ -332,11 +338,12 @@ pub(crate) async fn get_promotion(
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<types::Promotion>> {
     let p = state
+        .reads
         .release
-        .clone()
-        .get_promotion(rpb::GetPromotionRequest { id })
+        .read(rpb::GetPromotionRequest { id }, |mut c, m| async move {
+            c.get_promotion(m).await
+        })
         .await?
-        .into_inner()
         .promotion
         .unwrap_or_default();
     if p.app != app {
@@ -353,15 +360,15 @@ pub(crate) async fn list_builds(
     Path(app): Path<String>,
     Query(q): Query<Limit>,
 ) -> ApiResult<Json<Vec<types::Build>>> {
+    let message = bpb::ListBuildsRequest {
+        app,
+        limit: q.limit.unwrap_or(0),
+    };
     let builds = state
+        .reads
         .build
-        .clone()
-        .list_builds(bpb::ListBuildsRequest {
-            app,
-            limit: q.limit.unwrap_or(0),
-        })
+        .read(message, |mut c, m| async move { c.list_builds(m).await })
         .await?
-        .into_inner()
         .builds;
     Ok(Json(builds.into_iter().map(convert::build).collect()))
 }
@@ -370,15 +377,15 @@ pub(crate) async fn get_build(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<types::Build>> {
+    let message = bpb::GetBuildRequest {
+        app,
+        id: id.to_uppercase(),
+    };
     let build = state
+        .reads
         .build
-        .clone()
-        .get_build(bpb::GetBuildRequest {
-            app,
-            id: id.to_uppercase(),
-        })
+        .read(message, |mut c, m| async move { c.get_build(m).await })
         .await?
-        .into_inner()
         .build
         .unwrap_or_default();
     Ok(Json(convert::build(build)))
@@ -423,11 +430,13 @@ pub(crate) async fn list_processes(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Vec<types::Process>>> {
     let processes = state
+        .reads
         .rollout
-        .clone()
-        .list_processes(opb::ListProcessesRequest { app: app.clone() })
+        .read(
+            opb::ListProcessesRequest { app: app.clone() },
+            |mut c, m| async move { c.list_processes(m).await },
+        )
         .await?
-        .into_inner()
         .processes;
     let wanted = |key: &str, value: &str| q.get(key).is_none_or(|w| w.is_empty() || w == value);
     Ok(Json(
@@ -444,11 +453,12 @@ pub(crate) async fn list_services(
     Path(app): Path<String>,
 ) -> ApiResult<Json<Vec<types::Service>>> {
     let services = state
+        .reads
         .rollout
-        .clone()
-        .list_services(opb::ListServicesRequest { app })
+        .read(opb::ListServicesRequest { app }, |mut c, m| async move {
+            c.list_services(m).await
+        })
         .await?
-        .into_inner()
         .services;
     Ok(Json(
         services

@@ -52,51 +52,127 @@ pub(crate) async fn build_logs(
     })
 }
 
-/// `GET /apps/{app}/logs` (and per service): the app's `system/...` events
-/// while a promotion is in flight. With `Follow: false` the stream ends
-/// after what is there; `Since` limits how far back it starts.
+/// `GET /apps/{app}/logs` and `GET /apps/{app}/services/{service}/logs`: the
+/// app's log (runtime events `system/...` and process output
+/// `service/<name>/<process>`) as `<RFC 3339 time> <source> <message>` lines.
+/// Headers as the `convox` CLI sends them: `Since` (Go duration, default
+/// 2m), `Follow` (default true; `false` ends after the backlog), `Filter`
+/// (substring), `Tail` (only the last N lines of the backlog).
 pub(crate) async fn app_logs(
     State(state): State<AppState>,
     Path(params): Path<Vec<(String, String)>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let app = params
-        .iter()
-        .find(|(k, _)| k == "app")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let (app, service) = (param("app").unwrap_or_default(), param("service"));
     ws.on_upgrade(move |socket| async move {
         let authorised = authenticate(&state, &headers).is_some();
-        let since = header(&headers, "since")
-            .and_then(|s| humantime::parse_duration(&s).ok())
-            .unwrap_or(Duration::from_secs(120));
-        let follow = header(&headers, "follow").is_none_or(|f| f != "false");
         let source = async move {
-            let found = state
+            let request = log_request(app, service, &headers)?;
+            // An unknown app is an error, not an empty log.
+            state
+                .reads
                 .release
-                .clone()
-                .get_app(rpb::GetAppRequest { name: app })
+                .read(
+                    rpb::GetAppRequest {
+                        name: request.app.clone(),
+                    },
+                    |mut c, m| async move { c.get_app(m).await },
+                )
                 .await
                 .map_err(|s| s.message().to_owned())?;
-            let Some(open) = found.into_inner().app.and_then(|a| a.open_promotion) else {
-                return Ok(futures::stream::empty().boxed());
-            };
-            let cutoff = chrono::Utc::now() - chrono::Duration::from_std(since).unwrap_or_default();
-            Ok(rollout_lines(&state, open.id, follow)
-                .await?
-                .filter(move |line| {
-                    let keep = match line {
-                        Ok((at, _)) => *at >= cutoff,
-                        Err(_) => true,
-                    };
-                    std::future::ready(keep)
+            let stream = state
+                .rollout
+                .clone()
+                .stream_app_logs(request)
+                .await
+                .map_err(|s| s.message().to_owned())?
+                .into_inner();
+            Ok(stream
+                .filter_map(|m| async move {
+                    match m {
+                        Ok(m) => m.event.map(|e| Ok(convert::event_line(&e).into_bytes())),
+                        Err(s) => Some(Err(s.message().to_owned())),
+                    }
                 })
-                .map(|line| line.map(|(_, text)| text.into_bytes()))
                 .boxed())
         };
         serve(socket, authorised, source).await;
     })
+}
+
+/// The `StreamAppLogs` request the option headers of a log socket ask for.
+fn log_request(
+    app: String,
+    service: Option<String>,
+    headers: &HeaderMap,
+) -> Result<opb::StreamAppLogsRequest, String> {
+    let since = match header(headers, "since").filter(|s| !s.is_empty()) {
+        Some(text) => parse_go_duration(&text).ok_or_else(|| {
+            format!("invalid since {text:?}: expected a duration like 5s or 10m0s")
+        })?,
+        None => DEFAULT_SINCE,
+    };
+    let tail = match header(headers, "tail").filter(|t| !t.is_empty()) {
+        Some(text) => text
+            .parse::<u32>()
+            .map_err(|_| format!("invalid tail {text:?}: expected a number of lines"))?,
+        None => 0,
+    };
+    Ok(opb::StreamAppLogsRequest {
+        app,
+        // Rounded up, so `Since: 500ms` still has a backlog.
+        since_seconds: u32::try_from(since.as_secs() + u64::from(since.subsec_nanos() > 0))
+            .unwrap_or(u32::MAX),
+        follow: header(headers, "follow").is_none_or(|f| !f.eq_ignore_ascii_case("false")),
+        service,
+        tail,
+        filter: header(headers, "filter").unwrap_or_default(),
+    })
+}
+
+/// How far back an app log starts when the client sends no `Since`.
+const DEFAULT_SINCE: Duration = Duration::from_secs(120);
+
+/// Parses a Go duration string (`5s`, `2m0s`, `1h30m`, `1.5h`, `300ms`);
+/// negative durations are refused.
+fn parse_go_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.strip_prefix('+').unwrap_or(text);
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * seconds;
+    }
+    Duration::try_from_secs_f64(total).ok()
 }
 
 /// Slipway: `GET /apps/{app}/promotions/{id}/events`: every event of the
@@ -110,19 +186,19 @@ pub(crate) async fn promotion_events(
     ws.on_upgrade(move |socket| async move {
         let authorised = authenticate(&state, &headers).is_some();
         let source = async move {
-            Ok(rollout_lines(&state, id, true)
+            Ok(rollout_lines(&state, id)
                 .await?
-                .map(|line| line.map(|(_, text)| text.into_bytes()))
+                .map(|line| line.map(String::into_bytes))
                 .boxed())
         };
         serve(socket, authorised, source).await;
     })
 }
 
-type Lines =
-    futures::stream::BoxStream<'static, Result<(chrono::DateTime<chrono::Utc>, String), String>>;
+type Lines = futures::stream::BoxStream<'static, Result<String, String>>;
 
-async fn rollout_lines(state: &AppState, id: String, follow: bool) -> Result<Lines, String> {
+/// A rollout's events as lines, from its start until it ends.
+async fn rollout_lines(state: &AppState, id: String) -> Result<Lines, String> {
     let stream = state
         .rollout
         .clone()
@@ -133,27 +209,14 @@ async fn rollout_lines(state: &AppState, id: String, follow: bool) -> Result<Lin
         .await
         .map_err(|s| s.message().to_owned())?
         .into_inner();
-    let lines = stream.filter_map(|m| async move {
-        match m {
-            Ok(m) => m.event.map(|e| {
-                let at = e
-                    .time
-                    .as_ref()
-                    .map(slipway_api::from_timestamp)
-                    .unwrap_or_default();
-                Ok((at, convert::event_line(&e)))
-            }),
-            Err(s) => Some(Err(s.message().to_owned())),
-        }
-    });
-    Ok(if follow {
-        lines.boxed()
-    } else {
-        // Without follow: what is there now, then the end.
-        lines
-            .take_until(tokio::time::sleep(Duration::from_millis(300)))
-            .boxed()
-    })
+    Ok(stream
+        .filter_map(|m| async move {
+            match m {
+                Ok(m) => m.event.map(|e| Ok(convert::event_line(&e))),
+                Err(s) => Some(Err(s.message().to_owned())),
+            }
+        })
+        .boxed())
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -248,7 +311,43 @@ fn take_utf8(buf: &mut Vec<u8>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::take_utf8;
+    use super::*;
+
+    #[test]
+    fn go_durations_parse() {
+        let secs = |s: &str| parse_go_duration(s).map(|d| d.as_secs_f64());
+        assert_eq!(secs("5s"), Some(5.0));
+        assert_eq!(secs("2m0s"), Some(120.0));
+        assert_eq!(secs("10m0s"), Some(600.0));
+        assert_eq!(secs("1h0m0s"), Some(3600.0));
+        assert_eq!(secs("1h30m"), Some(5400.0));
+        assert_eq!(secs("1.5h"), Some(5400.0));
+        assert_eq!(secs("300ms"), Some(0.3));
+        assert_eq!(secs("0"), Some(0.0));
+        for bad in ["", "5", "5x", "-5s", "s", "1..5s"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn log_headers_become_the_request() {
+        let mut headers = HeaderMap::new();
+        let request = log_request("myapp".into(), None, &headers).unwrap();
+        assert_eq!(request.since_seconds, 120);
+        assert!(request.follow);
+        assert_eq!((request.tail, request.filter.as_str()), (0, ""));
+        headers.insert("Since", "5s".parse().unwrap());
+        headers.insert("Follow", "false".parse().unwrap());
+        headers.insert("Tail", "7".parse().unwrap());
+        headers.insert("Filter", "GET /".parse().unwrap());
+        let request = log_request("myapp".into(), Some("web".into()), &headers).unwrap();
+        assert_eq!(request.since_seconds, 5);
+        assert!(!request.follow);
+        assert_eq!((request.tail, request.filter.as_str()), (7, "GET /"));
+        assert_eq!(request.service.as_deref(), Some("web"));
+        headers.insert("Since", "yesterday".parse().unwrap());
+        assert!(log_request("myapp".into(), None, &headers).is_err());
+    }
 
     #[test]
     fn split_characters_wait_for_their_rest() {

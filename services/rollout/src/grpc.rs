@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
+use crate::logs::LogQuery;
 use crate::model::{Phase, Rollout, SpecRecord};
 use crate::service::{Rollouts, StartRequest, WatchItem};
 
@@ -75,6 +76,7 @@ fn required(value: &str, field: &str) -> Result<(), Status> {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchRolloutResponse, Status>> + Send>>;
+type AppLogStream = Pin<Box<dyn Stream<Item = Result<pb::StreamAppLogsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RolloutService for Grpc {
@@ -207,5 +209,38 @@ impl RolloutService for Grpc {
             })
             .collect();
         Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    type StreamAppLogsStream = AppLogStream;
+
+    async fn stream_app_logs(
+        &self,
+        request: Request<pb::StreamAppLogsRequest>,
+    ) -> Result<Response<Self::StreamAppLogsStream>, Status> {
+        let req = request.into_inner();
+        required(&req.app, "app")?;
+        let app = req.app.clone();
+        let query = LogQuery {
+            app: req.app,
+            since: std::time::Duration::from_secs(u64::from(req.since_seconds)),
+            follow: req.follow,
+            service: req.service.filter(|s| !s.is_empty()),
+            tail: req.tail,
+            filter: req.filter,
+        };
+        let rx = self.service.app_logs(query).await?;
+        let stream = ReceiverStream::new(rx).map(move |item| match item {
+            Ok(line) => Ok(pb::StreamAppLogsResponse {
+                event: Some(pb::Event {
+                    id: line.id,
+                    time: Some(timestamp(line.time)),
+                    app: app.clone(),
+                    source: line.source,
+                    message: line.message,
+                }),
+            }),
+            Err(e) => Err(Status::from(e)),
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod driver;
 pub mod error;
 pub mod grpc;
+pub mod logs;
 pub mod model;
 pub mod recorder;
 pub mod report;

@@ -12,6 +12,7 @@ use tokio_stream::StreamExt as _;
 
 use crate::driver::Drivers;
 use crate::error::{Error, Result};
+use crate::logs::{LogLine, LogQuery};
 use crate::model::{Phase, Rollout, Spec, SpecRecord};
 use crate::runtime::{DynRuntime, ProcessInfo, ServiceInfo};
 use crate::store::{NewRollout, Store, StoredEvent};
@@ -214,6 +215,12 @@ impl Rollouts {
             }
         });
         Ok(rx)
+    }
+
+    /// Streams an app's log: its events since `query.since`, then, with
+    /// `query.follow`, live ones (see [`crate::logs`]).
+    pub async fn app_logs(&self, query: LogQuery) -> Result<mpsc::Receiver<Result<LogLine>>> {
+        crate::logs::stream(self.store.clone(), self.bus.clone(), query).await
     }
 
     /// The app's processes.

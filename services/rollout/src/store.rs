@@ -54,6 +54,15 @@ pub struct StoredEvent {
     pub message: String,
 }
 
+/// An event of some rollout of an app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppEvent {
+    /// The rollout whose log holds it.
+    pub rollout: String,
+    /// The event.
+    pub event: StoredEvent,
+}
+
 /// A process the local runtime started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessRecord {
@@ -388,6 +397,43 @@ impl Store {
         Err(Error::FailedPrecondition(format!(
             "rollout {rollout}: event log is contended"
         )))
+    }
+
+    /// The newest `limit` events of every rollout of `app` at or after
+    /// `since`, oldest first (the durable part of the app's log).
+    pub async fn app_events_since(
+        &self,
+        app: &str,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<AppEvent>> {
+        let rows = sqlx::query(
+            "SELECT e.rollout_id, e.seq, e.time, e.source, e.message FROM rollout_events e \
+             JOIN rollouts r ON r.id = e.rollout_id \
+             WHERE r.app = $1 AND e.time >= $2 \
+             ORDER BY e.time DESC, e.rollout_id DESC, e.seq DESC LIMIT $3",
+        )
+        .bind(app)
+        .bind(micros(since))
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut events = rows
+            .iter()
+            .map(|r| {
+                Ok(AppEvent {
+                    rollout: r.try_get("rollout_id")?,
+                    event: StoredEvent {
+                        seq: r.try_get::<i64, _>("seq")? as u64,
+                        time: time(r.try_get("time")?),
+                        source: r.try_get("source")?,
+                        message: r.try_get("message")?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        events.reverse();
+        Ok(events)
     }
 
     /// A rollout's events after `after`, oldest first, at most `limit`.

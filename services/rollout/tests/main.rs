@@ -5,6 +5,7 @@ mod crash;
 mod helpers;
 mod k8s_fake;
 mod kubernetes;
+mod logs;
 mod rollouts;
 mod runtime;
 mod store;

@@ -1,0 +1,295 @@
+//! An app's log (`StreamAppLogs`): the backlog since a point in time, then
+//! live events. The backlog merges two sources, because neither is whole on
+//! its own: the durable log of the app's rollouts (survives restarts and the
+//! bus trimming its history, but holds only rollout events) and what the bus
+//! retains (process output and runtime events outside rollouts too). A
+//! rollout event is in both; it is sent once.
+//!
+//! The bus is subscribed to before the durable log is read, so an event
+//! recorded in between is either in what was read (and then skipped when it
+//! arrives live) or arrives live; none is lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use slipway_events::{Event, EventBus, Topic};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// At most this many durable events make up a backlog (the newest ones).
+const MAX_DURABLE: u32 = 10_000;
+/// The bus replays its history at once; a pause this long means it is done
+/// (the bus trait has no end-of-history marker).
+const BACKLOG_IDLE: Duration = Duration::from_millis(100);
+
+/// What a caller of `StreamAppLogs` asked for, validated.
+#[derive(Clone, Debug, Default)]
+pub struct LogQuery {
+    /// The app.
+    pub app: String,
+    /// How far back the backlog starts; zero sends none.
+    pub since: Duration,
+    /// Keep streaming live events after the backlog.
+    pub follow: bool,
+    /// Only this service's output and runtime events.
+    pub service: Option<String>,
+    /// Only the last `tail` events of the backlog; 0 for all.
+    pub tail: u32,
+    /// Only events whose `<source> <message>` contains this.
+    pub filter: String,
+}
+
+impl LogQuery {
+    /// Whether `source`/`message` pass the service and text filters.
+    pub fn matches(&self, source: &str, message: &str) -> bool {
+        if let Some(service) = &self.service
+            && !from_service(source, service)
+        {
+            return false;
+        }
+        self.filter.is_empty()
+            || source.contains(&self.filter)
+            || message.contains(&self.filter)
+            || format!("{source} {message}").contains(&self.filter)
+    }
+}
+
+/// Whether an event's source concerns `service`: its processes' output
+/// (`service/web/…`) or a runtime event about it (`system/local/web`,
+/// `system/k8s/deployment/web`, `system/k8s/pod/web-…`).
+fn from_service(source: &str, service: &str) -> bool {
+    let mut parts = source.split('/');
+    match parts.next() {
+        Some("service") => parts.next() == Some(service),
+        Some("system") => {
+            let _runtime = parts.next();
+            let object: Vec<&str> = parts.collect();
+            match object.as_slice() {
+                [name, ..] if *name == service => true,
+                [_kind, name, ..] => {
+                    *name == service
+                        || name
+                            .strip_prefix(service)
+                            .is_some_and(|rest| rest.starts_with('-'))
+                }
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// One line of an app's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// The bus id (`<millis>-<seq>`), or `<rollout>:<seq>` for an event read
+    /// from the durable log only.
+    pub id: String,
+    /// When it happened.
+    pub time: DateTime<Utc>,
+    /// e.g. `system/local/web` or `service/web/web-4f2a9c1d`.
+    pub source: String,
+    /// The text.
+    pub message: String,
+}
+
+impl From<Event> for LogLine {
+    fn from(e: Event) -> Self {
+        Self {
+            id: e.id.to_string(),
+            time: e.time,
+            source: e.source,
+            message: e.message,
+        }
+    }
+}
+
+/// Identifies a rollout event across the durable log and the bus (the log
+/// keeps microseconds).
+type Key = (String, i64, String, String);
+
+fn key(rollout: &str, time: DateTime<Utc>, source: &str, message: &str) -> Key {
+    (
+        rollout.to_owned(),
+        time.timestamp_micros(),
+        source.to_owned(),
+        message.to_owned(),
+    )
+}
+
+/// A multiset of rollout events already sent from the durable log.
+#[derive(Default)]
+struct Seen(HashMap<Key, u32>);
+
+impl Seen {
+    fn insert(&mut self, key: Key) {
+        *self.0.entry(key).or_default() += 1;
+    }
+
+    /// Whether `event` was sent already (consuming one occurrence).
+    fn take(&mut self, event: &Event) -> bool {
+        let Some(rollout) = &event.rollout else {
+            return false;
+        };
+        let key = key(rollout, event.time, &event.source, &event.message);
+        match self.0.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                self.0.remove(&key);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Streams `query`'s backlog, then (with follow) live events until the
+/// receiver is dropped or the bus ends.
+pub async fn stream(
+    store: Store,
+    bus: Arc<dyn EventBus>,
+    query: LogQuery,
+) -> Result<mpsc::Receiver<Result<LogLine>>> {
+    let started = Utc::now();
+    let cutoff = started - chrono::Duration::from_std(query.since).unwrap_or_default();
+    let mut live = bus
+        .subscribe(Topic::App(query.app.clone()), None)
+        .await
+        .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+    let durable = if query.since.is_zero() {
+        Vec::new()
+    } else {
+        store
+            .app_events_since(&query.app, cutoff, MAX_DURABLE)
+            .await?
+    };
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut seen = Seen::default();
+        let mut backlog: Vec<LogLine> = Vec::with_capacity(durable.len());
+        for e in durable {
+            seen.insert(key(
+                &e.rollout,
+                e.event.time,
+                &e.event.source,
+                &e.event.message,
+            ));
+            backlog.push(LogLine {
+                id: format!("{}:{}", e.rollout, e.event.seq),
+                time: e.event.time,
+                source: e.event.source,
+                message: e.event.message,
+            });
+        }
+        // The bus's retained history: everything published before the
+        // subscription (ids carry the publication time).
+        let started_ms = u64::try_from(started.timestamp_millis()).unwrap_or_default();
+        let mut first_live = None;
+        let mut ended = false;
+        loop {
+            match tokio::time::timeout(BACKLOG_IDLE, live.next()).await {
+                Err(_) => break,
+                Ok(None) => {
+                    ended = true;
+                    break;
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(app = %query.app, "app log backlog incomplete: {e}");
+                }
+                Ok(Some(Ok(event))) if event.id.ms > started_ms => {
+                    first_live = Some(event);
+                    break;
+                }
+                Ok(Some(Ok(event))) => {
+                    if event.time >= cutoff && !query.since.is_zero() && !seen.take(&event) {
+                        backlog.push(event.into());
+                    }
+                }
+            }
+        }
+        // Durable and bus events interleave by time (stable: ties keep the
+        // durable log's order first).
+        backlog.sort_by_key(|l| l.time);
+        backlog.retain(|l| query.matches(&l.source, &l.message));
+        let skip = match query.tail {
+            0 => 0,
+            tail => backlog.len().saturating_sub(tail as usize),
+        };
+        for line in backlog.into_iter().skip(skip) {
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+        if !query.follow || ended {
+            return;
+        }
+        let mut send = async |event: Event| -> bool {
+            if seen.take(&event) || !query.matches(&event.source, &event.message) {
+                return true;
+            }
+            tx.send(Ok(event.into())).await.is_ok()
+        };
+        if let Some(event) = first_live
+            && !send(event).await
+        {
+            return;
+        }
+        loop {
+            let item = tokio::select! {
+                () = tx.closed() => return,
+                item = live.next() => item,
+            };
+            match item {
+                None => return,
+                Some(Ok(event)) => {
+                    if !send(event).await {
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(app = %query.app, "app log follower lagged: {e}");
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_filter_takes_output_and_runtime_events_of_the_service() {
+        assert!(from_service("service/web/web-4f2a", "web"));
+        assert!(!from_service("service/worker/worker-1", "web"));
+        assert!(from_service("system/local/web", "web"));
+        assert!(!from_service("system/local/atom/app", "web"));
+        assert!(from_service("system/k8s/deployment/web", "web"));
+        assert!(from_service("system/k8s/pod/web-5d8f-x2", "web"));
+        assert!(!from_service("system/k8s/pod/webber-1", "web"));
+    }
+
+    #[test]
+    fn text_filter_looks_at_source_and_message() {
+        let query = LogQuery {
+            filter: "GET /".into(),
+            ..Default::default()
+        };
+        assert!(query.matches("service/web/web-1", "GET / HTTP/1.1"));
+        assert!(!query.matches("service/web/web-1", "POST /x"));
+        let query = LogQuery {
+            filter: "web-1 GET".into(),
+            ..Default::default()
+        };
+        assert!(query.matches("service/web/web-1", "GET /"));
+    }
+}
