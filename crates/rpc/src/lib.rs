@@ -113,7 +113,9 @@ pub async fn serve(
             tower_http::trace::TraceLayer::new_for_grpc()
                 // A non-OK status is an answer (NotFound, FailedPrecondition),
                 // not an outage; the service logs what needs a human.
-                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+                .on_failure(
+                    tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                ),
         )
         // Bounds unary calls; honours a shorter `grpc-timeout` from callers.
         .timeout(options.request_timeout)

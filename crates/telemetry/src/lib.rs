@@ -34,7 +34,8 @@ pub fn init_with_default(name: &'static str, default_filter: &str) -> Guard {
         Ok("json") => Format::Json,
         _ => Format::Text,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
