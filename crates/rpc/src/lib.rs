@@ -143,6 +143,31 @@ pub async fn serve(
     }
 }
 
+/// Parses a binary's `Config` (flags, each with a `SLIPWAY_*` fallback) and
+/// validates it before anything is bound. On a bad setting it prints one
+/// line and returns exit code 64 (EX_USAGE); `--help`/`--version` print and
+/// return success. Every service's `main` starts with it.
+pub fn load_config<C: clap::Parser>(
+    validate: impl FnOnce(&C) -> Result<(), String>,
+) -> Result<C, std::process::ExitCode> {
+    let config = match C::try_parse() {
+        Ok(config) => config,
+        Err(e) if e.use_stderr() => {
+            eprintln!("invalid config: {e}");
+            return Err(std::process::ExitCode::from(64));
+        }
+        Err(e) => {
+            let _ = e.print();
+            return Err(std::process::ExitCode::SUCCESS);
+        }
+    };
+    if let Err(e) = validate(&config) {
+        eprintln!("invalid config: {e}");
+        return Err(std::process::ExitCode::from(64));
+    }
+    Ok(config)
+}
+
 /// Completes on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -4,26 +4,14 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use slipway_rack::{Config, Rack};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let config = match Config::try_parse() {
+    let config = match slipway_rpc::load_config(Config::validate) {
         Ok(config) => config,
-        Err(e) if e.use_stderr() => {
-            eprintln!("invalid config: {e}");
-            return Ok(ExitCode::from(64));
-        }
-        Err(e) => {
-            e.print()?;
-            return Ok(ExitCode::SUCCESS);
-        }
+        Err(code) => return Ok(code),
     };
-    if let Err(e) = config.validate() {
-        eprintln!("invalid config: {e}");
-        return Ok(ExitCode::from(64)); // EX_USAGE
-    }
     let _telemetry = slipway_telemetry::init_with_default("rack", "warn");
     let rack = Rack::start(&config).await?;
     println!("Rack ready. Use it with:");

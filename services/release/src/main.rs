@@ -2,26 +2,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use slipway_release::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let config = match Config::try_parse() {
+    let config = match slipway_rpc::load_config(Config::validate) {
         Ok(config) => config,
-        Err(e) if e.use_stderr() => {
-            eprintln!("invalid config: {e}");
-            return Ok(ExitCode::from(64));
-        }
-        Err(e) => {
-            e.print()?;
-            return Ok(ExitCode::SUCCESS);
-        }
+        Err(code) => return Ok(code),
     };
-    if let Err(e) = config.validate() {
-        eprintln!("invalid config: {e}");
-        return Ok(ExitCode::from(64)); // EX_USAGE
-    }
     let _telemetry = slipway_telemetry::init("release");
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     slipway_release::run(config, listener, slipway_rpc::shutdown_signal()).await?;

@@ -316,3 +316,28 @@ async fn the_audit_log_names_the_actor_but_no_values(backend: Backend) {
     assert_eq!(events[0].subject, release.id);
     assert_eq!(t.app("audited").await.deadline_seconds, 120);
 }
+
+#[test]
+fn a_bad_setting_exits_64_with_one_line_before_binding() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_slipway-release"))
+        .args([
+            "--dev",
+            "--default-deadline",
+            "5s",
+            "--listen",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("invalid config: --default-deadline"),
+        "{stderr}"
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_slipway-release"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64), "no --env-key outside --dev");
+}
