@@ -3,8 +3,12 @@
 //! figure beside the baseline measured in the same run (so results are
 //! ratios against this machine right now, not absolute numbers).
 
+mod gateway;
 mod ledger;
+mod rack;
+mod rollout;
 mod stats;
+mod upload;
 
 use clap::{Parser, Subcommand};
 
@@ -23,11 +27,37 @@ enum Command {
     /// Release creation through `env set` and `releases list` latency,
     /// beside raw single-row INSERTs on the same PostgreSQL.
     Ledger(ledger::Args),
+    /// Promote-to-healthy on the local runtime beside the app's own
+    /// time-to-first-healthy-response, and event latency to a subscriber.
+    Rollout(rollout::Args),
+    /// Source upload throughput beside a raw loopback socket copy, and the
+    /// time of a cached rebuild of an unchanged 50 MB source.
+    Upload(upload::Args),
+    /// `releases list` through the gateway beside the same gRPC call made
+    /// directly.
+    Gateway(gateway::Args),
+    /// The app the `rollout` benchmark deploys (and spawns as its baseline):
+    /// sleeps `APP_DELAY_MS`, then answers 200 to every request on `$PORT`.
+    #[command(hide = true)]
+    ServeApp,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Ledger(args) => ledger::run(args).await,
+fn main() -> anyhow::Result<()> {
+    let command = Cli::parse().command;
+    if let Command::ServeApp = command {
+        // No async runtime: the app should start as fast as a small server.
+        return rollout::serve_app();
     }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            match command {
+                Command::Ledger(args) => ledger::run(args).await,
+                Command::Rollout(args) => rollout::run(args).await,
+                Command::Upload(args) => upload::run(args).await,
+                Command::Gateway(args) => gateway::run(args).await,
+                Command::ServeApp => unreachable!("handled above"),
+            }
+        })
 }

@@ -125,6 +125,9 @@ pub async fn serve(
         .concurrency_limit_per_connection(options.concurrency_limit)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Let HTTP/2 flow-control windows grow with the link (BDP probing):
+        // the fixed 64 KiB default throttles source uploads on loopback.
+        .http2_adaptive_window(Some(true))
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             // Nagle's algorithm with delayed ACKs adds ~40 ms to small
@@ -257,6 +260,7 @@ pub fn channel(
                         .connect_timeout(options.connect_timeout)
                         .tcp_nodelay(true)
                         .http2_keep_alive_interval(Duration::from_secs(30))
+                        .http2_adaptive_window(true)
                 })
                 .map_err(|source| ChannelError::InvalidEndpoint {
                     peer,

@@ -1,0 +1,106 @@
+//! The embedded rack in a temporary directory, shared by the `rollout`,
+//! `upload` and `gateway` benchmarks: every service in-process over gRPC on
+//! loopback, SQLite, the local runtime and the snapshot builder, exactly as
+//! `slipway-rack` runs them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
+use tonic::transport::Channel;
+
+/// A rack for one benchmark run; app processes die with it.
+pub(crate) struct BenchRack {
+    rack: Option<slipway_rack::Rack>,
+    /// `http://convox:PW@HOST:PORT`.
+    pub(crate) url: String,
+    /// gRPC addresses: release, build, rollout.
+    pub(crate) services: [std::net::SocketAddr; 3],
+    dir: tempfile::TempDir,
+}
+
+impl BenchRack {
+    /// Starts a rack on a free loopback port.
+    pub(crate) async fn start(max_upload_bytes: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = slipway_rack::Config {
+            data_dir: dir.path().join("rack"),
+            listen: "127.0.0.1:0".parse()?,
+            password: Some("bench-secret".to_owned().into()),
+            name: "bench".into(),
+            default_deadline: Duration::from_secs(120),
+            max_upload_bytes,
+            port_range: None,
+            quickstart: false,
+            quickstart_app: PathBuf::new(),
+        };
+        let rack = slipway_rack::Rack::start(&config).await?;
+        Ok(Self {
+            url: rack.rack_url.clone(),
+            services: rack.services,
+            rack: Some(rack),
+            dir,
+        })
+    }
+
+    /// A scratch directory that lives as long as the rack.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A gRPC channel to service `index` (0 release, 1 build, 2 rollout),
+    /// built the way the gateway builds its own.
+    pub(crate) fn channel(&self, name: &'static str, index: usize) -> anyhow::Result<Channel> {
+        Ok(slipway_rpc::channel(
+            name,
+            &[format!("http://{}", self.services[index])],
+            &slipway_rpc::ChannelOptions {
+                // Long enough for a cold 50 MB build's log stream.
+                request_timeout: Duration::from_secs(300),
+                ..Default::default()
+            },
+        )?)
+    }
+
+    /// A client of the release service.
+    pub(crate) fn release(&self) -> anyhow::Result<ReleaseServiceClient<Channel>> {
+        Ok(ReleaseServiceClient::new(self.channel("release", 0)?))
+    }
+
+    /// Stops the services, then kills every process left running in the
+    /// rack's directory (app processes outlive a rack by design).
+    pub(crate) async fn stop(mut self) {
+        if let Some(rack) = self.rack.take() {
+            rack.shutdown().await;
+        }
+        kill_processes_under(self.dir.path());
+    }
+}
+
+impl Drop for BenchRack {
+    fn drop(&mut self) {
+        kill_processes_under(self.dir.path());
+    }
+}
+
+/// SIGKILLs every process whose working directory is below `dir`.
+pub(crate) fn kill_processes_under(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}

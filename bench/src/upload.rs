@@ -1,0 +1,342 @@
+//! `upload`: source upload throughput and cached rebuilds on the build
+//! service of an in-process rack (snapshot builder, local object store).
+//!
+//! - throughput: the same ~50 MB gzip'd tarball sent with client-streamed
+//!   `UploadSource` (1 MiB chunks, as the gateway sends them) beside a raw
+//!   loopback TCP copy of the same bytes to a reader that discards them (the
+//!   issue's baseline), and to one that writes them to a file in the same
+//!   data directory (what the upload must also do). Rounds alternate.
+//! - cached rebuild: the source is built once, then uploaded again
+//!   unchanged and built again; timed from `CreateBuild` until the build is
+//!   complete (its log stream ends), the builder reusing the artifact.
+//!
+//! Goals (issue 4): upload ≥ 70% of the raw socket copy; cached rebuild of
+//! an unchanged 50 MB source ≤ 1 s.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use rand::RngCore as _;
+use serde_json::json;
+use slipway_api::build::v1 as pb;
+use slipway_api::build::v1::build_service_client::BuildServiceClient;
+use slipway_api::release::v1 as rpb;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic::transport::Channel;
+
+use crate::rack::BenchRack;
+use crate::stats::percentile_ms;
+
+/// Options of the `upload` benchmark.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Size of the source's files in MiB (random, so the tarball is as big).
+    #[arg(long, default_value = "50")]
+    source_mib: usize,
+    /// Rounds of (raw copy, raw copy to file, gRPC upload).
+    #[arg(long, default_value = "5")]
+    rounds: usize,
+    /// Cached rebuilds measured.
+    #[arg(long, default_value = "3")]
+    rebuilds: usize,
+}
+
+const APP: &str = "bench-upload";
+const CHUNK: usize = 1 << 20;
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.rounds > 0 && args.rebuilds > 0,
+        "--rounds and --rebuilds must be positive"
+    );
+    let rack = BenchRack::start(1 << 30).await?;
+    let result = measure(&args, &rack).await;
+    rack.stop().await;
+    result
+}
+
+async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
+    let source = Bytes::from(tarball(args.source_mib)?);
+    let mb = source.len() as f64 / 1e6;
+    eprintln!(
+        "upload: {:.1} MB tarball, {} rounds, {} cached rebuilds",
+        mb, args.rounds, args.rebuilds
+    );
+    rack.release()?
+        .create_app(rpb::CreateAppRequest {
+            name: APP.into(),
+            deadline_seconds: 0,
+        })
+        .await?;
+    let mut build = BuildServiceClient::new(rack.channel("build", 1)?)
+        .max_encoding_message_size(8 << 20)
+        .max_decoding_message_size(8 << 20);
+
+    let sink = RawServer::start(None).await?;
+    let file_sink = RawServer::start(Some(rack.dir().join("raw-copy"))).await?;
+    let (mut raw, mut raw_file, mut grpc) = (Vec::new(), Vec::new(), Vec::new());
+    // One unrecorded upload warms the channel and the object store.
+    upload(&mut build, &source).await?;
+    for _ in 0..args.rounds {
+        raw.push(sink.copy(&source).await?);
+        raw_file.push(file_sink.copy(&source).await?);
+        let started = Instant::now();
+        upload(&mut build, &source).await?;
+        grpc.push(started.elapsed());
+    }
+    // Median time, as MB/s.
+    let rate = |t: &mut Vec<Duration>| mb / (percentile_ms(t, 50.0) / 1000.0);
+    let (raw_rate, file_rate, grpc_rate) = (rate(&mut raw), rate(&mut raw_file), rate(&mut grpc));
+
+    // Cached rebuilds.
+    let url = upload(&mut build, &source).await?;
+    let (cold, cold_log) = build_once(&mut build, &url).await?;
+    anyhow::ensure!(
+        cold_log.contains("Created snapshot") || cold_log.contains("Reusing snapshot"),
+        "unexpected build log:\n{cold_log}"
+    );
+    let (mut rebuilds, mut with_upload) = (Vec::new(), Vec::new());
+    for _ in 0..args.rebuilds {
+        let started = Instant::now();
+        let url = upload(&mut build, &source).await?;
+        let (took, log) = build_once(&mut build, &url).await?;
+        with_upload.push(started.elapsed());
+        anyhow::ensure!(
+            log.contains("Reusing snapshot"),
+            "the rebuild did not reuse the artifact:\n{log}"
+        );
+        rebuilds.push(took);
+    }
+    let cold_ms = cold.as_secs_f64() * 1000.0;
+    let (re50, re_max) = (
+        percentile_ms(&mut rebuilds, 50.0),
+        percentile_ms(&mut rebuilds, 100.0),
+    );
+    let up50 = percentile_ms(&mut with_upload, 50.0);
+
+    let ratio = grpc_rate / raw_rate;
+    println!(
+        "{:<44} {:>10} {:>12} {:>8} {:>8} {:>4}",
+        "case", "figure", "baseline", "ratio", "goal", "met"
+    );
+    println!(
+        "{:<44} {:>6.0} MB/s {:>7.0} MB/s {:>7.0}% {:>8} {:>4}",
+        "UploadSource vs raw TCP copy (p50)",
+        grpc_rate,
+        raw_rate,
+        100.0 * ratio,
+        ">= 70%",
+        if ratio >= 0.7 { "yes" } else { "NO" }
+    );
+    println!(
+        "{:<44} {:>6.0} MB/s {:>7.0} MB/s {:>7.0}% {:>8} {:>4}",
+        "UploadSource vs raw TCP copy into a file",
+        grpc_rate,
+        file_rate,
+        100.0 * grpc_rate / file_rate,
+        "-",
+        "-"
+    );
+    println!(
+        "{:<44} {:>8.0} ms {:>9.0} ms {:>8} {:>8} {:>4}",
+        format!("cached rebuild, {mb:.0} MB source (p50; vs cold)"),
+        re50,
+        cold_ms,
+        format!("{:.0}%", 100.0 * re50 / cold_ms),
+        "<= 1 s",
+        if re50 <= 1000.0 { "yes" } else { "NO" }
+    );
+    println!(
+        "{:<44} {:>8.0} ms {:>12} {:>8} {:>8} {:>4}",
+        "cached rebuild, slowest", re_max, "", "", "", ""
+    );
+    println!(
+        "{:<44} {:>8.0} ms {:>12} {:>8} {:>8} {:>4}",
+        "re-upload + cached rebuild (p50)", up50, "", "", "", ""
+    );
+    println!(
+        "{}",
+        json!({
+            "source_bytes": source.len(),
+            "rounds": args.rounds,
+            "upload_mb_per_s": grpc_rate,
+            "raw_tcp_mb_per_s": raw_rate,
+            "raw_tcp_to_file_mb_per_s": file_rate,
+            "upload_ratio": ratio,
+            "goal_upload_ratio": 0.7,
+            "cold_build_ms": cold_ms,
+            "cached_rebuild_ms": {"p50": re50, "max": re_max, "n": args.rebuilds},
+            "reupload_and_cached_rebuild_ms_p50": up50,
+            "goal_cached_rebuild_ms": 1000.0,
+            "goal_met": ratio >= 0.7 && re50 <= 1000.0,
+        })
+    );
+    Ok(())
+}
+
+/// A gzip'd tarball with a manifest and `mib` files of 1 MiB random bytes.
+fn tarball(mib: usize) -> anyhow::Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut add = |path: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, path, data)
+    };
+    add(
+        "convox.yml",
+        b"services:\n  web:\n    build: .\n    command: sleep 1000\n    port: 5000\n",
+    )?;
+    let mut data = vec![0u8; 1 << 20];
+    for i in 0..mib {
+        rand::rng().fill_bytes(&mut data);
+        add(&format!("data/blob-{i:03}.bin"), &data)?;
+    }
+    Ok(tar.into_inner()?.finish()?)
+}
+
+/// Streams `source` with `UploadSource`; returns the object URL.
+async fn upload(build: &mut BuildServiceClient<Channel>, source: &Bytes) -> anyhow::Result<String> {
+    let first = pb::UploadSourceRequest {
+        app: APP.into(),
+        key: String::new(),
+        chunk: Bytes::new(),
+    };
+    let len = source.len();
+    let data = source.clone();
+    let chunks = (0..len)
+        .step_by(CHUNK)
+        .map(move |at| pb::UploadSourceRequest {
+            chunk: data.slice(at..(at + CHUNK).min(len)),
+            ..Default::default()
+        });
+    let answer = build
+        .upload_source(futures::stream::iter(std::iter::once(first).chain(chunks)))
+        .await
+        .context("upload the source")?
+        .into_inner();
+    anyhow::ensure!(answer.size == source.len() as u64, "short upload");
+    Ok(answer.url)
+}
+
+/// Builds `url` and waits for the end; returns the time and the log.
+async fn build_once(
+    build: &mut BuildServiceClient<Channel>,
+    url: &str,
+) -> anyhow::Result<(Duration, String)> {
+    let started = Instant::now();
+    let created = build
+        .create_build(pb::CreateBuildRequest {
+            app: APP.into(),
+            source_url: url.into(),
+            manifest_path: String::new(),
+            description: "bench".into(),
+            git_sha: String::new(),
+            no_cache: false,
+        })
+        .await
+        .context("create a build")?
+        .into_inner()
+        .build
+        .context("no build in answer")?;
+    let mut logs = build
+        .watch_build_logs(pb::WatchBuildLogsRequest {
+            app: APP.into(),
+            id: created.id.clone(),
+            from_offset: 0,
+        })
+        .await?
+        .into_inner();
+    let mut log = Vec::new();
+    while let Some(message) = logs.message().await? {
+        log.extend_from_slice(&message.chunk);
+    }
+    let took = started.elapsed();
+    let log = String::from_utf8_lossy(&log).into_owned();
+    let done = build
+        .get_build(pb::GetBuildRequest {
+            app: APP.into(),
+            id: created.id,
+        })
+        .await?
+        .into_inner()
+        .build
+        .context("no build in answer")?;
+    anyhow::ensure!(
+        done.status == pb::BuildStatus::Complete as i32,
+        "build ended {:?}: {}\n{log}",
+        pb::BuildStatus::try_from(done.status),
+        done.reason
+    );
+    Ok((took, log))
+}
+
+/// A loopback TCP reader: takes a whole stream, optionally writing it to
+/// a file, then answers 8 bytes, so the sender's time covers delivery.
+struct RawServer {
+    addr: std::net::SocketAddr,
+}
+
+impl RawServer {
+    async fn start(file: Option<std::path::PathBuf>) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                n += 1;
+                let path = file.as_ref().map(|f| f.with_extension(n.to_string()));
+                let copied = async {
+                    let mut out = match &path {
+                        Some(p) => Some(tokio::fs::File::create(p).await?),
+                        None => None,
+                    };
+                    let mut buf = vec![0u8; CHUNK];
+                    let mut total = 0u64;
+                    loop {
+                        let read = stream.read(&mut buf).await?;
+                        if read == 0 {
+                            break;
+                        }
+                        total += read as u64;
+                        if let Some(out) = out.as_mut() {
+                            out.write_all(&buf[..read]).await?;
+                        }
+                    }
+                    if let Some(out) = out.as_mut() {
+                        out.flush().await?;
+                    }
+                    stream.write_all(&total.to_be_bytes()).await?;
+                    std::io::Result::Ok(())
+                };
+                let _ = copied.await;
+                if let Some(p) = path {
+                    let _ = tokio::fs::remove_file(p).await;
+                }
+            }
+        });
+        Ok(Self { addr })
+    }
+
+    /// Sends `data` in 1 MiB writes; returns the time until acknowledged.
+    async fn copy(&self, data: &Bytes) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        for chunk in data.chunks(CHUNK) {
+            stream.write_all(chunk).await?;
+        }
+        stream.shutdown().await?;
+        let mut ack = [0u8; 8];
+        stream.read_exact(&mut ack).await?;
+        anyhow::ensure!(
+            u64::from_be_bytes(ack) == data.len() as u64,
+            "short raw copy"
+        );
+        Ok(started.elapsed())
+    }
+}
