@@ -190,6 +190,40 @@ pub struct Draft {
     pub rollback_of: Option<ReleaseId>,
 }
 
+impl Draft {
+    /// The release this draft becomes once appended as `id`, number `seq`.
+    pub fn into_release(
+        self,
+        id: ReleaseId,
+        app: &AppName,
+        seq: i64,
+        actor: &str,
+        created: DateTime<Utc>,
+    ) -> Release {
+        Release {
+            id,
+            app: app.clone(),
+            seq,
+            build: self.build,
+            manifest: self.manifest,
+            artifacts: self.artifacts,
+            build_description: self.build_description,
+            env: self.env,
+            description: self.description,
+            parent: self.parent,
+            rollback_of: self.rollback_of,
+            actor: actor.to_owned(),
+            created,
+        }
+    }
+
+    /// The audit detail of appending it: description and env keys, never values.
+    pub fn audit_detail(&self) -> String {
+        let keys: Vec<&str> = self.env.keys().collect();
+        format!("{}; env keys: {}", self.description, keys.join(","))
+    }
+}
+
 /// Computes the new release the way Convox's `ReleaseCreate` does:
 /// 1. fork build and env from `base` (the parent, else the newest release);
 /// 2. a given build overrides the build, and brings its manifest and

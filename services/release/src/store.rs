@@ -265,8 +265,7 @@ impl Store {
         let seq = head.release.seq + 1;
         let now = now_micros();
         let sealed = self.cipher.seal(id.as_str(), &draft.env);
-        let keys: Vec<&str> = draft.env.keys().collect();
-        let detail = format!("{}; env keys: {}", draft.description, keys.join(","));
+        let detail = draft.audit_detail();
         let inserted: i64 = sqlx::query(
             "WITH bump AS ( \
                  UPDATE apps SET release_count = $3 \
@@ -302,21 +301,7 @@ impl Store {
             self.heads.lock().expect("heads lock").remove(app.as_str());
             return Ok(None);
         }
-        let release = Release {
-            id,
-            app: app.clone(),
-            seq,
-            build: draft.build,
-            manifest: draft.manifest,
-            artifacts: draft.artifacts,
-            build_description: draft.build_description,
-            env: draft.env,
-            description: draft.description,
-            parent: draft.parent,
-            rollback_of: draft.rollback_of,
-            actor: actor.to_owned(),
-            created: time(now),
-        };
+        let release = draft.into_release(id, app, seq, actor, time(now));
         self.remember(head.app_id, &release);
         Ok(Some(release))
     }
@@ -393,25 +378,9 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            let keys: Vec<&str> = draft.env.keys().collect();
-            let detail = format!("{}; env keys: {}", draft.description, keys.join(","));
-            audit(&mut tx, actor, "release.create", app.as_str(), id.as_str(), &detail).await?;
+            audit(&mut tx, actor, "release.create", app.as_str(), id.as_str(), &draft.audit_detail()).await?;
             tx.commit().await?;
-            let release = Release {
-                id,
-                app: app.clone(),
-                seq,
-                build: draft.build,
-                manifest: draft.manifest,
-                artifacts: draft.artifacts,
-                build_description: draft.build_description,
-                env: draft.env,
-                description: draft.description,
-                parent: draft.parent,
-                rollback_of: draft.rollback_of,
-                actor: actor.to_owned(),
-                created: time(now),
-            };
+            let release = draft.into_release(id, app, seq, actor, time(now));
             Ok((app_id, release))
         })
         .await
