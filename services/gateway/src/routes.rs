@@ -29,6 +29,17 @@ pub(crate) fn form(body: &Bytes) -> Fields {
     form_urlencoded::parse(body).into_owned().collect()
 }
 
+/// The optional `timeout` form field (seconds; absent or empty is 0, the
+/// default deadline).
+fn timeout_field(fields: &Fields) -> ApiResult<u32> {
+    match fields.get("timeout").filter(|t| !t.is_empty()) {
+        Some(t) => t.parse().map_err(|_| {
+            ApiError::bad_request(format!("timeout must be a number of seconds, got {t:?}"))
+        }),
+        None => Ok(0),
+    }
+}
+
 /// `ok\n`, the answer of calls whose body the CLI ignores.
 pub(crate) fn ok() -> Response {
     (StatusCode::OK, "ok\n").into_response()
@@ -75,12 +86,7 @@ pub(crate) async fn create_app(
 ) -> ApiResult<Json<types::App>> {
     let fields = form(&body);
     let name = fields.get("name").cloned().unwrap_or_default();
-    let deadline_seconds = match fields.get("timeout").filter(|t| !t.is_empty()) {
-        Some(t) => t.parse().map_err(|_| {
-            ApiError::bad_request(format!("timeout must be a number of seconds, got {t:?}"))
-        })?,
-        None => 0,
-    };
+    let deadline_seconds = timeout_field(&fields)?;
     let app = state
         .release
         .clone()
@@ -245,12 +251,7 @@ pub(crate) async fn promote(
 ) -> ApiResult<Json<types::Promotion>> {
     let fields = form(&body);
     let force = fields.get("force").is_some_and(|f| f == "true");
-    let deadline_seconds = match fields.get("timeout").filter(|t| !t.is_empty()) {
-        Some(t) => t.parse().map_err(|_| {
-            ApiError::bad_request(format!("timeout must be a number of seconds, got {t:?}"))
-        })?,
-        None => 0,
-    };
+    let deadline_seconds = timeout_field(&fields)?;
     let answer = state
         .release
         .clone()

@@ -101,12 +101,7 @@ impl ReleaseRpc for Grpc {
             artifacts: (!req.artifacts.is_empty()).then(|| req.artifacts.into_iter().collect()),
             env,
             description: req.description,
-            parent: req
-                .parent_release
-                .as_deref()
-                .filter(|p| !p.is_empty())
-                .map(|p| release_id("parent_release", p))
-                .transpose()?,
+            parent: parent_release(req.parent_release.as_deref())?,
             copy_of: None,
         };
         let release = self
@@ -136,12 +131,7 @@ impl ReleaseRpc for Grpc {
                 set: req.set.into_iter().collect(),
                 unset: req.unset,
             },
-            parent: req
-                .parent_release
-                .as_deref()
-                .filter(|p| !p.is_empty())
-                .map(|p| release_id("parent_release", p))
-                .transpose()?,
+            parent: parent_release(req.parent_release.as_deref())?,
             ..ReleaseRequest::keep()
         };
         let release = self
@@ -340,6 +330,14 @@ fn app_name(value: &str) -> Result<AppName, Status> {
 
 fn release_id(field: &str, value: &str) -> Result<ReleaseId, Status> {
     ReleaseId::parse(value).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+/// The optional `parent_release` field; empty means none.
+fn parent_release(value: Option<&str>) -> Result<Option<ReleaseId>, Status> {
+    value
+        .filter(|p| !p.is_empty())
+        .map(|p| release_id("parent_release", p))
+        .transpose()
 }
 
 fn build_id(value: &str) -> Result<BuildId, Status> {
