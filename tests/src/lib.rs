@@ -2,6 +2,8 @@
 //! `slipway` binary run against it, and raw HTTP/1.1 requests shaped the way
 //! the `convox` CLI sends them.
 
+pub mod cluster;
+
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};

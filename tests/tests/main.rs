@@ -6,4 +6,5 @@
 
 mod convox_wire;
 mod logs;
+mod scale;
 mod workflow;

@@ -1,0 +1,422 @@
+//! The scale setup in one test: every service as its own process (two
+//! gateways, two release replicas, two rollout replicas, one build service)
+//! on PostgreSQL and Redis, the way `deploy/` runs them, with the rollout
+//! service on the Kubernetes runtime against the fake API server (no API
+//! server can run here). The local runtime is a one-machine runtime (one
+//! rollout replica supervises its processes), so the replicated setup uses
+//! the runtime it is meant for.
+//!
+//! Processes are the real binaries built beside the test; each one binds
+//! `127.0.0.1:0` and reports its address in its log, except the release
+//! replicas, whose addresses the rollout replicas need before the release
+//! replicas can be told theirs (the two call each other).
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+#[allow(dead_code, unreachable_pub, clippy::all)]
+#[path = "../../services/rollout/tests/k8s_fake/mod.rs"]
+mod k8s_fake;
+
+use k8s_fake::FakeKube;
+
+/// The rack password of the cluster's gateways.
+pub const PASSWORD: &str = "scale-secret";
+/// The rollout lease: how long a killed replica's rollouts wait for takeover.
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+
+/// One service process.
+struct Replica {
+    name: String,
+    child: Child,
+    addr: SocketAddr,
+    /// Its last log lines, shown when a test fails.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Settings of a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Redis the rollout replicas publish events to (`None`: in-process
+    /// buses, so events do not cross replicas).
+    pub redis_url: Option<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            redis_url: std::env::var("SLIPWAY_TEST_REDIS_URL").ok(),
+        }
+    }
+}
+
+/// A running scale setup.
+pub struct Cluster {
+    replicas: Vec<Replica>,
+    kube: FakeKube,
+    /// While set, Deployments stay where they are (a rollout in flight).
+    paused: Arc<AtomicBool>,
+    /// The rollout service's database (shared by both rollout replicas).
+    pub rollout_db: String,
+    /// The release service's database.
+    pub release_db: String,
+    /// Key prefix of this cluster's Redis streams.
+    pub redis_prefix: String,
+    dir: tempfile::TempDir,
+}
+
+/// Path of a binary of the workspace built beside the running executable
+/// (a test in `target/<profile>/deps`, or a benchmark in `target/<profile>`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("executable path");
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(name))
+        .collect();
+    candidates
+        .iter()
+        .find(|bin| bin.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is missing beside {}: build the workspace's binaries first \
+                 (`cargo build --workspace --bins`; scripts/test does)",
+                exe.display()
+            )
+        })
+}
+
+fn key() -> String {
+    base64::engine::general_purpose::STANDARD.encode(rand_bytes())
+}
+
+fn rand_bytes() -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for chunk in out.chunks_mut(16) {
+        chunk.copy_from_slice(&uuid::Uuid::new_v4().into_bytes());
+    }
+    out
+}
+
+/// A port that was free a moment ago (only for the release replicas; see
+/// the module comment).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn join(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Cluster {
+    /// Starts the whole setup on fresh PostgreSQL databases.
+    pub async fn start(options: ClusterOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let release_db = slipway_storage::testing::postgres().await;
+        let rollout_db = slipway_storage::testing::postgres().await;
+        let build_db = slipway_storage::testing::postgres().await;
+        let (release_db, rollout_db, build_db) = (
+            release_db.url.clone(),
+            rollout_db.url.clone(),
+            build_db.url.clone(),
+        );
+
+        let kube = FakeKube::start().await;
+        let paused = Arc::new(AtomicBool::new(false));
+        play_cluster(kube.clone(), paused.clone());
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
+                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+                 current-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
+                kube.addr
+            ),
+        )
+        .expect("write kubeconfig");
+
+        let env_key = key();
+        let spec_key = key();
+        let redis_prefix = format!("slipway-test-{}", uuid::Uuid::new_v4().simple());
+        let release_addrs: Vec<SocketAddr> = (0..2)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect();
+
+        let mut cluster = Self {
+            replicas: Vec::new(),
+            kube,
+            paused,
+            rollout_db,
+            release_db,
+            redis_prefix,
+            dir,
+        };
+
+        let mut rollouts = Vec::new();
+        for name in ["rollout-a", "rollout-b"] {
+            let mut args: Vec<OsString> = [
+                "--listen",
+                "127.0.0.1:0",
+                "--runtime",
+                "kubernetes",
+                "--rack",
+                "scale",
+                "--replica-id",
+                name,
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect();
+            args.extend([
+                "--lease-ttl".into(),
+                humantime::format_duration(LEASE_TTL).to_string().into(),
+            ]);
+            args.extend(["--kubeconfig".into(), kubeconfig.clone().into()]);
+            args.extend(["--database-url".into(), cluster.rollout_db.clone().into()]);
+            args.extend(["--release-endpoint".into(), join(&release_addrs).into()]);
+            args.extend(["--spec-key".into(), spec_key.clone().into()]);
+            args.extend([
+                "--data-dir".into(),
+                cluster.dir.path().join(name).into_os_string(),
+            ]);
+            if let Some(url) = &options.redis_url {
+                args.extend(["--redis-url".into(), url.into()]);
+                args.extend(["--redis-prefix".into(), cluster.redis_prefix.clone().into()]);
+            }
+            rollouts.push(cluster.spawn(name, "slipway-rollout", args).await);
+        }
+
+        for (i, name) in ["release-a", "release-b"].into_iter().enumerate() {
+            let mut args: Vec<OsString> =
+                vec!["--listen".into(), release_addrs[i].to_string().into()];
+            args.extend(["--database-url".into(), cluster.release_db.clone().into()]);
+            args.extend(["--env-key".into(), env_key.clone().into()]);
+            args.extend(["--rollout-endpoint".into(), join(&rollouts).into()]);
+            args.extend(["--redispatch-every".into(), "1s".into()]);
+            args.extend([
+                "--data-dir".into(),
+                cluster.dir.path().join(name).into_os_string(),
+            ]);
+            cluster.spawn(name, "slipway-release", args).await;
+        }
+
+        let mut args: Vec<OsString> = vec!["--listen".into(), "127.0.0.1:0".into()];
+        args.extend(["--database-url".into(), build_db.into()]);
+        args.extend(["--release-endpoint".into(), join(&release_addrs).into()]);
+        args.extend([
+            "--data-dir".into(),
+            cluster.dir.path().join("build").into_os_string(),
+        ]);
+        let build = cluster.spawn("build", "slipway-build", args).await;
+
+        for name in ["gateway-a", "gateway-b"] {
+            let mut args: Vec<OsString> = vec!["--listen".into(), "127.0.0.1:0".into()];
+            args.extend(["--password".into(), PASSWORD.into()]);
+            args.extend(["--release-endpoint".into(), join(&release_addrs).into()]);
+            args.extend(["--rollout-endpoint".into(), join(&rollouts).into()]);
+            args.extend(["--build-endpoint".into(), join(&[build]).into()]);
+            args.extend([
+                "--provider".into(),
+                "k8s".into(),
+                "--rack-name".into(),
+                "scale".into(),
+            ]);
+            cluster.spawn(name, "slipway-gateway", args).await;
+        }
+        cluster
+    }
+
+    /// Starts `bin` and waits for the `serving addr=` line of its log.
+    async fn spawn(&mut self, name: &str, bin: &str, args: Vec<OsString>) -> SocketAddr {
+        let mut child = Command::new(binary(bin))
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.lock().expect("log lock").push(line.clone());
+                if line.contains("serving")
+                    && let Some(rest) = line.split("addr=").nth(1)
+                    && let Some(addr) = rest
+                        .split_whitespace()
+                        .next()
+                        .and_then(|a| a.trim_matches('"').parse::<SocketAddr>().ok())
+                {
+                    return Some(addr);
+                }
+            }
+            None
+        })
+        .await;
+        let addr = match found {
+            Ok(Some(addr)) => addr,
+            _ => panic!(
+                "{name} ({bin} {args:?}) did not start serving; its log:\n{}",
+                log.lock().expect("log lock").join("\n")
+            ),
+        };
+        let tail = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut tail = tail.lock().expect("log lock");
+                tail.push(line);
+                if tail.len() > 400 {
+                    tail.drain(..200);
+                }
+            }
+        });
+        self.replicas.push(Replica {
+            name: name.to_owned(),
+            child,
+            addr,
+            log,
+        });
+        addr
+    }
+
+    fn replica(&self, name: &str) -> &Replica {
+        self.replicas
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no replica {name}"))
+    }
+
+    /// `RACK_URL` of gateway `name` (`gateway-a`, `gateway-b`).
+    pub fn rack_url(&self, gateway: &str) -> String {
+        format!("http://convox:{PASSWORD}@{}", self.replica(gateway).addr)
+    }
+
+    /// Address of replica `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.replica(name).addr
+    }
+
+    /// Runs `slipway args…` against gateway `gateway`, in `cwd`.
+    pub async fn slipway(&self, gateway: &str, cwd: &Path, args: &[&str]) -> Output {
+        tokio::time::timeout(
+            Duration::from_secs(240),
+            self.slipway_command(gateway, cwd, args).output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("slipway {args:?} took over 4 minutes"))
+        .expect("run slipway")
+    }
+
+    /// The `slipway args…` command against gateway `gateway`, not started.
+    pub fn slipway_command(&self, gateway: &str, cwd: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(binary("slipway"));
+        command
+            .args(args)
+            .current_dir(cwd)
+            .env("RACK_URL", self.rack_url(gateway))
+            .env_remove("CONVOX_RACK")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// SIGKILLs replica `name` and waits for it to be gone.
+    pub async fn kill(&mut self, name: &str) {
+        let replica = self
+            .replicas
+            .iter_mut()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no replica {name}"));
+        replica.child.start_kill().expect("SIGKILL");
+        let _ = replica.child.wait().await;
+    }
+
+    /// Holds every Deployment where it is (true) or lets the cluster's
+    /// controllers finish them (false).
+    pub fn pause_deployments(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// A Deployment of the fake cluster, as JSON.
+    pub fn deployment(&self, namespace: &str, name: &str) -> Option<serde_json::Value> {
+        self.kube.object("deployments", namespace, name)
+    }
+
+    /// Every write (POST, PUT, PATCH, DELETE) the rollout replicas sent to
+    /// the API server for `path_part`.
+    pub fn writes_to(&self, path_part: &str) -> usize {
+        self.kube
+            .requests()
+            .iter()
+            .filter(|r| r.method != "GET" && r.path.contains(path_part))
+            .count()
+    }
+
+    /// The logs of every replica, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for r in &self.replicas {
+            out.push_str(&format!("===== {} ({})\n", r.name, r.addr));
+            out.push_str(&r.log.lock().expect("log lock").join("\n"));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The cluster's controllers: every 50 ms, each Deployment that is not
+/// complete becomes complete, unless paused.
+fn play_cluster(kube: FakeKube, paused: Arc<AtomicBool>) {
+    let weak = Arc::downgrade(&kube.shared);
+    tokio::spawn(async move {
+        while weak.strong_count() > 1 {
+            if !paused.load(Ordering::SeqCst) {
+                let deployments = kube.objects("deployments", "");
+                for d in deployments {
+                    let generation = &d["metadata"]["generation"];
+                    let n = d["spec"]["replicas"].as_u64().unwrap_or(1);
+                    let done = d["status"]["observedGeneration"] == *generation
+                        && d["status"]["updatedReplicas"].as_u64() == Some(n)
+                        && d["status"]["replicas"].as_u64() == Some(n);
+                    if !done {
+                        let ns = d["metadata"]["namespace"].as_str().unwrap_or_default();
+                        let name = d["metadata"]["name"].as_str().unwrap_or_default();
+                        kube.complete_deployment(ns, name);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in &mut self.replicas {
+            let _ = r.child.start_kill();
+        }
+    }
+}

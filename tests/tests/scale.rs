@@ -1,0 +1,341 @@
+//! The scale setup end to end (issue: run at scale): two gateways, two
+//! release replicas, two rollout replicas and one build service, each its
+//! own process, on PostgreSQL and Redis, driven by the real `slipway`
+//! binary. A deploy started through gateway A streams through gateway B;
+//! a rollout replica killed with SIGKILL mid-rollout is replaced by the
+//! other within the lease time, and nothing is applied twice.
+
+use std::time::{Duration, Instant};
+
+use slipway_e2e::cluster::{Cluster, ClusterOptions, LEASE_TTL};
+use slipway_e2e::{eventually, example, ok_stdout};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+fn release_of(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("Release: "))
+        .unwrap_or_else(|| panic!("no `Release: R…` line in:\n{out}"))
+        .trim()
+        .to_owned()
+}
+
+async fn query_one(url: &str, sql: &str, bind: &str) -> Option<(String, i64)> {
+    let db = slipway_storage::connect(url, &Default::default())
+        .await
+        .expect("connect to the rollout database");
+    let row: Option<(Option<String>, i64)> = sqlx::query_as(sql)
+        .bind(bind)
+        .fetch_optional(&db.pool)
+        .await
+        .expect("query the rollout database");
+    db.pool.close().await;
+    row.map(|(owner, epoch)| (owner.unwrap_or_default(), epoch))
+}
+
+/// The rollout (owner, epoch) of the newest rollout of `app`.
+async fn newest_rollout(cluster: &Cluster, app: &str) -> Option<(String, String, i64)> {
+    let db = slipway_storage::connect(&cluster.rollout_db, &Default::default())
+        .await
+        .expect("connect to the rollout database");
+    let row: Option<(String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT id, owner, epoch FROM rollouts WHERE app = $1 ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind(app)
+    .fetch_optional(&db.pool)
+    .await
+    .expect("query rollouts");
+    db.pool.close().await;
+    row.map(|(id, owner, epoch)| (id, owner.unwrap_or_default(), epoch))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_seed_flow_runs_on_the_scale_setup_across_gateways() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let cwd = tempfile::tempdir().unwrap();
+    let dir = cwd.path();
+
+    ok_stdout(
+        &cluster
+            .slipway("gateway-a", dir, &["apps", "create", "myapp"])
+            .await,
+        "apps create through gateway A",
+    );
+
+    // Follow the app's logs through gateway B while gateway A deploys.
+    let mut follower = cluster
+        .slipway_command("gateway-b", dir, &["logs", "-a", "myapp", "--since", "1m"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start slipway logs");
+    let mut followed = BufReader::new(follower.stdout.take().unwrap()).lines();
+
+    let good = example("myapp");
+    let out = ok_stdout(
+        &cluster
+            .slipway(
+                "gateway-a",
+                dir,
+                &[
+                    "deploy",
+                    good.to_str().unwrap(),
+                    "-a",
+                    "myapp",
+                    "-d",
+                    "first deploy",
+                ],
+            )
+            .await,
+        "deploy through gateway A",
+    );
+    for wanted in [
+        "Packaging source... OK",
+        "Uploading source... OK",
+        "Starting build... OK",
+        "Build: B",
+        "Release: R",
+        "Promoting R",
+        "system/k8s/atom/app Status: Running => Pending",
+        "Status: Updating => Running",
+    ] {
+        assert!(
+            out.contains(wanted),
+            "{wanted:?} missing in:\n{out}\n{}",
+            cluster.logs()
+        );
+    }
+    let first = release_of(&out);
+
+    // Gateway B streamed the rollout gateway A started.
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = followed.next_line().await {
+            let done = line.contains("Status: Updating => Running");
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+        panic!("logs through gateway B ended early: {seen:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("gateway B did not stream the rollout\n{}", cluster.logs()));
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("system/k8s/atom/app Status: Running => Pending")),
+        "gateway B's stream lacks the start of the rollout: {seen:?}"
+    );
+    let _ = follower.start_kill();
+
+    // env set through B, visible through A; promote through B.
+    let out = ok_stdout(
+        &cluster
+            .slipway("gateway-b", dir, &["env", "set", "FOO=bar", "-a", "myapp"])
+            .await,
+        "env set through gateway B",
+    );
+    let with_foo = release_of(&out);
+    let list = ok_stdout(
+        &cluster
+            .slipway("gateway-a", dir, &["releases", "-a", "myapp"])
+            .await,
+        "releases through gateway A",
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&with_foo) && l.contains("env add:FOO")),
+        "{with_foo} missing from:\n{list}"
+    );
+    let out = ok_stdout(
+        &cluster
+            .slipway(
+                "gateway-b",
+                dir,
+                &["releases", "promote", &with_foo, "-a", "myapp"],
+            )
+            .await,
+        "promote through gateway B",
+    );
+    assert!(out.trim_end().ends_with("OK"), "{out}");
+
+    // Roll back through A to the first release; the copy becomes active.
+    let out = ok_stdout(
+        &cluster
+            .slipway(
+                "gateway-a",
+                dir,
+                &["releases", "rollback", &first, "-a", "myapp"],
+            )
+            .await,
+        "rollback through gateway A",
+    );
+    assert!(
+        out.contains(&format!("Rolling back to {first}... OK, R")),
+        "{out}"
+    );
+    let list = ok_stdout(
+        &cluster
+            .slipway("gateway-b", dir, &["releases", "-a", "myapp"])
+            .await,
+        "releases through gateway B",
+    );
+    let active = list
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("active"))
+        .unwrap_or_else(|| panic!("no active release in:\n{list}"));
+    assert!(active.contains(&format!("rollback to {first}")), "{list}");
+    let info = ok_stdout(
+        &cluster
+            .slipway(
+                "gateway-b",
+                dir,
+                &["releases", "info", &with_foo, "-a", "myapp"],
+            )
+            .await,
+        "releases info through gateway B",
+    );
+    assert!(info.contains("FOO=bar"), "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_rollout_replica_is_replaced_within_the_lease_and_nothing_runs_twice() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let cwd = tempfile::tempdir().unwrap();
+    let dir = cwd.path();
+    ok_stdout(
+        &cluster
+            .slipway("gateway-a", dir, &["apps", "create", "myapp"])
+            .await,
+        "apps create",
+    );
+    let good = example("myapp");
+    ok_stdout(
+        &cluster
+            .slipway(
+                "gateway-a",
+                dir,
+                &["deploy", good.to_str().unwrap(), "-a", "myapp"],
+            )
+            .await,
+        "first deploy",
+    );
+    let namespace = "scale-myapp";
+    let before = cluster
+        .deployment(namespace, "web")
+        .unwrap_or_else(|| panic!("no Deployment web in {namespace}\n{}", cluster.logs()));
+    let generation_before = before["metadata"]["generation"].as_i64().unwrap();
+
+    // A second release, rolled out while the cluster holds Deployments back.
+    let out = ok_stdout(
+        &cluster
+            .slipway("gateway-a", dir, &["env", "set", "FOO=bar", "-a", "myapp"])
+            .await,
+        "env set",
+    );
+    let target = release_of(&out);
+    cluster.pause_deployments(true);
+    let promote = cluster
+        .slipway_command(
+            "gateway-b",
+            dir,
+            &["releases", "promote", &target, "-a", "myapp"],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start promote");
+
+    // Wait until the new template is applied and the rollout has an owner.
+    let (rollout, owner, epoch) = eventually(
+        Duration::from_secs(60),
+        "the rollout to be applied",
+        || async {
+            let d = cluster.deployment(namespace, "web")?;
+            let applied = d["metadata"]["generation"].as_i64()? > generation_before;
+            let (id, owner, epoch) = newest_rollout(&cluster, "myapp").await?;
+            (applied && !owner.is_empty()).then_some((id, owner, epoch))
+        },
+    )
+    .await;
+    let writes_before_kill = cluster.writes_to(&format!("/namespaces/{namespace}/deployments/web"));
+
+    cluster.kill(&owner).await;
+    let killed_at = Instant::now();
+    let survivor = if owner == "rollout-a" {
+        "rollout-b"
+    } else {
+        "rollout-a"
+    };
+
+    // The survivor takes the lease over (a higher epoch fences the dead owner).
+    let (new_owner, new_epoch) = eventually(
+        Duration::from_secs(30),
+        "the lease to be taken over",
+        || async {
+            let (owner, epoch) = query_one(
+                &cluster.rollout_db,
+                "SELECT owner, epoch FROM rollouts WHERE id = $1",
+                &rollout,
+            )
+            .await?;
+            (owner == survivor).then_some((owner, epoch))
+        },
+    )
+    .await;
+    let takeover = killed_at.elapsed();
+    assert_eq!(new_owner, survivor);
+    assert!(new_epoch > epoch, "takeover must bump the fencing epoch");
+    // Expiry of the lease plus one takeover scan (every half lease), with
+    // slack for a loaded machine.
+    assert!(
+        takeover <= LEASE_TTL * 2 + Duration::from_secs(2),
+        "takeover took {takeover:?} with a {LEASE_TTL:?} lease"
+    );
+
+    // Let the cluster finish: the survivor completes the rollout.
+    cluster.pause_deployments(false);
+    let output = tokio::time::timeout(Duration::from_secs(120), promote.wait_with_output())
+        .await
+        .expect("promote finishes")
+        .expect("promote output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "promote failed after takeover:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        cluster.logs()
+    );
+    assert_eq!(
+        stdout.matches("Status: Updating => Running").count(),
+        1,
+        "the rollout must finish exactly once:\n{stdout}"
+    );
+
+    // Nothing was applied twice: the template changed once (one new
+    // generation), and the survivor's re-apply was a no-op.
+    let after = cluster.deployment(namespace, "web").unwrap();
+    assert_eq!(
+        after["metadata"]["generation"].as_i64().unwrap(),
+        generation_before + 1,
+        "the new release's template must be applied once"
+    );
+    let writes_after = cluster.writes_to(&format!("/namespaces/{namespace}/deployments/web"));
+    assert!(
+        writes_after >= writes_before_kill,
+        "request log went backwards"
+    );
+    let list = ok_stdout(
+        &cluster
+            .slipway("gateway-a", dir, &["releases", "-a", "myapp"])
+            .await,
+        "releases",
+    );
+    let active = list
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("active"))
+        .unwrap_or_else(|| panic!("no active release in:\n{list}"));
+    assert!(
+        active.starts_with(&target),
+        "{target} should be active:\n{list}"
+    );
+}
