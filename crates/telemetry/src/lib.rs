@@ -1,9 +1,29 @@
-//! Logging and tracing set-up for every binary: filter from `RUST_LOG`
-//! (default `info`), human-readable lines on stderr, or JSON lines when
-//! `SLIPWAY_LOG_FORMAT=json` (deployed services). Export over OTLP comes with
-//! the scale setup; the guard returned here is where it will flush.
+//! Logging, tracing and OpenTelemetry set-up for every binary: filter from
+//! `RUST_LOG` (default `info`), human-readable lines on stderr, or JSON lines
+//! when `SLIPWAY_LOG_FORMAT=json` (deployed services). When
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans (through
+//! `tracing-opentelemetry`) and metrics are also exported over OTLP/gRPC,
+//! configured by the standard `OTEL_*` variables the SDK reads
+//! (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_*`,
+//! `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_EXPORTER_OTLP_*`, `OTEL_TRACES_SAMPLER`);
+//! the [`Guard`] flushes and shuts the exporters down when it drops.
+//!
+//! [`propagation`] carries W3C trace context across gRPC and HTTP hops and
+//! [`metrics`] holds the instruments the services record.
 
-use tracing_subscriber::EnvFilter;
+pub mod metrics;
+pub mod propagation;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{KeyValue, Value};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _, Registry};
+
+pub use propagation::RequestSpan;
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -18,33 +38,153 @@ pub enum Format {
 /// Flushes telemetry when dropped; keep it alive for the life of `main`.
 #[must_use = "telemetry is flushed when the guard drops"]
 pub struct Guard {
-    _private: (),
+    providers: Option<Providers>,
 }
 
-/// Initialises the global subscriber for binary `name`. Calling it twice (as
-/// tests that start several services do) keeps the first subscriber.
+/// The OpenTelemetry providers of an exporting process.
+struct Providers {
+    tracer: SdkTracerProvider,
+    meter: SdkMeterProvider,
+}
+
+impl Providers {
+    /// Exports what is buffered and stops the exporters (blocking: the
+    /// batch processor and the periodic reader run on their own threads).
+    fn shutdown(self) {
+        if let Err(e) = self.tracer.shutdown() {
+            eprintln!("telemetry: failed to flush spans: {e}");
+        }
+        if let Err(e) = self.meter.shutdown() {
+            eprintln!("telemetry: failed to flush metrics: {e}");
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(providers) = self.providers.take() {
+            providers.shutdown();
+        }
+    }
+}
+
+/// Initialises the global subscriber for binary `name` (its Cargo binary
+/// name, e.g. `slipway-release`: the default OTel `service.name`). Calling
+/// it twice (as tests that start several services do) keeps the first
+/// subscriber. Must run inside the Tokio runtime: the OTLP client is tonic's.
 pub fn init(name: &'static str) -> Guard {
     init_with_default(name, "info")
 }
 
-/// Like [`init`], with another filter when `RUST_LOG` is unset (the
+/// Like [`init`], with another log filter when `RUST_LOG` is unset (the
 /// embedded rack shares a terminal with the CLI and defaults to `warn`).
+/// Exported spans always default to `info`, whatever the log filter.
 pub fn init_with_default(name: &'static str, default_filter: &str) -> Guard {
     let format = match std::env::var("SLIPWAY_LOG_FORMAT").as_deref() {
         Ok("json") => Format::Json,
         _ => Format::Text,
     };
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        Format::Json => builder.json().try_init(),
-        Format::Text => builder.compact().try_init(),
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let mut layers: Vec<Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync>> =
+        vec![match format {
+            Format::Json => tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_filter(filter())
+                .boxed(),
+            Format::Text => tracing_subscriber::fmt::layer()
+                .compact()
+                .with_writer(std::io::stderr)
+                .with_filter(filter())
+                .boxed(),
+        }];
+    let (providers, otel_error) = match otel(name) {
+        Ok(providers) => (providers, None),
+        Err(e) => (None, Some(e)),
     };
+    if let Some(providers) = &providers {
+        let tracer = providers.tracer.tracer("slipway");
+        let spans = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_threads(false)
+                .with_filter(spans)
+                .boxed(),
+        );
+    }
+    if tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .is_err()
+    {
+        // Someone else's subscriber is in place: exporting spans through it
+        // is impossible, so do not keep exporters running for nothing.
+        if let Some(providers) = providers {
+            providers.shutdown();
+        }
+        return Guard { providers: None };
+    }
+    if let Some(e) = otel_error {
+        tracing::warn!("OTLP export disabled: {e}");
+    }
+    if let Some(providers) = &providers {
+        opentelemetry::global::set_tracer_provider(providers.tracer.clone());
+        opentelemetry::global::set_meter_provider(providers.meter.clone());
+        tracing::info!(service = name, "exporting traces and metrics over OTLP");
+    }
     tracing::debug!(service = name, "telemetry initialised");
-    Guard { _private: () }
+    Guard { providers }
+}
+
+/// The OTLP providers, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and
+/// `OTEL_SDK_DISABLED` is not `true`).
+fn otel(name: &'static str) -> Result<Option<Providers>, Box<dyn std::error::Error>> {
+    let set = |var: &str| std::env::var(var).is_ok_and(|v| !v.trim().is_empty());
+    if !set("OTEL_EXPORTER_OTLP_ENDPOINT")
+        || std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        return Ok(None);
+    }
+    let resource = resource(name);
+    let spans = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()?;
+    let tracer = SdkTracerProvider::builder()
+        .with_resource(resource.clone())
+        .with_batch_exporter(spans)
+        .build();
+    let metrics = opentelemetry_otlp::MetricExporter::builder()
+        .with_tonic()
+        .build()?;
+    let meter = SdkMeterProvider::builder()
+        .with_resource(resource)
+        .with_periodic_exporter(metrics)
+        .build();
+    Ok(Some(Providers { tracer, meter }))
+}
+
+/// The SDK's resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+/// telemetry.sdk.*), with `service.name` defaulting to the binary's name
+/// instead of `unknown_service`, and `service.version` from Cargo.
+fn resource(name: &'static str) -> Resource {
+    let detected = Resource::builder().build();
+    let named = detected
+        .get(&opentelemetry::Key::new("service.name"))
+        .is_some_and(|v| !v.as_str().starts_with("unknown_service"));
+    let mut builder = Resource::builder();
+    if !named {
+        builder = builder.with_service_name(Value::from(name));
+    }
+    if detected
+        .get(&opentelemetry::Key::new("service.version"))
+        .is_none()
+    {
+        builder =
+            builder.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    }
+    builder.build()
 }
 
 /// For tests: logs only when `TEST_LOG=1`, so suites stay silent by default.

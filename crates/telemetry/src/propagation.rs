@@ -1,0 +1,178 @@
+//! W3C trace context (`traceparent`/`tracestate`) across process hops: the
+//! request span of a server (gRPC or HTTP) takes the caller's context as its
+//! parent, and outgoing calls carry the current span's context. Both are
+//! no-ops when no OpenTelemetry layer is installed (nothing is exported, so
+//! there is nothing to link).
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// The OTel context carried by `headers`, when they carry a valid one.
+pub fn extract(headers: &HeaderMap) -> Option<opentelemetry::Context> {
+    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// Makes the context carried by `headers` the parent of `span`, which must
+/// be new (not yet entered). Returns whether a parent was set.
+pub fn set_parent(span: &Span, headers: &HeaderMap) -> bool {
+    extract(headers).is_some_and(|cx| span.set_parent(cx).is_ok())
+}
+
+/// Writes `span`'s context into `headers` (`traceparent`, `tracestate`).
+pub fn inject(span: &Span, headers: &mut HeaderMap) {
+    let cx = span.context();
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    }
+}
+
+/// The trace id of `span` in hex, when it belongs to an OTel trace.
+pub fn trace_id(span: &Span) -> Option<String> {
+    let cx = span.context();
+    let span_context = cx.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// `tower_http`'s `MakeSpan` for request spans: an `info` span named after
+/// the call (`slipway.release.v1.ReleaseService/CreateRelease`, `POST
+/// /apps/x/builds`), kind server, parented by the caller's `traceparent`,
+/// with `trace_id` recorded. `info`, not `debug`, so it reaches the exporter
+/// under the default filter.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestSpan {
+    grpc: bool,
+}
+
+impl RequestSpan {
+    /// For gRPC servers: `rpc.*` attributes from the path.
+    pub fn grpc() -> Self {
+        Self { grpc: true }
+    }
+
+    /// For HTTP servers: method and path.
+    pub fn http() -> Self {
+        Self { grpc: false }
+    }
+
+    /// The span of `request`.
+    pub fn span<B>(&self, request: &http::Request<B>) -> Span {
+        let path = request.uri().path();
+        let span = if self.grpc {
+            let call = path.trim_start_matches('/');
+            let (service, method) = call.split_once('/').unwrap_or((call, ""));
+            tracing::info_span!(
+                "grpc",
+                otel.name = call,
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.service = service,
+                rpc.method = method,
+                trace_id = tracing::field::Empty,
+            )
+        } else {
+            let method = request.method().as_str();
+            tracing::info_span!(
+                "http",
+                otel.name = format!("{method} {path}"),
+                otel.kind = "server",
+                http.request.method = method,
+                url.path = path,
+                trace_id = tracing::field::Empty,
+            )
+        };
+        set_parent(&span, request.headers());
+        if let Some(id) = trace_id(&span) {
+            span.record("trace_id", id);
+        }
+        span
+    }
+}
+
+impl<B> tower_http::trace::MakeSpan<B> for RequestSpan {
+    fn make_span(&mut self, request: &http::Request<B>) -> Span {
+        self.span(request)
+    }
+}
+
+/// A fresh `traceparent` value with random ids, sampled: what a client
+/// without an SDK (the CLI) sends so that everything one command causes is
+/// one trace. `random` supplies 24 random bytes (16 trace id, 8 span id).
+pub fn new_traceparent(random: [u8; 24]) -> String {
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let (mut trace, mut span) = (random[..16].to_vec(), random[16..].to_vec());
+    // All-zero ids are invalid; force a bit rather than retry.
+    if trace.iter().all(|b| *b == 0) {
+        trace[15] = 1;
+    }
+    if span.iter().all(|b| *b == 0) {
+        span[7] = 1;
+    }
+    format!("00-{}-{}-01", hex(&trace), hex(&span))
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_traceparents_are_valid_w3c_values() {
+        let value = new_traceparent([7; 24]);
+        assert_eq!(
+            value,
+            "00-07070707070707070707070707070707-0707070707070707-01"
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", value.parse().unwrap());
+        let cx = extract(&headers).expect("a valid context");
+        assert_eq!(
+            cx.span().span_context().trace_id().to_string(),
+            "07070707070707070707070707070707"
+        );
+        assert!(cx.span().span_context().is_sampled());
+        assert!(cx.span().span_context().is_remote());
+        // All-zero ids are invalid in W3C trace context; never sent.
+        let zero = new_traceparent([0; 24]);
+        headers.insert("traceparent", zero.parse().unwrap());
+        assert!(extract(&headers).is_some(), "{zero}");
+    }
+
+    #[test]
+    fn garbage_is_no_parent() {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", "00-zz-11-01".parse().unwrap());
+        assert!(extract(&headers).is_none());
+        assert!(extract(&HeaderMap::new()).is_none());
+    }
+}
