@@ -11,7 +11,9 @@ validators; see it for how).
    labels; Secrets, keys, ServiceAccounts, namespaces and HPA targets that are referenced exist;
    named ports exist; every SLIPWAY_* variable is one the service's code reads; every peer
    endpoint names a Service (or compose service) listening on that port; the collector's
-   pipelines use components it defines; the Dockerfile ships every binary the manifests run.
+   pipelines use components it defines; the Dockerfile ships every binary the manifests run;
+   the rack name leaves our namespaces out of `<rack>-<app>`; the admission policy's CEL
+   compiles (`cel-python`) and allows and denies what it should.
 
 Exits 1 listing every problem found, 0 when there is none.
 """
@@ -145,7 +147,8 @@ def k8s_reference_check(kdir: Path, by_file: dict[Path, list[dict]], repo: Path,
                         problems: Problems) -> None:
     docs = [(p, d) for p, ds in by_file.items() for d in ds]
     namespaces = {d["metadata"]["name"] for _, d in docs if d.get("kind") == "Namespace"}
-    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding",
+                      "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     secrets: dict[tuple[str, str], set[str]] = {}
     accounts: set[tuple[str, str]] = set()
     services: dict[tuple[str, str], dict[int, str]] = {}
@@ -264,6 +267,121 @@ def k8s_reference_check(kdir: Path, by_file: dict[Path, list[dict]], repo: Path,
             if not any(x.get("kind") == ref.get("kind") and x["metadata"]["name"] == ref.get("name")
                        for _, x in docs):
                 problems.add(where, f"roleRef {ref.get('kind')}/{ref.get('name')} is not defined")
+
+
+def env_value(docs: list[dict], binary: str, name: str) -> str | None:
+    for d in docs:
+        for c in (pod_spec(d) or {}).get("containers") or []:
+            if (c.get("command") or [""])[0] == binary:
+                for e in c.get("env") or []:
+                    if e.get("name") == name:
+                        return e.get("value")
+    return None
+
+
+def check_rack(kdir: Path, by_file: dict[Path, list[dict]], problems: Problems) -> None:
+    """The rack name: app namespaces are `<rack>-<app>`, so no namespace of ours may start
+    with `<rack>-`; the gateway reports the same name; the admission policy pins it."""
+    docs = [d for ds in by_file.values() for d in ds]
+    rack = env_value(docs, "slipway-rollout", "SLIPWAY_RACK") or "slipway"
+    where = f"{kdir} SLIPWAY_RACK={rack}"
+    for d in docs:
+        if d.get("kind") == "Namespace" and d["metadata"]["name"].startswith(f"{rack}-"):
+            problems.add(where, f"namespace {d['metadata']['name']} is `<rack>-<app>` of an app "
+                                f"named {d['metadata']['name'][len(rack) + 1:]!r}: rename the rack")
+    gateway_rack = env_value(docs, "slipway-gateway", "SLIPWAY_RACK_NAME")
+    if gateway_rack not in (None, rack):
+        problems.add(where, f"the gateway reports rack {gateway_rack!r} (SLIPWAY_RACK_NAME)")
+    accounts = [d for d in docs if d.get("kind") == "ServiceAccount"
+                and d["metadata"]["name"] == "slipway-rollout"]
+    for d in docs:
+        if d.get("kind") != "ValidatingAdmissionPolicy":
+            continue
+        text = yaml.safe_dump(d.get("spec"))
+        if f"'{rack}-'" not in text or f"== '{rack}'" not in text:
+            problems.add(where, f"ValidatingAdmissionPolicy {d['metadata']['name']} does not pin "
+                                f"namespaces to '{rack}-*' labelled rack={rack}")
+        for sa in accounts:
+            user = f"system:serviceaccount:{sa['metadata'].get('namespace')}:{sa['metadata']['name']}"
+            if user not in text:
+                problems.add(where, f"ValidatingAdmissionPolicy {d['metadata']['name']} does not "
+                                    f"match the rollout service's account {user}")
+
+
+def check_admission_policy(kdir: Path, by_file: dict[Path, list[dict]], problems: Problems) -> None:
+    """Compiles every CEL expression of the ValidatingAdmissionPolicies (cel-python) and runs
+    the rollout service's policy on the requests it must allow and those it must deny."""
+    import celpy
+    from celpy import json_to_cel
+
+    docs = [d for ds in by_file.values() for d in ds]
+    rack = env_value(docs, "slipway-rollout", "SLIPWAY_RACK") or "slipway"
+    env = celpy.Environment()
+    for d in docs:
+        if d.get("kind") != "ValidatingAdmissionPolicy":
+            continue
+        where = f"{kdir} ValidatingAdmissionPolicy/{d['metadata']['name']}"
+        programs = []
+        for v in (d.get("spec") or {}).get("validations") or []:
+            for key in ("expression", "messageExpression"):
+                if key not in v:
+                    continue
+                try:
+                    program = env.program(env.compile(v[key]))
+                except Exception as e:
+                    problems.add(where, f"{key} does not compile as CEL: {e}")
+                    continue
+                if key == "expression":
+                    programs.append(program)
+        if d["metadata"]["name"] != "slipway-rollout-app-namespaces" or not programs:
+            continue
+
+        def ns(name: str, labelled: bool) -> dict:
+            labels = {"rack": rack, "app": "myapp"} if labelled else {"kubernetes.io/metadata.name": name}
+            return {"metadata": {"name": name, "labels": labels}}
+
+        app_ns = f"{rack}-myapp"
+        cases = [  # (what, resource, operation, name, namespace, object, oldObject, nsObject, allowed)
+            ("create its app namespace", "namespaces", "CREATE", app_ns, "",
+             ns(app_ns, True), None, None, True),
+            ("re-apply its app namespace", "namespaces", "UPDATE", app_ns, "",
+             ns(app_ns, True), ns(app_ns, True), None, True),
+            ("delete its app namespace", "namespaces", "DELETE", app_ns, "",
+             None, ns(app_ns, True), None, True),
+            ("create a namespace without the rack label", "namespaces", "CREATE", app_ns, "",
+             ns(app_ns, False), None, None, False),
+            ("take over an unlabelled namespace by applying the label", "namespaces", "UPDATE",
+             f"{rack}-build", "", ns(f"{rack}-build", True), ns(f"{rack}-build", False), None, False),
+            ("delete kube-system", "namespaces", "DELETE", "kube-system", "",
+             None, ns("kube-system", False), None, False),
+            ("create a namespace outside <rack>-*", "namespaces", "CREATE", "other", "",
+             ns("other", True), None, None, False),
+            ("apply a Deployment in its app namespace", "deployments", "UPDATE", "web", app_ns,
+             {"metadata": {"name": "web"}}, {"metadata": {"name": "web"}}, ns(app_ns, True), True),
+            ("create a Secret in its app namespace", "secrets", "CREATE", "web-env-r1", app_ns,
+             {"metadata": {"name": "web-env-r1"}}, None, ns(app_ns, True), True),
+            ("patch a Secret in the slipway namespace", "secrets", "UPDATE", "slipway-keys", "slipway",
+             {"metadata": {"name": "slipway-keys"}}, {"metadata": {"name": "slipway-keys"}},
+             ns("slipway", False), False),
+            ("delete a Deployment in kube-system", "deployments", "DELETE", "coredns", "kube-system",
+             None, {"metadata": {"name": "coredns"}}, ns("kube-system", False), False),
+        ]
+        for what, resource, op, name, namespace, obj, old, ns_obj, allowed in cases:
+            activation = {
+                "request": json_to_cel({"resource": {"resource": resource}, "operation": op,
+                                        "name": name, "namespace": namespace}),
+                "object": json_to_cel(obj),
+                "oldObject": json_to_cel(old),
+                "namespaceObject": json_to_cel(ns_obj),
+            }
+            try:
+                verdict = all(bool(p.evaluate(activation)) for p in programs)
+            except Exception as e:
+                problems.add(where, f"evaluating the request to {what} failed: {e}")
+                continue
+            if verdict != allowed:
+                problems.add(where, f"{'denies' if allowed else 'allows'} the rollout service to "
+                                    f"{what}")
 
 
 def check_k8s_endpoints(where: str, var: str, value: str,
@@ -408,6 +526,8 @@ def main() -> int:
         count += len(docs)
     check_kustomization(kdir, problems)
     k8s_reference_check(kdir, by_file, args.repo, known_env, dockerfile, problems)
+    check_rack(kdir, by_file, problems)
+    check_admission_policy(kdir, by_file, problems)
 
     cdir = args.deploy / "compose"
     compose_check(cdir, args.venv_bin, known_env, dockerfile, problems)
