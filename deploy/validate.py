@@ -44,6 +44,9 @@ PENDING_ENV = {
     ("slipway-gateway", "SLIPWAY_TLS_CERT"): _TLS,
     ("slipway-gateway", "SLIPWAY_TLS_KEY"): _TLS,
     ("slipway-gateway", "SLIPWAY_INSECURE_HTTP"): _TLS,
+    **{(binary, "SLIPWAY_SERVICE_TOKEN_KEY"): "service tokens between the services "
+                                              "(issue 6, transport security, in progress)"
+       for binary in ("slipway-release", "slipway-build", "slipway-rollout", "slipway-gateway")},
 }
 
 # The binaries the manifests run, and the crate directories whose code may read their env.
