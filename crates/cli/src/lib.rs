@@ -22,12 +22,20 @@ pub(crate) struct Context {
     env: Environment,
     app_flag: Option<String>,
     rack_flag: Option<String>,
+    /// The W3C `traceparent` of this command, sent on all its requests.
+    traceparent: String,
 }
 
 impl Context {
     /// A client of the configured rack.
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.env.rack_url(self.rack_flag.as_deref())?)?)
+        Ok(Client::new(&self.env.rack_url(self.rack_flag.as_deref())?)?
+            .with_traceparent(self.traceparent.clone()))
+    }
+
+    /// This command's `traceparent`.
+    pub(crate) fn traceparent(&self) -> &str {
+        &self.traceparent
     }
 
     /// The app the command is about.
@@ -50,6 +58,45 @@ pub async fn run(cli: Cli, env: Environment) -> anyhow::Result<()> {
         env,
         app_flag: cli.app,
         rack_flag: cli.rack,
+        traceparent: new_traceparent(rand::random()),
     };
     commands::run(&ctx, cli.command).await
+}
+
+/// A W3C `traceparent` with a random trace id and span id, sampled: every
+/// request of one command carries it, so the services' spans of one
+/// `slipway deploy` form one trace whose root is this (unexported) command
+/// span. No OpenTelemetry SDK is needed for that. All-zero ids are invalid,
+/// so a zero id gets its last bit set.
+fn new_traceparent(random: [u8; 24]) -> String {
+    let (mut trace, mut span) = (random[..16].to_vec(), random[16..].to_vec());
+    if trace.iter().all(|b| *b == 0) {
+        trace[15] = 1;
+    }
+    if span.iter().all(|b| *b == 0) {
+        span[7] = 1;
+    }
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    format!("00-{}-{}-01", hex(&trace), hex(&span))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents_are_w3c_values() {
+        assert_eq!(
+            new_traceparent([0xab; 24]),
+            "00-abababababababababababababababab-abababababababab-01"
+        );
+        assert_eq!(
+            new_traceparent([0; 24]),
+            "00-00000000000000000000000000000001-0000000000000001-01"
+        );
+        assert_ne!(
+            new_traceparent(rand::random()),
+            new_traceparent(rand::random())
+        );
+    }
 }

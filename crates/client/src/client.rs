@@ -30,6 +30,9 @@ const USER_AGENT: &str = concat!("slipway/", env!("CARGO_PKG_VERSION"));
 pub struct Client {
     rack: RackUrl,
     http: HttpClient<HttpConnector, Full<Bytes>>,
+    /// W3C `traceparent` sent on every request and websocket handshake, so
+    /// that everything one command causes is one trace.
+    traceparent: Option<String>,
 }
 
 /// Options of `POST /apps/{app}/builds` (unset fields are not sent).
@@ -90,7 +93,26 @@ impl Client {
         connector.set_connect_timeout(Some(Duration::from_secs(30)));
         connector.set_nodelay(true);
         let http = HttpClient::builder(TokioExecutor::new()).build(connector);
-        Self { rack, http }
+        Self {
+            rack,
+            http,
+            traceparent: None,
+        }
+    }
+
+    /// Sends `traceparent` (a W3C trace-context value) on every request
+    /// from now on; the gateway's request spans become its children.
+    pub fn with_traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+
+    /// The websocket options of a stream: `headers`, plus `traceparent`.
+    fn socket_options(&self, mut headers: Vec<(&'static str, String)>) -> SocketOptions {
+        if let Some(traceparent) = &self.traceparent {
+            headers.push(("traceparent", traceparent.clone()));
+        }
+        SocketOptions { headers }
     }
 
     /// The rack this client talks to.
@@ -204,7 +226,7 @@ impl Client {
         LogStream::connect(
             &self.rack,
             &["apps", app, "builds", id, "logs"],
-            &SocketOptions::default(),
+            &self.socket_options(Vec::new()),
         )
         .await
     }
@@ -314,7 +336,7 @@ impl Client {
         LogStream::connect(
             &self.rack,
             &["apps", app, "promotions", id, "events"],
-            &SocketOptions::default(),
+            &self.socket_options(Vec::new()),
         )
         .await
     }
@@ -340,7 +362,7 @@ impl Client {
         if let Some(since) = options.since {
             headers.push(("Since", go_duration(since)));
         }
-        let socket = SocketOptions { headers };
+        let socket = self.socket_options(headers);
         match &options.service {
             Some(service) => {
                 LogStream::connect(
@@ -403,6 +425,13 @@ impl Client {
             .and_then(|a| HeaderValue::from_str(&a).ok())
         {
             request = request.header(header::AUTHORIZATION, auth);
+        }
+        if let Some(traceparent) = self
+            .traceparent
+            .as_deref()
+            .and_then(|t| HeaderValue::from_str(t).ok())
+        {
+            request = request.header("traceparent", traceparent);
         }
         let request = request
             .body(Full::new(Bytes::from(data)))
