@@ -2,14 +2,16 @@
 //! app log lines, published once by whoever observes them and tailed by any
 //! reader (the rollout service's watchers, the gateway's log streams).
 //!
-//! One trait, [`EventBus`], with an in-process implementation here
+//! One trait, [`EventBus`], with an in-process implementation
 //! ([`InProcessBus`]: a broadcast channel plus a bounded history ring) and a
-//! Redis Streams one for the scale setup. Ids are [`EventId`]s shaped like
-//! Redis stream ids (`<millis>-<seq>`), strictly increasing per bus, so a
-//! reader that lost its connection resumes after the last id it saw without
-//! duplicates. Both implementations run the suite in [`testing`].
+//! Redis Streams one for the scale setup ([`RedisBus`]). Ids are
+//! [`EventId`]s shaped like Redis stream ids (`<millis>-<seq>`), strictly
+//! increasing per stream, so a reader that lost its connection resumes after
+//! the last id it saw without duplicates. Both implementations run the suite
+//! in [`testing`].
 
 mod memory;
+mod redis;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -21,6 +23,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tokio_stream::Stream;
 
 pub use memory::{DEFAULT_HISTORY, InProcessBus};
+pub use redis::{RedisBus, RedisConfig};
 
 /// Where an event sits in its stream. Ordered by time of publication
 /// (milliseconds since the epoch), then by a sequence within the millisecond:
@@ -182,25 +185,58 @@ pub enum Error {
     /// An event id could not be parsed.
     #[error("invalid event id {0:?}: expected <millis>-<seq>")]
     InvalidId(String),
-    /// The bus backend could not be reached.
+    /// The bus backend could not be reached (or did not answer in time).
     #[error("event bus unavailable: {0}")]
     Unavailable(String),
+    /// The bus's settings are unusable (e.g. a malformed Redis URL).
+    #[error("invalid event bus settings: {0}")]
+    InvalidConfig(String),
 }
 
 /// A stream of events; ends only when the bus does.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Error>> + Send>>;
 
+/// A subscription: the retained history (the backlog), then live events.
+pub struct Subscription {
+    /// How many of the first items of `events` are the backlog: the events
+    /// retained when the subscription was made, plus a leading lag report if
+    /// the reader resumed before the retained history. Every later item is
+    /// live. This is the explicit end-of-history marker readers need to tell
+    /// "caught up" from "nothing arrived yet", without timing heuristics.
+    pub backlog: usize,
+    /// The backlog, then live events.
+    pub events: EventStream,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("backlog", &self.backlog)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Publishes events and lets readers tail them, resuming by id.
 #[async_trait::async_trait]
 pub trait EventBus: Send + Sync + 'static {
     /// Appends an event and returns its id, which is greater than every id
-    /// the bus handed out before.
+    /// this bus handed out (or delivered to a reader) before.
     async fn publish(&self, event: NewEvent) -> Result<EventId, Error>;
 
     /// Streams the events of `topic` with ids greater than `after` (all
     /// retained events when `None`) in id order, then live events as they
-    /// are published, each exactly once.
-    async fn subscribe(&self, topic: Topic, after: Option<EventId>) -> Result<EventStream, Error>;
+    /// are published, each exactly once; says how many items are backlog.
+    async fn subscribe_with_backlog(
+        &self,
+        topic: Topic,
+        after: Option<EventId>,
+    ) -> Result<Subscription, Error>;
+
+    /// [`subscribe_with_backlog`](Self::subscribe_with_backlog) for readers
+    /// that do not care where the backlog ends.
+    async fn subscribe(&self, topic: Topic, after: Option<EventId>) -> Result<EventStream, Error> {
+        Ok(self.subscribe_with_backlog(topic, after).await?.events)
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use crate::{Error, Event, EventBus, EventId, EventStream, NewEvent, Topic};
+use crate::{Error, Event, EventBus, EventId, NewEvent, Subscription, Topic};
 
 /// Default number of events kept for readers that resume.
 pub const DEFAULT_HISTORY: usize = 10_000;
@@ -86,7 +86,11 @@ impl EventBus for InProcessBus {
         Ok(id)
     }
 
-    async fn subscribe(&self, topic: Topic, after: Option<EventId>) -> Result<EventStream, Error> {
+    async fn subscribe_with_backlog(
+        &self,
+        topic: Topic,
+        after: Option<EventId>,
+    ) -> Result<Subscription, Error> {
         let (backlog, receiver, gap) = {
             let inner = self.lock();
             let gap = match (after, inner.trimmed) {
@@ -106,6 +110,7 @@ impl EventBus for InProcessBus {
             .and_then(|e| e.as_ref().ok().map(|e| e.id))
             .or(after);
         let head = gap.then_some(Err(Error::Lagged { missed: None }));
+        let counted = backlog.len() + usize::from(gap);
         let live = BroadcastStream::new(receiver).filter_map(move |item| match item {
             Ok(event) => {
                 if !topic.matches(&event) || last.is_some_and(|l| event.id <= l) {
@@ -118,9 +123,10 @@ impl EventBus for InProcessBus {
                 Some(Err(Error::Lagged { missed: Some(n) }))
             }
         });
-        Ok(Box::pin(
-            tokio_stream::iter(head.into_iter().chain(backlog)).chain(live),
-        ))
+        Ok(Subscription {
+            backlog: counted,
+            events: Box::pin(tokio_stream::iter(head.into_iter().chain(backlog)).chain(live)),
+        })
     }
 }
 

@@ -42,6 +42,7 @@ pub async fn conformance<B: EventBus + ?Sized>(bus: &B) {
     rollout_topic_sees_only_its_rollout(bus).await;
     resume_after_an_id_skips_what_was_seen(bus).await;
     publishing_while_subscribing_loses_nothing(bus).await;
+    backlog_is_counted(bus).await;
 }
 
 /// Ids grow strictly with every publish.
@@ -193,4 +194,44 @@ pub async fn trimmed_history_reports_a_gap<B: EventBus + ?Sized>(bus: &B, histor
         other => panic!("expected a lag report, got {other:?}"),
     }
     assert_eq!(next(&mut stream).await.message, format!("e{}", 2));
+}
+
+/// A subscription says how many of its first items are backlog (the
+/// topic's retained events after `after`); everything later is live.
+pub async fn backlog_is_counted<B: EventBus + ?Sized>(bus: &B) {
+    let app = unique("backlog");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            bus.publish(NewEvent::now(&app, "system/test", format!("e{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    bus.publish(NewEvent::now(unique("other"), "system/test", "elsewhere"))
+        .await
+        .unwrap();
+    let sub = bus
+        .subscribe_with_backlog(Topic::App(app.clone()), None)
+        .await
+        .unwrap();
+    assert_eq!(sub.backlog, 3);
+    let mut stream = sub.events;
+    for i in 0..3 {
+        assert_eq!(next(&mut stream).await.message, format!("e{i}"));
+    }
+    bus.publish(NewEvent::now(&app, "system/test", "live"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut stream).await.message, "live");
+    let resumed = bus
+        .subscribe_with_backlog(Topic::App(app.clone()), Some(ids[1]))
+        .await
+        .unwrap();
+    assert_eq!(resumed.backlog, 2, "e2 and live after e1");
+    let empty = bus
+        .subscribe_with_backlog(Topic::Rollout(unique("P")), None)
+        .await
+        .unwrap();
+    assert_eq!(empty.backlog, 0);
 }
