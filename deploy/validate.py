@@ -155,6 +155,8 @@ def k8s_reference_check(kdir: Path, by_file: dict[Path, list[dict]], repo: Path,
     secrets: dict[tuple[str, str], set[str]] = {}
     accounts: set[tuple[str, str]] = set()
     services: dict[tuple[str, str], dict[int, str]] = {}
+    service_selectors: dict[tuple[str, str], dict] = {}
+    policies = [d for _, d in docs if d.get("kind") == "NetworkPolicy"]
     workloads: list[tuple[Path, dict]] = []
     for path, d in docs:
         meta = d.get("metadata") or {}
@@ -174,6 +176,7 @@ def k8s_reference_check(kdir: Path, by_file: dict[Path, list[dict]], repo: Path,
             services[(ns, meta["name"])] = {
                 p.get("port"): p.get("targetPort") for p in (d.get("spec") or {}).get("ports", [])
             }
+            service_selectors[(ns, meta["name"])] = (d.get("spec") or {}).get("selector") or {}
         if pod_spec(d) is not None:
             workloads.append((path, d))
 
@@ -217,7 +220,10 @@ def k8s_reference_check(kdir: Path, by_file: dict[Path, list[dict]], repo: Path,
                         problems.add(cwhere, f"{e['name']} reads key {ref.get('key')!r} of Secret "
                                              f"{ref.get('name')!r}, which has only {sorted(keys)}")
                 if e.get("name", "").endswith("_ENDPOINTS"):
-                    check_k8s_endpoints(cwhere, e["name"], e.get("value", ""), services, problems)
+                    for target in check_k8s_endpoints(cwhere, e["name"], e.get("value", ""),
+                                                      services, problems):
+                        check_network_policy(cwhere, (ns, labels), target, services,
+                                             service_selectors, workloads, policies, problems)
             binary = (c.get("command") or [""])[0]
             check_env_names(cwhere, binary, names, known_env, problems)
             if binary and not re.search(rf"\b{re.escape(binary)}\b", dockerfile):
@@ -232,6 +238,8 @@ def k8s_reference_check(kdir: Path, by_file: dict[Path, list[dict]], repo: Path,
             selector = spec.get("selector") or {}
         elif kind == "PodDisruptionBudget":
             selector = (spec.get("selector") or {}).get("matchLabels") or {}
+        elif kind == "NetworkPolicy":
+            selector = (spec.get("podSelector") or {}).get("matchLabels") or {}
         if selector is not None and not any(
             w["metadata"].get("namespace") == ns
             and matches(selector, ((w["spec"].get("template") or {}).get("metadata") or {})
@@ -387,8 +395,55 @@ def check_admission_policy(kdir: Path, by_file: dict[Path, list[dict]], problems
                                     f"{what}")
 
 
+def check_network_policy(where: str, client: tuple[str, dict], target: tuple[str, str, int],
+                         services: dict, service_selectors: dict, workloads: list,
+                         policies: list[dict], problems: Problems) -> None:
+    """A client's calls to a peer's Service must be let in by the NetworkPolicies that select
+    the peer's pods (pods no policy selects accept everything)."""
+    ns, name, port = target
+    selector = service_selectors.get((ns, name)) or {}
+    target_port = services[(ns, name)].get(port)
+    for _, w in workloads:
+        if w["metadata"].get("namespace") != ns:
+            continue
+        labels = ((w["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {}
+        if not matches(selector, labels):
+            continue
+        pod_ports = {p.get("name"): p.get("containerPort")
+                     for c in (pod_spec(w) or {}).get("containers") or [] for p in c.get("ports") or []}
+        container_port = pod_ports.get(target_port, target_port)
+        selecting = [p for p in policies if p["metadata"].get("namespace") == ns and matches(
+            ((p.get("spec") or {}).get("podSelector") or {}).get("matchLabels") or {}, labels)]
+        if not selecting:
+            continue
+
+        def admits(rule: dict) -> bool:
+            ports = rule.get("ports")
+            if ports and not any(p.get("port") in (container_port, target_port) for p in ports):
+                return False
+            peers = rule.get("from")
+            if not peers:
+                return True
+            for peer in peers:
+                ns_sel = (peer.get("namespaceSelector") or {}).get("matchLabels")
+                pod_sel = (peer.get("podSelector") or {}).get("matchLabels")
+                ns_ok = (client[0] == ns) if ns_sel is None else \
+                    matches(ns_sel, {"kubernetes.io/metadata.name": client[0]})
+                pod_ok = pod_sel is None or pod_sel == {} or matches(pod_sel, client[1])
+                if ns_ok and pod_ok:
+                    return True
+            return False
+
+        if not any(admits(r) for p in selecting for r in (p.get("spec") or {}).get("ingress") or []):
+            problems.add(where, f"calls Service {ns}/{name}:{port}, but no NetworkPolicy "
+                                f"({', '.join(p['metadata']['name'] for p in selecting)}) lets it in")
+
+
 def check_k8s_endpoints(where: str, var: str, value: str,
-                        services: dict[tuple[str, str], dict[int, str]], problems: Problems) -> None:
+                        services: dict[tuple[str, str], dict[int, str]],
+                        problems: Problems) -> list[tuple[str, str, int]]:
+    """The (namespace, Service, port) each endpoint names, problems for those it cannot."""
+    found = []
     for endpoint in filter(None, (v.strip() for v in value.split(","))):
         url = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
         parts = (url.hostname or "").split(".")
@@ -402,6 +457,9 @@ def check_k8s_endpoints(where: str, var: str, value: str,
         elif url.port not in ports:
             problems.add(where, f"{var}: {endpoint!r}: Service {parts[1]}/{parts[0]} has no port "
                                 f"{url.port} (it has {sorted(ports)})")
+        else:
+            found.append((parts[1], parts[0], url.port))
+    return found
 
 
 def check_kustomization(kdir: Path, problems: Problems) -> None:
