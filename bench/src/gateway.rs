@@ -134,7 +134,7 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
 
 async fn list(
     grpc: &mut slipway_api::release::v1::release_service_client::ReleaseServiceClient<
-        tonic::transport::Channel,
+        slipway_rpc::Channel,
     >,
 ) -> anyhow::Result<usize> {
     Ok(grpc

@@ -18,8 +18,8 @@ use base64::Engine as _;
 use serde_json::json;
 use slipway_api::release::v1 as pb;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
+use slipway_rpc::Channel;
 use sqlx::Connection as _;
-use tonic::transport::Channel;
 
 use crate::stats::{percentile_ms, throughput};
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
-use tonic::transport::Channel;
+use slipway_rpc::Channel;
 
 /// A rack for one benchmark run; app processes die with it.
 pub(crate) struct BenchRack {

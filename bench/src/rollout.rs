@@ -195,7 +195,7 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
 
 async fn create_release(
     release: &mut slipway_api::release::v1::release_service_client::ReleaseServiceClient<
-        tonic::transport::Channel,
+        slipway_rpc::Channel,
     >,
     manifest: &str,
     env: &HashMap<String, String>,
@@ -224,9 +224,9 @@ async fn create_release(
 /// Promotes `release` and follows its rollout to the end.
 async fn promote(
     release: &mut slipway_api::release::v1::release_service_client::ReleaseServiceClient<
-        tonic::transport::Channel,
+        slipway_rpc::Channel,
     >,
-    mut rollout: RolloutServiceClient<tonic::transport::Channel>,
+    mut rollout: RolloutServiceClient<slipway_rpc::Channel>,
     id: &str,
 ) -> anyhow::Result<Promotion> {
     let started = Instant::now();

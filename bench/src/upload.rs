@@ -22,8 +22,8 @@ use serde_json::json;
 use slipway_api::build::v1 as pb;
 use slipway_api::build::v1::build_service_client::BuildServiceClient;
 use slipway_api::release::v1 as rpb;
+use slipway_rpc::Channel;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tonic::transport::Channel;
 
 use crate::rack::BenchRack;
 use crate::stats::percentile_ms;

@@ -4,15 +4,19 @@
 //! client channel builder. Services never assemble these themselves, so the
 //! behaviour under overload and shutdown is the same everywhere.
 
+mod telemetry;
+
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Endpoint, Server};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
+pub use telemetry::{Channel, ServerMetrics, ServerMetricsLayer};
 
 /// Metadata key carrying the acting user (the gateway forwards the CLI's
 /// `X-Convox-Actor` or the authenticated user).
@@ -108,15 +112,19 @@ pub async fn serve(
         }
     };
     let server = Server::builder()
-        // A span per request, outermost, so every log line below carries it.
+        // A span per request, outermost, so every log line below carries
+        // it; its parent is the caller's W3C `traceparent`.
         .layer(
             tower_http::trace::TraceLayer::new_for_grpc()
+                .make_span_with(slipway_telemetry::RequestSpan::grpc())
                 // A non-OK status is an answer (NotFound, FailedPrecondition),
                 // not an outage; the service logs what needs a human.
                 .on_failure(
                     tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
                 ),
         )
+        // Latency by method and code, inside the span, over everything below.
+        .layer(ServerMetricsLayer)
         // Bounds unary calls; honours a shorter `grpc-timeout` from callers.
         .timeout(options.request_timeout)
         // Answers RESOURCE_EXHAUSTED at once instead of queueing when the
@@ -237,7 +245,8 @@ pub enum ChannelError {
 }
 
 /// A lazily connecting channel to one or several replicas of `peer`,
-/// balancing calls across them. Endpoints are `http://host:port`.
+/// balancing calls across them. Endpoints are `http://host:port`. Every
+/// call carries the current span's trace context.
 pub fn channel(
     peer: &'static str,
     endpoints: &[String],
@@ -269,15 +278,15 @@ pub fn channel(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(if built.len() == 1 {
+    Ok(Channel::new(if built.len() == 1 {
         built
             .into_iter()
             .next()
             .expect("one endpoint")
             .connect_lazy()
     } else {
-        Channel::balance_list(built.into_iter())
-    })
+        tonic::transport::Channel::balance_list(built.into_iter())
+    }))
 }
 
 /// Reads the actor from request metadata; `anonymous` when absent.

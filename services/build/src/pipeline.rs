@@ -103,6 +103,7 @@ impl Pipeline {
     /// Runs a started build to its end and records the outcome. Never fails:
     /// every problem becomes the build's `failed` status and reason.
     pub async fn run(&self, build: &Build, running: &Running, actor: &str) {
+        let started = std::time::Instant::now();
         let log = &running.log;
         let work = self.work_root.join(build.id.as_str());
         let mut manifest_text = String::new();
@@ -138,6 +139,10 @@ impl Pipeline {
         self.store_log(build, log).await;
         match self.store.finish(&build.id, &outcome).await {
             Ok(true) => {
+                slipway_telemetry::metrics::build_finished(
+                    started.elapsed(),
+                    outcome.status.as_str(),
+                );
                 tracing::info!(build_id = %build.id, status = %outcome.status, "build ended")
             }
             Ok(false) => {

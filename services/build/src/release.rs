@@ -5,7 +5,7 @@
 
 use slipway_api::release::v1::CreateReleaseRequest;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
-use tonic::transport::Channel;
+use slipway_rpc::Channel;
 
 use crate::builder::Artifacts;
 use crate::model::Build;

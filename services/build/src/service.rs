@@ -17,6 +17,7 @@ use futures::{Stream, StreamExt as _};
 use slipway_domain::{AppName, BuildId};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::error::{Error, Result};
 use crate::model::{Build, BuildStatus, Outcome};
@@ -130,7 +131,13 @@ impl BuildService {
             return Err(e);
         }
         tracing::info!(build_id = %build.id, app = %build.app, "build created");
-        tokio::spawn(self.clone().drive(build.clone(), running, actor));
+        // In CreateBuild's span: the pipeline's CreateRelease call then
+        // belongs to the trace of the request that started the build.
+        tokio::spawn(
+            self.clone()
+                .drive(build.clone(), running, actor)
+                .in_current_span(),
+        );
         Ok(build)
     }
 

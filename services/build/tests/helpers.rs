@@ -15,10 +15,10 @@ use slipway_api::release::v1 as rpb;
 use slipway_api::release::v1::release_service_server::{ReleaseService, ReleaseServiceServer};
 use slipway_build::Config;
 use slipway_build::builder::{Artifacts, BuildError, BuildJob, Builder, run_logged};
+use slipway_rpc::Channel;
 use slipway_storage::testing::TestDb;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// Which database a test runs on.
@@ -206,9 +206,9 @@ impl TestApp {
             },
             builder,
         ));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy();
+        let channel =
+            slipway_rpc::channel("build", &[format!("http://{addr}")], &Default::default())
+                .unwrap();
         let mut client = BuildServiceClient::new(channel);
         // Ready once the server answers (it binds before migrating).
         for _ in 0..200 {

@@ -20,8 +20,8 @@ use slipway_api::build::v1::build_service_client::BuildServiceClient;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
 use slipway_domain::Secret;
+use slipway_rpc::Channel;
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 use tower::Layer as _;
 use tower_http::limit::RequestBodyLimitLayer;
 
@@ -164,7 +164,12 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .layer(tower::limit::ConcurrencyLimitLayer::new(
             config.concurrency_limit,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // The request span, parented by the caller's W3C `traceparent` (the
+        // CLI sends one per command), so one deploy is one trace.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(slipway_telemetry::RequestSpan::http()),
+        )
         .with_state(state)
 }
 

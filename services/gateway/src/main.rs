@@ -10,7 +10,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
-    let _telemetry = slipway_telemetry::init("gateway");
+    let _telemetry = slipway_telemetry::init(env!("CARGO_BIN_NAME"));
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     slipway_gateway::run(config, listener, slipway_rpc::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

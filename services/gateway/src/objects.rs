@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use slipway_api::build::v1 as bpb;
 
 use slipway_api::build::v1::build_service_client::BuildServiceClient;
-use tonic::transport::Channel;
+use slipway_rpc::Channel;
 
 use crate::error::ApiResult;
 

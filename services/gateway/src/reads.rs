@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tonic::transport::Channel;
+use slipway_rpc::Channel;
 use tonic::{Code, Response, Status};
 
 /// Attempts per read, the first included.

@@ -13,6 +13,7 @@ use futures::{Stream, StreamExt as _};
 use slipway_api::build::v1 as bpb;
 use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
+use tracing::Instrument as _;
 
 use crate::auth::authenticate;
 use crate::{AppState, convert};
@@ -25,30 +26,35 @@ pub(crate) async fn build_logs(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.on_upgrade(move |socket| async move {
-        let authorised = authenticate(&state, &headers).is_some();
-        let source = async move {
-            let request = bpb::WatchBuildLogsRequest {
-                app,
-                id: id.to_uppercase(),
-                from_offset: 0,
+    // The upgraded socket runs in a task of its own: keep the request span.
+    let span = tracing::Span::current();
+    ws.on_upgrade(move |socket| {
+        async move {
+            let authorised = authenticate(&state, &headers).is_some();
+            let source = async move {
+                let request = bpb::WatchBuildLogsRequest {
+                    app,
+                    id: id.to_uppercase(),
+                    from_offset: 0,
+                };
+                state
+                    .build
+                    .clone()
+                    .watch_build_logs(request)
+                    .await
+                    .map(|r| {
+                        r.into_inner()
+                            .map(|m| {
+                                m.map(|m| m.chunk.to_vec())
+                                    .map_err(|s| s.message().to_owned())
+                            })
+                            .boxed()
+                    })
+                    .map_err(|s| s.message().to_owned())
             };
-            state
-                .build
-                .clone()
-                .watch_build_logs(request)
-                .await
-                .map(|r| {
-                    r.into_inner()
-                        .map(|m| {
-                            m.map(|m| m.chunk.to_vec())
-                                .map_err(|s| s.message().to_owned())
-                        })
-                        .boxed()
-                })
-                .map_err(|s| s.message().to_owned())
-        };
-        serve(socket, authorised, source).await;
+            serve(socket, authorised, source).await;
+        }
+        .instrument(span)
     })
 }
 
@@ -71,39 +77,44 @@ pub(crate) async fn app_logs(
             .map(|(_, v)| v.clone())
     };
     let (app, service) = (param("app").unwrap_or_default(), param("service"));
-    ws.on_upgrade(move |socket| async move {
-        let authorised = authenticate(&state, &headers).is_some();
-        let source = async move {
-            let request = log_request(app, service, &headers)?;
-            // An unknown app is an error, not an empty log.
-            state
-                .reads
-                .release
-                .read(
-                    rpb::GetAppRequest {
-                        name: request.app.clone(),
-                    },
-                    |mut c, m| async move { c.get_app(m).await },
-                )
-                .await
-                .map_err(|s| s.message().to_owned())?;
-            let stream = state
-                .rollout
-                .clone()
-                .stream_app_logs(request)
-                .await
-                .map_err(|s| s.message().to_owned())?
-                .into_inner();
-            Ok(stream
-                .filter_map(|m| async move {
-                    match m {
-                        Ok(m) => m.event.map(|e| Ok(convert::event_line(&e).into_bytes())),
-                        Err(s) => Some(Err(s.message().to_owned())),
-                    }
-                })
-                .boxed())
-        };
-        serve(socket, authorised, source).await;
+    // The upgraded socket runs in a task of its own: keep the request span.
+    let span = tracing::Span::current();
+    ws.on_upgrade(move |socket| {
+        async move {
+            let authorised = authenticate(&state, &headers).is_some();
+            let source = async move {
+                let request = log_request(app, service, &headers)?;
+                // An unknown app is an error, not an empty log.
+                state
+                    .reads
+                    .release
+                    .read(
+                        rpb::GetAppRequest {
+                            name: request.app.clone(),
+                        },
+                        |mut c, m| async move { c.get_app(m).await },
+                    )
+                    .await
+                    .map_err(|s| s.message().to_owned())?;
+                let stream = state
+                    .rollout
+                    .clone()
+                    .stream_app_logs(request)
+                    .await
+                    .map_err(|s| s.message().to_owned())?
+                    .into_inner();
+                Ok(stream
+                    .filter_map(|m| async move {
+                        match m {
+                            Ok(m) => m.event.map(|e| Ok(convert::event_line(&e).into_bytes())),
+                            Err(s) => Some(Err(s.message().to_owned())),
+                        }
+                    })
+                    .boxed())
+            };
+            serve(socket, authorised, source).await;
+        }
+        .instrument(span)
     })
 }
 
@@ -183,15 +194,20 @@ pub(crate) async fn promotion_events(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.on_upgrade(move |socket| async move {
-        let authorised = authenticate(&state, &headers).is_some();
-        let source = async move {
-            Ok(rollout_lines(&state, id)
-                .await?
-                .map(|line| line.map(String::into_bytes))
-                .boxed())
-        };
-        serve(socket, authorised, source).await;
+    // The upgraded socket runs in a task of its own: keep the request span.
+    let span = tracing::Span::current();
+    ws.on_upgrade(move |socket| {
+        async move {
+            let authorised = authenticate(&state, &headers).is_some();
+            let source = async move {
+                Ok(rollout_lines(&state, id)
+                    .await?
+                    .map(|line| line.map(String::into_bytes))
+                    .boxed())
+            };
+            serve(socket, authorised, source).await;
+        }
+        .instrument(span)
     })
 }
 

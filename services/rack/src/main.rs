@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
-    let _telemetry = slipway_telemetry::init_with_default("rack", "warn");
+    let _telemetry = slipway_telemetry::init_with_default(env!("CARGO_BIN_NAME"), "warn");
     let rack = Rack::start(&config).await?;
     println!("Rack ready. Use it with:");
     println!("  export RACK_URL={}", rack.rack_url);

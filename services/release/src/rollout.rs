@@ -4,7 +4,7 @@
 
 use slipway_api::rollout::v1 as pb;
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
-use tonic::transport::Channel;
+use slipway_rpc::Channel;
 
 use crate::model::{Promotion, Release};
 

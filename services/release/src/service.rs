@@ -85,6 +85,7 @@ impl ReleaseService {
                 fallback,
             } => {
                 tracing::info!(app = %app, release = %release, promotion = %promotion.id, "promotion recorded");
+                slipway_telemetry::metrics::promotion("started");
                 self.dispatch(promotion, &target, fallback.as_ref(), actor)
                     .await
                     .map(Promoted::Started)
@@ -144,7 +145,10 @@ impl ReleaseService {
                     .await
                     .map_err(|s| Error::Rollout(s.message().to_owned()))?;
                 match done {
-                    Ok(p) => Ok(p),
+                    Ok(p) => {
+                        slipway_telemetry::metrics::promotion(p.state.as_str());
+                        Ok(p)
+                    }
                     // The rollout got there first; cancelling it reverts it.
                     Err(Error::FailedPrecondition(_)) => {
                         self.store.get_promotion(&current.id).await
@@ -181,6 +185,7 @@ impl ReleaseService {
             )
             .await?;
         tracing::info!(promotion, app = %done.app, state = done.state.as_str(), "promotion finished");
+        slipway_telemetry::metrics::promotion(done.state.as_str());
         Ok(done)
     }
 
@@ -210,6 +215,7 @@ impl ReleaseService {
                 self.store
                     .finish_promotion(&promotion.id, PromotionState::Failed, &reason, 0, actor)
                     .await?;
+                slipway_telemetry::metrics::promotion(PromotionState::Failed.as_str());
                 Err(Error::Rollout(status.message().to_owned()))
             }
         }

@@ -7,9 +7,9 @@ use base64::Engine as _;
 use slipway_api::release::v1 as pb;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_release::Config;
+use slipway_rpc::Channel;
 use slipway_storage::testing::{self, TestDb};
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 
 /// The database a test runs on.
 #[derive(Clone, Copy, Debug)]
@@ -300,7 +300,14 @@ impl Drop for TestApp {
 }
 
 fn placeholder_client() -> ReleaseServiceClient<Channel> {
-    ReleaseServiceClient::new(Channel::from_static("http://127.0.0.1:9").connect_lazy())
+    ReleaseServiceClient::new(
+        slipway_rpc::channel(
+            "release",
+            &["http://127.0.0.1:9".into()],
+            &Default::default(),
+        )
+        .expect("a valid endpoint"),
+    )
 }
 
 /// Asserts a call failed with `code` and a message containing `needle`.

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use slipway_events::NewEvent;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::error::Result;
 use crate::model::{Phase, RolloutPlan};
@@ -122,13 +123,19 @@ impl Drivers {
             notify
         };
         let this = self.clone();
-        tokio::spawn(async move {
-            this.drive(&id, epoch, notify).await;
-            this.active
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-        });
+        // In the span that started it (StartRollout's request span, or the
+        // takeover loop), so the rollout and its CompletePromotion call
+        // belong to the trace of the promotion that asked for it.
+        tokio::spawn(
+            async move {
+                this.drive(&id, epoch, notify).await;
+                this.active
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+            }
+            .in_current_span(),
+        );
     }
 
     /// Wakes the local driver of `id` (a cancel was recorded).
@@ -399,6 +406,15 @@ impl Drivers {
                 },
                 Phase::Running | Phase::Reverted | Phase::Failure => {
                     self.recorder.flush().await;
+                    if !rollout.reported
+                        && let (Some(finished), Some(outcome)) =
+                            (rollout.finished, crate::report::outcome(rollout.phase))
+                    {
+                        slipway_telemetry::metrics::rollout_finished(
+                            (finished - rollout.created).to_std().unwrap_or_default(),
+                            outcome_name(outcome),
+                        );
+                    }
                     if self.reporter.report(&rollout, lost).await {
                         self.store.mark_reported(id, epoch).await?;
                     }
@@ -492,5 +508,16 @@ impl Drivers {
                 },
             }
         }
+    }
+}
+
+/// The `outcome` attribute of the rollout duration metric.
+fn outcome_name(outcome: slipway_api::release::v1::PromotionOutcome) -> &'static str {
+    use slipway_api::release::v1::PromotionOutcome;
+    match outcome {
+        PromotionOutcome::Succeeded => "succeeded",
+        PromotionOutcome::RolledBack => "rolled_back",
+        PromotionOutcome::Failed => "failed",
+        PromotionOutcome::Unspecified => "unspecified",
     }
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_api::release::v1::{CompletePromotionRequest, PromotionOutcome};
+use slipway_rpc::Channel;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::model::{Phase, Rollout};
 

@@ -15,10 +15,10 @@ use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
 use slipway_rollout::model::SpecRecord;
 use slipway_rollout::runtime::Spec;
 use slipway_rollout::runtime::conformance::{Behaviour, Fixture};
+use slipway_rpc::Channel;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// A unique app name.

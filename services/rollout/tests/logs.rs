@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use slipway_api::rollout::v1 as pb;
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
+use slipway_rpc::Channel;
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 
 use crate::helpers::*;
 

@@ -1,0 +1,102 @@
+//! The telemetry pieces of the gRPC stacks: the server layer that records
+//! every call's latency by method and status code, and the client
+//! [`Channel`] that carries the caller's trace context (W3C `traceparent`)
+//! on every outgoing call, so that a trace crosses every hop. The request
+//! span itself (with its parent taken from the caller's `traceparent`) is
+//! `tower_http`'s `TraceLayer` with [`slipway_telemetry::RequestSpan`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tonic::body::Body;
+
+/// Records `rpc.server.duration` for every call below it; sits right under
+/// the request span so the latency covers timeouts and shedding too.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServerMetricsLayer;
+
+impl<S> tower::Layer<S> for ServerMetricsLayer {
+    type Service = ServerMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerMetrics { inner }
+    }
+}
+
+/// The service of [`ServerMetricsLayer`].
+#[derive(Clone, Debug)]
+pub struct ServerMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for ServerMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    R: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        let start = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            // Errors from handlers come back trailers-only (grpc-status in
+            // the headers); a response without one is OK until its trailers.
+            let code = match &response {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                Err(_) => tonic::Code::Internal as i32,
+            };
+            slipway_telemetry::metrics::grpc_server_call(&method, code, start.elapsed());
+            response
+        })
+    }
+}
+
+/// A channel to a peer that injects the current span's trace context
+/// (`traceparent`) into every request; what [`crate::channel`] returns and
+/// every generated client runs over. It is also the one place for any other
+/// per-call client metadata.
+#[derive(Clone, Debug)]
+pub struct Channel {
+    inner: tonic::transport::Channel,
+}
+
+impl Channel {
+    /// Wraps a tonic channel.
+    pub(crate) fn new(inner: tonic::transport::Channel) -> Self {
+        Self { inner }
+    }
+}
+
+impl tower::Service<http::Request<Body>> for Channel {
+    type Response = http::Response<Body>;
+    type Error = tonic::transport::Error;
+    type Future = tonic::transport::channel::ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // Called from within the caller's future, so the current span is
+        // the one that makes the call.
+        slipway_telemetry::propagation::inject(&tracing::Span::current(), request.headers_mut());
+        tower::Service::call(&mut self.inner, request)
+    }
+}
