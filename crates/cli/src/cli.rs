@@ -21,6 +21,14 @@ pub struct Cli {
         value_name = "URL"
     )]
     pub rack: Option<String>,
+    /// Also trust the certificates in this PEM file for an https:// rack
+    /// (e.g. a rack's self-signed certificate, which slipway-rack prints).
+    #[arg(long, global = true, env = "SLIPWAY_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate from an https:// rack (self-signed, expired,
+    /// another host's): encrypted, but not protected from interception.
+    #[arg(long, global = true, env = "SLIPWAY_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -22,6 +22,8 @@ pub(crate) struct Context {
     env: Environment,
     app_flag: Option<String>,
     rack_flag: Option<String>,
+    /// How an https:// rack's certificate is checked.
+    tls: slipway_client::TlsOptions,
     /// The W3C `traceparent` of this command, sent on all its requests.
     traceparent: String,
 }
@@ -29,8 +31,15 @@ pub(crate) struct Context {
 impl Context {
     /// A client of the configured rack.
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(&self.env.rack_url(self.rack_flag.as_deref())?)?
-            .with_traceparent(self.traceparent.clone()))
+        Ok(
+            Client::with_tls(&self.env.rack_url(self.rack_flag.as_deref())?, &self.tls)?
+                .with_traceparent(self.traceparent.clone()),
+        )
+    }
+
+    /// How an https:// rack's certificate is checked.
+    pub(crate) fn tls(&self) -> &slipway_client::TlsOptions {
+        &self.tls
     }
 
     /// This command's `traceparent`.
@@ -58,6 +67,10 @@ pub async fn run(cli: Cli, env: Environment) -> anyhow::Result<()> {
         env,
         app_flag: cli.app,
         rack_flag: cli.rack,
+        tls: slipway_client::TlsOptions {
+            ca_file: cli.ca_file,
+            insecure: cli.insecure,
+        },
         traceparent: new_traceparent(rand::random()),
     };
     commands::run(&ctx, cli.command).await

@@ -3,13 +3,16 @@
 //! version axum and tonic already use, so the SDK adds no crates); request
 //! bodies are encoded the way the `convox` CLI encodes them (forms for
 //! params, raw bytes for objects, JSON for Slipway's env route).
+//! `https://` racks go through hyper-rustls (see [`crate::tls`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -20,7 +23,7 @@ use crate::socket::{LogStream, SocketOptions};
 use crate::types::{
     App, Build, EnvChange, Object, Process, Promotion, Release, Rollback, Service, System,
 };
-use crate::{Error, RackUrl};
+use crate::{Error, RackUrl, TlsOptions};
 
 /// The `User-Agent` of every request.
 const USER_AGENT: &str = concat!("slipway/", env!("CARGO_PKG_VERSION"));
@@ -29,7 +32,9 @@ const USER_AGENT: &str = concat!("slipway/", env!("CARGO_PKG_VERSION"));
 #[derive(Clone, Debug)]
 pub struct Client {
     rack: RackUrl,
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    http: HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// How the rack's certificate is checked (HTTP and websockets alike).
+    tls: Arc<rustls::ClientConfig>,
     /// W3C `traceparent` sent on every request and websocket handshake, so
     /// that everything one command causes is one trace.
     traceparent: Option<String>,
@@ -83,21 +88,45 @@ enum Body {
 
 impl Client {
     /// A client of the rack at `rack_url` (`http://user:password@host:port[/prefix]`).
+    /// An `https://` rack's certificate must chain to the system's roots.
     pub fn new(rack_url: &str) -> Result<Self, Error> {
-        Ok(Self::from_rack(RackUrl::parse(rack_url)?))
+        Self::with_tls(rack_url, &TlsOptions::default())
     }
 
-    /// A client of an already parsed rack URL.
-    pub fn from_rack(rack: RackUrl) -> Self {
+    /// A client of the rack at `rack_url`, checking an `https://` rack's
+    /// certificate as `tls` says (a CA file, or no check at all).
+    pub fn with_tls(rack_url: &str, tls: &TlsOptions) -> Result<Self, Error> {
+        Self::from_rack_with_tls(RackUrl::parse(rack_url)?, tls)
+    }
+
+    /// A client of an already parsed rack URL (system roots only).
+    pub fn from_rack(rack: RackUrl) -> Result<Self, Error> {
+        Self::from_rack_with_tls(rack, &TlsOptions::default())
+    }
+
+    /// A client of an already parsed rack URL, with `tls`.
+    pub fn from_rack_with_tls(rack: RackUrl, tls: &TlsOptions) -> Result<Self, Error> {
+        let config = crate::tls::client_config(tls, rack.is_https())?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(30)));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        // hyper-rustls adds ALPN `http/1.1` to its copy; the websocket copy
+        // offers the same (the rack API is HTTP/1.1 only).
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(rustls::ClientConfig::clone(&config))
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let http = HttpClient::builder(TokioExecutor::new()).build(connector);
-        Self {
+        let mut socket_config = rustls::ClientConfig::clone(&config);
+        socket_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
             rack,
             http,
+            tls: Arc::new(socket_config),
             traceparent: None,
-        }
+        })
     }
 
     /// Sends `traceparent` (a W3C trace-context value) on every request
@@ -112,7 +141,10 @@ impl Client {
         if let Some(traceparent) = &self.traceparent {
             headers.push(("traceparent", traceparent.clone()));
         }
-        SocketOptions { headers }
+        SocketOptions {
+            headers,
+            tls: Some(self.tls.clone()),
+        }
     }
 
     /// The rack this client talks to.
@@ -440,6 +472,12 @@ impl Client {
                 reason: e.to_string(),
             })?;
         let response = self.http.request(request).await.map_err(|e| {
+            if let Some(problem) = crate::tls::certificate_problem(&e) {
+                return Error::Certificate {
+                    rack: self.rack.to_string(),
+                    problem,
+                };
+            }
             let reason = root_cause(&e);
             if e.is_connect() {
                 Error::Connect {

@@ -30,6 +30,19 @@ pub enum Error {
         /// The underlying reason.
         reason: String,
     },
+    /// The rack's TLS certificate is not trusted by this client.
+    #[error(
+        "the rack at {rack} presented a TLS certificate this client does not trust: {problem}. If the rack uses a self-signed certificate, trust it with SLIPWAY_CA_FILE=PATH (or --ca-file; slipway-rack prints the path), or skip verification with SLIPWAY_INSECURE=1 (or --insecure)"
+    )]
+    Certificate {
+        /// The rack, without credentials.
+        rack: String,
+        /// What is wrong with the certificate.
+        problem: String,
+    },
+    /// TLS could not be set up (e.g. an unreadable CA file).
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
     /// The connection broke during a call.
     #[error("request to the rack at {rack} failed: {reason}")]
     Transport {

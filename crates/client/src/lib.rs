@@ -11,15 +11,18 @@
 //! # }
 //! ```
 //!
-//! Only `http://` racks work for now: the SDK has no TLS client yet.
+//! `https://` racks are checked against the system's roots, plus a CA file
+//! or nothing at all when [`TlsOptions`] says so ([`Client::with_tls`]).
 
 mod client;
 mod error;
 mod rack;
 mod socket;
+mod tls;
 pub mod types;
 
 pub use client::{BuildOptions, Client, LogOptions, ReleaseOptions, go_duration};
 pub use error::Error;
 pub use rack::RackUrl;
 pub use socket::{LogStream, stream_error};
+pub use tls::TlsOptions;

@@ -17,8 +17,8 @@ pub struct RackUrl {
 }
 
 impl RackUrl {
-    /// Parses `scheme://[user:password@]host[:port][/prefix]`. Only `http`
-    /// works for now: this build has no TLS client.
+    /// Parses `scheme://[user:password@]host[:port][/prefix]`, `http` or
+    /// `https`.
     pub fn parse(text: &str) -> Result<Self, Error> {
         let text = text.trim();
         let invalid = |reason: &str| Error::RackUrl {
@@ -28,15 +28,10 @@ impl RackUrl {
         let mut url = url::Url::parse(text)
             .map_err(|e| invalid(&format!("{e} (expected http://convox:PASSWORD@HOST:PORT)")))?;
         match url.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(invalid(
-                    "https is not supported yet (this build has no TLS client); use http://",
-                ));
-            }
+            "http" | "https" => {}
             other => {
                 return Err(invalid(&format!(
-                    "unsupported scheme {other:?}; use http://"
+                    "unsupported scheme {other:?}; use https:// or http://"
                 )));
             }
         }
@@ -61,10 +56,24 @@ impl RackUrl {
         })
     }
 
+    /// Whether the rack is `https://` (and its streams `wss://`).
+    pub fn is_https(&self) -> bool {
+        self.base.scheme() == "https"
+    }
+
+    /// The name the rack's certificate must be valid for.
+    pub(crate) fn server_name(&self) -> Option<rustls_pki_types::ServerName<'static>> {
+        match self.base.host()? {
+            url::Host::Domain(name) => rustls_pki_types::ServerName::try_from(name.to_owned()).ok(),
+            url::Host::Ipv4(ip) => Some(std::net::IpAddr::V4(ip).into()),
+            url::Host::Ipv6(ip) => Some(std::net::IpAddr::V6(ip).into()),
+        }
+    }
+
     /// `host:port`, for connecting.
     pub fn authority(&self) -> String {
         let host = self.base.host_str().unwrap_or_default();
-        let port = self.base.port_or_known_default().unwrap_or(80);
+        let port = self.base.port_or_known_default().unwrap_or(443);
         format!("{host}:{port}")
     }
 
@@ -91,7 +100,8 @@ impl RackUrl {
         url
     }
 
-    /// The websocket URL of a route (`ws://` for an `http` rack).
+    /// The websocket URL of a route (`ws://` for an `http` rack, `wss://`
+    /// for `https`).
     pub(crate) fn socket(&self, segments: &[&str]) -> String {
         let url = self.route(segments, &[]);
         format!(
@@ -165,11 +175,29 @@ mod tests {
     }
 
     #[test]
+    fn https_racks_use_wss_and_port_443() {
+        let rack = RackUrl::parse("https://convox:pw@rack.example/").unwrap();
+        assert!(rack.is_https());
+        assert_eq!(rack.authority(), "rack.example:443");
+        assert_eq!(
+            rack.socket(&["apps", "a", "logs"]),
+            "wss://rack.example/apps/a/logs"
+        );
+        assert!(rack.server_name().is_some());
+        let ip = RackUrl::parse("https://[::1]:5443").unwrap();
+        assert_eq!(ip.authority(), "[::1]:5443");
+        assert!(matches!(
+            ip.server_name(),
+            Some(rustls_pki_types::ServerName::IpAddress(_))
+        ));
+    }
+
+    #[test]
     fn bad_urls_say_why_without_the_password() {
-        let err = RackUrl::parse("https://convox:secret@host")
+        let err = RackUrl::parse("ftp://convox:secret@host")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("https is not supported"), "{err}");
+        assert!(err.contains("unsupported scheme"), "{err}");
         assert!(!err.contains("secret"), "{err}");
         let err = RackUrl::parse("convox:secret@host:5443")
             .unwrap_err()

@@ -3,7 +3,10 @@
 //! frame, a close frame or a closed connection ends the stream. Options
 //! travel as handshake headers, never in a query string.
 
+use std::sync::Arc;
+
 use futures::StreamExt as _;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -19,13 +22,20 @@ use crate::{Error, RackUrl};
 pub(crate) struct SocketOptions {
     /// `(name, value)` pairs, e.g. `("Since", "5m0s")`.
     pub(crate) headers: Vec<(&'static str, String)>,
+    /// How a `wss://` rack's certificate is checked (required for one).
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
+
+/// A websocket's connection: plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}
 
 /// An open stream of text chunks. Chunk boundaries carry no meaning.
 #[derive(Debug)]
 pub struct LogStream {
     what: String,
-    socket: Option<WebSocketStream<TcpStream>>,
+    socket: Option<WebSocketStream<Box<dyn Io>>>,
 }
 
 impl LogStream {
@@ -65,21 +75,47 @@ impl LogStream {
                 reason: e.to_string(),
             })?;
         let _ = tcp.set_nodelay(true);
-        let (socket, _) = tokio_tungstenite::client_async(request, tcp)
-            .await
-            .map_err(|e| match e {
-                WsError::Http(response) => {
-                    let status = response.status().as_u16();
-                    Error::Api {
-                        status,
-                        message: api_message(
+        let io: Box<dyn Io> = if rack.is_https() {
+            let config = options
+                .tls
+                .clone()
+                .ok_or_else(|| Error::Tls("no TLS configuration for a wss:// stream".into()))?;
+            let name = rack
+                .server_name()
+                .ok_or_else(|| broken("the rack URL has no usable host name".into()))?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| match crate::tls::certificate_problem(&e) {
+                    Some(problem) => Error::Certificate {
+                        rack: rack.to_string(),
+                        problem,
+                    },
+                    None => Error::Connect {
+                        rack: rack.to_string(),
+                        reason: format!("TLS handshake failed: {e}"),
+                    },
+                })?;
+            Box::new(tls)
+        } else {
+            Box::new(tcp)
+        };
+        let (socket, _) =
+            tokio_tungstenite::client_async(request, io)
+                .await
+                .map_err(|e| match e {
+                    WsError::Http(response) => {
+                        let status = response.status().as_u16();
+                        Error::Api {
                             status,
-                            response.body().as_deref().unwrap_or_default(),
-                        ),
+                            message: api_message(
+                                status,
+                                response.body().as_deref().unwrap_or_default(),
+                            ),
+                        }
                     }
-                }
-                other => broken(root_cause(&other)),
-            })?;
+                    other => broken(root_cause(&other)),
+                })?;
         Ok(Self {
             what,
             socket: Some(socket),

@@ -4,6 +4,7 @@
 //! client channel builder. Services never assemble these themselves, so the
 //! behaviour under overload and shutdown is the same everywhere.
 
+pub mod auth;
 mod telemetry;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ use tonic::transport::{Endpoint, Server};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+pub use auth::SecurityArgs;
 pub use telemetry::{Channel, ServerMetrics, ServerMetricsLayer};
 
 /// Metadata key carrying the acting user (the gateway forwards the CLI's
@@ -31,6 +33,9 @@ pub struct ServerOptions {
     pub concurrency_limit: usize,
     /// How long in-flight calls may take to finish after shutdown starts.
     pub shutdown_grace: Duration,
+    /// With a key, calls without a valid service token are refused (see
+    /// [`auth`]); `None` accepts every call.
+    pub service_auth: Option<auth::ServiceKey>,
 }
 
 impl Default for ServerOptions {
@@ -39,6 +44,7 @@ impl Default for ServerOptions {
             request_timeout: Duration::from_secs(30),
             concurrency_limit: 256,
             shutdown_grace: Duration::from_secs(10),
+            service_auth: None,
         }
     }
 }
@@ -125,6 +131,11 @@ pub async fn serve(
         )
         // Latency by method and code, inside the span, over everything below.
         .layer(ServerMetricsLayer)
+        // Service tokens, innermost: only calls that got past the limits
+        // above pay for the HMAC; health checks pass without one.
+        .layer(auth::RequireServiceTokenLayer::new(
+            options.service_auth.clone(),
+        ))
         // Bounds unary calls; honours a shorter `grpc-timeout` from callers.
         .timeout(options.request_timeout)
         // Answers RESOURCE_EXHAUSTED at once instead of queueing when the
@@ -214,6 +225,8 @@ pub struct ChannelOptions {
     pub request_timeout: Duration,
     /// Upper bound for establishing a connection.
     pub connect_timeout: Duration,
+    /// Signs a service token onto every call (see [`auth`]).
+    pub service_token: Option<auth::TokenSigner>,
 }
 
 impl Default for ChannelOptions {
@@ -221,6 +234,7 @@ impl Default for ChannelOptions {
         Self {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            service_token: None,
         }
     }
 }
@@ -286,7 +300,8 @@ pub fn channel(
             .connect_lazy()
     } else {
         tonic::transport::Channel::balance_list(built.into_iter())
-    }))
+    })
+    .with_service_token(options.service_token.clone()))
 }
 
 /// Reads the actor from request metadata; `anonymous` when absent.

@@ -75,12 +75,23 @@ where
 #[derive(Clone, Debug)]
 pub struct Channel {
     inner: tonic::transport::Channel,
+    /// Signs the caller's service token onto every call (crate::auth).
+    service_token: Option<crate::auth::TokenSigner>,
 }
 
 impl Channel {
     /// Wraps a tonic channel.
     pub(crate) fn new(inner: tonic::transport::Channel) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            service_token: None,
+        }
+    }
+
+    /// Signs a service token onto every call (see [`crate::auth`]).
+    pub(crate) fn with_service_token(mut self, signer: Option<crate::auth::TokenSigner>) -> Self {
+        self.service_token = signer;
+        self
     }
 }
 
@@ -97,6 +108,9 @@ impl tower::Service<http::Request<Body>> for Channel {
         // Called from within the caller's future, so the current span is
         // the one that makes the call.
         slipway_telemetry::propagation::inject(&tracing::Span::current(), request.headers_mut());
+        if let Some(signer) = &self.service_token {
+            signer.attach(request.headers_mut());
+        }
         tower::Service::call(&mut self.inner, request)
     }
 }

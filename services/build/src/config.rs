@@ -52,6 +52,10 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7103")]
     pub listen: SocketAddr,
 
+    /// Service tokens: who may call this service (see `slipway_rpc::auth`).
+    #[command(flatten)]
+    pub security: slipway_rpc::SecurityArgs,
+
     /// Database URL: `postgres://…` or `sqlite:PATH`. Defaults to a SQLite
     /// file in the data directory.
     #[arg(long, env = "SLIPWAY_DATABASE_URL")]
@@ -127,6 +131,7 @@ impl Config {
     pub fn dev(data_dir: PathBuf) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            security: Default::default(),
             database_url: None,
             data_dir,
             object_store: None,
@@ -147,6 +152,7 @@ impl Config {
 
     /// Checks everything that can be checked without I/O.
     pub fn validate(&self) -> Result<(), String> {
+        self.security.validate(Some(self.listen))?;
         if self.release_endpoints.is_empty() {
             return Err("--release-endpoint (SLIPWAY_RELEASE_ENDPOINTS) is required: a finished build creates a release".into());
         }

@@ -118,6 +118,7 @@ pub async fn run_with_builder(
         &config.release_endpoints,
         &slipway_rpc::ChannelOptions {
             request_timeout: config.request_timeout,
+            service_token: config.security.client_token("build"),
             ..Default::default()
         },
     )?;
@@ -151,6 +152,7 @@ pub async fn run_with_builder(
     let options = slipway_rpc::ServerOptions {
         request_timeout: config.request_timeout,
         shutdown_grace: config.shutdown_grace,
+        service_auth: config.security.server_auth(),
         ..Default::default()
     };
     slipway_rpc::serve(routes, listener, &options, health, background, shutdown).await?;

@@ -2,6 +2,7 @@
 //! `SLIPWAY_*` variable, validated before the port is bound.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use slipway_domain::Secret;
@@ -77,6 +78,18 @@ pub struct Config {
     /// Development mode: allows an empty password.
     #[arg(long, env = "SLIPWAY_DEV")]
     pub dev: bool,
+
+    /// Directory for the gateway's own state (the self-signed certificate).
+    #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = ".slipway/gateway")]
+    pub data_dir: PathBuf,
+
+    /// HTTPS settings.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
+
+    /// The service token signed onto every call to the services.
+    #[command(flatten)]
+    pub security: slipway_rpc::SecurityArgs,
 }
 
 impl Config {
@@ -96,6 +109,8 @@ impl Config {
                     .into(),
             );
         }
+        self.tls.validate(self.listen)?;
+        self.security.validate(None)?;
         if self.max_upload_bytes == 0 || self.max_body_bytes == 0 || self.concurrency_limit == 0 {
             return Err(
                 "--max-upload-bytes, --max-body-bytes and --concurrency-limit must be positive"

@@ -10,6 +10,7 @@ mod objects;
 mod reads;
 mod routes;
 mod stream;
+pub mod tls;
 
 use std::future::Future;
 
@@ -68,6 +69,7 @@ impl AppState {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let options = slipway_rpc::ChannelOptions {
             request_timeout: config.request_timeout,
+            service_token: config.security.client_token("gateway"),
             ..Default::default()
         };
         Ok(Self {
@@ -180,16 +182,28 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = AppState::from_config(&config)?;
+    let tls = config
+        .tls
+        .server_config(&config.data_dir, listener.local_addr()?)?;
     let router = router(state, &config);
     // Tolerate a RACK_URL with a trailing slash (`//apps`), before routing.
     let app = tower::util::MapRequestLayer::new(collapse_leading_slashes).layer(router);
-    tracing::info!(addr = %listener.local_addr()?, "gateway serving");
-    axum::serve(
-        listener,
-        axum::ServiceExt::<Request>::into_make_service(app),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let app = axum::ServiceExt::<Request>::into_make_service(app);
+    let addr = listener.local_addr()?;
+    match tls {
+        Some(tls) => {
+            tracing::info!(%addr, "gateway serving HTTPS");
+            axum::serve(tls::TlsListener::new(listener, tls)?, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        None => {
+            tracing::info!(%addr, "gateway serving plain HTTP");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+    }
     Ok(())
 }
 

@@ -46,6 +46,9 @@ async fn gateway(release_endpoints: Vec<String>, dead: SocketAddr) -> SocketAddr
         request_timeout: Duration::from_secs(10),
         concurrency_limit: 64,
         dev: false,
+        data_dir: std::env::temp_dir(),
+        tls: Default::default(),
+        security: Default::default(),
     };
     tokio::spawn(async move {
         slipway_gateway::run(config, listener, std::future::pending())

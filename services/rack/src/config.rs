@@ -7,6 +7,35 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use slipway_domain::Secret;
+use slipway_gateway::tls::TlsArgs;
+
+/// The command line of `slipway-rack`: the rack's settings plus how its
+/// HTTP API is served (HTTPS or, on loopback only, plain HTTP). Kept apart
+/// from [`Config`] so that code building a `Config` for a loopback rack
+/// needs no transport settings.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "slipway-rack",
+    version,
+    about = "The embedded Slipway rack: every service in one process"
+)]
+pub struct Cli {
+    /// The rack's settings.
+    #[command(flatten)]
+    pub config: Config,
+    /// HTTPS for the rack API (`--tls-self-signed` keeps the certificate in
+    /// `<data-dir>/gateway/tls/`).
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+impl Cli {
+    /// Checks everything that can be checked without I/O.
+    pub fn validate(&self) -> Result<(), String> {
+        self.config.validate()?;
+        self.tls.validate(self.config.listen)
+    }
+}
 
 /// The embedded rack's settings.
 #[derive(Clone, Debug, clap::Parser)]

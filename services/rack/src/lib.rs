@@ -7,7 +7,7 @@ pub mod config;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,16 +15,21 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{Cli, Config};
+use slipway_gateway::tls::TlsArgs;
 
 /// A running rack.
 pub struct Rack {
     /// Where the gateway listens.
     pub addr: SocketAddr,
-    /// `http://convox:PW@HOST:PORT`, what RACK_URL should be.
+    /// `http(s)://convox:PW@HOST:PORT`, what RACK_URL should be.
     pub rack_url: String,
+    /// The self-signed certificate clients should trust
+    /// (`SLIPWAY_CA_FILE`), when the rack serves one.
+    pub ca_file: Option<PathBuf>,
     /// gRPC addresses of the services (release, build, rollout).
     pub services: [SocketAddr; 3],
+    security: slipway_rpc::SecurityArgs,
     stop: CancellationToken,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
 }
@@ -33,10 +38,21 @@ impl Rack {
     /// Binds every listener, starts every service, and returns once the
     /// gateway answers and the services are ready.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        Self::start_with(config, &TlsArgs::default()).await
+    }
+
+    /// [`Rack::start`] with the HTTP API served as `tls` says.
+    pub async fn start_with(config: &Config, tls: &TlsArgs) -> anyhow::Result<Self> {
+        tls.validate(config.listen).map_err(anyhow::Error::msg)?;
         let data = &config.data_dir;
         std::fs::create_dir_all(data)
             .with_context(|| format!("create data dir {}", data.display()))?;
         let password = config.password(data)?;
+        // Even on loopback, only the rack's own services may call them.
+        let security = slipway_rpc::SecurityArgs {
+            service_token_key: Some(load_or_create_service_key(&data.join("service-token-key"))?),
+            insecure_grpc: false,
+        };
         let gateway_listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("bind {}", config.listen))?;
@@ -50,13 +66,16 @@ impl Rack {
         let url = |a: SocketAddr| format!("http://{a}");
 
         let mut release = slipway_release::Config::dev(data.join("release"));
+        release.security = security.clone();
         release.rollout_endpoints = vec![url(rollout_addr)];
         release.default_deadline = config.default_deadline;
 
         let mut build = slipway_build::Config::dev(data.join("build"));
+        build.security = security.clone();
         build.release_endpoints = vec![url(release_addr)];
 
         let mut rollout = slipway_rollout::Config::dev(data.join("rollout"));
+        rollout.security = security.clone();
         rollout.release_endpoints = vec![url(release_addr)];
         rollout.default_deadline = config.default_deadline;
         if let Some(range) = config.port_range {
@@ -76,6 +95,9 @@ impl Rack {
             request_timeout: Duration::from_secs(60),
             concurrency_limit: 1024,
             dev: true,
+            data_dir: data.join("gateway"),
+            tls: tls.clone(),
+            security: security.clone(),
         };
         gateway.validate().map_err(anyhow::Error::msg)?;
 
@@ -106,9 +128,14 @@ impl Rack {
             ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
             ip => ip.to_string(),
         };
+        let scheme = if tls.enabled() { "https" } else { "http" };
+        let ca_file = (tls.tls_self_signed && tls.tls_cert.is_none())
+            .then(|| data.join("gateway").join("tls").join("cert.pem"));
         let rack = Self {
             addr,
-            rack_url: format!("http://convox:{password}@{host}:{}", addr.port()),
+            rack_url: format!("{scheme}://convox:{password}@{host}:{}", addr.port()),
+            ca_file,
+            security,
             services: [release_addr, build_addr, rollout_addr],
             stop,
             tasks,
@@ -124,7 +151,10 @@ impl Rack {
         let channel = slipway_rpc::channel(
             "release",
             &[format!("http://{}", self.services[0])],
-            &Default::default(),
+            &slipway_rpc::ChannelOptions {
+                service_token: self.security.client_token("rack"),
+                ..Default::default()
+            },
         )?;
         let mut client = ReleaseServiceClient::new(channel);
         loop {
@@ -141,6 +171,15 @@ impl Rack {
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
+        }
+    }
+
+    /// Channel options that sign calls to the rack's gRPC services (for
+    /// callers outside the rack: benchmarks, tests).
+    pub fn channel_options(&self) -> slipway_rpc::ChannelOptions {
+        slipway_rpc::ChannelOptions {
+            service_token: self.security.client_token("rack"),
+            ..Default::default()
         }
     }
 
@@ -178,6 +217,41 @@ async fn named(
     task: impl Future<Output = anyhow::Result<()>>,
 ) -> (&'static str, anyhow::Result<()>) {
     (name, task.await)
+}
+
+/// The key the rack's services sign their calls to each other with (see
+/// `slipway_rpc::auth`): read from `path`, or generated there (owner-only).
+/// Clients of the rack's gRPC ports (the bench, tests) read it with
+/// [`Rack::channel_options`].
+pub fn load_or_create_service_key(path: &Path) -> anyhow::Result<slipway_domain::Secret> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().len() >= slipway_rpc::auth::MIN_KEY_BYTES => {
+            Ok(text.trim().to_owned().into())
+        }
+        Ok(_) => anyhow::bail!(
+            "{} holds a service token key shorter than {} bytes; remove it to generate a new one",
+            path.display(),
+            slipway_rpc::auth::MIN_KEY_BYTES
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write as _;
+            const ALPHABET: &[u8] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+            let key: String = (0..48)
+                .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+                .collect();
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options
+                .open(path)
+                .and_then(|mut f| f.write_all(key.as_bytes()))
+                .with_context(|| format!("write {}", path.display()))?;
+            Ok(key.into())
+        }
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
 }
 
 /// Reads the rack password from `path`, or writes a fresh random one.

@@ -4,20 +4,23 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use slipway_rack::{Config, Rack};
+use slipway_rack::{Cli, Config, Rack};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let config = match slipway_rpc::load_config(Config::validate) {
-        Ok(config) => config,
+    let Cli { config, tls } = match slipway_rpc::load_config(Cli::validate) {
+        Ok(cli) => cli,
         Err(code) => return Ok(code),
     };
     let _telemetry = slipway_telemetry::init_with_default(env!("CARGO_BIN_NAME"), "warn");
-    let rack = Rack::start(&config).await?;
+    let rack = Rack::start_with(&config, &tls).await?;
     println!("Rack ready. Use it with:");
     println!("  export RACK_URL={}", rack.rack_url);
+    if let Some(ca) = &rack.ca_file {
+        println!("  export SLIPWAY_CA_FILE={}", ca.display());
+    }
     if config.quickstart
-        && let Err(e) = quickstart(&config, &rack.rack_url).await
+        && let Err(e) = quickstart(&config, &rack.rack_url, rack.ca_file.as_deref()).await
     {
         eprintln!("ERROR: quick start failed: {e:#}");
         rack.shutdown().await;
@@ -30,7 +33,11 @@ async fn main() -> anyhow::Result<ExitCode> {
 
 /// Deploys the example app with the `slipway` CLI (built next to this
 /// binary) and prints the URL of its web service.
-async fn quickstart(config: &Config, rack_url: &str) -> anyhow::Result<()> {
+async fn quickstart(
+    config: &Config,
+    rack_url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let cli = std::env::current_exe()?.with_file_name("slipway");
     anyhow::ensure!(
         cli.exists(),
@@ -41,6 +48,9 @@ async fn quickstart(config: &Config, rack_url: &str) -> anyhow::Result<()> {
     let run = |args: &[&str]| {
         let mut command = tokio::process::Command::new(&cli);
         command.args(args).env("RACK_URL", rack_url);
+        if let Some(ca) = ca_file {
+            command.env("SLIPWAY_CA_FILE", ca);
+        }
         command
     };
     let exists = run(&["apps", "info", app]).output().await?.status.success();

@@ -21,6 +21,10 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7101")]
     pub listen: SocketAddr,
 
+    /// Service tokens: who may call this service (see `slipway_rpc::auth`).
+    #[command(flatten)]
+    pub security: slipway_rpc::SecurityArgs,
+
     /// Database URL: `postgres://…` or `sqlite:PATH`. Defaults to a SQLite
     /// file in the data directory.
     #[arg(long, env = "SLIPWAY_DATABASE_URL")]
@@ -72,6 +76,7 @@ impl Config {
     pub fn dev(data_dir: PathBuf) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            security: Default::default(),
             database_url: None,
             data_dir,
             env_key: None,
@@ -86,6 +91,7 @@ impl Config {
 
     /// Checks everything that can be checked without I/O.
     pub fn validate(&self) -> Result<(), String> {
+        self.security.validate(Some(self.listen))?;
         let deadline = self.default_deadline.as_secs();
         if !(u64::from(*DEADLINE_RANGE.start())..=u64::from(*DEADLINE_RANGE.end()))
             .contains(&deadline)

@@ -66,6 +66,7 @@ pub async fn run(
             &config.rollout_endpoints,
             &slipway_rpc::ChannelOptions {
                 request_timeout: config.request_timeout,
+                service_token: config.security.client_token("release"),
                 ..Default::default()
             },
         )?;
@@ -85,6 +86,7 @@ pub async fn run(
     let options = slipway_rpc::ServerOptions {
         request_timeout: config.request_timeout,
         shutdown_grace: config.shutdown_grace,
+        service_auth: config.security.server_auth(),
         ..Default::default()
     };
     slipway_rpc::serve(routes, listener, &options, health, background, shutdown).await?;

@@ -21,6 +21,10 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:7102")]
     pub listen: SocketAddr,
 
+    /// Service tokens: who may call this service (see `slipway_rpc::auth`).
+    #[command(flatten)]
+    pub security: slipway_rpc::SecurityArgs,
+
     /// Database URL: `postgres://…` or `sqlite:PATH`. Defaults to a SQLite
     /// file in the data directory.
     #[arg(long, env = "SLIPWAY_DATABASE_URL")]
@@ -155,6 +159,7 @@ impl Config {
             runtime: RuntimeKind::Local,
             rack: "slipway".to_owned(),
             kubeconfig: None,
+            security: Default::default(),
             kube_context: None,
             kube_in_cluster: false,
         }
@@ -178,6 +183,7 @@ impl Config {
         }
         if self.restart_limit == 0 {
             return Err("--restart-limit must be at least 1".into());
+        self.security.validate(Some(self.listen))?;
         }
         // `<rack>-<app>` must be a DNS label (63) for apps of up to 30.
         let rack_ok = self.rack.len() <= 32

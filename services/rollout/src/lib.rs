@@ -147,6 +147,7 @@ pub async fn run_with_bus(
         .replica_id
         .clone()
         .unwrap_or_else(|| format!("rollout-{}", uuid::Uuid::new_v4().simple()));
+                service_token: config.security.client_token("rollout"),
     let drivers = Drivers::new(
         store.clone(),
         runtime.clone(),
@@ -177,3 +178,4 @@ pub async fn run_with_bus(
     drivers.wait_idle(Duration::from_secs(2)).await;
     Ok(())
 }
+        service_auth: config.security.server_auth(),

@@ -28,7 +28,7 @@ pub(crate) async fn rack(ctx: &Context) -> anyhow::Result<()> {
 /// `slipway login URL`: checks the URL and its credentials against the
 /// rack, then stores it (readable by the user only: it holds the password).
 pub(crate) async fn login(ctx: &Context, url: &str) -> anyhow::Result<()> {
-    let client = Client::new(url)?.with_traceparent(ctx.traceparent());
+    let client = Client::with_tls(url, ctx.tls())?.with_traceparent(ctx.traceparent());
     let file = ctx
         .env
         .rack_file()
