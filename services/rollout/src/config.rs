@@ -102,6 +102,20 @@ pub struct Config {
     /// Kubernetes: use the pod's service account (running in the cluster).
     #[arg(long, env = "SLIPWAY_KUBE_IN_CLUSTER")]
     pub kube_in_cluster: bool,
+
+    /// Redis for the event bus (`redis://[:PASSWORD@]HOST:PORT[/DB]` or
+    /// `redis+unix:///PATH`): events go to Redis Streams, so every replica,
+    /// and every gateway in front of them, streams every app and rollout.
+    /// Without it the bus is in-process (one replica). Redis being down
+    /// degrades events, never rollouts: their history is in the database.
+    #[arg(long, env = "SLIPWAY_REDIS_URL")]
+    pub redis_url: Option<Secret>,
+
+    /// First part of the event bus's Redis keys
+    /// (`<prefix>:v1:app:<app>`, `<prefix>:v1:rollout:<id>`); give racks
+    /// sharing one Redis different prefixes.
+    #[arg(long, env = "SLIPWAY_REDIS_PREFIX", default_value = "rollout")]
+    pub redis_prefix: String,
 }
 
 /// The runtime apps run on.
@@ -145,6 +159,7 @@ impl Config {
     pub fn dev(data_dir: PathBuf) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            security: Default::default(),
             database_url: None,
             data_dir,
             release_endpoints: Vec::new(),
@@ -159,14 +174,16 @@ impl Config {
             runtime: RuntimeKind::Local,
             rack: "slipway".to_owned(),
             kubeconfig: None,
-            security: Default::default(),
             kube_context: None,
             kube_in_cluster: false,
+            redis_url: None,
+            redis_prefix: "rollout".to_owned(),
         }
     }
 
     /// Checks everything that can be checked without I/O.
     pub fn validate(&self) -> Result<(), String> {
+        self.security.validate(Some(self.listen))?;
         let deadline = self.default_deadline.as_secs();
         if !(u64::from(*DEADLINE_RANGE.start())..=u64::from(*DEADLINE_RANGE.end()))
             .contains(&deadline)
@@ -183,7 +200,6 @@ impl Config {
         }
         if self.restart_limit == 0 {
             return Err("--restart-limit must be at least 1".into());
-        self.security.validate(Some(self.listen))?;
         }
         // `<rack>-<app>` must be a DNS label (63) for apps of up to 30.
         let rack_ok = self.rack.len() <= 32
@@ -205,7 +221,20 @@ impl Config {
         if let Some(url) = &self.database_url {
             slipway_storage::Dialect::of_url(url.expose()).map_err(|e| e.to_string())?;
         }
+        if let Some(redis) = self.redis() {
+            slipway_events::RedisBus::new(redis)
+                .map_err(|e| format!("--redis-url/--redis-prefix: {e}"))?;
+        }
         Ok(())
+    }
+
+    /// The Redis event bus settings, when `--redis-url` is given.
+    pub fn redis(&self) -> Option<slipway_events::RedisConfig> {
+        let url = self.redis_url.as_ref()?;
+        Some(slipway_events::RedisConfig::new(
+            url.expose(),
+            self.redis_prefix.clone(),
+        ))
     }
 
     /// The database URL in effect.
@@ -263,5 +292,41 @@ mod tests {
             Config::try_parse_from(["slipway-rollout", "--database-url", "postgres://u:pw@h/db"])
                 .unwrap();
         assert!(!format!("{config:?}").contains("pw@"));
+        let config = Config::try_parse_from([
+            "slipway-rollout",
+            "--redis-url",
+            "redis://:hunter2@redis:6379/0",
+        ])
+        .unwrap();
+        config.validate().unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn redis_settings_are_checked() {
+        let config = Config::try_parse_from(["slipway-rollout"]).unwrap();
+        assert!(config.redis().is_none(), "in-process bus by default");
+        let config =
+            Config::try_parse_from(["slipway-rollout", "--redis-url", "http://redis"]).unwrap();
+        assert!(config.validate().unwrap_err().contains("--redis-url"));
+        let config = Config::try_parse_from([
+            "slipway-rollout",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--redis-prefix",
+            "a:b",
+        ])
+        .unwrap();
+        assert!(config.validate().unwrap_err().contains("--redis-prefix"));
+        let config = Config::try_parse_from([
+            "slipway-rollout",
+            "--redis-url",
+            "redis+unix:///run/redis.sock",
+            "--redis-prefix",
+            "prod",
+        ])
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.redis().unwrap().prefix, "prod");
     }
 }

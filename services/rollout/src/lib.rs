@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use slipway_api::rollout::v1::rollout_service_server::{RolloutServiceServer, SERVICE_NAME};
-use slipway_events::{EventBus, InProcessBus};
+use slipway_events::{EventBus, InProcessBus, RedisBus};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -99,20 +99,30 @@ pub async fn start_runtime(
     })
 }
 
-/// Runs the service on `listener` with an in-process event bus until
-/// `shutdown` completes.
+/// The event bus the configuration names: Redis Streams with
+/// `--redis-url` (shared by every replica), else in-process. Does no I/O:
+/// a Redis that is down degrades events, it does not stop the service.
+pub fn event_bus(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
+    Ok(match config.redis() {
+        Some(redis) => {
+            let prefix = redis.prefix.clone();
+            let bus = RedisBus::new(redis).context("set up the redis event bus")?;
+            tracing::info!(%prefix, "event bus on Redis Streams");
+            Arc::new(bus)
+        }
+        None => Arc::new(InProcessBus::default()),
+    })
+}
+
+/// Runs the service on `listener` with the event bus its configuration
+/// names (see [`event_bus`]) until `shutdown` completes.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    run_with_bus(
-        config,
-        Arc::new(InProcessBus::default()),
-        listener,
-        shutdown,
-    )
-    .await
+    let bus = event_bus(&config)?;
+    run_with_bus(config, bus, listener, shutdown).await
 }
 
 /// Runs the service publishing to `bus` (the embedded rack shares one).
@@ -137,6 +147,7 @@ pub async fn run_with_bus(
             &config.release_endpoints,
             &slipway_rpc::ChannelOptions {
                 request_timeout: config.request_timeout,
+                service_token: config.security.client_token("rollout"),
                 ..Default::default()
             },
         )?;
@@ -147,7 +158,6 @@ pub async fn run_with_bus(
         .replica_id
         .clone()
         .unwrap_or_else(|| format!("rollout-{}", uuid::Uuid::new_v4().simple()));
-                service_token: config.security.client_token("rollout"),
     let drivers = Drivers::new(
         store.clone(),
         runtime.clone(),
@@ -171,6 +181,7 @@ pub async fn run_with_bus(
     let options = slipway_rpc::ServerOptions {
         request_timeout: config.request_timeout,
         shutdown_grace: config.shutdown_grace,
+        service_auth: config.security.server_auth(),
         ..Default::default()
     };
     slipway_rpc::serve(routes, listener, &options, health, background, shutdown).await?;
@@ -178,4 +189,3 @@ pub async fn run_with_bus(
     drivers.wait_idle(Duration::from_secs(2)).await;
     Ok(())
 }
-        service_auth: config.security.server_auth(),

@@ -7,9 +7,12 @@
 //!
 //! The bus is subscribed to before the durable log is read, so an event
 //! recorded in between is either in what was read (and then skipped when it
-//! arrives live) or arrives live; none is lost.
+//! arrives live) or arrives live; none is lost. The subscription says how
+//! many of its items are backlog, so the backlog ends exactly there. When
+//! the bus is unavailable, the durable log alone serves the app's rollout
+//! events (with a warning) and a follower polls it until the bus is back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,14 +21,14 @@ use slipway_events::{Event, EventBus, Topic};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 
-use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::error::Result;
+use crate::store::{AppEvent, Store};
 
 /// At most this many durable events make up a backlog (the newest ones).
 const MAX_DURABLE: u32 = 10_000;
-/// The bus replays its history at once; a pause this long means it is done
-/// (the bus trait has no end-of-history marker).
-const BACKLOG_IDLE: Duration = Duration::from_millis(100);
+/// How often a follower without the bus (Redis down) reads the durable log
+/// for new rollout events and tries the bus again.
+const DEGRADED_POLL: Duration = Duration::from_secs(2);
 
 /// What a caller of `StreamAppLogs` asked for, validated.
 #[derive(Clone, Debug, Default)]
@@ -152,7 +155,10 @@ impl Seen {
 }
 
 /// Streams `query`'s backlog, then (with follow) live events until the
-/// receiver is dropped or the bus ends.
+/// receiver is dropped or the bus ends. Without the bus (Redis down) the
+/// log is what the durable log holds: the backlog of rollout events, then,
+/// following, new rollout events as they are recorded, until the bus
+/// answers again and live events flow from it.
 pub async fn stream(
     store: Store,
     bus: Arc<dyn EventBus>,
@@ -160,10 +166,16 @@ pub async fn stream(
 ) -> Result<mpsc::Receiver<Result<LogLine>>> {
     let started = Utc::now();
     let cutoff = started - chrono::Duration::from_std(query.since).unwrap_or_default();
-    let mut live = bus
-        .subscribe(Topic::App(query.app.clone()), None)
+    let subscription = match bus
+        .subscribe_with_backlog(Topic::App(query.app.clone()), None)
         .await
-        .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+    {
+        Ok(subscription) => Some(subscription),
+        Err(e) => {
+            tracing::warn!(app = %query.app, "app log from the database only (rollout events, no process output): {e}");
+            None
+        }
+    };
     let durable = if query.since.is_zero() {
         Vec::new()
     } else {
@@ -174,46 +186,39 @@ pub async fn stream(
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         let mut seen = Seen::default();
+        let mut durable_log = DurableCursor::new(if query.since.is_zero() {
+            started
+        } else {
+            cutoff
+        });
         let mut backlog: Vec<LogLine> = Vec::with_capacity(durable.len());
         for e in durable {
-            seen.insert(key(
-                &e.rollout,
-                e.event.time,
-                &e.event.source,
-                &e.event.message,
-            ));
-            backlog.push(LogLine {
-                id: format!("{}:{}", e.rollout, e.event.seq),
-                time: e.event.time,
-                source: e.event.source,
-                message: e.event.message,
-            });
+            if let Some(line) = durable_log.take(e, &mut seen) {
+                backlog.push(line);
+            }
         }
-        // The bus's retained history: everything published before the
-        // subscription (ids carry the publication time).
-        let started_ms = u64::try_from(started.timestamp_millis()).unwrap_or_default();
-        let mut first_live = None;
+        // The bus's retained history, exactly as long as it says.
+        let mut live = None;
         let mut ended = false;
-        loop {
-            match tokio::time::timeout(BACKLOG_IDLE, live.next()).await {
-                Err(_) => break,
-                Ok(None) => {
-                    ended = true;
-                    break;
-                }
-                Ok(Some(Err(e))) => {
-                    tracing::warn!(app = %query.app, "app log backlog incomplete: {e}");
-                }
-                Ok(Some(Ok(event))) if event.id.ms > started_ms => {
-                    first_live = Some(event);
-                    break;
-                }
-                Ok(Some(Ok(event))) => {
-                    if event.time >= cutoff && !query.since.is_zero() && !seen.take(&event) {
-                        backlog.push(event.into());
+        if let Some(subscription) = subscription {
+            let mut events = subscription.events;
+            for _ in 0..subscription.backlog {
+                match events.next().await {
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(app = %query.app, "app log backlog incomplete: {e}");
+                    }
+                    Some(Ok(event)) => {
+                        if event.time >= cutoff && !query.since.is_zero() && !seen.take(&event) {
+                            backlog.push(event.into());
+                        }
                     }
                 }
             }
+            live = Some(events);
         }
         // Durable and bus events interleave by time (stable: ties keep the
         // durable log's order first).
@@ -231,26 +236,70 @@ pub async fn stream(
         if !query.follow || ended {
             return;
         }
-        let mut send = async |event: Event| -> bool {
-            if seen.take(&event) || !query.matches(&event.source, &event.message) {
-                return true;
-            }
-            tx.send(Ok(event.into())).await.is_ok()
-        };
-        if let Some(event) = first_live
-            && !send(event).await
-        {
-            return;
-        }
         loop {
+            let Some(events) = &mut live else {
+                // No bus: new rollout events from the durable log, then
+                // another try at the bus.
+                tokio::select! {
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(DEGRADED_POLL) => {}
+                }
+                match store
+                    .app_events_since(&query.app, durable_log.newest, MAX_DURABLE)
+                    .await
+                {
+                    Ok(events) => {
+                        for e in events {
+                            if let Some(line) = durable_log.take(e, &mut seen)
+                                && query.matches(&line.source, &line.message)
+                                && tx.send(Ok(line)).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(app = %query.app, "failed to read the durable app log: {e}");
+                    }
+                }
+                if let Ok(subscription) = bus
+                    .subscribe_with_backlog(Topic::App(query.app.clone()), None)
+                    .await
+                {
+                    tracing::info!(app = %query.app, "app log: event bus is back");
+                    let mut events = subscription.events;
+                    // What it retains from before this stream started was
+                    // not wanted live; rollout events sent from the durable
+                    // log are skipped by `seen`.
+                    for _ in 0..subscription.backlog {
+                        match events.next().await {
+                            None => return,
+                            Some(Ok(event)) if event.time >= started => {
+                                if !seen.take(&event)
+                                    && query.matches(&event.source, &event.message)
+                                    && tx.send(Ok(event.into())).await.is_err()
+                                {
+                                    return;
+                                }
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    live = Some(events);
+                }
+                continue;
+            };
             let item = tokio::select! {
                 () = tx.closed() => return,
-                item = live.next() => item,
+                item = events.next() => item,
             };
             match item {
                 None => return,
                 Some(Ok(event)) => {
-                    if !send(event).await {
+                    if seen.take(&event) || !query.matches(&event.source, &event.message) {
+                        continue;
+                    }
+                    if tx.send(Ok(event.into())).await.is_err() {
                         return;
                     }
                 }
@@ -261,6 +310,44 @@ pub async fn stream(
         }
     });
     Ok(rx)
+}
+
+/// Which durable events were sent, so re-reading the durable log (while the
+/// bus is down) sends each once.
+struct DurableCursor {
+    /// The newest event time read: the next read starts there.
+    newest: DateTime<Utc>,
+    sent: HashSet<(String, u64)>,
+}
+
+impl DurableCursor {
+    fn new(from: DateTime<Utc>) -> Self {
+        Self {
+            newest: from,
+            sent: HashSet::new(),
+        }
+    }
+
+    /// The event as a line, unless it was sent already; a rollout event
+    /// sent here is skipped when the bus brings it too.
+    fn take(&mut self, e: AppEvent, seen: &mut Seen) -> Option<LogLine> {
+        if !self.sent.insert((e.rollout.clone(), e.event.seq)) {
+            return None;
+        }
+        self.newest = self.newest.max(e.event.time);
+        seen.insert(key(
+            &e.rollout,
+            e.event.time,
+            &e.event.source,
+            &e.event.message,
+        ));
+        Some(LogLine {
+            id: format!("{}:{}", e.rollout, e.event.seq),
+            time: e.event.time,
+            source: e.event.source,
+            message: e.event.message,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -2,14 +2,30 @@
 //! to its durable log first (so `WatchRollout` can replay them, and they stay
 //! readable after the fact), then published to the bus; other events (app
 //! log lines) go to the bus only. One writer task keeps them in order.
+//!
+//! The bus is best effort. It gets its own task behind a bounded queue, so
+//! a slow or dead bus (Redis down) never holds up the durable log, and while
+//! it fails the publisher stops trying for a while (backing off), dropping
+//! events instead: rollout events are still in the durable log, only live
+//! process output is lost. It says so once with a warning, repeats at most
+//! once a minute while it lasts, and logs the recovery.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use slipway_events::{EventBus, NewEvent};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::runtime::EventSink;
 use crate::store::Store;
+
+/// Events waiting for the bus before new ones are dropped.
+const BUS_QUEUE: usize = 10_000;
+/// After a failure, the bus is tried again after this long, doubling up to
+/// the second figure while it keeps failing.
+const RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(5));
+/// While the bus stays down, a reminder at most this often.
+const REMIND: Duration = Duration::from_secs(60);
 
 enum Message {
     Event(NewEvent),
@@ -29,10 +45,13 @@ impl std::fmt::Debug for Message {
 }
 
 impl Recorder {
-    /// Starts the writer task.
+    /// Starts the writer task and the bus publisher behind it.
     pub fn start(store: Store, bus: Arc<dyn EventBus>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let (bus_tx, bus_rx) = mpsc::channel(BUS_QUEUE);
+        tokio::spawn(publish(bus, bus_rx));
         tokio::spawn(async move {
+            let mut overflow = Reminder::default();
             while let Some(message) = rx.recv().await {
                 match message {
                     Message::Event(event) => {
@@ -43,12 +62,19 @@ impl Recorder {
                         {
                             tracing::error!(rollout = %rollout, "failed to record a rollout event: {e}");
                         }
-                        if let Err(e) = bus.publish(event).await {
-                            tracing::warn!("failed to publish an event: {e}");
+                        if let Err(mpsc::error::TrySendError::Full(_)) =
+                            bus_tx.try_send(Message::Event(event))
+                            && overflow.due(Instant::now())
+                        {
+                            tracing::warn!(
+                                "event bus too slow: events dropped (rollout events stay in the database)"
+                            );
                         }
                     }
                     Message::Flush(done) => {
-                        let _ = done.send(());
+                        // The publisher answers once it is past every event
+                        // queued before (or drops `done` if it is gone).
+                        let _ = bus_tx.send(Message::Flush(done)).await;
                     }
                 }
             }
@@ -56,7 +82,8 @@ impl Recorder {
         Self { tx }
     }
 
-    /// Returns once every event emitted before the call is recorded.
+    /// Returns once every event emitted before the call is recorded (and
+    /// handed to the bus, or dropped while the bus is down).
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Message::Flush(done)).is_ok() {
@@ -69,5 +96,180 @@ impl EventSink for Recorder {
     fn emit(&self, event: NewEvent) {
         // Fails only once the writer is gone (shutdown).
         let _ = self.tx.send(Message::Event(event));
+    }
+}
+
+/// Publishes queued events in order, skipping the bus while it is down.
+async fn publish(bus: Arc<dyn EventBus>, mut rx: mpsc::Receiver<Message>) {
+    let mut health = BusHealth::default();
+    while let Some(message) = rx.recv().await {
+        match message {
+            Message::Event(event) => {
+                if !health.should_try(Instant::now()) {
+                    health.skip();
+                    continue;
+                }
+                match bus.publish(event).await {
+                    Ok(_) => {
+                        if let Some(outage) = health.succeeded() {
+                            tracing::info!(
+                                down_for = ?outage.down_for,
+                                events_not_published = outage.dropped,
+                                "event bus is back; live events flow again"
+                            );
+                        }
+                    }
+                    Err(e) => match health.failed(Instant::now()) {
+                        Warn::First => tracing::warn!(
+                            "event bus unavailable, events are not published until it is back \
+                             (rollouts go on; their events stay readable from the database): {e}"
+                        ),
+                        Warn::Reminder { dropped } => tracing::warn!(
+                            events_not_published = dropped,
+                            "event bus still unavailable: {e}"
+                        ),
+                        Warn::Quiet => {}
+                    },
+                }
+            }
+            Message::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// At most one notice per [`REMIND`].
+#[derive(Debug, Default)]
+struct Reminder {
+    last: Option<Instant>,
+}
+
+impl Reminder {
+    fn due(&mut self, now: Instant) -> bool {
+        if self.last.is_some_and(|last| now < last + REMIND) {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
+/// What to say about a failed publish.
+#[derive(Debug, PartialEq, Eq)]
+enum Warn {
+    /// The bus just went down.
+    First,
+    /// Still down, and the last word was a while ago.
+    Reminder {
+        /// Events not published so far in this outage.
+        dropped: u64,
+    },
+    /// Still down; said recently.
+    Quiet,
+}
+
+/// An outage that ended.
+#[derive(Debug, PartialEq, Eq)]
+struct Outage {
+    down_for: Duration,
+    dropped: u64,
+}
+
+/// The publisher's view of the bus: up, or down since when, with a backoff
+/// before the next try and a count of what it dropped.
+#[derive(Debug, Default)]
+struct BusHealth {
+    down: Option<Down>,
+}
+
+#[derive(Debug)]
+struct Down {
+    since: Instant,
+    retry_at: Instant,
+    backoff: Duration,
+    dropped: u64,
+    said: Reminder,
+}
+
+impl BusHealth {
+    /// Whether to try publishing now (always while the bus is up).
+    fn should_try(&self, now: Instant) -> bool {
+        self.down.as_ref().is_none_or(|down| now >= down.retry_at)
+    }
+
+    /// An event dropped without trying.
+    fn skip(&mut self) {
+        if let Some(down) = &mut self.down {
+            down.dropped += 1;
+        }
+    }
+
+    /// A publish failed (the event is dropped).
+    fn failed(&mut self, now: Instant) -> Warn {
+        match &mut self.down {
+            None => {
+                let mut said = Reminder::default();
+                said.due(now);
+                self.down = Some(Down {
+                    since: now,
+                    retry_at: now + RETRY.0,
+                    backoff: RETRY.0,
+                    dropped: 1,
+                    said,
+                });
+                Warn::First
+            }
+            Some(down) => {
+                down.dropped += 1;
+                down.backoff = (down.backoff * 2).min(RETRY.1);
+                down.retry_at = now + down.backoff;
+                if down.said.due(now) {
+                    Warn::Reminder {
+                        dropped: down.dropped,
+                    }
+                } else {
+                    Warn::Quiet
+                }
+            }
+        }
+    }
+
+    /// A publish succeeded: the outage that ended, if there was one.
+    fn succeeded(&mut self) -> Option<Outage> {
+        self.down.take().map(|down| Outage {
+            down_for: down.since.elapsed(),
+            dropped: down.dropped,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_reported_once_then_reminded_then_its_end() {
+        let t0 = Instant::now();
+        let mut health = BusHealth::default();
+        assert!(health.should_try(t0));
+        assert_eq!(health.failed(t0), Warn::First);
+        // Backing off: events in between are dropped without a try.
+        assert!(!health.should_try(t0 + Duration::from_millis(100)));
+        health.skip();
+        health.skip();
+        let t1 = t0 + RETRY.0;
+        assert!(health.should_try(t1));
+        assert_eq!(health.failed(t1), Warn::Quiet, "no warning per event");
+        assert!(!health.should_try(t1 + RETRY.0), "the backoff doubles");
+        assert!(health.should_try(t1 + RETRY.0 * 2));
+        let t2 = t0 + REMIND;
+        assert_eq!(health.failed(t2), Warn::Reminder { dropped: 5 });
+        assert_eq!(health.failed(t2 + RETRY.1), Warn::Quiet);
+        let outage = health.succeeded().expect("an outage ended");
+        assert_eq!(outage.dropped, 6);
+        assert!(health.should_try(t2 + RETRY.1));
+        assert_eq!(health.succeeded(), None, "nothing to report while up");
+        assert_eq!(health.failed(t2 + RETRY.1), Warn::First, "a new outage");
     }
 }

@@ -22,7 +22,8 @@ pub const DEADLINE_RANGE: RangeInclusive<u32> = 30..=21_600;
 /// Events read from the database per query while replaying.
 const PAGE: u32 = 500;
 /// How often a watcher looks at the database even without a bus wake-up
-/// (events written by another replica on an in-process bus).
+/// (events written by another replica on an in-process bus, or any event
+/// while the bus is down).
 const WATCH_POLL: Duration = Duration::from_secs(1);
 
 /// A request to start a rollout, validated.
@@ -144,14 +145,22 @@ impl Rollouts {
     }
 
     /// Streams a rollout's events after `after` (replayed from the log, then
-    /// live), ending with the finished rollout once it is terminal.
+    /// live), ending with the finished rollout once it is terminal. The bus
+    /// only wakes the watcher up: without it (Redis down) the watcher polls
+    /// the durable log, which holds every event anyway.
     pub async fn watch(&self, id: &str, after: u64) -> Result<mpsc::Receiver<Result<WatchItem>>> {
         self.get(id).await?;
-        let mut wakeups = self
+        let mut wakeups = match self
             .bus
             .subscribe(Topic::Rollout(id.to_owned()), None)
             .await
-            .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        {
+            Ok(wakeups) => wakeups,
+            Err(e) => {
+                tracing::warn!(rollout = %id, "watching from the database alone (every {WATCH_POLL:?}): {e}");
+                Box::pin(tokio_stream::pending())
+            }
+        };
         let (tx, rx) = mpsc::channel(64);
         let store = self.store.clone();
         let id = id.to_owned();

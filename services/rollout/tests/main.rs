@@ -1,6 +1,7 @@
 //! The rollout service's tests: one binary. Real processes (the
 //! `slipway-testapp` binary), real sockets, SQLite and PostgreSQL.
 
+mod bus;
 mod crash;
 mod helpers;
 mod k8s_fake;

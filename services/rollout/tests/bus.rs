@@ -1,0 +1,215 @@
+//! The rollout service on the Redis event bus (`--redis-url`): with Redis
+//! unreachable, rollouts still complete and their events are served from
+//! the durable log; with real Redis (127.0.0.1:6379, a unique key prefix per
+//! test), a replica streams the events of a rollout another replica drove.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use slipway_api::rollout::v1 as pb;
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
+
+use crate::helpers::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A rollout service of its own (SQLite in its own directory) on the bus
+/// `redis_url` names, with a fake release service.
+struct Replica {
+    addr: SocketAddr,
+    release: FakeRelease,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    async fn spawn(redis_url: &str, prefix: &str) -> Self {
+        slipway_telemetry::init_for_tests();
+        let dir = tempfile::tempdir().unwrap();
+        let release = FakeRelease::default();
+        let release_addr = release.spawn().await;
+        let mut config = slipway_rollout::Config::dev(dir.path().to_owned());
+        config.release_endpoints = vec![release_addr.to_string()];
+        config.redis_url = Some(redis_url.parse().unwrap());
+        config.redis_prefix = prefix.to_owned();
+        config.validate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            slipway_rollout::run(config, listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            addr,
+            release,
+            _stop: stop,
+            _dir: dir,
+        }
+    }
+}
+
+fn unique_prefix() -> String {
+    format!(
+        "test-rollout-{}-{:x}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap()
+    )
+}
+
+/// Fails the test loudly when the shared Redis is not running.
+async fn require_redis() {
+    let connect = tokio::net::TcpStream::connect("127.0.0.1:6379");
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(_)) => {}
+        other => {
+            panic!("this test needs Redis on 127.0.0.1:6379 (scripts/test starts it): {other:?}")
+        }
+    }
+}
+
+/// An app's log backlog (a non-following StreamAppLogs) as `source message`
+/// lines.
+async fn app_log(addr: SocketAddr, app: &str) -> Vec<String> {
+    let mut client = connect(addr).await;
+    let read = async {
+        let mut stream = client
+            .stream_app_logs(pb::StreamAppLogsRequest {
+                app: app.to_owned(),
+                since_seconds: 300,
+                follow: false,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut lines = Vec::new();
+        while let Some(item) = stream.next().await {
+            let event = item.unwrap().event.unwrap();
+            lines.push(format!("{} {}", event.source, event.message));
+        }
+        lines
+    };
+    tokio::time::timeout(Duration::from_secs(15), read)
+        .await
+        .expect("a non-following log stream ends after its backlog")
+}
+
+#[tokio::test]
+async fn with_redis_unreachable_rollouts_complete_and_events_come_from_the_database() {
+    let app = app_name("busdown");
+    let _guard = AppGuard(app.clone());
+    // Nothing listens on port 1: every publish fails at once.
+    let replica = Replica::spawn("redis://127.0.0.1:1", &unique_prefix()).await;
+    let mut client = connect(replica.addr).await;
+    let promotion = format!("{app}-p1");
+    start(
+        &mut client,
+        &promotion,
+        spec(&app, "RAAAAAAAAAA", &App::healthy(1)),
+        None,
+        0,
+    )
+    .await;
+    let (done, events) = finish(&mut client, &promotion, LIMIT).await;
+    assert_eq!(done.phase(), pb::RolloutPhase::Running, "{done:?}");
+    let messages: Vec<_> = events.iter().map(|e| e.message.as_str()).collect();
+    for status in ["Status: Running => Pending", "Status: Updating => Running"] {
+        assert!(messages.contains(&status), "{status} in {messages:?}");
+    }
+    let outcome = replica.release.wait_for(&promotion).await;
+    assert_eq!(outcome.promotion, promotion);
+
+    // The app log: the rollout's history, from the database.
+    let lines = app_log(replica.addr, &app).await;
+    for status in ["Status: Running => Pending", "Status: Updating => Running"] {
+        let line = format!("system/local/atom/app {status}");
+        assert_eq!(
+            lines.iter().filter(|l| **l == line).count(),
+            1,
+            "{line} once in {lines:#?}"
+        );
+    }
+    // Watching again replays the durable log, bus or not.
+    let (_, again) = finish(&mut client, &promotion, LIMIT).await;
+    assert_eq!(again.len(), events.len());
+}
+
+/// Two replicas with databases of their own on one Redis: the log of a
+/// rollout driven by A, read through B, comes from the bus alone.
+#[tokio::test]
+async fn a_replica_streams_a_rollout_another_replica_drove() {
+    require_redis().await;
+    let app = app_name("busshared");
+    let _guard = AppGuard(app.clone());
+    let prefix = unique_prefix();
+    let a = Replica::spawn("redis://127.0.0.1:6379", &prefix).await;
+    let b = Replica::spawn("redis://127.0.0.1:6379", &prefix).await;
+
+    // B follows the app's log before anything happens.
+    let mut b_client = connect(b.addr).await;
+    let mut follow = b_client
+        .stream_app_logs(pb::StreamAppLogsRequest {
+            app: app.clone(),
+            since_seconds: 300,
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut a_client = connect(a.addr).await;
+    let promotion = format!("{app}-p1");
+    start(
+        &mut a_client,
+        &promotion,
+        spec(&app, "RAAAAAAAAAA", &App::healthy(1)),
+        None,
+        0,
+    )
+    .await;
+    let (done, _) = finish(&mut a_client, &promotion, LIMIT).await;
+    assert_eq!(done.phase(), pb::RolloutPhase::Running, "{done:?}");
+
+    let want = "system/local/atom/app Status: Updating => Running";
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while !seen.iter().any(|l| l == want) {
+        let left = LIMIT.saturating_sub(started.elapsed());
+        let item = tokio::time::timeout(left, follow.next())
+            .await
+            .unwrap_or_else(|_| panic!("B did not stream {want:?}; got {seen:#?}"));
+        let event = item.expect("stream open").unwrap().event.unwrap();
+        seen.push(format!("{} {}", event.source, event.message));
+    }
+    let pending = "system/local/atom/app Status: Running => Pending";
+    assert_eq!(
+        seen.iter().filter(|l| *l == pending).count(),
+        1,
+        "{seen:#?}"
+    );
+
+    // And the backlog through B, after the fact: B's own database has no
+    // rollout of this app, so every line came through Redis.
+    let lines = app_log(b.addr, &app).await;
+    assert!(lines.iter().any(|l| l == want), "{lines:#?}");
+    // Process output is forwarded as it is read: it may trail the rollout.
+    let started = Instant::now();
+    loop {
+        let lines = app_log(b.addr, &app).await;
+        if lines.iter().any(|l| l.starts_with("service/web/")) {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "no process output through B: {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(b.release.outcomes(&promotion).is_empty(), "B drove nothing");
+}
