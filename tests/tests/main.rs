@@ -6,6 +6,6 @@
 
 mod convox_wire;
 mod logs;
-mod telemetry;
 mod scale;
+mod telemetry;
 mod workflow;
