@@ -66,6 +66,24 @@ pub(crate) struct Fake {
 impl Fake {
     /// Starts a fake on a free port.
     pub(crate) async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    /// Starts a fake serving HTTPS with a self-signed certificate it
+    /// generates into `dir` (`dir/cert.pem`, what SLIPWAY_CA_FILE names),
+    /// the way the gateway does.
+    pub(crate) async fn start_tls(dir: &std::path::Path) -> Self {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let (cert, key) = slipway_gateway::tls::self_signed(dir, addr, &[]).unwrap();
+        let args = slipway_gateway::tls::TlsArgs {
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            ..Default::default()
+        };
+        Self::serve(args.server_config(dir, addr).unwrap()).await
+    }
+
+    async fn serve(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> Self {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let router = Router::new()
             .route("/apps/{app}/builds/{id}/logs", get(build_logs))
@@ -74,9 +92,18 @@ impl Fake {
             .with_state(requests.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        match tls {
+            Some(tls) => {
+                let listener = slipway_gateway::tls::TlsListener::new(listener, tls).unwrap();
+                tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+            }
+            None => {
+                tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+            }
+        }
         Self {
-            base: format!("http://127.0.0.1:{}", addr.port()),
+            base: format!("{scheme}://127.0.0.1:{}", addr.port()),
             requests,
         }
     }
@@ -84,7 +111,7 @@ impl Fake {
     /// The rack URL with the right password.
     pub(crate) fn rack_url(&self) -> String {
         self.base
-            .replacen("http://", &format!("http://convox:{PASSWORD}@"), 1)
+            .replacen("://", &format!("://convox:{PASSWORD}@"), 1)
     }
 
     /// Every request so far.

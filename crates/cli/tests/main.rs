@@ -2,6 +2,7 @@
 //! stdout/stderr of each command and the requests it makes.
 
 mod fake;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
