@@ -10,14 +10,16 @@
 //! arrives live) or arrives live; none is lost. The subscription says how
 //! many of its items are backlog, so the backlog ends exactly there. When
 //! the bus is unavailable, the durable log alone serves the app's rollout
-//! events (with a warning) and a follower polls it until the bus is back.
+//! events (with a warning). A follower also polls the durable log, so the
+//! rollout events a bus lost (Redis down, or restarted empty) still reach
+//! it, each once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use slipway_events::{Event, EventBus, Topic};
+use slipway_events::{Error as BusError, Event, EventBus, EventStream, Topic};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 
@@ -26,9 +28,10 @@ use crate::store::{AppEvent, Store};
 
 /// At most this many durable events make up a backlog (the newest ones).
 const MAX_DURABLE: u32 = 10_000;
-/// How often a follower without the bus (Redis down) reads the durable log
-/// for new rollout events and tries the bus again.
-const DEGRADED_POLL: Duration = Duration::from_secs(2);
+/// How often a follower reads the durable log for rollout events the bus
+/// did not bring (Redis down or restarted), and, without a bus, tries it
+/// again.
+const DURABLE_POLL: Duration = Duration::from_secs(2);
 
 /// What a caller of `StreamAppLogs` asked for, validated.
 #[derive(Clone, Debug, Default)]
@@ -213,6 +216,7 @@ pub async fn stream(
                     }
                     Some(Ok(event)) => {
                         if event.time >= cutoff && !query.since.is_zero() && !seen.take(&event) {
+                            durable_log.came_live(&event);
                             backlog.push(event.into());
                         }
                     }
@@ -236,14 +240,20 @@ pub async fn stream(
         if !query.follow || ended {
             return;
         }
+        // Following: live events from the bus, and every `DURABLE_POLL` the
+        // durable log, for the rollout events the bus lost (Redis restarted
+        // or down: the recorder drops what it cannot publish), each event
+        // sent once either way; without a bus, also another try at it.
+        let mut poll = tokio::time::interval(DURABLE_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
         loop {
-            let Some(events) = &mut live else {
-                // No bus: new rollout events from the durable log, then
-                // another try at the bus.
-                tokio::select! {
-                    () = tx.closed() => return,
-                    () = tokio::time::sleep(DEGRADED_POLL) => {}
-                }
+            let item = tokio::select! {
+                () = tx.closed() => return,
+                _ = poll.tick() => None,
+                item = next_live(&mut live) => Some(item),
+            };
+            let Some(item) = item else {
                 match store
                     .app_events_since(&query.app, durable_log.newest, MAX_DURABLE)
                     .await
@@ -262,21 +272,24 @@ pub async fn stream(
                         tracing::warn!(app = %query.app, "failed to read the durable app log: {e}");
                     }
                 }
-                if let Ok(subscription) = bus
-                    .subscribe_with_backlog(Topic::App(query.app.clone()), None)
-                    .await
+                if live.is_none()
+                    && let Ok(subscription) = bus
+                        .subscribe_with_backlog(Topic::App(query.app.clone()), None)
+                        .await
                 {
                     tracing::info!(app = %query.app, "app log: event bus is back");
                     let mut events = subscription.events;
                     // What it retains from before this stream started was
-                    // not wanted live; rollout events sent from the durable
-                    // log are skipped by `seen`.
+                    // not wanted live.
                     for _ in 0..subscription.backlog {
                         match events.next().await {
                             None => return,
                             Some(Ok(event)) if event.time >= started => {
-                                if !seen.take(&event)
-                                    && query.matches(&event.source, &event.message)
+                                if seen.take(&event) {
+                                    continue;
+                                }
+                                durable_log.came_live(&event);
+                                if query.matches(&event.source, &event.message)
                                     && tx.send(Ok(event.into())).await.is_err()
                                 {
                                     return;
@@ -289,17 +302,16 @@ pub async fn stream(
                 }
                 continue;
             };
-            let item = tokio::select! {
-                () = tx.closed() => return,
-                item = events.next() => item,
-            };
             match item {
                 None => return,
                 Some(Ok(event)) => {
-                    if seen.take(&event) || !query.matches(&event.source, &event.message) {
+                    if seen.take(&event) {
                         continue;
                     }
-                    if tx.send(Ok(event.into())).await.is_err() {
+                    durable_log.came_live(&event);
+                    if query.matches(&event.source, &event.message)
+                        && tx.send(Ok(event.into())).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -312,12 +324,24 @@ pub async fn stream(
     Ok(rx)
 }
 
-/// Which durable events were sent, so re-reading the durable log (while the
-/// bus is down) sends each once.
+/// The next live event, or never without a bus.
+async fn next_live(live: &mut Option<EventStream>) -> Option<Result<Event, BusError>> {
+    match live {
+        Some(events) => events.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Which durable events were sent (or came through the bus), so re-reading
+/// the durable log sends each once.
 struct DurableCursor {
     /// The newest event time read: the next read starts there.
     newest: DateTime<Utc>,
+    /// Durable events handled, by rollout and position.
     sent: HashSet<(String, u64)>,
+    /// Rollout events the bus brought that the durable log has not shown
+    /// yet (it will: every rollout event is recorded there).
+    live: HashSet<Key>,
 }
 
 impl DurableCursor {
@@ -325,22 +349,30 @@ impl DurableCursor {
         Self {
             newest: from,
             sent: HashSet::new(),
+            live: HashSet::new(),
         }
     }
 
-    /// The event as a line, unless it was sent already; a rollout event
-    /// sent here is skipped when the bus brings it too.
+    /// Notes a rollout event the bus delivered.
+    fn came_live(&mut self, event: &Event) {
+        if let Some(rollout) = &event.rollout {
+            self.live
+                .insert(key(rollout, event.time, &event.source, &event.message));
+        }
+    }
+
+    /// The event as a line, unless it was sent already or came through the
+    /// bus; a rollout event sent here is skipped when the bus brings it too.
     fn take(&mut self, e: AppEvent, seen: &mut Seen) -> Option<LogLine> {
         if !self.sent.insert((e.rollout.clone(), e.event.seq)) {
             return None;
         }
         self.newest = self.newest.max(e.event.time);
-        seen.insert(key(
-            &e.rollout,
-            e.event.time,
-            &e.event.source,
-            &e.event.message,
-        ));
+        let key = key(&e.rollout, e.event.time, &e.event.source, &e.event.message);
+        if self.live.remove(&key) {
+            return None;
+        }
+        seen.insert(key);
         Some(LogLine {
             id: format!("{}:{}", e.rollout, e.event.seq),
             time: e.event.time,

@@ -213,3 +213,160 @@ async fn a_replica_streams_a_rollout_another_replica_drove() {
     }
     assert!(b.release.outcomes(&promotion).is_empty(), "B drove nothing");
 }
+
+/// A `redis-server` of the test's own on a unix socket, persisting nothing,
+/// so the test can kill and restart it without disturbing the shared one.
+struct PrivateRedis {
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    async fn start() -> Self {
+        let mut redis = Self {
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    async fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let _ = std::fs::remove_file(self.socket());
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while tokio::net::UnixStream::connect(self.socket())
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "private redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads `follow` until `want` is among the lines, adding them to `seen`.
+async fn follow_until(
+    follow: &mut tonic::Streaming<pb::StreamAppLogsResponse>,
+    seen: &mut Vec<String>,
+    want: &str,
+) {
+    let started = Instant::now();
+    while !seen.iter().any(|l| l.contains(want)) {
+        let left = LIMIT.saturating_sub(started.elapsed());
+        let item = tokio::time::timeout(left, follow.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {want:?} in the followed log: {seen:#?}"));
+        let event = item.expect("stream open").unwrap().event.unwrap();
+        seen.push(format!("{} {}", event.source, event.message));
+    }
+}
+
+/// Redis killed and restarted (empty) under a following app log: the
+/// rollout run while it is down is served from the durable log, the one
+/// after the restart through the reconnected bus, every line once.
+#[tokio::test]
+async fn a_followed_app_log_goes_on_across_a_redis_restart() {
+    let app = app_name("busrestart");
+    let _guard = AppGuard(app.clone());
+    let mut redis = PrivateRedis::start().await;
+    let replica = Replica::spawn(&redis.url(), &unique_prefix()).await;
+    let mut client = connect(replica.addr).await;
+    let mut follow = client
+        .stream_app_logs(pb::StreamAppLogsRequest {
+            app: app.clone(),
+            since_seconds: 300,
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    let releases = ["RAAAAAAAAAA", "RBBBBBBBBBB", "RCCCCCCCCCC"];
+    for (i, release) in releases.iter().enumerate() {
+        match i {
+            1 => redis.kill(),
+            2 => redis.restart().await,
+            _ => {}
+        }
+        let promotion = format!("{app}-p{i}");
+        start(
+            &mut client,
+            &promotion,
+            spec(&app, release, &App::healthy(1)),
+            None,
+            0,
+        )
+        .await;
+        let (done, _) = finish(&mut client, &promotion, LIMIT).await;
+        assert_eq!(done.phase(), pb::RolloutPhase::Running, "{done:?}");
+        follow_until(
+            &mut follow,
+            &mut seen,
+            &format!("Release {release} is running"),
+        )
+        .await;
+    }
+    // Long enough for a durable re-read (every 2 s) to send a duplicate.
+    let drain = tokio::time::sleep(Duration::from_secs(3));
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            () = &mut drain => break,
+            item = follow.next() => {
+                let event = item.expect("stream open").unwrap().event.unwrap();
+                seen.push(format!("{} {}", event.source, event.message));
+            }
+        }
+    }
+    for release in releases {
+        let line = format!("system/local/atom/app Release {release} is running");
+        assert_eq!(
+            seen.iter().filter(|l| **l == line).count(),
+            1,
+            "{line} once in {seen:#?}"
+        );
+    }
+    let pending = "system/local/atom/app Status: Running => Pending";
+    assert_eq!(
+        seen.iter().filter(|l| *l == pending).count(),
+        3,
+        "{seen:#?}"
+    );
+}
