@@ -319,14 +319,25 @@ impl RedisBus {
         key: &str,
         after: Option<EventId>,
     ) -> Result<(Reader, Vec<Result<Event, Error>>), Error> {
-        let mut reader = Reader {
-            bus: self.inner.clone(),
-            key: key.to_owned(),
-            conn: Some(self.inner.reader_connection().await?),
-            last: after.unwrap_or_default(),
-            top: EventId::default(),
+        // Reaching Redis is bounded by `timeout`; the backlog pages after
+        // it, by the connection's response timeout each (a long backlog
+        // may take longer than one call's bound).
+        let timeout = self.inner.config.timeout;
+        let started = async {
+            let mut reader = Reader {
+                bus: self.inner.clone(),
+                key: key.to_owned(),
+                conn: Some(self.inner.reader_connection().await?),
+                last: after.unwrap_or_default(),
+                top: EventId::default(),
+            };
+            let state = reader.info().await?;
+            Ok::<_, Error>((reader, state))
         };
-        let state = reader.info().await?;
+        let (mut reader, state) =
+            tokio::time::timeout(timeout, started).await.map_err(|_| {
+                Error::Unavailable(format!("subscribe on redis: no answer within {timeout:?}"))
+            })??;
         let top = state.last;
         reader.top = top;
         let mut backlog = Vec::new();
@@ -586,12 +597,7 @@ impl EventBus for RedisBus {
         after: Option<EventId>,
     ) -> Result<Subscription, Error> {
         let key = self.key(&topic);
-        let timeout = self.inner.config.timeout;
-        let (reader, backlog) = tokio::time::timeout(timeout, self.open(&key, after))
-            .await
-            .map_err(|_| {
-                Error::Unavailable(format!("subscribe on redis: no answer within {timeout:?}"))
-            })??;
+        let (reader, backlog) = self.open(&key, after).await?;
         let (tx, rx) = mpsc::channel(LIVE_BUFFER);
         tokio::spawn(reader.follow(tx));
         Ok(Subscription {

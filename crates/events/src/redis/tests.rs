@@ -155,6 +155,36 @@ async fn streams_are_bounded_and_expire() {
     }
 }
 
+/// A backlog longer than one page is read whole, in order, and counted.
+#[tokio::test]
+async fn a_long_backlog_is_paged_in_order() {
+    let bus = shared_bus().await;
+    let total = PAGE * 2 + 7;
+    let mut ids = Vec::with_capacity(total);
+    for i in 0..total {
+        ids.push(
+            bus.publish(NewEvent::now("long", "system/test", i.to_string()))
+                .await
+                .unwrap(),
+        );
+    }
+    let sub = bus
+        .subscribe_with_backlog(Topic::App("long".into()), None)
+        .await
+        .unwrap();
+    assert_eq!(sub.backlog, total);
+    let mut stream = sub.events;
+    for (i, id) in ids.iter().enumerate() {
+        let event = next_event(&mut stream).await;
+        assert_eq!((event.id, event.message), (*id, i.to_string()));
+    }
+    let resumed = bus
+        .subscribe_with_backlog(Topic::App("long".into()), Some(ids[PAGE]))
+        .await
+        .unwrap();
+    assert_eq!(resumed.backlog, total - PAGE - 1);
+}
+
 /// Two replicas (two buses on one Redis): each sees what the other
 /// publishes, on app and rollout topics, so any gateway replica can stream
 /// any rollout.
