@@ -129,8 +129,14 @@ impl Rack {
             ip => ip.to_string(),
         };
         let scheme = if tls.enabled() { "https" } else { "http" };
-        let ca_file = (tls.tls_self_signed && tls.tls_cert.is_none())
-            .then(|| data.join("gateway").join("tls").join("cert.pem"));
+        // Absolute, so the printed `export SLIPWAY_CA_FILE=…` works anywhere.
+        let ca_file = (tls.tls_self_signed && tls.tls_cert.is_none()).then(|| {
+            std::fs::canonicalize(data)
+                .unwrap_or_else(|_| data.clone())
+                .join("gateway")
+                .join("tls")
+                .join("cert.pem")
+        });
         let rack = Self {
             addr,
             rack_url: format!("{scheme}://convox:{password}@{host}:{}", addr.port()),
