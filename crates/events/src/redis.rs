@@ -515,39 +515,53 @@ impl Reader {
     /// Follows the stream into `tx` until the subscriber goes away.
     async fn follow(mut self, tx: mpsc::Sender<Result<Event, Error>>) {
         let mut backoff = BACKOFF.0;
+        // After a reconnection or an idle wait, the stream is looked at
+        // before reading on.
+        let mut look = false;
         loop {
             if self.conn.is_none() {
-                tokio::select! {
-                    () = tx.closed() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(BACKOFF.1);
                 let Ok(conn) = self.bus.reader_connection().await else {
+                    if !pause(&tx, &mut backoff).await {
+                        return;
+                    }
                     continue;
                 };
                 self.conn = Some(conn);
+                look = true;
+            }
+            if look {
                 match self.check().await {
-                    Ok(None) => {}
-                    Ok(Some(lag)) => {
-                        if tx.send(Err(lag)).await.is_err() {
+                    Ok(lag) => {
+                        look = false;
+                        if let Some(lag) = lag
+                            && tx.send(Err(lag)).await.is_err()
+                        {
                             return;
                         }
                     }
-                    Err(_) => continue,
+                    Err(_) => {
+                        if !pause(&tx, &mut backoff).await {
+                            return;
+                        }
+                        continue;
+                    }
                 }
             }
             let entries = tokio::select! {
                 () = tx.closed() => return,
                 entries = self.read() => entries,
             };
-            let Ok(entries) = entries else { continue };
-            backoff = BACKOFF.0;
-            if entries.is_empty() {
-                if let Ok(Some(lag)) = self.check().await
-                    && tx.send(Err(lag)).await.is_err()
-                {
+            let Ok(entries) = entries else {
+                // A broken connection is re-opened; a refused command (the
+                // key is not a stream, say) is retried, never in a busy loop.
+                if !pause(&tx, &mut backoff).await {
                     return;
                 }
+                continue;
+            };
+            backoff = BACKOFF.0;
+            if entries.is_empty() {
+                look = true;
                 continue;
             }
             for entry in entries {
@@ -559,6 +573,17 @@ impl Reader {
             }
         }
     }
+}
+
+/// Waits out one backoff step and lengthens the next; false when the
+/// subscriber went away meanwhile.
+async fn pause(tx: &mpsc::Sender<Result<Event, Error>>, backoff: &mut Duration) -> bool {
+    tokio::select! {
+        () = tx.closed() => return false,
+        () = tokio::time::sleep(*backoff) => {}
+    }
+    *backoff = (*backoff * 2).min(BACKOFF.1);
+    true
 }
 
 /// An entry's fields as an event: `t` (nanoseconds since the epoch), `a`
