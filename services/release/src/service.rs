@@ -174,6 +174,14 @@ impl ReleaseService {
         reason: &str,
         lease_epoch: u64,
     ) -> Result<Promotion> {
+        // A retried report (same outcome) answers the recorded state again;
+        // count each promotion's end once.
+        let before = self
+            .store
+            .get_promotion(promotion)
+            .await
+            .ok()
+            .map(|p| p.state);
         let done = self
             .store
             .finish_promotion(
@@ -185,7 +193,9 @@ impl ReleaseService {
             )
             .await?;
         tracing::info!(promotion, app = %done.app, state = done.state.as_str(), "promotion finished");
-        slipway_telemetry::metrics::promotion(done.state.as_str());
+        if before != Some(done.state) {
+            slipway_telemetry::metrics::promotion(done.state.as_str());
+        }
         Ok(done)
     }
 
