@@ -198,7 +198,12 @@ pub async fn run(
                 .await?;
         }
         None => {
-            tracing::info!(%addr, "gateway serving plain HTTP");
+            if addr.ip().is_loopback() {
+                tracing::info!(%addr, "gateway serving plain HTTP");
+            } else {
+                // Only reachable with --insecure-http (validated at start-up).
+                tracing::warn!(%addr, "gateway serving plain HTTP off loopback (--insecure-http): credentials cross the network in the clear");
+            }
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await?;

@@ -107,6 +107,14 @@ impl TlsArgs {
             }
             _ => {}
         }
+        // A missing file is a setting error (exit 64), not a failure later.
+        for (flag, path) in [("--tls-cert", &self.tls_cert), ("--tls-key", &self.tls_key)] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                return Err(format!("{flag} {}: no such file", path.display()));
+            }
+        }
         if self.enabled() && self.insecure_http {
             return Err("--insecure-http conflicts with --tls-cert/--tls-self-signed".into());
         }
