@@ -503,3 +503,22 @@ fn settings_are_checked_and_passwords_stay_out_of_debug() {
         "rollout:v1:rollout:PABC"
     );
 }
+
+/// The first publish after a restart nobody noticed (no call while Redis
+/// was down) succeeds: the dropped connection is replaced at once.
+#[tokio::test]
+async fn the_first_publish_after_an_unnoticed_restart_succeeds() {
+    let mut server = PrivateRedis::start().await;
+    let bus = RedisBus::new(config(&server.url())).unwrap();
+    let before = bus
+        .publish(NewEvent::now("quiet", "system/test", "before"))
+        .await
+        .unwrap();
+    server.kill();
+    server.restart().await;
+    let after = bus
+        .publish(NewEvent::now("quiet", "system/test", "after"))
+        .await
+        .expect("a fresh connection on the restarted Redis");
+    assert!(after > before);
+}
