@@ -136,6 +136,16 @@ fn spawn(dir: &Path, name: &'static str, otlp: SocketAddr, args: &[String]) -> S
     Service { name, child, log }
 }
 
+/// Kills what is left under a directory when dropped: the app's processes
+/// outlive the rollout service by design, and must not outlive a failed test.
+struct KillUnder(PathBuf);
+
+impl Drop for KillUnder {
+    fn drop(&mut self) {
+        kill_processes_under(&self.0);
+    }
+}
+
 /// The four services' logs, for failure messages.
 fn logs(services: &[Service]) -> String {
     services
@@ -265,6 +275,7 @@ async fn one_deploy_is_one_trace_across_the_four_services() {
     let (otlp, received) = start_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
+    let _cleanup = KillUnder(root.to_owned());
     let [release, build, rollout, gateway] = [free_port(), free_port(), free_port(), free_port()];
     let at = |port: u16| format!("127.0.0.1:{port}");
     let endpoint = |port: u16| format!("http://127.0.0.1:{port}");
