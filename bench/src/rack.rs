@@ -49,7 +49,8 @@ impl BenchRack {
     }
 
     /// A gRPC channel to service `index` (0 release, 1 build, 2 rollout),
-    /// built the way the gateway builds its own.
+    /// built the way the gateway builds its own (signing the rack's service
+    /// token onto every call).
     pub(crate) fn channel(&self, name: &'static str, index: usize) -> anyhow::Result<Channel> {
         Ok(slipway_rpc::channel(
             name,
@@ -57,7 +58,12 @@ impl BenchRack {
             &slipway_rpc::ChannelOptions {
                 // Long enough for a cold 50 MB build's log stream.
                 request_timeout: Duration::from_secs(300),
-                ..Default::default()
+                // The rack's services take only calls signed with its key.
+                ..self
+                    .rack
+                    .as_ref()
+                    .map(|r| r.channel_options())
+                    .unwrap_or_default()
             },
         )?)
     }

@@ -54,7 +54,10 @@ pub struct ClusterOptions {
 impl Default for ClusterOptions {
     fn default() -> Self {
         Self {
-            redis_url: std::env::var("SLIPWAY_TEST_REDIS_URL").ok(),
+            redis_url: Some(
+                std::env::var("SLIPWAY_TEST_REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+            ),
         }
     }
 }
@@ -352,6 +355,18 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no replica {name}"));
         replica.child.start_kill().expect("SIGKILL");
         let _ = replica.child.wait().await;
+    }
+
+    /// Sends `signal` to replica `name` (SIGSTOP/SIGCONT to pause one).
+    pub fn signal(&self, name: &str, signal: nix::sys::signal::Signal) {
+        let pid = self
+            .replica(name)
+            .child
+            .id()
+            .unwrap_or_else(|| panic!("{name} has exited"));
+        let pid = i32::try_from(pid).expect("pid fits in i32");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .unwrap_or_else(|e| panic!("signal {name}: {e}"));
     }
 
     /// Holds every Deployment where it is (true) or lets the cluster's

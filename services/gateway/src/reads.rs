@@ -56,6 +56,13 @@ impl<C: Clone> Replicas<C> {
         }
     }
 
+    /// The next replica's client, round-robin (for streams, which are
+    /// resumed rather than retried).
+    pub(crate) fn next_client(&self) -> C {
+        let next = self.next.fetch_add(1, Ordering::Relaxed);
+        self.clients[next % self.clients.len()].clone()
+    }
+
     /// Sends `message` through `call` on the next replica; on UNAVAILABLE,
     /// again on the following one after a short backoff, up to [`ATTEMPTS`]
     /// times in all. Only for idempotent reads.

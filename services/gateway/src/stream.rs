@@ -213,26 +213,93 @@ pub(crate) async fn promotion_events(
 
 type Lines = futures::stream::BoxStream<'static, Result<String, String>>;
 
-/// A rollout's events as lines, from its start until it ends.
+/// Times a broken promotion-event stream is resumed on another replica in
+/// a row (an event received resets the count).
+const RESUMES: u32 = 5;
+/// Wait before resuming, doubled each time in a row.
+const RESUME_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A rollout's events as lines, from its start until it ends. The stream
+/// survives the rollout replica serving it: when it breaks (the replica
+/// died, froze past its keepalive, or restarted), it resumes on the next
+/// replica after the last event it passed on, so the client sees every
+/// event once.
 async fn rollout_lines(state: &AppState, id: String) -> Result<Lines, String> {
-    let stream = state
-        .rollout
-        .clone()
-        .watch_rollout(opb::WatchRolloutRequest {
-            id,
-            after_event_id: String::new(),
-        })
+    let replicas = state.reads.rollout.clone();
+    let watch = move |after: String| {
+        let id = id.clone();
+        let replicas = replicas.clone();
+        async move {
+            let mut client = replicas.next_client();
+            client
+                .watch_rollout(opb::WatchRolloutRequest {
+                    id,
+                    after_event_id: after,
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    // The first call's refusal (unknown rollout) is the answer as is.
+    let mut stream = watch(String::new())
         .await
-        .map_err(|s| s.message().to_owned())?
-        .into_inner();
-    Ok(stream
-        .filter_map(|m| async move {
-            match m {
-                Ok(m) => m.event.map(|e| Ok(convert::event_line(&e))),
-                Err(s) => Some(Err(s.message().to_owned())),
+        .map_err(|s| s.message().to_owned())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(
+        async move {
+            let mut after = String::new();
+            let (mut resumes, mut backoff) = (0, RESUME_BACKOFF);
+            loop {
+                match stream.message().await {
+                    Ok(Some(message)) => {
+                        if let Some(event) = message.event {
+                            after.clone_from(&event.id);
+                            (resumes, backoff) = (0, RESUME_BACKOFF);
+                            if tx.send(Ok(convert::event_line(&event))).await.is_err() {
+                                return;
+                            }
+                        }
+                        if message.finished.is_some() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(status) if resumable(status.code()) && resumes < RESUMES => {
+                        resumes += 1;
+                        tracing::warn!(after = %after, "promotion event stream broke, resuming on the next rollout replica: {status}");
+                        tokio::time::sleep(backoff).await;
+                        backoff *= 2;
+                        match watch(after.clone()).await {
+                            Ok(next) => stream = next,
+                            Err(status) if resumable(status.code()) => {}
+                            Err(status) => {
+                                let _ = tx.send(Err(status.message().to_owned())).await;
+                                return;
+                            }
+                        }
+                    }
+                    Err(status) => {
+                        let _ = tx.send(Err(status.message().to_owned())).await;
+                        return;
+                    }
+                }
             }
-        })
-        .boxed())
+        }
+        .in_current_span(),
+    );
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+}
+
+/// Whether a broken stream is worth resuming elsewhere: the replica or the
+/// connection failed, not the request.
+fn resumable(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+    )
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {

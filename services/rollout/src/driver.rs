@@ -111,6 +111,12 @@ impl Drivers {
         );
     }
 
+    /// Fences the rollout's events by the lease at `epoch` (see
+    /// [`Recorder::hold`]); [`Drivers::spawn`] does it too.
+    pub fn hold(&self, id: &str, epoch: u64) {
+        self.recorder.hold(id, epoch);
+    }
+
     /// Starts driving `id` under the lease at `epoch`, unless already driven here.
     pub fn spawn(self: &Arc<Self>, id: String, epoch: u64) {
         let notify = {
@@ -122,6 +128,7 @@ impl Drivers {
             active.insert(id.clone(), notify.clone());
             notify
         };
+        self.recorder.hold(&id, epoch);
         let this = self.clone();
         // In the span that started it (StartRollout's request span, or the
         // takeover loop), so the rollout and its CompletePromotion call
@@ -242,6 +249,14 @@ impl Drivers {
         let shutting_down = self.shutdown.is_cancelled();
         lost.cancel();
         let _ = renewing.await;
+        // Finished under our lease: its events need no fencing any more. A
+        // lost lease keeps them fenced (the runtime may still report).
+        if let Ok(Some(plan)) = self.store.plan(id).await
+            && plan.rollout.epoch == epoch
+            && plan.rollout.phase.is_terminal()
+        {
+            self.recorder.finish(id);
+        }
         if shutting_down {
             // Let another replica (or our restart) take over at once.
             let _ = self.store.release_lease(id, epoch).await;

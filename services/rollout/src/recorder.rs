@@ -3,6 +3,13 @@
 //! readable after the fact), then published to the bus; other events (app
 //! log lines) go to the bus only. One writer task keeps them in order.
 //!
+//! Appends are fenced: while this replica drives a rollout it tells the
+//! recorder the lease epoch it holds ([`Recorder::hold`]), and that
+//! rollout's events are written only while the epoch is still the
+//! rollout's. A replica that was paused past its lease and wakes up (its
+//! runtime watchers still reporting) records nothing, and publishes nothing:
+//! the new owner's events are the rollout's history.
+//!
 //! The bus is best effort. It gets its own task behind a bounded queue, so
 //! a slow or dead bus (Redis down) never holds up the durable log, and while
 //! it fails the publisher stops trying for a while (backing off), dropping
@@ -10,6 +17,7 @@
 //! process output is lost. It says so once with a warning, repeats at most
 //! once a minute while it lasts, and logs the recovery.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +38,10 @@ const REMIND: Duration = Duration::from_secs(60);
 enum Message {
     Event(NewEvent),
     Flush(oneshot::Sender<()>),
+    /// This replica drives the rollout under the lease at this epoch.
+    Hold(String, u64),
+    /// This replica finished driving the rollout (not fenced off).
+    Finish(String),
 }
 
 /// A cheap handle on the writer task.
@@ -52,15 +64,38 @@ impl Recorder {
         tokio::spawn(publish(bus, bus_rx));
         tokio::spawn(async move {
             let mut overflow = Reminder::default();
+            // Rollouts driven here and the epoch of their lease.
+            let mut held: HashMap<String, u64> = HashMap::new();
             while let Some(message) = rx.recv().await {
                 match message {
+                    Message::Hold(rollout, epoch) => {
+                        held.insert(rollout, epoch);
+                    }
+                    Message::Finish(rollout) => {
+                        held.remove(&rollout);
+                    }
                     Message::Event(event) => {
-                        if let Some(rollout) = &event.rollout
-                            && let Err(e) = store
-                                .append_event(rollout, event.time, &event.source, &event.message)
+                        if let Some(rollout) = &event.rollout {
+                            let epoch = held.get(rollout).copied();
+                            match store
+                                .append_event_fenced(
+                                    rollout,
+                                    epoch,
+                                    event.time,
+                                    &event.source,
+                                    &event.message,
+                                )
                                 .await
-                        {
-                            tracing::error!(rollout = %rollout, "failed to record a rollout event: {e}");
+                            {
+                                Ok(Some(_)) => {}
+                                Ok(None) => {
+                                    tracing::debug!(rollout = %rollout, epoch, "event of a lost lease dropped");
+                                    continue;
+                                }
+                                Err(e) => {
+                                    tracing::error!(rollout = %rollout, "failed to record a rollout event: {e}")
+                                }
+                            }
                         }
                         if let Err(mpsc::error::TrySendError::Full(_)) =
                             bus_tx.try_send(Message::Event(event))
@@ -80,6 +115,18 @@ impl Recorder {
             }
         });
         Self { tx }
+    }
+
+    /// Fences the events of `rollout` emitted from now on by the lease at
+    /// `epoch`, which this replica holds.
+    pub fn hold(&self, rollout: &str, epoch: u64) {
+        let _ = self.tx.send(Message::Hold(rollout.to_owned(), epoch));
+    }
+
+    /// Ends [`Recorder::hold`] for a rollout this replica finished driving
+    /// (not for one it lost: those stay fenced).
+    pub fn finish(&self, rollout: &str) {
+        let _ = self.tx.send(Message::Finish(rollout.to_owned()));
     }
 
     /// Returns once every event emitted before the call is recorded (and
@@ -135,6 +182,7 @@ async fn publish(bus: Arc<dyn EventBus>, mut rx: mpsc::Receiver<Message>) {
             Message::Flush(done) => {
                 let _ = done.send(());
             }
+            Message::Hold(..) | Message::Finish(_) => {}
         }
     }
 }

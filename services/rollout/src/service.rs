@@ -118,6 +118,7 @@ impl Rollouts {
             .await?;
         if created {
             tracing::info!(rollout = %new.id, app = %new.target.app, release = %new.target.release, "rollout started");
+            self.drivers.hold(&new.id, plan.rollout.epoch);
             self.drivers
                 .status_event(&new.target.app, &new.id, "Running", Phase::Pending);
             self.drivers.spawn(new.id.clone(), plan.rollout.epoch);

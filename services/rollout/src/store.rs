@@ -366,10 +366,30 @@ impl Store {
         source: &str,
         message: &str,
     ) -> Result<u64> {
+        let seq = self
+            .append_event_fenced(rollout, None, time, source, message)
+            .await?;
+        Ok(seq.expect("an unfenced append always writes"))
+    }
+
+    /// Appends an event to a rollout's log if `epoch` (when given) is still
+    /// the rollout's lease epoch: `None` when a newer owner fenced this one
+    /// off, so a paused old owner that wakes up records nothing. The check
+    /// and the write are one statement.
+    pub async fn append_event_fenced(
+        &self,
+        rollout: &str,
+        epoch: Option<u64>,
+        time: DateTime<Utc>,
+        source: &str,
+        message: &str,
+    ) -> Result<Option<u64>> {
         for _ in 0..20 {
             let row = sqlx::query(
                 "INSERT INTO rollout_events (rollout_id, seq, time, source, message) \
-                 SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM rollout_events WHERE rollout_id = $5 \
+                 SELECT $1, next.seq, $2, $3, $4 FROM \
+                 (SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM rollout_events WHERE rollout_id = $5) next \
+                 WHERE $6 < 0 OR EXISTS (SELECT 1 FROM rollouts WHERE id = $7 AND epoch = $8) \
                  RETURNING seq",
             )
             .bind(rollout)
@@ -377,10 +397,14 @@ impl Store {
             .bind(source)
             .bind(message)
             .bind(rollout)
-            .fetch_one(&self.db.pool)
+            .bind(epoch.map_or(-1, |e| e as i64))
+            .bind(rollout)
+            .bind(epoch.unwrap_or_default() as i64)
+            .fetch_optional(&self.db.pool)
             .await;
             match row {
-                Ok(row) => return Ok(row.try_get::<i64, _>("seq")? as u64),
+                Ok(Some(row)) => return Ok(Some(row.try_get::<i64, _>("seq")? as u64)),
+                Ok(None) => return Ok(None),
                 // A concurrent append took the number (or the database was
                 // busy): take the next one.
                 Err(e)

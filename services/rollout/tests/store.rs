@@ -114,6 +114,22 @@ async fn suite(store: Store) {
         ["e2", "e3", "e4"]
     );
     assert_eq!(store.events_after("P1", 0, 2).await.unwrap().len(), 2);
+    // Events of the old epoch are fenced off too; the new owner's go in.
+    assert_eq!(
+        store
+            .append_event_fenced("P1", Some(1), Utc::now(), "system/local/web", "stale")
+            .await
+            .unwrap(),
+        None,
+        "a fenced-off owner records no event"
+    );
+    assert_eq!(
+        store
+            .append_event_fenced("P1", Some(2), Utc::now(), "system/local/web", "fresh")
+            .await
+            .unwrap(),
+        Some(6)
+    );
 
     // The local runtime's records.
     assert_eq!(store.local_port("app1", "web").await.unwrap(), None);
