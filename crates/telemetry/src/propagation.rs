@@ -64,7 +64,11 @@ impl RequestSpan {
     /// The span of `request`.
     pub fn span<B>(&self, request: &http::Request<B>) -> Span {
         let path = request.uri().path();
-        let span = if self.grpc {
+        let span = if self.grpc && path.starts_with("/grpc.health.v1.Health/") {
+            // Probes every few seconds: not worth a trace (debug, so off
+            // under the default filter); their latency is still measured.
+            tracing::debug_span!("grpc", otel.name = path.trim_start_matches('/'))
+        } else if self.grpc {
             let call = path.trim_start_matches('/');
             let (service, method) = call.split_once('/').unwrap_or((call, ""));
             tracing::info_span!(
@@ -146,6 +150,83 @@ mod tests {
         );
         assert!(cx.span().span_context().is_sampled());
         assert!(cx.span().span_context().is_remote());
+    }
+
+    /// A subscriber exporting `info` spans to memory, as `init` wires it
+    /// under the default filter (without OTLP).
+    fn recording() -> (
+        impl tracing::Subscriber + Send + Sync,
+        opentelemetry_sdk::trace::SdkTracerProvider,
+        opentelemetry_sdk::trace::InMemorySpanExporter,
+    ) {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("test"))
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        );
+        (subscriber, provider, exporter)
+    }
+
+    #[test]
+    fn a_request_span_continues_the_callers_trace_and_passes_it_on() {
+        let (subscriber, provider, exporter) = recording();
+        let caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let request = http::Request::builder()
+            .uri("/slipway.release.v1.ReleaseService/CreateRelease")
+            .header("traceparent", caller)
+            .body(())
+            .unwrap();
+        let mut outgoing = HeaderMap::new();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = RequestSpan::grpc().span(&request);
+            let _entered = span.enter();
+            inject(&tracing::Span::current(), &mut outgoing);
+        });
+        provider.force_flush().unwrap();
+        let spans = exporter.get_finished_spans().unwrap();
+        assert_eq!(spans.len(), 1, "{spans:?}");
+        let span = &spans[0];
+        assert_eq!(span.name, "slipway.release.v1.ReleaseService/CreateRelease");
+        assert_eq!(
+            span.span_context.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(span.parent_span_id.to_string(), "b7ad6b7169203331");
+        assert_eq!(span.span_kind, opentelemetry::trace::SpanKind::Server);
+        // The next hop gets the same trace, with this span as its parent.
+        let sent = outgoing.get("traceparent").unwrap().to_str().unwrap();
+        assert_eq!(
+            sent,
+            format!(
+                "00-0af7651916cd43dd8448eb211c80319c-{}-01",
+                span.span_context.span_id()
+            )
+        );
+    }
+
+    #[test]
+    fn health_checks_make_no_spans_and_nothing_is_sent_outside_a_trace() {
+        let (subscriber, provider, exporter) = recording();
+        let request = http::Request::builder()
+            .uri("/grpc.health.v1.Health/Check")
+            .body(())
+            .unwrap();
+        let mut outgoing = HeaderMap::new();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = RequestSpan::grpc().span(&request);
+            let _entered = span.enter();
+        });
+        inject(&tracing::Span::current(), &mut outgoing);
+        provider.force_flush().unwrap();
+        assert!(exporter.get_finished_spans().unwrap().is_empty());
+        assert!(outgoing.is_empty());
     }
 
     #[test]
