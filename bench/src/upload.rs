@@ -5,7 +5,13 @@
 //!   `UploadSource` (1 MiB chunks, as the gateway sends them) beside a raw
 //!   loopback TCP copy of the same bytes to a reader that discards them (the
 //!   issue's baseline), and to one that writes them to a file in the same
-//!   data directory (what the upload must also do). Rounds alternate.
+//!   data directory (what the upload must also do). The headline upload
+//!   names one key, so each round's object replaces the last one, as the
+//!   file-writing reader removes its file after each copy: both then write
+//!   into recycled page-cache pages. Uploads to a fresh key each time (what
+//!   the CLI does; the objects pile up) and the same bytes POSTed through the
+//!   gateway (`slipway_client`, what `slipway build` sends) are extra
+//!   figures. Rounds alternate.
 //! - cached rebuild: the source is built once, then uploaded again
 //!   unchanged and built again; timed from `CreateBuild` until the build is
 //!   complete (its log stream ends), the builder reusing the artifact.
@@ -22,6 +28,7 @@ use serde_json::json;
 use slipway_api::build::v1 as pb;
 use slipway_api::build::v1::build_service_client::BuildServiceClient;
 use slipway_api::release::v1 as rpb;
+use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_rpc::Channel;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -34,7 +41,7 @@ pub(crate) struct Args {
     /// Size of the source's files in MiB (random, so the tarball is as big).
     #[arg(long, default_value = "50")]
     source_mib: usize,
-    /// Rounds of (raw copy, raw copy to file, gRPC upload).
+    /// Rounds of (raw copy, raw copy to file, gRPC uploads, gateway upload).
     #[arg(long, default_value = "5")]
     rounds: usize,
     /// Cached rebuilds measured.
@@ -44,6 +51,8 @@ pub(crate) struct Args {
 
 const APP: &str = "bench-upload";
 const CHUNK: usize = 1 << 20;
+/// The key the headline upload replaces every round.
+const KEY: &str = "bench/source.tgz";
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -63,34 +72,53 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
         "upload: {:.1} MB tarball, {} rounds, {} cached rebuilds",
         mb, args.rounds, args.rebuilds
     );
-    rack.release()?
+    ReleaseServiceClient::new(signed_channel(rack, "release", 0)?)
         .create_app(rpb::CreateAppRequest {
             name: APP.into(),
             deadline_seconds: 0,
         })
         .await?;
-    let mut build = BuildServiceClient::new(rack.channel("build", 1)?)
+    let mut build = BuildServiceClient::new(signed_channel(rack, "build", 1)?)
         .max_encoding_message_size(8 << 20)
         .max_decoding_message_size(8 << 20);
+
+    let gateway = slipway_client::Client::new(&rack.url)?;
 
     let sink = RawServer::start(None).await?;
     let file_sink = RawServer::start(Some(rack.dir().join("raw-copy"))).await?;
     let (mut raw, mut raw_file, mut grpc) = (Vec::new(), Vec::new(), Vec::new());
-    // One unrecorded upload warms the channel and the object store.
-    upload(&mut build, &source).await?;
+    let (mut fresh, mut via_gateway) = (Vec::new(), Vec::new());
+    // One unrecorded upload of each kind warms the channels and the store.
+    upload(&mut build, &source, KEY).await?;
+    gateway
+        .object_store(APP, "bench/gateway.tgz", source.to_vec())
+        .await
+        .context("upload through the gateway")?;
     for _ in 0..args.rounds {
         raw.push(sink.copy(&source).await?);
         raw_file.push(file_sink.copy(&source).await?);
         let started = Instant::now();
-        upload(&mut build, &source).await?;
+        upload(&mut build, &source, KEY).await?;
         grpc.push(started.elapsed());
+        let started = Instant::now();
+        upload(&mut build, &source, "").await?;
+        fresh.push(started.elapsed());
+        // The client takes the body by value; the copy is not timed.
+        let body = source.to_vec();
+        let started = Instant::now();
+        gateway
+            .object_store(APP, "bench/gateway.tgz", body)
+            .await
+            .context("upload through the gateway")?;
+        via_gateway.push(started.elapsed());
     }
     // Median time, as MB/s.
     let rate = |t: &mut Vec<Duration>| mb / (percentile_ms(t, 50.0) / 1000.0);
     let (raw_rate, file_rate, grpc_rate) = (rate(&mut raw), rate(&mut raw_file), rate(&mut grpc));
+    let (fresh_rate, gateway_rate) = (rate(&mut fresh), rate(&mut via_gateway));
 
     // Cached rebuilds.
-    let url = upload(&mut build, &source).await?;
+    let url = upload(&mut build, &source, KEY).await?;
     let (cold, cold_log) = build_once(&mut build, &url).await?;
     anyhow::ensure!(
         cold_log.contains("Created snapshot") || cold_log.contains("Reusing snapshot"),
@@ -99,7 +127,7 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
     let (mut rebuilds, mut with_upload) = (Vec::new(), Vec::new());
     for _ in 0..args.rebuilds {
         let started = Instant::now();
-        let url = upload(&mut build, &source).await?;
+        let url = upload(&mut build, &source, KEY).await?;
         let (took, log) = build_once(&mut build, &url).await?;
         with_upload.push(started.elapsed());
         anyhow::ensure!(
@@ -139,6 +167,29 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
         "-"
     );
     println!(
+        "{:<44} {:>6.0} MB/s {:>7.0} MB/s {:>7.0}% {:>8} {:>4}",
+        "raw TCP copy into a file vs raw TCP copy",
+        file_rate,
+        raw_rate,
+        100.0 * file_rate / raw_rate,
+        "-",
+        "-"
+    );
+    for (case, figure) in [
+        ("UploadSource, a fresh key each time", fresh_rate),
+        ("gateway POST /apps/{app}/objects/{key}", gateway_rate),
+    ] {
+        println!(
+            "{:<44} {:>6.0} MB/s {:>7.0} MB/s {:>7.0}% {:>8} {:>4}",
+            case,
+            figure,
+            raw_rate,
+            100.0 * figure / raw_rate,
+            "-",
+            "-"
+        );
+    }
+    println!(
         "{:<44} {:>8.0} ms {:>9.0} ms {:>8} {:>8} {:>4}",
         format!("cached rebuild, {mb:.0} MB source (p50; vs cold)"),
         re50,
@@ -163,6 +214,8 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
             "upload_mb_per_s": grpc_rate,
             "raw_tcp_mb_per_s": raw_rate,
             "raw_tcp_to_file_mb_per_s": file_rate,
+            "upload_fresh_key_mb_per_s": fresh_rate,
+            "gateway_upload_mb_per_s": gateway_rate,
             "upload_ratio": ratio,
             "goal_upload_ratio": 0.7,
             "cold_build_ms": cold_ms,
@@ -173,6 +226,28 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// A channel to the rack's service `index` (0 release, 1 build) that signs
+/// the rack's service token onto every call, which the rack's services
+/// require. `BenchRack::channel` sends none yet, so this reads the key the
+/// rack keeps in its data directory.
+fn signed_channel(rack: &BenchRack, name: &'static str, index: usize) -> anyhow::Result<Channel> {
+    let path = rack.dir().join("rack").join("service-token-key");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("read the rack's service key {}", path.display()))?;
+    let key = slipway_rpc::auth::ServiceKey::new(&text.trim().to_owned().into())
+        .map_err(|_| anyhow::anyhow!("{} holds too short a key", path.display()))?;
+    Ok(slipway_rpc::channel(
+        name,
+        &[format!("http://{}", rack.services[index])],
+        &slipway_rpc::ChannelOptions {
+            // Long enough for a cold 50 MB build's log stream.
+            request_timeout: Duration::from_secs(300),
+            service_token: Some(slipway_rpc::auth::TokenSigner::new(key, "bench")),
+            ..Default::default()
+        },
+    )?)
 }
 
 /// A gzip'd tarball with a manifest and `mib` files of 1 MiB random bytes.
@@ -198,11 +273,16 @@ fn tarball(mib: usize) -> anyhow::Result<Vec<u8>> {
     Ok(tar.into_inner()?.finish()?)
 }
 
-/// Streams `source` with `UploadSource`; returns the object URL.
-async fn upload(build: &mut BuildServiceClient<Channel>, source: &Bytes) -> anyhow::Result<String> {
+/// Streams `source` with `UploadSource` as object `key` (a fresh one when
+/// empty); returns the object URL.
+async fn upload(
+    build: &mut BuildServiceClient<Channel>,
+    source: &Bytes,
+    key: &str,
+) -> anyhow::Result<String> {
     let first = pb::UploadSourceRequest {
         app: APP.into(),
-        key: String::new(),
+        key: key.into(),
         chunk: Bytes::new(),
     };
     let len = source.len();

@@ -24,6 +24,13 @@ pub use telemetry::{Channel, ServerMetrics, ServerMetricsLayer};
 /// `X-Convox-Actor` or the authenticated user).
 pub const ACTOR_HEADER: &str = "x-slipway-actor";
 
+/// HTTP/2 flow-control window per stream, on servers and channels.
+const STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 flow-control window per connection, on servers and channels.
+const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Largest HTTP/2 frame a server accepts (the protocol default is 16 KiB).
+const MAX_FRAME: u32 = 1 << 20;
+
 /// Server-side limits.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
@@ -144,9 +151,13 @@ pub async fn serve(
         .concurrency_limit_per_connection(options.concurrency_limit)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        // Let HTTP/2 flow-control windows grow with the link (BDP probing):
-        // the fixed 64 KiB default throttles source uploads on loopback.
-        .http2_adaptive_window(Some(true))
+        // Large fixed HTTP/2 windows and 1 MiB frames: hyper's 64 KiB default
+        // windows stall client-streamed source uploads, and adaptive (BDP)
+        // windows measured no better; big frames cut per-frame wakeups.
+        // The connection window bounds what one peer can make us buffer.
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .max_frame_size(Some(MAX_FRAME))
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             // Nagle's algorithm with delayed ACKs adds ~40 ms to small
@@ -283,7 +294,8 @@ pub fn channel(
                         .connect_timeout(options.connect_timeout)
                         .tcp_nodelay(true)
                         .http2_keep_alive_interval(Duration::from_secs(30))
-                        .http2_adaptive_window(true)
+                        .initial_stream_window_size(STREAM_WINDOW)
+                        .initial_connection_window_size(CONNECTION_WINDOW)
                 })
                 .map_err(|source| ChannelError::InvalidEndpoint {
                     peer,
