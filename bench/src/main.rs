@@ -7,6 +7,7 @@ mod gateway;
 mod ledger;
 mod rack;
 mod rollout;
+mod scale;
 mod stats;
 mod upload;
 
@@ -36,6 +37,10 @@ enum Command {
     /// `releases list` through the gateway beside the same gRPC call made
     /// directly.
     Gateway(gateway::Args),
+    /// `releases list` and `env set` throughput through one gateway vs two
+    /// gateway replicas on the same PostgreSQL (the scale setup), and
+    /// Redis event fan-out latency beside a bare Redis round trip.
+    Scale(scale::Args),
     /// The app the `rollout` benchmark deploys (and spawns as its baseline):
     /// sleeps `APP_DELAY_MS`, then answers 200 to every request on `$PORT`.
     #[command(hide = true)]
@@ -57,6 +62,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Rollout(args) => rollout::run(args).await,
                 Command::Upload(args) => upload::run(args).await,
                 Command::Gateway(args) => gateway::run(args).await,
+                Command::Scale(args) => scale::run(args).await,
                 Command::ServeApp => unreachable!("handled above"),
             }
         })
