@@ -24,6 +24,11 @@ pub use telemetry::{Channel, ServerMetrics, ServerMetricsLayer};
 /// `X-Convox-Actor` or the authenticated user).
 pub const ACTOR_HEADER: &str = "x-slipway-actor";
 
+/// How often a channel pings its peer over HTTP/2 while calls are open.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection counts as dead.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// HTTP/2 flow-control window per stream, on servers and channels.
 const STREAM_WINDOW: u32 = 8 << 20;
 /// HTTP/2 flow-control window per connection, on servers and channels.
@@ -293,7 +298,11 @@ pub fn channel(
                     ep.timeout(options.request_timeout)
                         .connect_timeout(options.connect_timeout)
                         .tcp_nodelay(true)
-                        .http2_keep_alive_interval(Duration::from_secs(30))
+                        // A peer that stops answering pings (frozen, or cut
+                        // off) fails its calls and streams within 15 s, so
+                        // streams resume on another replica instead of hanging.
+                        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                         .initial_stream_window_size(STREAM_WINDOW)
                         .initial_connection_window_size(CONNECTION_WINDOW)
                 })
