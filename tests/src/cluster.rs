@@ -112,9 +112,10 @@ fn rand_bytes() -> [u8; 32] {
     out
 }
 
-/// A port that was free a moment ago (only for the release replicas; see
-/// the module comment).
-fn free_port() -> u16 {
+/// A port that was free a moment ago. Only for services that must be told
+/// each other's address before either starts (release and rollout call each
+/// other): a port chosen here and released is the only way, with a tiny race.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -331,6 +332,17 @@ impl Cluster {
         .await
         .unwrap_or_else(|_| panic!("slipway {args:?} took over 4 minutes"))
         .expect("run slipway")
+    }
+
+    /// Runs `slipway args…` against gateway `gateway` and returns its stdout,
+    /// failing the test (with both streams and every replica's log) unless
+    /// it succeeded.
+    pub async fn ok(&self, gateway: &str, cwd: &Path, args: &[&str], what: &str) -> String {
+        let output = self.slipway(gateway, cwd, args).await;
+        if !output.status.success() {
+            eprintln!("{}", self.logs());
+        }
+        crate::ok_stdout(&output, what)
     }
 
     /// The `slipway args…` command against gateway `gateway`, not started.

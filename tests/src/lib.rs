@@ -118,15 +118,7 @@ pub fn kill_processes_under(dir: &std::path::Path) {
 
 /// Path of the `slipway` binary built beside this test.
 pub fn slipway_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
-    let bin = dir.join("slipway");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p slipway-cli` (scripts/test does)",
-        bin.display()
-    );
-    bin
+    cluster::binary("slipway")
 }
 
 /// The example app directory.

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use slipway_e2e::cluster::{Cluster, ClusterOptions, LEASE_TTL};
-use slipway_e2e::{eventually, example, ok_stdout};
+use slipway_e2e::{eventually, example};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 fn release_of(out: &str) -> String {
@@ -17,6 +17,13 @@ fn release_of(out: &str) -> String {
         .unwrap_or_else(|| panic!("no `Release: R…` line in:\n{out}"))
         .trim()
         .to_owned()
+}
+
+/// The line of the active release in `slipway releases` output.
+fn active_line(list: &str) -> &str {
+    list.lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("active"))
+        .unwrap_or_else(|| panic!("no active release in:\n{list}"))
 }
 
 async fn query_one(url: &str, sql: &str, bind: &str) -> Option<(String, i64)> {
@@ -54,12 +61,14 @@ async fn the_seed_flow_runs_on_the_scale_setup_across_gateways() {
     let cwd = tempfile::tempdir().unwrap();
     let dir = cwd.path();
 
-    ok_stdout(
-        &cluster
-            .slipway("gateway-a", dir, &["apps", "create", "myapp"])
-            .await,
-        "apps create through gateway A",
-    );
+    cluster
+        .ok(
+            "gateway-a",
+            dir,
+            &["apps", "create", "myapp"],
+            "apps create through gateway A",
+        )
+        .await;
 
     // Follow the app's logs through gateway B while gateway A deploys.
     let mut follower = cluster
@@ -71,23 +80,21 @@ async fn the_seed_flow_runs_on_the_scale_setup_across_gateways() {
     let mut followed = BufReader::new(follower.stdout.take().unwrap()).lines();
 
     let good = example("myapp");
-    let out = ok_stdout(
-        &cluster
-            .slipway(
-                "gateway-a",
-                dir,
-                &[
-                    "deploy",
-                    good.to_str().unwrap(),
-                    "-a",
-                    "myapp",
-                    "-d",
-                    "first deploy",
-                ],
-            )
-            .await,
-        "deploy through gateway A",
-    );
+    let out = cluster
+        .ok(
+            "gateway-a",
+            dir,
+            &[
+                "deploy",
+                good.to_str().unwrap(),
+                "-a",
+                "myapp",
+                "-d",
+                "first deploy",
+            ],
+            "deploy through gateway A",
+        )
+        .await;
     for wanted in [
         "Packaging source... OK",
         "Uploading source... OK",
@@ -128,72 +135,69 @@ async fn the_seed_flow_runs_on_the_scale_setup_across_gateways() {
     let _ = follower.start_kill();
 
     // env set through B, visible through A; promote through B.
-    let out = ok_stdout(
-        &cluster
-            .slipway("gateway-b", dir, &["env", "set", "FOO=bar", "-a", "myapp"])
-            .await,
-        "env set through gateway B",
-    );
+    let out = cluster
+        .ok(
+            "gateway-b",
+            dir,
+            &["env", "set", "FOO=bar", "-a", "myapp"],
+            "env set through gateway B",
+        )
+        .await;
     let with_foo = release_of(&out);
-    let list = ok_stdout(
-        &cluster
-            .slipway("gateway-a", dir, &["releases", "-a", "myapp"])
-            .await,
-        "releases through gateway A",
-    );
+    let list = cluster
+        .ok(
+            "gateway-a",
+            dir,
+            &["releases", "-a", "myapp"],
+            "releases through gateway A",
+        )
+        .await;
     assert!(
         list.lines()
             .any(|l| l.starts_with(&with_foo) && l.contains("env add:FOO")),
         "{with_foo} missing from:\n{list}"
     );
-    let out = ok_stdout(
-        &cluster
-            .slipway(
-                "gateway-b",
-                dir,
-                &["releases", "promote", &with_foo, "-a", "myapp"],
-            )
-            .await,
-        "promote through gateway B",
-    );
+    let out = cluster
+        .ok(
+            "gateway-b",
+            dir,
+            &["releases", "promote", &with_foo, "-a", "myapp"],
+            "promote through gateway B",
+        )
+        .await;
     assert!(out.trim_end().ends_with("OK"), "{out}");
 
     // Roll back through A to the first release; the copy becomes active.
-    let out = ok_stdout(
-        &cluster
-            .slipway(
-                "gateway-a",
-                dir,
-                &["releases", "rollback", &first, "-a", "myapp"],
-            )
-            .await,
-        "rollback through gateway A",
-    );
+    let out = cluster
+        .ok(
+            "gateway-a",
+            dir,
+            &["releases", "rollback", &first, "-a", "myapp"],
+            "rollback through gateway A",
+        )
+        .await;
     assert!(
         out.contains(&format!("Rolling back to {first}... OK, R")),
         "{out}"
     );
-    let list = ok_stdout(
-        &cluster
-            .slipway("gateway-b", dir, &["releases", "-a", "myapp"])
-            .await,
-        "releases through gateway B",
-    );
-    let active = list
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some("active"))
-        .unwrap_or_else(|| panic!("no active release in:\n{list}"));
+    let list = cluster
+        .ok(
+            "gateway-b",
+            dir,
+            &["releases", "-a", "myapp"],
+            "releases through gateway B",
+        )
+        .await;
+    let active = active_line(&list);
     assert!(active.contains(&format!("rollback to {first}")), "{list}");
-    let info = ok_stdout(
-        &cluster
-            .slipway(
-                "gateway-b",
-                dir,
-                &["releases", "info", &with_foo, "-a", "myapp"],
-            )
-            .await,
-        "releases info through gateway B",
-    );
+    let info = cluster
+        .ok(
+            "gateway-b",
+            dir,
+            &["releases", "info", &with_foo, "-a", "myapp"],
+            "releases info through gateway B",
+        )
+        .await;
     assert!(info.contains("FOO=bar"), "{info}");
 }
 
@@ -239,23 +243,23 @@ async fn takeover(loss: Loss) {
     let mut cluster = Cluster::start(ClusterOptions::default()).await;
     let cwd = tempfile::tempdir().unwrap();
     let dir = cwd.path();
-    ok_stdout(
-        &cluster
-            .slipway("gateway-a", dir, &["apps", "create", "myapp"])
-            .await,
-        "apps create",
-    );
+    cluster
+        .ok(
+            "gateway-a",
+            dir,
+            &["apps", "create", "myapp"],
+            "apps create",
+        )
+        .await;
     let good = example("myapp");
-    ok_stdout(
-        &cluster
-            .slipway(
-                "gateway-a",
-                dir,
-                &["deploy", good.to_str().unwrap(), "-a", "myapp"],
-            )
-            .await,
-        "first deploy",
-    );
+    cluster
+        .ok(
+            "gateway-a",
+            dir,
+            &["deploy", good.to_str().unwrap(), "-a", "myapp"],
+            "first deploy",
+        )
+        .await;
     let namespace = "scale-myapp";
     let deployment = format!("/namespaces/{namespace}/deployments/web");
     let before = cluster
@@ -264,12 +268,14 @@ async fn takeover(loss: Loss) {
     let generation_before = before["metadata"]["generation"].as_i64().unwrap();
 
     // A second release, rolled out while the cluster holds Deployments back.
-    let out = ok_stdout(
-        &cluster
-            .slipway("gateway-a", dir, &["env", "set", "FOO=bar", "-a", "myapp"])
-            .await,
-        "env set",
-    );
+    let out = cluster
+        .ok(
+            "gateway-a",
+            dir,
+            &["env", "set", "FOO=bar", "-a", "myapp"],
+            "env set",
+        )
+        .await;
     let target = release_of(&out);
     cluster.pause_deployments(true);
     let promote = cluster
@@ -390,16 +396,10 @@ async fn takeover(loss: Loss) {
         generation_before + 1,
         "the new release's template must be applied once"
     );
-    let list = ok_stdout(
-        &cluster
-            .slipway("gateway-a", dir, &["releases", "-a", "myapp"])
-            .await,
-        "releases",
-    );
-    let active = list
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some("active"))
-        .unwrap_or_else(|| panic!("no active release in:\n{list}"));
+    let list = cluster
+        .ok("gateway-a", dir, &["releases", "-a", "myapp"], "releases")
+        .await;
+    let active = active_line(&list);
     assert!(
         active.starts_with(&target),
         "{target} should be active:\n{list}"

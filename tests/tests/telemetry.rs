@@ -28,6 +28,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use slipway_e2e::cluster::{binary, free_port};
 use slipway_e2e::{eventually, example, kill_processes_under, ok_stdout, raw_request};
 use tokio::process::{Child, Command};
 
@@ -74,30 +75,6 @@ async fn start_receiver() -> (SocketAddr, Received) {
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
     tokio::spawn(server);
     (addr, received)
-}
-
-/// A workspace binary built beside this test (as `slipway_binary` finds
-/// the CLI).
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p slipway-cli -p slipway-release -p slipway-build -p slipway-rollout -p slipway-gateway` (scripts/test builds them all)",
-        bin.display()
-    );
-    bin
-}
-
-/// A free loopback port. The release and rollout services call each other,
-/// so each must be told the other's address before either starts: a port
-/// chosen here (and released) is the only way, with a tiny race.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// One service process, its log in the test's directory.
