@@ -71,13 +71,13 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
         "upload: {:.1} MB tarball, {} rounds, {} cached rebuilds",
         mb, args.rounds, args.rebuilds
     );
-    ReleaseServiceClient::new(signed_channel(rack, "release", 0)?)
+    ReleaseServiceClient::new(rack.channel("release", 0)?)
         .create_app(rpb::CreateAppRequest {
             name: APP.into(),
             deadline_seconds: 0,
         })
         .await?;
-    let mut build = BuildServiceClient::new(signed_channel(rack, "build", 1)?)
+    let mut build = BuildServiceClient::new(rack.channel("build", 1)?)
         .max_encoding_message_size(8 << 20)
         .max_decoding_message_size(8 << 20);
 
@@ -225,28 +225,6 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
         })
     );
     Ok(())
-}
-
-/// A channel to the rack's service `index` (0 release, 1 build) that signs
-/// the rack's service token onto every call, which the rack's services
-/// require. `BenchRack::channel` sends none yet, so this reads the key the
-/// rack keeps in its data directory.
-fn signed_channel(rack: &BenchRack, name: &'static str, index: usize) -> anyhow::Result<Channel> {
-    let path = rack.dir().join("rack").join("service-token-key");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("read the rack's service key {}", path.display()))?;
-    let key = slipway_rpc::auth::ServiceKey::new(&text.trim().to_owned().into())
-        .map_err(|_| anyhow::anyhow!("{} holds too short a key", path.display()))?;
-    Ok(slipway_rpc::channel(
-        name,
-        &[format!("http://{}", rack.services[index])],
-        &slipway_rpc::ChannelOptions {
-            // Long enough for a cold 50 MB build's log stream.
-            request_timeout: Duration::from_secs(300),
-            service_token: Some(slipway_rpc::auth::TokenSigner::new(key, "bench")),
-            ..Default::default()
-        },
-    )?)
 }
 
 /// A gzip'd tarball with a manifest and `mib` files of 1 MiB random bytes.
