@@ -124,7 +124,26 @@ pub struct Config {
     /// How long in-flight calls may run after SIGTERM.
     #[arg(long, env = "SLIPWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Redis for the event bus (`redis://[:PASSWORD@]HOST:PORT[/DB]` or
+    /// `redis+unix:///PATH`): running builds' logs are published to Redis
+    /// Streams, so every replica streams every build's log live. Without it
+    /// a replica streams live only the builds it runs (others once they
+    /// end). Redis being down degrades live logs, never builds.
+    #[arg(long, env = "SLIPWAY_REDIS_URL")]
+    pub redis_url: Option<Secret>,
+
+    /// First part of the event bus's Redis keys (`<prefix>:v1:app:<build>`,
+    /// one stream per build); every replica of one rack shares it, racks
+    /// sharing one Redis use different ones.
+    #[arg(long, env = "SLIPWAY_REDIS_PREFIX", default_value = "build")]
+    pub redis_prefix: String,
 }
+
+/// Entries kept per build log stream: chunks are coalesced (at most about
+/// 20 a second) and a log is at most 32 MiB, so this bounds nothing that
+/// the log size does not already, while keeping a whole build's chunks.
+const LOG_STREAM_ENTRIES: usize = 100_000;
 
 impl Config {
     /// A development configuration rooted at `data_dir` (tests build on it).
@@ -147,6 +166,8 @@ impl Config {
             build_timeout: Duration::from_secs(55 * 60),
             request_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(5),
+            redis_url: None,
+            redis_prefix: "build".to_owned(),
         }
     }
 
@@ -174,7 +195,19 @@ impl Config {
         if let Some(url) = &self.object_store {
             crate::objects::ObjectLocation::parse(url.expose()).map_err(|e| e.to_string())?;
         }
+        if let Some(redis) = self.redis() {
+            slipway_events::RedisBus::new(redis)
+                .map_err(|e| format!("--redis-url/--redis-prefix: {e}"))?;
+        }
         Ok(())
+    }
+
+    /// The Redis event bus settings, when `--redis-url` is given.
+    pub fn redis(&self) -> Option<slipway_events::RedisConfig> {
+        let url = self.redis_url.as_ref()?;
+        let mut redis = slipway_events::RedisConfig::new(url.expose(), self.redis_prefix.clone());
+        redis.max_len = LOG_STREAM_ENTRIES;
+        Some(redis)
     }
 
     /// The database URL in effect.
@@ -222,6 +255,35 @@ mod tests {
             Config::try_parse_from(["slipway-build", "--release-endpoint", "127.0.0.1:1"]).unwrap();
         config.validate().unwrap();
         assert!(config.database_url().ends_with("build.db"));
+    }
+
+    #[test]
+    fn redis_settings_are_checked() {
+        let base = ["slipway-build", "--release-endpoint", "127.0.0.1:1"];
+        let config = Config::try_parse_from(base).unwrap();
+        assert!(config.redis().is_none(), "no bus by default");
+        let config =
+            Config::try_parse_from(base.into_iter().chain(["--redis-url", "http://redis"]))
+                .unwrap();
+        assert!(config.validate().unwrap_err().contains("--redis-url"));
+        let config = Config::try_parse_from(base.into_iter().chain([
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--redis-prefix",
+            "",
+        ]))
+        .unwrap();
+        assert!(config.validate().unwrap_err().contains("--redis-prefix"));
+        let config = Config::try_parse_from(
+            base.into_iter()
+                .chain(["--redis-url", "redis://:hunter2@redis:6379/0"]),
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let redis = config.redis().unwrap();
+        assert_eq!(redis.prefix, "build");
+        assert_eq!(redis.max_len, LOG_STREAM_ENTRIES);
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub use config::{BuilderKind, Config};
 use crate::builder::Builder;
 use crate::builder::oci::OciBuilder;
 use crate::builder::snapshot::{SnapshotBuilder, remove_tree};
+use crate::log::LogBus;
 use crate::objects::{ObjectLocation, Objects};
 use crate::pipeline::Pipeline;
 use crate::release::Releases;
@@ -72,6 +73,19 @@ pub fn builder_from_config(config: &Config) -> anyhow::Result<Arc<dyn Builder>> 
             ))
         }
     })
+}
+
+/// The bus build logs go to: Redis Streams with `--redis-url` (shared by
+/// every replica), else none (a replica streams live only its own builds).
+/// Does no I/O: a Redis that is down degrades live logs, not the service.
+pub fn log_bus(config: &Config) -> anyhow::Result<Option<Arc<LogBus>>> {
+    let Some(redis) = config.redis() else {
+        return Ok(None);
+    };
+    let prefix = redis.prefix.clone();
+    let bus = slipway_events::RedisBus::new(redis).context("set up the redis event bus")?;
+    tracing::info!(%prefix, "build logs on Redis Streams");
+    Ok(Some(LogBus::new(Arc::new(bus))))
 }
 
 /// Opens the build store the configuration names: connects and migrates.
@@ -137,12 +151,16 @@ pub async fn run_with_builder(
         work_root,
     };
     let background = CancellationToken::new();
-    let service = Arc::new(BuildService::new(
+    let mut service = BuildService::new(
         pipeline,
         config.max_concurrent_builds,
         config.build_timeout,
         background.clone(),
-    ));
+    );
+    if let Some(bus) = log_bus(&config)? {
+        service = service.with_log_bus(bus);
+    }
+    let service = Arc::new(service);
     tokio::spawn(service.clone().heartbeat_loop(background.clone()));
     let server = BuildServiceServer::new(grpc::Grpc::new(service.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);

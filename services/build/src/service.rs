@@ -6,6 +6,11 @@
 //! time. Each open build has a heartbeat in the database; a background loop
 //! refreshes this replica's and fails builds whose replica fell silent, and
 //! stops local builds that another replica was asked to cancel.
+//!
+//! With a [`LogBus`] every local build's log is also published, and a reader
+//! of a build running on another replica follows the bus from its offset,
+//! then finishes from the stored log; without one (or while the bus is
+//! down) such a reader waits for the build to end and replays the stored log.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -15,11 +20,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use slipway_domain::{AppName, BuildId};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::error::{Error, Result};
+use crate::log::{BusEntry, LogBus, Step, Stitch};
 use crate::model::{Build, BuildStatus, Outcome};
 use crate::objects::{ObjectRef, PutError};
 use crate::pipeline::{Pipeline, Running, Stop};
@@ -65,6 +72,8 @@ pub struct BuildService {
     build_timeout: Duration,
     /// Fires when the service shuts down; running builds are stopped.
     shutdown: CancellationToken,
+    /// Where build logs are published for the other replicas, if anywhere.
+    log_bus: Option<Arc<LogBus>>,
 }
 
 impl BuildService {
@@ -82,7 +91,15 @@ impl BuildService {
             runner: format!("{:032x}", rand::random::<u128>()),
             build_timeout,
             shutdown,
+            log_bus: None,
         }
+    }
+
+    /// Publishes the logs of the builds run here on `bus` and follows the
+    /// logs of builds running elsewhere from it.
+    pub fn with_log_bus(mut self, bus: Arc<LogBus>) -> Self {
+        self.log_bus = Some(bus);
+        self
     }
 
     fn running(&self, id: &BuildId) -> Option<Arc<Running>> {
@@ -131,6 +148,9 @@ impl BuildService {
             return Err(e);
         }
         tracing::info!(build_id = %build.id, app = %build.app, "build created");
+        if let Some(bus) = &self.log_bus {
+            bus.publish(build.id.clone(), running.log.clone());
+        }
         // In CreateBuild's span: the pipeline's CreateRelease call then
         // belongs to the trace of the request that started the build.
         tokio::spawn(
@@ -278,23 +298,116 @@ impl BuildService {
         if build.status.is_terminal() {
             return self.replay(&build, offset).await;
         }
-        // Open on another replica: wait for its end, then replay.
-        let service = self.clone();
-        let stream = futures::stream::once(async move {
+        // Open on another replica: follow its log on the bus, or else wait
+        // for its end and replay.
+        let subscription = match &self.log_bus {
+            Some(bus) => match bus.subscribe(&build.id).await {
+                Ok(subscription) => Some(subscription),
+                Err(e) => {
+                    tracing::warn!(
+                        build_id = %build.id,
+                        "event bus unavailable: the log of a build running on another replica \
+                         is served once the build ends: {e}"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(
+            self.clone()
+                .follow_remote(build, offset, subscription, tx)
+                .in_current_span(),
+        );
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    /// Streams the log of `build`, running on another replica, into `tx`
+    /// from byte `offset`: from the bus while it has every byte in order,
+    /// then from the stored log once the build ended.
+    async fn follow_remote(
+        self: Arc<Self>,
+        build: Build,
+        offset: u64,
+        subscription: Option<slipway_events::Subscription>,
+        tx: mpsc::Sender<Result<Bytes>>,
+    ) {
+        let mut stitch = Stitch::new(offset);
+        if let Some(subscription) = subscription {
+            let mut events = subscription.events;
+            let mut poll = tokio::time::interval(REMOTE_POLL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::time::sleep(REMOTE_POLL).await;
-                let build = service.get(&build.app, &build.id).await?;
-                if build.status.is_terminal() {
-                    return service.replay(&build, offset).await;
+                tokio::select! {
+                    () = tx.closed() => return,
+                    item = events.next() => match item {
+                        Some(Ok(event)) => {
+                            let Some(entry) = BusEntry::from_event(&event) else {
+                                continue;
+                            };
+                            match stitch.take(entry) {
+                                Step::Send(bytes) => {
+                                    if tx.send(Ok(bytes)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Step::Skip => {}
+                                Step::End => break,
+                                Step::Gap => {
+                                    tracing::warn!(
+                                        build_id = %build.id,
+                                        "part of a running build's log is missing from the event \
+                                         bus; the rest is served once the build ends"
+                                    );
+                                    break;
+                                }
+                            }
+                        }
+                        // A lag shows as a gap in the offsets, if bytes were lost.
+                        Some(Err(_)) => {}
+                        None => break,
+                    },
+                    _ = poll.tick() => match self.get(&build.app, &build.id).await {
+                        // Ended without an end marker (its replica died, or
+                        // the bus was down): the rest is in the stored log.
+                        Ok(now) if now.status.is_terminal() => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    },
                 }
             }
-        })
-        .map(|r| match r {
-            Ok(stream) => stream,
-            Err(e) => Box::pin(futures::stream::iter([Err(e)])) as LogStream,
-        })
-        .flatten();
-        Ok(Box::pin(stream))
+        }
+        // The stored log is complete once the build is marked ended.
+        let ended = loop {
+            match self.get(&build.app, &build.id).await {
+                Ok(now) if now.status.is_terminal() => break now,
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+            tokio::select! {
+                () = tx.closed() => return,
+                () = tokio::time::sleep(REMOTE_POLL) => {}
+            }
+        };
+        match self.replay(&ended, stitch.next).await {
+            Ok(mut chunks) => {
+                while let Some(chunk) = chunks.next().await {
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+            }
+        }
     }
 
     async fn replay(&self, build: &Build, offset: u64) -> Result<LogStream> {
