@@ -261,6 +261,7 @@ async fn upload(
         app: APP.into(),
         key: key.into(),
         chunk: Bytes::new(),
+        last: source.is_empty(),
     };
     let len = source.len();
     let data = source.clone();
@@ -268,6 +269,7 @@ async fn upload(
         .step_by(CHUNK)
         .map(move |at| pb::UploadSourceRequest {
             chunk: data.slice(at..(at + CHUNK).min(len)),
+            last: at + CHUNK >= len,
             ..Default::default()
         });
     let answer = build

@@ -51,6 +51,11 @@ impl TestRack {
         }
     }
 
+    /// The rack's temporary directory (its data dir is `rack/` below it).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// Runs `slipway args…` with RACK_URL set, in `cwd`.
     pub async fn slipway(&self, cwd: &std::path::Path, args: &[&str]) -> Output {
         let mut command = tokio::process::Command::new(slipway_binary());

@@ -1,7 +1,9 @@
 //! The gateway as the `convox` CLI sees it: request targets ending in `?`,
 //! form bodies, Basic auth, plain-text errors and their status codes.
 
-use slipway_e2e::TestRack;
+use std::time::Duration;
+
+use slipway_e2e::{TestRack, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_rack_api_answers_like_a_convox_rack() {
@@ -96,6 +98,32 @@ async fn the_rack_api_answers_like_a_convox_rack() {
         .raw("POST", "/apps/myapp/objects/tmp/big.tgz?", none, &big, &pw)
         .await;
     assert_eq!(status, 413);
+    // A streamed (chunked) body over the cap fails mid-stream: 413, and no
+    // truncated object (nor a staging file) is left behind.
+    let (status, body) =
+        chunked_upload(&rack, "/apps/myapp/objects/tmp/chunked-big.tgz?", &big).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("too large"), "{body}");
+    // The build service sees the cancelled stream and removes its staging
+    // file (at once, but on its own task).
+    eventually(
+        Duration::from_secs(5),
+        "the refused upload's files to go",
+        || async {
+            files_named(rack.dir(), "chunked-big")
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    // One under the cap streams through whole.
+    let small = vec![b'y'; 3 * 1024 * 1024 + 17];
+    let (status, body) =
+        chunked_upload(&rack, "/apps/myapp/objects/tmp/chunked-ok.tgz?", &small).await;
+    assert_eq!(status, 200, "{body}");
+    let stored = files_named(rack.dir(), "chunked-ok");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(std::fs::read(&stored[0]).unwrap(), small);
     let (status, body) = rack
         .raw("POST", "/apps/myapp/objects/tmp/../x.tgz?", none, b"x", &pw)
         .await;
@@ -122,4 +150,59 @@ async fn the_rack_api_answers_like_a_convox_rack() {
         .raw("GET", "/apps/myapp/processes?", none, b"", &pw)
         .await;
     assert_eq!((status, body.trim()), (200, "[]"));
+}
+
+/// Sends `body` as a chunked HTTP/1.1 upload (no Content-Length, as a
+/// client streaming from a pipe does) in 64 KiB chunks.
+async fn chunked_upload(rack: &TestRack, target: &str, body: &[u8]) -> (u16, String) {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(rack.addr).await.unwrap();
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("convox:{}", rack.password));
+    let head = format!(
+        "POST {target} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {auth}\r\n\
+         Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        rack.addr
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.chunks(64 * 1024) {
+        let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
+        // The server may answer 413 and close before the body is all sent.
+        if stream.write_all(&frame).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+/// Files below `dir` whose name starts with `prefix`.
+fn files_named(dir: &std::path::Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if entry.file_name().to_string_lossy().starts_with(prefix) {
+                found.push(path);
+            }
+        }
+    }
+    found
 }

@@ -158,14 +158,52 @@ impl BuildRpc for Grpc {
             first.key
         };
         let object = ObjectRef::new(app, &key).map_err(|e| field("key", e))?;
-        let chunks =
-            futures::stream::iter([Ok(first.chunk)]).chain(messages.map(|m| m.map(|m| m.chunk)));
+        let chunks = until_last(first.chunk, first.last, messages);
         let (object, size) = self.service.upload(object, Box::pin(chunks)).await?;
         Ok(Response::new(pb::UploadSourceResponse {
             url: object.url(),
             size,
         }))
     }
+}
+
+/// The chunks of an upload, ending after the message marked `last`; a
+/// stream that ends before it (the client abandoned the upload) or goes on
+/// after it yields an error instead, so nothing is stored.
+fn until_last(
+    first: bytes::Bytes,
+    first_last: bool,
+    messages: Streaming<pb::UploadSourceRequest>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, Status>> + Send + 'static {
+    let rest = futures::stream::unfold(
+        (messages, first_last, false),
+        |(mut messages, mut seen_last, failed)| async move {
+            if failed {
+                return None;
+            }
+            match messages.message().await {
+                Ok(Some(_)) if seen_last => Some((
+                    Err(Status::invalid_argument(
+                        "last: messages after the one marked last; nothing stored",
+                    )),
+                    (messages, seen_last, true),
+                )),
+                Ok(Some(m)) => {
+                    seen_last = m.last;
+                    Some((Ok(m.chunk), (messages, seen_last, false)))
+                }
+                Ok(None) if seen_last => None,
+                Ok(None) => Some((
+                    Err(Status::invalid_argument(
+                        "last: the upload ended before a message marked last; nothing stored",
+                    )),
+                    (messages, seen_last, true),
+                )),
+                Err(status) => Some((Err(status), (messages, seen_last, true))),
+            }
+        },
+    );
+    futures::stream::iter([Ok(first)]).chain(rest)
 }
 
 fn field(name: &str, err: impl std::fmt::Display) -> Status {

@@ -251,12 +251,16 @@ impl TestApp {
             app: app.into(),
             key: String::new(),
             chunk: Default::default(),
+            last: false,
         }];
         for chunk in bytes.chunks(64 << 10) {
             messages.push(pb::UploadSourceRequest {
                 chunk: bytes::Bytes::copy_from_slice(chunk),
                 ..Default::default()
             });
+        }
+        if let Some(end) = messages.last_mut() {
+            end.last = true;
         }
         let response = self
             .client

@@ -253,12 +253,27 @@ async fn upload_keys_and_urls_are_checked() {
                     app: "myapp".into(),
                     key: key.into(),
                     chunk: bytes::Bytes::from_static(b"x"),
+                    last: true,
                 },
             ]))
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{key}: {err:?}");
     }
+    // A stream that ends before a message marked last was abandoned.
+    let err = client
+        .upload_source(futures::stream::iter([
+            slipway_api::build::v1::UploadSourceRequest {
+                app: "myapp".into(),
+                key: "tmp/abandoned.tgz".into(),
+                chunk: bytes::Bytes::from_static(b"half a source"),
+                last: false,
+            },
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("nothing stored"), "{err:?}");
     let url = app.upload("myapp", b"x").await.unwrap();
     assert!(
         url.starts_with("object://myapp/tmp/") && url.ends_with(".tgz"),

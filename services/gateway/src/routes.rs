@@ -507,7 +507,7 @@ pub(crate) async fn auth_check() -> Response {
 pub(crate) async fn upload_object(
     State(state): State<AppState>,
     Path((app, key)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> ApiResult<Json<types::Object>> {
     if key
         .split('/')
