@@ -6,6 +6,7 @@
 #![allow(unreachable_pub)]
 mod helpers;
 
+mod bus;
 mod cancel;
 mod logs;
 mod oci;
