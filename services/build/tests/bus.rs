@@ -1,7 +1,8 @@
 //! Build logs across replicas (`--redis-url`): two build service instances
 //! share one PostgreSQL database, one object store and one Redis prefix. A
 //! build run by A is followed live through B, byte for byte what A stores;
-//! with Redis unreachable, B still serves the whole log once the build ends.
+//! with Redis unreachable, B still serves the whole log once the build ends;
+//! what Redis loses mid-build, B serves from the stored log.
 //! The Redis tests need Redis on 127.0.0.1:6379 and fail loudly without it.
 
 use std::path::Path;
@@ -192,6 +193,69 @@ async fn with_the_bus_unreachable_another_replica_serves_the_whole_log_at_the_en
         "B serves the whole stored log once the build ends"
     );
     assert_eq!(got_from_offset, stored[3..]);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn what_redis_loses_mid_build_is_served_from_the_stored_log() {
+    require_redis().await;
+    let shared = tempfile::tempdir().unwrap();
+    let gate = shared.path().join("go");
+    let script = format!(
+        "echo start; while [ ! -e {go} ]; do sleep 0.02; done; \
+         i=0; while [ $i -lt 400 ]; do echo \"line $i\"; \
+         if [ $((i % 20)) -eq 0 ]; then sleep 0.05; fi; i=$((i+1)); done",
+        go = gate.display()
+    );
+    let prefix = unique_prefix();
+    let (a, b) = two_replicas(shared.path(), "redis://127.0.0.1:6379", &prefix, &script).await;
+    let url = a.upload("myapp", &Tarball::source(WEB, &[])).await.unwrap();
+    let build = a.create("myapp", &url, "").await;
+    let mut on_b = Box::pin(watch(&b, &build.id, 0).await);
+    let first = tokio::time::timeout(Duration::from_secs(30), on_b.next())
+        .await
+        .expect("B streams the running build's log live")
+        .expect("a first chunk");
+    // Redis loses the build's stream (as a Redis restarted empty would):
+    // a reader that comes now finds its start missing.
+    let key = format!("{prefix}:v1:app:{}", build.id);
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379", "DEL", &key])
+        .output()
+        .await
+        .expect("run redis-cli");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "the stream existed"
+    );
+    let late_on_b = watch(&b, &build.id, 0).await;
+    // And again and again while the build runs.
+    let wipe = tokio::spawn(async move {
+        loop {
+            let out = tokio::process::Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", "6379", "DEL", &key])
+                .output()
+                .await
+                .expect("run redis-cli");
+            assert!(out.status.success(), "redis-cli DEL failed: {out:?}");
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    });
+    std::fs::write(&gate, "").unwrap();
+    let live: Vec<u8> = [first, rest(on_b).await].concat();
+    let late = rest(late_on_b).await;
+    wipe.abort();
+    let ended = a.get("myapp", &build.id).await;
+    assert_eq!(status(&ended), BuildStatus::Complete, "{}", ended.reason);
+    let stored = a.logs("myapp", &build.id, 0).await;
+    assert!(String::from_utf8_lossy(&stored).contains("line 399"));
+    assert_eq!(live, stored, "no byte twice, none missing");
+    assert_eq!(
+        late, stored,
+        "the part Redis lost comes from the stored log"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
