@@ -28,7 +28,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
-use slipway_domain::BuildId;
+use slipway_domain::{AppName, BuildId};
 use slipway_events::{Event, EventBus, NewEvent, Subscription, Topic};
 use tokio::sync::watch;
 
@@ -191,20 +191,29 @@ pub enum BusEntry {
 }
 
 impl BusEntry {
-    /// The bus event carrying this entry for `build`.
-    fn to_event(&self, build: &BuildId) -> NewEvent {
-        let (source, message) = match self {
+    /// The bus event carrying this entry for `build` of `app` (the source
+    /// is the entry's kind and the app, so the log can be stored from the
+    /// bus alone: [`LogBus::recover`]).
+    fn to_event(&self, build: &BuildId, app: &AppName) -> NewEvent {
+        let (kind, message) = match self {
             Self::Chunk { offset, bytes } => {
                 (CHUNK_SOURCE, format!("{offset} {}", BASE64.encode(bytes)))
             }
             Self::End { length } => (END_SOURCE, length.to_string()),
         };
-        NewEvent::now(build.as_str(), source, message)
+        NewEvent::now(build.as_str(), format!("{kind} {app}"), message)
+    }
+
+    /// The app of the build an entry's event belongs to.
+    pub fn app_of(event: &Event) -> Option<AppName> {
+        let (_, app) = event.source.split_once(' ')?;
+        AppName::parse(app).ok()
     }
 
     /// The entry an event carries, if it is a well-formed one.
     pub fn from_event(event: &Event) -> Option<Self> {
-        match event.source.as_str() {
+        let kind = event.source.split(' ').next().unwrap_or_default();
+        match kind {
             CHUNK_SOURCE => {
                 let (offset, data) = event.message.split_once(' ')?;
                 Some(Self::Chunk {
@@ -256,12 +265,12 @@ impl LogBus {
 
     /// Starts publishing `log`, the log of `build` running here, in a task
     /// of its own; it ends after the end marker (or after giving up).
-    pub fn publish(self: &Arc<Self>, build: BuildId, log: Arc<BuildLog>) {
+    pub fn publish(self: &Arc<Self>, build: BuildId, app: AppName, log: Arc<BuildLog>) {
         let bus = self.clone();
-        tokio::spawn(async move { bus.publish_log(build, log).await });
+        tokio::spawn(async move { bus.publish_log(build, app, log).await });
     }
 
-    async fn publish_log(self: Arc<Self>, build: BuildId, log: Arc<BuildLog>) {
+    async fn publish_log(self: Arc<Self>, build: BuildId, app: AppName, log: Arc<BuildLog>) {
         let mut chunks = std::pin::pin!(log.follow(0));
         let mut offset = 0u64;
         loop {
@@ -270,7 +279,7 @@ impl LogBus {
                 Some(bytes) => BusEntry::Chunk { offset, bytes },
                 None => BusEntry::End { length: offset },
             };
-            if !self.send(&build, &entry, &log).await {
+            if !self.send(&build, &app, &entry, &log).await {
                 tracing::debug!(build_id = %build, "gave up publishing the build log");
                 return;
             }
@@ -285,8 +294,8 @@ impl LogBus {
 
     /// Publishes one entry, retrying while the bus is down; false once the
     /// build's log was closed long enough ago to give up.
-    async fn send(&self, build: &BuildId, entry: &BusEntry, log: &BuildLog) -> bool {
-        let event = entry.to_event(build);
+    async fn send(&self, build: &BuildId, app: &AppName, entry: &BusEntry, log: &BuildLog) -> bool {
+        let event = entry.to_event(build, app);
         let mut backoff = RETRY.0;
         let mut give_up_at: Option<Instant> = None;
         loop {
@@ -334,6 +343,34 @@ impl LogBus {
         if let Some(since) = self.health().down_since.take() {
             tracing::info!(down_for = ?since.elapsed(), "event bus is back; build logs stream again");
         }
+    }
+
+    /// What the bus retains of the log of `build`, whose replica stopped
+    /// before storing it: its app and the bytes from the start up to the
+    /// first gap (the start being gone, none); `None` when the bus holds
+    /// nothing of it.
+    pub async fn recover(
+        &self,
+        build: &BuildId,
+    ) -> Result<Option<(AppName, Bytes)>, slipway_events::Error> {
+        let subscription = self.subscribe(build).await?;
+        let mut events = subscription.events.take(subscription.backlog);
+        let (mut app, mut stitch, mut bytes) = (None, Stitch::new(0), Vec::new());
+        while let Some(item) = events.next().await {
+            let Ok(event) = item else { continue };
+            let Some(entry) = BusEntry::from_event(&event) else {
+                continue;
+            };
+            if app.is_none() {
+                app = BusEntry::app_of(&event);
+            }
+            match stitch.take(entry) {
+                Step::Send(chunk) => bytes.extend_from_slice(&chunk),
+                Step::Skip => {}
+                Step::Gap | Step::End => break,
+            }
+        }
+        Ok(app.map(|app| (app, Bytes::from(bytes))))
     }
 
     /// The entries of `build`'s log stream: what the bus retains, then live.
@@ -425,6 +462,7 @@ mod tests {
     #[test]
     fn entries_round_trip_through_events_with_any_bytes() {
         let build = BuildId::generate();
+        let app = AppName::parse("myapp").unwrap();
         for entry in [
             BusEntry::Chunk {
                 offset: 7,
@@ -432,10 +470,11 @@ mod tests {
             },
             BusEntry::End { length: 42 },
         ] {
-            let new = entry.to_event(&build);
+            let new = entry.to_event(&build, &app);
             assert_eq!(new.app, build.as_str());
             let event = Event::from_new(Default::default(), new);
             assert_eq!(BusEntry::from_event(&event), Some(entry));
+            assert_eq!(BusEntry::app_of(&event), Some(app.clone()));
         }
         let other = Event::from_new(Default::default(), NewEvent::now("a", "log", "x y"));
         assert_eq!(BusEntry::from_event(&other), None);
@@ -472,7 +511,7 @@ mod tests {
         let build = BuildId::generate();
         let mut subscription = logs.subscribe(&build).await.unwrap();
         let log = BuildLog::new();
-        logs.publish(build.clone(), log.clone());
+        logs.publish(build.clone(), AppName::parse("myapp").unwrap(), log.clone());
         for i in 0..50 {
             log.write(format!("line {i}\n").as_bytes());
             if i % 10 == 0 {
@@ -496,6 +535,38 @@ mod tests {
             .await
             .expect("the end marker arrives");
         assert_eq!(got, log.contents());
+    }
+
+    #[tokio::test]
+    async fn the_log_of_a_build_whose_replica_stopped_is_recovered_from_the_bus() {
+        let bus = Arc::new(slipway_events::InProcessBus::default());
+        let logs = LogBus::new(bus.clone());
+        let build = BuildId::generate();
+        assert_eq!(
+            logs.recover(&build).await.unwrap(),
+            None,
+            "nothing published"
+        );
+        let log = BuildLog::new();
+        let app = AppName::parse("myapp").unwrap();
+        logs.publish(build.clone(), app.clone(), log.clone());
+        log.line("one");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log.line("two");
+        // The replica "stops": the log is never closed; wait for the bus.
+        let recovered = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some((_, bytes)) = logs.recover(&build).await.unwrap()
+                    && bytes.len() == log.len()
+                {
+                    return logs.recover(&build).await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the bus gets the whole log");
+        assert_eq!(recovered, Some((app, log.contents())));
     }
 
     #[test]

@@ -43,6 +43,49 @@ const CANCEL_WAIT: Duration = Duration::from_secs(15);
 /// Largest chunk of a replayed log sent at once.
 const REPLAY_CHUNK: usize = 64 << 10;
 
+/// Why a build whose replica fell silent failed.
+const ABANDONED_REASON: &str = "the build service replica running the build stopped";
+/// Longest time spent reading an abandoned build's log back from the bus.
+const RECOVER_WITHIN: Duration = Duration::from_secs(30);
+
+/// Stores what the bus holds of the log of `id`, a build failed because its
+/// replica stopped before storing it (nothing is overwritten), so its replay
+/// is what readers were streamed live plus why it failed.
+async fn recover_log(bus: Arc<LogBus>, pipeline: Arc<Pipeline>, id: BuildId, reason: &str) {
+    let recovered = match tokio::time::timeout(RECOVER_WITHIN, bus.recover(&id)).await {
+        Ok(Ok(Some(recovered))) => recovered,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::warn!(build_id = %id, "could not read an abandoned build's log from the event bus: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(build_id = %id, "reading an abandoned build's log from the event bus timed out");
+            return;
+        }
+    };
+    let (app, bytes) = recovered;
+    match pipeline.objects.get_log(&app, &id).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return,
+        Err(e) => {
+            tracing::warn!(build_id = %id, "could not check an abandoned build's stored log: {e}");
+            return;
+        }
+    }
+    let mut log = bytes.to_vec();
+    if log.last().is_some_and(|b| *b != b'\n') {
+        log.push(b'\n');
+    }
+    log.extend_from_slice(format!("Build failed: {reason}\n").as_bytes());
+    match pipeline.objects.put_log(&app, &id, log.into()).await {
+        Ok(()) => {
+            tracing::info!(build_id = %id, "stored an abandoned build's log from the event bus")
+        }
+        Err(e) => tracing::warn!(build_id = %id, "failed to store an abandoned build's log: {e}"),
+    }
+}
+
 /// A stream of log chunks.
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 
@@ -149,7 +192,7 @@ impl BuildService {
         }
         tracing::info!(build_id = %build.id, app = %build.app, "build created");
         if let Some(bus) = &self.log_bus {
-            bus.publish(build.id.clone(), running.log.clone());
+            bus.publish(build.id.clone(), build.app.clone(), running.log.clone());
         }
         // In CreateBuild's span: the pipeline's CreateRelease call then
         // belongs to the trace of the request that started the build.
@@ -484,14 +527,16 @@ impl BuildService {
         let store = &self.pipeline.store;
         store.heartbeat(&self.runner).await?;
         let silent_since = chrono::Utc::now() - ABANDONED_AFTER;
-        for id in store
-            .fail_abandoned(
-                silent_since,
-                "the build service replica running the build stopped",
-            )
-            .await?
-        {
+        for id in store.fail_abandoned(silent_since, ABANDONED_REASON).await? {
             tracing::warn!(build_id = %id, "failed a build whose replica fell silent");
+            if let (Some(bus), Ok(id)) = (&self.log_bus, BuildId::parse(&id)) {
+                tokio::spawn(recover_log(
+                    bus.clone(),
+                    self.pipeline.clone(),
+                    id,
+                    ABANDONED_REASON,
+                ));
+            }
         }
         let local: Vec<(BuildId, Arc<Running>)> = self
             .running
