@@ -12,9 +12,9 @@
 //! not run the build can stream it live. The build service's bus has one
 //! stream per build: the bus's app topic keyed by the build id (one write
 //! per chunk; no app stream gathering every build's bytes). Each entry is a
-//! chunk `log <offset> <base64>` of the buffer (a reader stitches bytes by
-//! offset: nothing twice, and a gap is seen, never papered over), and the
-//! last is `end <length>`. Publishing is best effort and never touches the
+//! chunk of the buffer, source `log <app>` and message `<offset> <base64>`
+//! (a reader stitches bytes by offset: nothing twice, and a gap is seen,
+//! never papered over), and the last is `end <app>`, `<length>`. Publishing is best effort and never touches the
 //! build: a task of its own reads the buffer (which is the bounded queue:
 //! a slow or dead bus only means bigger chunks later), retries with a
 //! backoff while the bus is down, warns once per outage for the whole
