@@ -158,6 +158,12 @@ pub async fn raw_request(
         .expect("write request");
     // A server may answer (413) before the body is all sent, and close.
     let _ = stream.write_all(body).await;
+    read_answer(&mut stream).await
+}
+
+/// Reads an HTTP/1.1 answer to its end: the status (0 when there is none)
+/// and the body.
+pub async fn read_answer(stream: &mut tokio::net::TcpStream) -> (u16, String) {
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer).await;
     let text = String::from_utf8_lossy(&answer).into_owned();

@@ -156,7 +156,7 @@ async fn the_rack_api_answers_like_a_convox_rack() {
 /// client streaming from a pipe does) in 64 KiB chunks.
 async fn chunked_upload(rack: &TestRack, target: &str, body: &[u8]) -> (u16, String) {
     use base64::Engine as _;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     let mut stream = tokio::net::TcpStream::connect(rack.addr).await.unwrap();
     let auth =
         base64::engine::general_purpose::STANDARD.encode(format!("convox:{}", rack.password));
@@ -174,20 +174,7 @@ async fn chunked_upload(rack: &TestRack, target: &str, body: &[u8]) -> (u16, Str
         }
     }
     let _ = stream.write_all(b"0\r\n\r\n").await;
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        text.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default(),
-    )
+    slipway_e2e::read_answer(&mut stream).await
 }
 
 /// Files below `dir` whose name starts with `prefix`.
