@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use slipway_api::rollout::v1 as pb;
-use tokio::net::TcpListener;
 use tokio_stream::StreamExt as _;
 
 use crate::helpers::*;
@@ -25,25 +24,11 @@ struct Replica {
 
 impl Replica {
     async fn spawn(redis_url: &str, prefix: &str) -> Self {
-        slipway_telemetry::init_for_tests();
-        let dir = tempfile::tempdir().unwrap();
-        let release = FakeRelease::default();
-        let release_addr = release.spawn().await;
-        let mut config = slipway_rollout::Config::dev(dir.path().to_owned());
-        config.release_endpoints = vec![release_addr.to_string()];
-        config.redis_url = Some(redis_url.parse().unwrap());
-        config.redis_prefix = prefix.to_owned();
-        config.validate().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            slipway_rollout::run(config, listener, async move {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
+        let (addr, release, stop, dir) = serve(|config| {
+            config.redis_url = Some(redis_url.parse().unwrap());
+            config.redis_prefix = prefix.to_owned();
+        })
+        .await;
         Self {
             addr,
             release,

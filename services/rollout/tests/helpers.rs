@@ -356,6 +356,39 @@ impl ReleaseService for FakeRelease {
     }
 }
 
+/// Runs the rollout service in-process on SQLite in a fresh directory, with
+/// a fake release service, after `adjust` had its say on the dev config.
+/// Returns its address, the fake, the handle that stops it when dropped,
+/// and the directory.
+pub(crate) async fn serve(
+    adjust: impl FnOnce(&mut slipway_rollout::Config),
+) -> (
+    SocketAddr,
+    FakeRelease,
+    tokio::sync::oneshot::Sender<()>,
+    tempfile::TempDir,
+) {
+    slipway_telemetry::init_for_tests();
+    let dir = tempfile::tempdir().unwrap();
+    let release = FakeRelease::default();
+    let release_addr = release.spawn().await;
+    let mut config = slipway_rollout::Config::dev(dir.path().to_owned());
+    config.release_endpoints = vec![release_addr.to_string()];
+    adjust(&mut config);
+    config.validate().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        slipway_rollout::run(config, listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (addr, release, stop, dir)
+}
+
 /// The rollout service running in-process on SQLite, with a fake release service.
 pub(crate) struct TestService {
     pub(crate) client: RolloutServiceClient<Channel>,
@@ -366,22 +399,7 @@ pub(crate) struct TestService {
 
 impl TestService {
     pub(crate) async fn spawn() -> Self {
-        slipway_telemetry::init_for_tests();
-        let dir = tempfile::tempdir().unwrap();
-        let release = FakeRelease::default();
-        let release_addr = release.spawn().await;
-        let mut config = slipway_rollout::Config::dev(dir.path().to_owned());
-        config.release_endpoints = vec![release_addr.to_string()];
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            slipway_rollout::run(config, listener, async move {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
+        let (addr, release, stop, dir) = serve(|_| {}).await;
         let client = connect(addr).await;
         Self {
             client,
