@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use slipway_api::rollout::v1 as pb;
+use slipway_events::testing::PrivateRedis;
 use tokio_stream::StreamExt as _;
 
 use crate::helpers::*;
@@ -197,72 +198,6 @@ async fn a_replica_streams_a_rollout_another_replica_drove() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(b.release.outcomes(&promotion).is_empty(), "B drove nothing");
-}
-
-/// A `redis-server` of the test's own on a unix socket, persisting nothing,
-/// so the test can kill and restart it without disturbing the shared one.
-struct PrivateRedis {
-    dir: tempfile::TempDir,
-    child: Option<std::process::Child>,
-}
-
-impl PrivateRedis {
-    async fn start() -> Self {
-        let mut redis = Self {
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        redis.restart().await;
-        redis
-    }
-
-    fn socket(&self) -> std::path::PathBuf {
-        self.dir.path().join("redis.sock")
-    }
-
-    fn url(&self) -> String {
-        format!("redis+unix://{}", self.socket().display())
-    }
-
-    async fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let _ = std::fs::remove_file(self.socket());
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(self.socket())
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/test installs it)");
-        self.child = Some(child);
-        let started = Instant::now();
-        while tokio::net::UnixStream::connect(self.socket())
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "private redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Reads `follow` until `want` is among the lines, adding them to `seen`.

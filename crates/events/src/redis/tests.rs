@@ -3,14 +3,13 @@
 //! and the id guards, and a private `redis-server` on a unix socket of its
 //! own for the restarts, so killing it disturbs no other test.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt as _;
 
 use super::*;
 use crate::EventStream;
+use crate::testing::PrivateRedis;
 
 const SHARED: &str = "redis://127.0.0.1:6379";
 /// How long a test waits for what must happen.
@@ -287,78 +286,6 @@ async fn a_reader_of_a_reset_stream_reports_a_lag_and_reads_the_new_stream() {
         .await
         .unwrap();
     assert_eq!(next_event(&mut stream).await.message, "newer");
-}
-
-/// A `redis-server` of the test's own on a unix socket, persisting nothing
-/// (like the development machines' Redis).
-struct PrivateRedis {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    async fn start() -> Self {
-        let mut redis = Self {
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        redis.restart().await;
-        redis
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("redis.sock")
-    }
-
-    fn url(&self) -> String {
-        format!("redis+unix://{}", self.socket().display())
-    }
-
-    async fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let _ = std::fs::remove_file(self.socket());
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(self.socket())
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/test installs it)");
-        self.child = Some(child);
-        let client = redis::Client::open(self.url()).unwrap();
-        let started = Instant::now();
-        loop {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-            {
-                return;
-            }
-            assert!(
-                started.elapsed() < WAIT,
-                "private redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Publishing while Redis is down fails `Unavailable` at once; what was
