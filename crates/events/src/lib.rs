@@ -11,6 +11,7 @@
 //! in [`testing`].
 
 mod memory;
+mod outage;
 mod redis;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -23,6 +24,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tokio_stream::Stream;
 
 pub use memory::{DEFAULT_HISTORY, InProcessBus};
+pub use outage::{Notice, Outage, REMIND};
 pub use redis::{RedisBus, RedisConfig};
 
 /// Where an event sits in its stream. Ordered by time of publication

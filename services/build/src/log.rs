@@ -29,7 +29,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use slipway_domain::{AppName, BuildId};
-use slipway_events::{Event, EventBus, NewEvent, Subscription, Topic};
+use slipway_events::{Event, EventBus, NewEvent, Notice, Outage, Subscription, Topic};
 use tokio::sync::watch;
 
 /// Largest log kept for one build; past it a notice is written once and
@@ -170,8 +170,6 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 const RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(5));
 /// A build's publisher stops trying this long after its log was closed.
 const GIVE_UP_AFTER_CLOSE: Duration = Duration::from_secs(30);
-/// While the bus stays down, a reminder at most this often.
-const REMIND: Duration = Duration::from_secs(60);
 
 /// One entry of a build's log stream, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -229,18 +227,12 @@ impl BusEntry {
     }
 }
 
-/// Whether the bus is down, as far as this replica's publishers know.
-#[derive(Debug, Default)]
-struct Health {
-    down_since: Option<Instant>,
-    last_said: Option<Instant>,
-}
-
 /// Build logs on the shared event bus: the running build's replica
 /// publishes, any replica follows.
 pub struct LogBus {
     bus: Arc<dyn EventBus>,
-    health: Mutex<Health>,
+    /// Whether the bus is down, as far as this replica's publishers know.
+    health: Mutex<Outage>,
 }
 
 impl fmt::Debug for LogBus {
@@ -259,7 +251,7 @@ impl LogBus {
         })
     }
 
-    fn health(&self) -> MutexGuard<'_, Health> {
+    fn health(&self) -> MutexGuard<'_, Outage> {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -319,29 +311,21 @@ impl LogBus {
     }
 
     fn failed(&self, e: &slipway_events::Error) {
-        let now = Instant::now();
-        let mut health = self.health();
-        match health.down_since {
-            None => {
-                health.down_since = Some(now);
-                health.last_said = Some(now);
-                tracing::warn!(
-                    "event bus unavailable: build logs are not streamed to other replicas until \
-                     it is back (builds go on; their logs are stored when they end): {e}"
-                );
+        match self.health().failed(Instant::now()) {
+            Notice::Began => tracing::warn!(
+                "event bus unavailable: build logs are not streamed to other replicas until \
+                 it is back (builds go on; their logs are stored when they end): {e}"
+            ),
+            Notice::Continues { down_for } => {
+                tracing::warn!(?down_for, "event bus still unavailable: {e}")
             }
-            Some(since) => {
-                if health.last_said.is_none_or(|said| now >= said + REMIND) {
-                    health.last_said = Some(now);
-                    tracing::warn!(down_for = ?now - since, "event bus still unavailable: {e}");
-                }
-            }
+            Notice::Quiet => {}
         }
     }
 
     fn succeeded(&self) {
-        if let Some(since) = self.health().down_since.take() {
-            tracing::info!(down_for = ?since.elapsed(), "event bus is back; build logs stream again");
+        if let Some(down_for) = self.health().succeeded() {
+            tracing::info!(?down_for, "event bus is back; build logs stream again");
         }
     }
 

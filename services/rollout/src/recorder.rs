@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use slipway_events::{EventBus, NewEvent};
+use slipway_events::{EventBus, NewEvent, Notice, Outage, REMIND};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::runtime::EventSink;
@@ -32,8 +32,6 @@ const BUS_QUEUE: usize = 10_000;
 /// After a failure, the bus is tried again after this long, doubling up to
 /// the second figure while it keeps failing.
 const RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(5));
-/// While the bus stays down, a reminder at most this often.
-const REMIND: Duration = Duration::from_secs(60);
 
 enum Message {
     Event(NewEvent),
@@ -219,25 +217,25 @@ enum Warn {
 
 /// An outage that ended.
 #[derive(Debug, PartialEq, Eq)]
-struct Outage {
+struct Ended {
     down_for: Duration,
     dropped: u64,
 }
 
-/// The publisher's view of the bus: up, or down since when, with a backoff
-/// before the next try and a count of what it dropped.
+/// The publisher's view of the bus: the outage (what was said of it), and
+/// while it lasts a backoff before the next try and a count of what it
+/// dropped.
 #[derive(Debug, Default)]
 struct BusHealth {
+    outage: Outage,
     down: Option<Down>,
 }
 
 #[derive(Debug)]
 struct Down {
-    since: Instant,
     retry_at: Instant,
     backoff: Duration,
     dropped: u64,
-    said: Reminder,
 }
 
 impl BusHealth {
@@ -255,40 +253,29 @@ impl BusHealth {
 
     /// A publish failed (the event is dropped).
     fn failed(&mut self, now: Instant) -> Warn {
-        match &mut self.down {
-            None => {
-                let mut said = Reminder::default();
-                said.due(now);
-                self.down = Some(Down {
-                    since: now,
-                    retry_at: now + RETRY.0,
-                    backoff: RETRY.0,
-                    dropped: 1,
-                    said,
-                });
-                Warn::First
-            }
-            Some(down) => {
-                down.dropped += 1;
-                down.backoff = (down.backoff * 2).min(RETRY.1);
-                down.retry_at = now + down.backoff;
-                if down.said.due(now) {
-                    Warn::Reminder {
-                        dropped: down.dropped,
-                    }
-                } else {
-                    Warn::Quiet
-                }
-            }
+        let notice = self.outage.failed(now);
+        let down = self.down.get_or_insert(Down {
+            retry_at: now,
+            backoff: RETRY.0 / 2,
+            dropped: 0,
+        });
+        down.dropped += 1;
+        down.backoff = (down.backoff * 2).min(RETRY.1);
+        down.retry_at = now + down.backoff;
+        match notice {
+            Notice::Began => Warn::First,
+            Notice::Continues { .. } => Warn::Reminder {
+                dropped: down.dropped,
+            },
+            Notice::Quiet => Warn::Quiet,
         }
     }
 
     /// A publish succeeded: the outage that ended, if there was one.
-    fn succeeded(&mut self) -> Option<Outage> {
-        self.down.take().map(|down| Outage {
-            down_for: down.since.elapsed(),
-            dropped: down.dropped,
-        })
+    fn succeeded(&mut self) -> Option<Ended> {
+        let down_for = self.outage.succeeded()?;
+        let dropped = self.down.take().map_or(0, |down| down.dropped);
+        Some(Ended { down_for, dropped })
     }
 }
 
