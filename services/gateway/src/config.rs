@@ -93,6 +93,36 @@ pub struct Config {
 }
 
 impl Config {
+    /// The defaults of the flags, serving on `listen` in front of the given
+    /// peers with state in `data_dir`, plain HTTP, no password (set one, or
+    /// `dev`): the starting point of the embedded rack and of tests, which
+    /// change what they need with struct update syntax.
+    pub fn with_peers(
+        listen: SocketAddr,
+        release_endpoints: Vec<String>,
+        build_endpoints: Vec<String>,
+        rollout_endpoints: Vec<String>,
+        data_dir: PathBuf,
+    ) -> Self {
+        Self {
+            listen,
+            password: None,
+            release_endpoints,
+            build_endpoints,
+            rollout_endpoints,
+            rack_name: "slipway".into(),
+            provider: "local".into(),
+            max_upload_bytes: 512 * 1024 * 1024,
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(60),
+            concurrency_limit: 1024,
+            dev: false,
+            data_dir,
+            tls: Default::default(),
+            security: Default::default(),
+        }
+    }
+
     /// Checks everything that can be checked without I/O.
     pub fn validate(&self) -> Result<(), String> {
         let empty = self.password.as_ref().is_none_or(|p| p.expose().is_empty());
@@ -118,5 +148,33 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn with_peers_starts_from_the_flag_defaults() {
+        let parsed = Config::try_parse_from([
+            "slipway-gateway",
+            "--release-endpoint",
+            "r:1",
+            "--build-endpoint",
+            "b:1",
+            "--rollout-endpoint",
+            "o:1",
+        ])
+        .unwrap();
+        let built = Config::with_peers(
+            parsed.listen,
+            vec!["r:1".into()],
+            vec!["b:1".into()],
+            vec!["o:1".into()],
+            parsed.data_dir.clone(),
+        );
+        assert_eq!(format!("{built:?}"), format!("{parsed:?}"));
     }
 }

@@ -34,21 +34,18 @@ async fn gateway(release_endpoints: Vec<String>, dead: SocketAddr) -> SocketAddr
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = slipway_gateway::Config {
-        listen: addr,
         password: Some(Secret::new("pw")),
-        release_endpoints,
-        build_endpoints: vec![dead.to_string()],
-        rollout_endpoints: vec![dead.to_string()],
         rack_name: "test".into(),
-        provider: "local".into(),
         max_upload_bytes: 1 << 20,
-        max_body_bytes: 1 << 20,
         request_timeout: Duration::from_secs(10),
         concurrency_limit: 64,
-        dev: false,
-        data_dir: std::env::temp_dir(),
-        tls: Default::default(),
-        security: Default::default(),
+        ..slipway_gateway::Config::with_peers(
+            addr,
+            release_endpoints,
+            vec![dead.to_string()],
+            vec![dead.to_string()],
+            std::env::temp_dir(),
+        )
     };
     tokio::spawn(async move {
         slipway_gateway::run(config, listener, std::future::pending())

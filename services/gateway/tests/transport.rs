@@ -51,24 +51,23 @@ async fn gateway(dir: &Path, release: SocketAddr) -> SocketAddr {
         .local_addr()
         .unwrap();
     let config = slipway_gateway::Config {
-        listen: addr,
         password: Some(Secret::new("pw")),
-        release_endpoints: vec![release.to_string()],
-        build_endpoints: vec![dead.to_string()],
-        rollout_endpoints: vec![dead.to_string()],
         rack_name: "tls".into(),
-        provider: "local".into(),
         max_upload_bytes: 1 << 20,
-        max_body_bytes: 1 << 20,
         request_timeout: Duration::from_secs(10),
         concurrency_limit: 64,
-        dev: false,
-        data_dir: dir.to_owned(),
         tls: slipway_gateway::tls::TlsArgs {
             tls_self_signed: true,
             ..Default::default()
         },
         security: security(KEY),
+        ..slipway_gateway::Config::with_peers(
+            addr,
+            vec![release.to_string()],
+            vec![dead.to_string()],
+            vec![dead.to_string()],
+            dir.to_owned(),
+        )
     };
     config.validate().unwrap();
     tokio::spawn(async move {

@@ -83,21 +83,19 @@ impl Rack {
         }
 
         let gateway = slipway_gateway::Config {
-            listen: addr,
             password: Some(password.clone().into()),
-            release_endpoints: vec![url(release_addr)],
-            build_endpoints: vec![url(build_addr)],
-            rollout_endpoints: vec![url(rollout_addr)],
             rack_name: config.name.clone(),
-            provider: "local".into(),
             max_upload_bytes: config.max_upload_bytes,
-            max_body_bytes: 1024 * 1024,
-            request_timeout: Duration::from_secs(60),
-            concurrency_limit: 1024,
             dev: true,
-            data_dir: data.join("gateway"),
             tls: tls.clone(),
             security: security.clone(),
+            ..slipway_gateway::Config::with_peers(
+                addr,
+                vec![url(release_addr)],
+                vec![url(build_addr)],
+                vec![url(rollout_addr)],
+                data.join("gateway"),
+            )
         };
         gateway.validate().map_err(anyhow::Error::msg)?;
 
