@@ -12,6 +12,7 @@
 
 pub mod builder;
 pub mod config;
+mod direct;
 pub mod error;
 pub mod grpc;
 pub mod log;

@@ -13,9 +13,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::direct::DirectFile;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -33,6 +34,14 @@ pub enum Error {
     /// The store URL in the configuration is not usable.
     #[error("invalid object store URL {0:?}: use file:///abs/dir or s3://bucket[/prefix]")]
     InvalidStoreUrl(String),
+    /// A setting in an `s3://` URL's query is unknown or unusable.
+    #[error("invalid object store URL {url:?}: {why}")]
+    InvalidStoreOption {
+        /// The URL without its query.
+        url: String,
+        /// What is wrong with which setting.
+        why: String,
+    },
     /// An object URL given by a caller is not `object://<app>/<key>`.
     #[error("invalid object URL {0:?}: expected object://<app>/<key>")]
     InvalidUrl(String),
@@ -78,11 +87,73 @@ pub enum ObjectLocation {
         bucket: String,
         /// Key prefix inside the bucket (may be empty).
         prefix: String,
+        /// Settings from the URL's query, over the `AWS_*` variables.
+        options: S3Options,
     },
 }
 
+/// Settings of an S3 store given in its URL's query, as in
+/// `s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1`:
+/// any key [`AmazonS3ConfigKey`] accepts (`endpoint`, `region`,
+/// `access_key_id`, `secret_access_key`, `allow_http`, with or without the
+/// `aws_` of the variables), values percent-encoded. They win over the
+/// `AWS_*` variables, which stay the default. `Debug` shows the keys only:
+/// the values may be credentials.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct S3Options(Vec<(AmazonS3ConfigKey, String)>);
+
+impl S3Options {
+    /// Parses the query of `url` (shown, without its query, in errors).
+    fn parse(url: &url::Url, bucket: &str, shown: &str) -> Result<Self, Error> {
+        let invalid = |why: String| Error::InvalidStoreOption {
+            url: shown.to_owned(),
+            why,
+        };
+        let mut options = Vec::new();
+        for (key, value) in url.query_pairs() {
+            let config_key: AmazonS3ConfigKey = key
+                .to_ascii_lowercase()
+                .parse()
+                .map_err(|_| invalid(format!("unknown setting {key:?}")))?;
+            if config_key == AmazonS3ConfigKey::Bucket {
+                return Err(invalid(
+                    "the bucket is the URL's host, not a setting".into(),
+                ));
+            }
+            options.push((config_key, value.into_owned()));
+        }
+        let options = Self(options);
+        // Values are checked when the store is built, which does no I/O:
+        // build one now, so a bad value is a config error, not a failed start.
+        options
+            .builder(bucket)
+            .build()
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(options)
+    }
+
+    /// The `AWS_*` variables, then these settings, for `bucket`.
+    fn builder(&self, bucket: &str) -> AmazonS3Builder {
+        self.0
+            .iter()
+            .fold(AmazonS3Builder::from_env(), |b, (key, value)| {
+                b.with_config(*key, value)
+            })
+            .with_bucket_name(bucket)
+    }
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(key, _)| key.as_ref()))
+            .finish()
+    }
+}
+
 impl ObjectLocation {
-    /// Parses `file:///abs/dir`, a bare absolute path, or `s3://bucket[/prefix]`.
+    /// Parses `file:///abs/dir`, a bare absolute path, or
+    /// `s3://bucket[/prefix][?setting=value&…]` (see [`S3Options`]).
     pub fn parse(text: &str) -> Result<Self, Error> {
         let invalid = || Error::InvalidStoreUrl(redact(text));
         if text.starts_with('/') {
@@ -99,6 +170,7 @@ impl ObjectLocation {
                 Ok(Self::S3 {
                     bucket: bucket.to_owned(),
                     prefix: url.path().trim_matches('/').to_owned(),
+                    options: S3Options::parse(&url, bucket, &redact(text))?,
                 })
             }
             _ => Err(invalid()),
@@ -221,10 +293,12 @@ impl Objects {
                     local: Some(local),
                 }
             }
-            ObjectLocation::S3 { bucket, prefix } => {
-                let s3 = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()?;
+            ObjectLocation::S3 {
+                bucket,
+                prefix,
+                options,
+            } => {
+                let s3 = options.builder(bucket).build()?;
                 let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
                     Arc::new(s3)
                 } else {
@@ -239,7 +313,8 @@ impl Objects {
     /// partial upload is aborted, so nothing is left behind). Returns the size.
     ///
     /// On a local directory the bytes go straight to a staging file written
-    /// on a blocking thread while the next chunks arrive, then renamed into
+    /// on a blocking thread while the next chunks arrive (around the page
+    /// cache where the filesystem allows: see `direct.rs`), then renamed into
     /// place, so readers only ever see whole objects. (`object_store`'s
     /// buffered multipart writer copied every part again and wrote it only
     /// after buffering; it made uploads five times slower than the network.)
@@ -310,14 +385,49 @@ impl Objects {
         }
     }
 
-    /// Copies `object` into the local file `dest`, refusing objects larger
-    /// than `limit` bytes. Returns the size.
-    pub async fn download(
+    /// A local file holding `object`'s bytes, refusing objects larger than
+    /// `limit` bytes; returns its path and size. On a local directory that
+    /// is the object's own file, read in place (an upload replacing it
+    /// renames a new file over it, so a reader that has it open keeps the
+    /// whole old object); elsewhere the object is copied to `spare`.
+    pub async fn fetch(
         &self,
         object: &ObjectRef,
-        dest: &Path,
+        spare: &Path,
         limit: u64,
-    ) -> Result<u64, Error> {
+    ) -> Result<(std::fs::File, u64), Error> {
+        if let Some(local) = &self.local {
+            let path = local.path_to_filesystem(&object.path())?;
+            let file = std::fs::File::open(&path).map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => Error::NotFound(object.url()),
+                _ => Error::Io {
+                    action: format!("open {}", path.display()),
+                    source,
+                },
+            })?;
+            let size = file
+                .metadata()
+                .map_err(|source| Error::Io {
+                    action: format!("read the size of {}", path.display()),
+                    source,
+                })?
+                .len();
+            if size > limit {
+                return Err(Error::TooLarge { limit });
+            }
+            return Ok((file, size));
+        }
+        let size = self.download(object, spare, limit).await?;
+        let file = std::fs::File::open(spare).map_err(|source| Error::Io {
+            action: format!("open {}", spare.display()),
+            source,
+        })?;
+        Ok((file, size))
+    }
+
+    /// Copies `object` into the local file `dest`, refusing objects larger
+    /// than `limit` bytes. Returns the size.
+    async fn download(&self, object: &ObjectRef, dest: &Path, limit: u64) -> Result<u64, Error> {
         let result = self.store.get(&object.path()).await.map_err(|e| match e {
             object_store::Error::NotFound { .. } => Error::NotFound(object.url()),
             e => e.into(),
@@ -419,25 +529,18 @@ fn write_staged(
     dest: &Path,
     received: &mut tokio::sync::mpsc::Receiver<Write>,
 ) -> Result<Option<u64>, Error> {
-    use std::io::Write as _;
     let (file, staging) = create_staging(dest)?;
     let io = |action: &str, path: &Path| {
         let action = format!("{action} {}", path.display());
         move |source| Error::Io { action, source }
     };
     let outcome = (|| {
-        // Coalesces small chunks; 1 MiB chunks go straight through.
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        let mut written = 0u64;
+        let mut out = file;
         while let Some(message) = received.blocking_recv() {
             match message {
-                Write::Chunk(chunk) => {
-                    out.write_all(&chunk).map_err(io("write", &staging))?;
-                    written += chunk.len() as u64;
-                }
+                Write::Chunk(chunk) => out.write(&chunk).map_err(io("write", &staging))?,
                 Write::Finish => {
-                    out.flush().map_err(io("write", &staging))?;
-                    drop(out);
+                    let written = out.finish().map_err(io("write", &staging))?;
                     std::fs::rename(&staging, dest).map_err(io("publish", dest))?;
                     return Ok(Some(written));
                 }
@@ -454,7 +557,7 @@ fn write_staged(
 }
 
 /// Creates `<dest>#<random digits>` (and `dest`'s directory if needed).
-fn create_staging(dest: &Path) -> Result<(std::fs::File, PathBuf), Error> {
+fn create_staging(dest: &Path) -> Result<(DirectFile, PathBuf), Error> {
     let io = |action: &str, path: &Path| {
         let action = format!("{action} {}", path.display());
         move |source| Error::Io { action, source }
@@ -466,11 +569,7 @@ fn create_staging(dest: &Path) -> Result<(std::fs::File, PathBuf), Error> {
         let mut name = dest.as_os_str().to_owned();
         name.push(format!("#{}", rand::random::<u64>()));
         let staging = PathBuf::from(name);
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&staging)
-        {
+        match DirectFile::create_new(&staging) {
             Ok(file) => return Ok((file, staging)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(io("create", &staging)(e)),
@@ -590,9 +689,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(size, data.len() as u64);
-        let dest = dir.path().join("down");
-        objects.download(&object, &dest, u64::MAX).await.unwrap();
-        assert_eq!(std::fs::read(dest).unwrap(), data);
+        let (mut file, size) = objects
+            .fetch(&object, &dir.path().join("unused"), u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(size, data.len() as u64);
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut read).unwrap();
+        assert_eq!(read, data);
+        // Read in place: no copy was made.
+        assert!(!dir.path().join("unused").exists());
     }
 
     #[test]
@@ -644,12 +750,60 @@ mod tests {
             ObjectLocation::parse("s3://bucket/a/b/").unwrap(),
             ObjectLocation::S3 {
                 bucket: "bucket".into(),
-                prefix: "a/b".into()
+                prefix: "a/b".into(),
+                options: S3Options::default(),
             }
         );
         let err = ObjectLocation::parse("ftp://h/x?token=secret")
             .unwrap_err()
             .to_string();
         assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn s3_settings_come_from_the_query_and_stay_out_of_errors_and_debug() {
+        let location = ObjectLocation::parse(
+            "s3://bucket/p?endpoint=http%3A%2F%2F127.0.0.1%3A9000&AWS_REGION=eu-west-1\
+             &allow_http=true&access_key_id=AKIDX&secret_access_key=hunter2",
+        )
+        .unwrap();
+        let ObjectLocation::S3 { options, .. } = &location else {
+            panic!("{location:?}");
+        };
+        assert_eq!(
+            options.0,
+            [
+                (AmazonS3ConfigKey::Endpoint, "http://127.0.0.1:9000".into()),
+                (AmazonS3ConfigKey::Region, "eu-west-1".into()),
+                (
+                    AmazonS3ConfigKey::Client(object_store::ClientConfigKey::AllowHttp),
+                    "true".into()
+                ),
+                (AmazonS3ConfigKey::AccessKeyId, "AKIDX".into()),
+                (AmazonS3ConfigKey::SecretAccessKey, "hunter2".into()),
+            ]
+        );
+        let debug = format!("{location:?}");
+        assert!(
+            debug.contains("aws_endpoint") && !debug.contains("hunter2"),
+            "{debug}"
+        );
+        Objects::open(&location).unwrap();
+
+        for (bad, why) in [
+            (
+                "s3://bucket/p?colour=blue&secret_access_key=hunter2",
+                "unknown setting \"colour\"",
+            ),
+            ("s3://bucket/p?bucket=other", "the bucket is the URL's host"),
+            ("s3://bucket/p?allow_http=maybe", "maybe"),
+        ] {
+            let err = ObjectLocation::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(
+                err.contains("\"s3://bucket/p\"") && !err.contains("hunter2"),
+                "{err}"
+            );
+        }
     }
 }

@@ -202,14 +202,18 @@ impl Pipeline {
 
         let object =
             ObjectRef::parse_url(&build.source_url).map_err(|e| Failure::failed(e.to_string()))?;
+        // Only a store other than a local directory needs a copy here.
         let archive = work.join("source.tgz");
         log.write(b"Fetching source... ");
-        let size = tokio::select! {
-            r = self.objects.download(&object, &archive, self.limits.max_compressed_bytes) => r,
+        let fetched = tokio::select! {
+            r = self.objects.fetch(&object, &archive, self.limits.max_compressed_bytes) => r,
             () = cancel.cancelled() => return Err(cancelled()),
         };
-        match size {
-            Ok(size) => log.line(format!("OK ({})", human_bytes(size))),
+        let archive_file = match fetched {
+            Ok((file, size)) => {
+                log.line(format!("OK ({})", human_bytes(size)));
+                file
+            }
             Err(
                 e @ (crate::objects::Error::NotFound(_) | crate::objects::Error::TooLarge { .. }),
             ) => {
@@ -220,7 +224,7 @@ impl Pipeline {
                 log.line("FAILED");
                 return Err(internal("fetch the source", &e));
             }
-        }
+        };
 
         log.write(b"Unpacking source... ");
         let source = work.join("src");
@@ -228,9 +232,9 @@ impl Pipeline {
             return Err(internal("create the source directory", &e));
         }
         let unpacked = {
-            let (archive, source, limits, cancel) =
-                (archive.clone(), source.clone(), self.limits, cancel.clone());
-            tokio::task::spawn_blocking(move || unpack(&archive, &source, &limits, &cancel)).await
+            let (source, limits, cancel) = (source.clone(), self.limits, cancel.clone());
+            tokio::task::spawn_blocking(move || unpack(archive_file, &source, &limits, &cancel))
+                .await
         };
         match unpacked {
             Ok(Ok(done)) => log.line(format!(
@@ -249,7 +253,7 @@ impl Pipeline {
             }
             Err(e) => return Err(internal("unpack the source", &e)),
         }
-        // The archive is no longer needed; free its space early.
+        // A copied archive is no longer needed; free its space early.
         let _ = tokio::fs::remove_file(&archive).await;
 
         let manifest = read_manifest(&source, &build.manifest_path, manifest_text, log)?;

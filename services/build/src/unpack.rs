@@ -20,7 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Seek as _};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
@@ -99,21 +99,21 @@ enum Kind {
     Symlink,
 }
 
-/// Unpacks the gzip'd tar at `archive` into `dest`, which must be an empty
-/// directory that this build owns. On error `dest` may hold a partial tree
+/// Unpacks the gzip'd tar read from `archive` (from its start) into `dest`,
+/// which must be an empty directory that this build owns. On error `dest` may hold a partial tree
 /// (never anything outside it); the caller removes it.
 pub fn unpack(
-    archive: &Path,
+    mut file: File,
     dest: &Path,
     limits: &SourceLimits,
     cancel: &CancellationToken,
 ) -> Result<Unpacked, UnpackError> {
-    let mut file = File::open(archive).map_err(io_err(format!("open {}", archive.display())))?;
     let mut magic = [0u8; 2];
     if file.read_exact(&mut magic).is_err() || magic != [0x1f, 0x8b] {
         return Err(UnpackError::NotGzip);
     }
-    let file = File::open(archive).map_err(io_err(format!("open {}", archive.display())))?;
+    file.seek(io::SeekFrom::Start(0))
+        .map_err(io_err("rewind the source archive".into()))?;
     let stream_limit = limits
         .max_unpacked_bytes
         .saturating_add(limits.max_entries.saturating_mul(PER_ENTRY_OVERHEAD))
