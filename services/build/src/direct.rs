@@ -60,7 +60,7 @@ impl AlignedBlock {
 }
 
 /// A new file written front to back, around the page cache when it can be.
-pub(crate) struct DirectFile {
+pub struct DirectFile {
     file: File,
     block: Option<AlignedBlock>,
     /// Bytes waiting in `block`.
@@ -72,7 +72,7 @@ pub(crate) struct DirectFile {
 
 impl DirectFile {
     /// Creates `path`, which must not exist.
-    pub(crate) fn create_new(path: &Path) -> io::Result<Self> {
+    pub fn create_new(path: &Path) -> io::Result<Self> {
         let direct = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -106,7 +106,7 @@ impl DirectFile {
     }
 
     /// Appends `data`.
-    pub(crate) fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+    pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let n = (BLOCK - self.filled).min(data.len());
             let filled = self.filled;
@@ -122,7 +122,7 @@ impl DirectFile {
 
     /// Writes what is left and trims the padding of the last block; returns
     /// the file's size. The file is not fsynced (see `objects::put_stream`).
-    pub(crate) fn finish(mut self) -> io::Result<u64> {
+    pub fn finish(mut self) -> io::Result<u64> {
         let size = self.flushed + self.filled as u64;
         let tail = self.filled;
         if tail > 0 {

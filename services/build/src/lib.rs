@@ -12,7 +12,7 @@
 
 pub mod builder;
 pub mod config;
-mod direct;
+pub mod direct;
 pub mod error;
 pub mod grpc;
 pub mod log;
