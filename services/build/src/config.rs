@@ -68,7 +68,9 @@ pub struct Config {
 
     /// Object store for sources and build logs: `file:///abs/dir`, or
     /// `s3://bucket[/prefix]` (credentials, region and endpoint from the
-    /// standard `AWS_*` variables). Defaults to `<data-dir>/objects`.
+    /// standard `AWS_*` variables, or from the URL's query, which wins:
+    /// `?endpoint=http://127.0.0.1:9000&region=us-east-1&allow_http=true`).
+    /// Defaults to `<data-dir>/objects`.
     #[arg(long, env = "SLIPWAY_OBJECT_STORE")]
     pub object_store: Option<Secret>,
 

@@ -148,6 +148,8 @@ impl Builder for ScriptBuilder {
 /// A running build service with its fake release service.
 pub struct TestApp {
     pub client: BuildServiceClient<Channel>,
+    /// Where the service listens.
+    pub addr: std::net::SocketAddr,
     pub releases: FakeReleases,
     pub data_dir: PathBuf,
     _dir: tempfile::TempDir,
@@ -226,6 +228,7 @@ impl TestApp {
         }
         Self {
             client,
+            addr,
             releases,
             data_dir,
             _dir: dir,

@@ -11,6 +11,7 @@ mod cancel;
 mod logs;
 mod oci;
 mod releases;
+mod s3;
 mod snapshot;
 mod store;
 mod unpack;
