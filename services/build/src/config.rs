@@ -127,6 +127,12 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Uploaded sources older than this are deleted from the object store
+    /// (build logs, releases and artifacts are kept); `0s` keeps them all.
+    /// At least an hour, so no upload is swept before its build starts.
+    #[arg(long, env = "SLIPWAY_SOURCE_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub source_retention: Duration,
+
     /// Redis for the event bus (`redis://[:PASSWORD@]HOST:PORT[/DB]` or
     /// `redis+unix:///PATH`): running builds' logs are published to Redis
     /// Streams, so every replica streams every build's log live. Without it
@@ -146,6 +152,9 @@ pub struct Config {
 /// 20 a second) and a log is at most 32 MiB, so this bounds nothing that
 /// the log size does not already, while keeping a whole build's chunks.
 const LOG_STREAM_ENTRIES: usize = 100_000;
+
+/// The shortest `--source-retention` accepted (other than 0, "forever").
+const MIN_SOURCE_RETENTION: Duration = Duration::from_secs(3600);
 
 impl Config {
     /// A development configuration rooted at `data_dir` (tests build on it).
@@ -168,6 +177,7 @@ impl Config {
             build_timeout: Duration::from_secs(55 * 60),
             request_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(5),
+            source_retention: Duration::from_secs(7 * 86_400),
             redis_url: None,
             redis_prefix: "build".to_owned(),
         }
@@ -190,6 +200,12 @@ impl Config {
         }
         if self.max_concurrent_builds == 0 {
             return Err("--max-concurrent-builds must be at least 1".into());
+        }
+        if !self.source_retention.is_zero() && self.source_retention < MIN_SOURCE_RETENTION {
+            return Err(format!(
+                "--source-retention (SLIPWAY_SOURCE_RETENTION) is {}: use at least 1h, or 0s to keep every source",
+                humantime::format_duration(self.source_retention)
+            ));
         }
         if let Some(url) = &self.database_url {
             slipway_storage::Dialect::of_url(url.expose()).map_err(|e| e.to_string())?;
@@ -257,6 +273,27 @@ mod tests {
             Config::try_parse_from(["slipway-build", "--release-endpoint", "127.0.0.1:1"]).unwrap();
         config.validate().unwrap();
         assert!(config.database_url().ends_with("build.db"));
+    }
+
+    #[test]
+    fn source_retention_is_a_week_by_default_and_never_under_an_hour() {
+        let base = ["slipway-build", "--release-endpoint", "127.0.0.1:1"];
+        let config = Config::try_parse_from(base).unwrap();
+        assert_eq!(config.source_retention, Duration::from_secs(7 * 86_400));
+        for ok in ["0s", "1h", "30d"] {
+            let config =
+                Config::try_parse_from(base.into_iter().chain(["--source-retention", ok])).unwrap();
+            config.validate().unwrap();
+        }
+        let config =
+            Config::try_parse_from(base.into_iter().chain(["--source-retention", "10m"])).unwrap();
+        assert_eq!(
+            config.validate().unwrap_err(),
+            "--source-retention (SLIPWAY_SOURCE_RETENTION) is 10m: use at least 1h, or 0s to keep every source"
+        );
+        assert!(
+            Config::try_parse_from(base.into_iter().chain(["--source-retention", "soon"])).is_err()
+        );
     }
 
     #[test]

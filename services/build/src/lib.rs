@@ -27,6 +27,7 @@ pub mod unpack;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use slipway_api::build::v1::build_service_server::{BuildServiceServer, SERVICE_NAME};
@@ -39,7 +40,7 @@ use crate::builder::Builder;
 use crate::builder::oci::OciBuilder;
 use crate::builder::snapshot::{SnapshotBuilder, remove_tree};
 use crate::log::LogBus;
-use crate::objects::{ObjectLocation, Objects};
+use crate::objects::{ObjectLocation, Objects, Swept};
 use crate::pipeline::Pipeline;
 use crate::release::Releases;
 use crate::service::BuildService;
@@ -143,6 +144,7 @@ pub async fn run_with_builder(
     tokio::task::spawn_blocking(move || remove_tree(&stale))
         .await?
         .with_context(|| format!("clear {}", work_root.display()))?;
+    let sweeper = objects.clone();
     let pipeline = Pipeline {
         store,
         objects,
@@ -163,6 +165,13 @@ pub async fn run_with_builder(
     }
     let service = Arc::new(service);
     tokio::spawn(service.clone().heartbeat_loop(background.clone()));
+    if !config.source_retention.is_zero() {
+        tokio::spawn(sweep_loop(
+            sweeper,
+            config.source_retention,
+            background.clone(),
+        ));
+    }
     let server = BuildServiceServer::new(grpc::Grpc::new(service.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let routes = routes.add_service(server);
@@ -178,4 +187,34 @@ pub async fn run_with_builder(
     // Shutdown stopped the running builds; let them record how they ended.
     service.wait_idle(config.shutdown_grace).await;
     Ok(())
+}
+
+/// Deletes sources older than `retention` now and then, until `stop`: at
+/// start, then every tenth of the retention (at most hourly). Every replica
+/// sweeps; deleting what another already deleted is not an error. A failed
+/// sweep is logged and tried again at the next turn.
+async fn sweep_loop(objects: Objects, retention: Duration, stop: CancellationToken) {
+    let every = (retention / 10).min(Duration::from_secs(3600));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let Ok(age) = chrono::Duration::from_std(retention) else {
+            return;
+        };
+        match objects.sweep_sources(chrono::Utc::now() - age).await {
+            Ok(swept) if swept == Swept::default() => {}
+            Ok(swept) => tracing::info!(
+                sources = swept.sources,
+                bytes = swept.bytes,
+                staging = swept.staging,
+                "removed sources older than {}",
+                humantime::format_duration(retention)
+            ),
+            Err(e) => tracing::warn!("failed to sweep old sources: {e}"),
+        }
+    }
 }

@@ -487,6 +487,52 @@ impl Objects {
         Ok(size)
     }
 
+    /// Deletes uploaded sources (`apps/<app>/objects/…`) last written
+    /// before `cutoff`, and on a local directory the staging files of
+    /// uploads cut off by a crash (`<key>#<digits>`) also older than it.
+    /// Build logs are kept. Objects that vanish meanwhile (another replica
+    /// sweeping the same store) are not errors.
+    pub async fn sweep_sources(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Swept, Error> {
+        let mut swept = Swept::default();
+        let mut listing = self.store.list(Some(&ObjectPath::from("apps")));
+        let mut old = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta?;
+            let parts: Vec<_> = meta.location.parts().collect();
+            let is_source =
+                parts.len() > 3 && parts[0].as_ref() == "apps" && parts[2].as_ref() == "objects";
+            if is_source && meta.last_modified < cutoff {
+                old.push(meta);
+            }
+        }
+        drop(listing);
+        for meta in old {
+            match self.store.delete(&meta.location).await {
+                Ok(()) => {
+                    swept.sources += 1;
+                    swept.bytes += meta.size;
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(local) = &self.local {
+            let apps = local.path_to_filesystem(&ObjectPath::from("apps"))?;
+            let cutoff = std::time::SystemTime::from(cutoff);
+            swept.staging =
+                tokio::task::spawn_blocking(move || remove_stale_staging(&apps, cutoff))
+                    .await
+                    .map_err(|e| Error::Io {
+                        action: "remove stale staging files".into(),
+                        source: std::io::Error::other(e),
+                    })??;
+        }
+        Ok(swept)
+    }
+
     /// Stores the full log of a finished build.
     pub async fn put_log(&self, app: &AppName, build: &BuildId, log: Bytes) -> Result<(), Error> {
         self.store
@@ -504,6 +550,60 @@ impl Objects {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// What [`Objects::sweep_sources`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Source objects deleted.
+    pub sources: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Staging files of interrupted uploads deleted (local stores).
+    pub staging: u64,
+}
+
+/// Removes staging files (names with a `#`, which `object_store` never
+/// lists) under `dir` last modified before `cutoff`; returns how many.
+fn remove_stale_staging(dir: &Path, cutoff: std::time::SystemTime) -> Result<u64, Error> {
+    let io = |action: &str, path: &Path| {
+        let action = format!("{action} {}", path.display());
+        move |source| Error::Io { action, source }
+    };
+    let mut removed = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("list", &dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io("list", &dir))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(io("inspect", &path))?;
+            if kind.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let staging = kind.is_file() && entry.file_name().as_encoded_bytes().contains(&b'#');
+            if !staging {
+                continue;
+            }
+            let modified = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_err(io("inspect", &path))?;
+            if modified < cutoff {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io("remove", &path)(e)),
+                }
+            }
+        }
+    }
+    Ok(removed)
 }
 
 fn log_path(app: &AppName, build: &BuildId) -> ObjectPath {
@@ -859,6 +959,66 @@ mod tests {
         assert_eq!(read, data);
         // Read in place: no copy was made.
         assert!(!dir.path().join("unused").exists());
+    }
+
+    #[tokio::test]
+    async fn sweeps_remove_old_sources_and_stale_staging_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Objects::open(&ObjectLocation::Local(dir.path().to_path_buf())).unwrap();
+        let app = AppName::parse("myapp").unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let age = |path: &Path, by: std::time::Duration| {
+            let file = std::fs::File::options().write(true).open(path).unwrap();
+            file.set_modified(std::time::SystemTime::now() - by)
+                .unwrap();
+        };
+        let put = async |key: &str| {
+            let object = ObjectRef::new(app.clone(), key).unwrap();
+            objects
+                .put_stream(&object, chunks(vec![Ok(b"0123456789")]), 100)
+                .await
+                .unwrap();
+            dir.path().join("apps/myapp/objects").join(key)
+        };
+        let old = put("tmp/old.tgz").await;
+        let older = put("nested/dir/older.tgz").await;
+        let fresh = put("tmp/fresh.tgz").await;
+        age(&old, 8 * day);
+        age(&older, 30 * day);
+        // A build log as old as any source stays: it is not a source.
+        let build = BuildId::parse("BABCDEFGHIJ").unwrap();
+        objects
+            .put_log(&app, &build, Bytes::from_static(b"log\n"))
+            .await
+            .unwrap();
+        let log = dir.path().join("apps/myapp/builds/BABCDEFGHIJ/log");
+        age(&log, 30 * day);
+        // Staging files left by uploads a crash cut off, one stale, one of
+        // an upload still running.
+        let stale = dir.path().join("apps/myapp/objects/tmp/gone.tgz#123");
+        let running = dir.path().join("apps/myapp/objects/tmp/now.tgz#456");
+        std::fs::write(&stale, b"part").unwrap();
+        std::fs::write(&running, b"part").unwrap();
+        age(&stale, 8 * day);
+
+        let cutoff = chrono::Utc::now() - chrono::Duration::days(7);
+        let swept = objects.sweep_sources(cutoff).await.unwrap();
+        assert_eq!(
+            swept,
+            Swept {
+                sources: 2,
+                bytes: 20,
+                staging: 1
+            }
+        );
+        assert!(!old.exists() && !older.exists() && !stale.exists());
+        assert!(fresh.exists() && log.exists() && running.exists());
+        // Nothing left to sweep: a second sweep (or another replica's)
+        // removes nothing and fails on nothing.
+        assert_eq!(
+            objects.sweep_sources(cutoff).await.unwrap(),
+            Swept::default()
+        );
     }
 
     #[test]

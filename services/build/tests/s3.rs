@@ -322,6 +322,26 @@ async fn s3_sources_land_under_the_prefix_and_build_with_their_log_stored() {
         String::from_utf8_lossy(&missing_log)
     );
     assert!(missing.reason.contains("not found"), "{}", missing.reason);
+
+    // Sweeping: a fresh source stays; once past the cutoff it goes, and the
+    // build's log stays.
+    let store = slipway_build::objects::Objects::open(
+        &slipway_build::objects::ObjectLocation::parse(&moto.store_url(BUCKET)).unwrap(),
+    )
+    .unwrap();
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(store.sweep_sources(hour_ago).await.unwrap().sources, 0);
+    let later = chrono::Utc::now() + chrono::Duration::minutes(1);
+    let swept = store.sweep_sources(later).await.unwrap();
+    assert_eq!((swept.sources, swept.bytes), (1, tgz.len() as u64));
+    // Left: the two builds' logs (this one's and the missing source's).
+    let left = moto.keys().await;
+    assert!(left.contains(&log_key), "{left:?}");
+    assert!(
+        left.iter()
+            .all(|k| k.ends_with("/log") && !k.contains("/objects/")),
+        "{left:?}"
+    );
     app.shutdown().await;
 }
 
