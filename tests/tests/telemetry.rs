@@ -86,6 +86,17 @@ struct Service {
 
 /// Starts `bin` with `args`, exporting to `otlp` with short intervals.
 fn spawn(dir: &Path, name: &'static str, otlp: SocketAddr, args: &[String]) -> Service {
+    spawn_with_env(dir, name, otlp, args, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+fn spawn_with_env(
+    dir: &Path,
+    name: &'static str,
+    otlp: SocketAddr,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> Service {
     let log = dir.join(format!("{name}.log"));
     let file = std::fs::File::create(&log).expect("log file");
     let data = dir.join(name);
@@ -104,6 +115,9 @@ fn spawn(dir: &Path, name: &'static str, otlp: SocketAddr, args: &[String]) -> S
         .env_remove("OTEL_SDK_DISABLED")
         .env_remove("OTEL_TRACES_SAMPLER")
         .env_remove("SLIPWAY_LOG_FORMAT")
+        .env_remove("OTEL_TRACES_EXPORTER")
+        .env_remove("OTEL_METRICS_EXPORTER")
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .stdout(file.try_clone().expect("log file"))
         .stderr(file)
@@ -529,5 +543,92 @@ async fn one_deploy_is_one_trace_across_the_four_services() {
             "/slipway.release.v1.ReleaseService/CompletePromotion"
         ) >= 1.0,
         "{rpc:?}"
+    );
+}
+
+#[tokio::test]
+async fn traces_exporter_none_keeps_metrics_and_sends_no_span() {
+    let (otlp, received) = start_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let [release, gateway] = [free_port(), free_port()];
+    let at = |port: u16| format!("127.0.0.1:{port}");
+    let no_traces = [("OTEL_TRACES_EXPORTER", "none")];
+    let services = vec![
+        spawn_with_env(
+            root,
+            "release",
+            otlp,
+            &["--dev".into(), "--listen".into(), at(release)],
+            &no_traces,
+        ),
+        spawn_with_env(
+            root,
+            "gateway",
+            otlp,
+            &[
+                "--listen".into(),
+                at(gateway),
+                "--password".into(),
+                PASSWORD.into(),
+                "--release-endpoint".into(),
+                format!("http://{}", at(release)),
+                // Not called by `GET /apps`.
+                "--build-endpoint".into(),
+                format!("http://{}", at(free_port())),
+                "--rollout-endpoint".into(),
+                format!("http://{}", at(free_port())),
+            ],
+            &no_traces,
+        ),
+    ];
+    let gateway_addr: SocketAddr = at(gateway).parse().unwrap();
+    for port in [release, gateway] {
+        eventually(
+            Duration::from_secs(60),
+            "a service to listen",
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(drop)
+            },
+        )
+        .await;
+    }
+    // Each answered `GET /apps` is a traced request through both services,
+    // and a ListApps call the release service measures.
+    eventually(Duration::from_secs(60), "the gateway to answer", || async {
+        let (status, _) =
+            raw_request(gateway_addr, "GET", "/apps", "text/plain", b"", PASSWORD).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "release metrics", || async {
+        (!points(&received, "slipway-release", "rpc.server.duration").is_empty()).then_some(())
+    })
+    .await;
+    // Well past the span batch delay (200 ms): had spans been on, they
+    // would have arrived with the metrics.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        received.traces.lock().unwrap().is_empty(),
+        "spans were exported with OTEL_TRACES_EXPORTER=none\n{}",
+        logs(&services)
+    );
+    // Both say so at start (the text log styles field names: drop the escapes).
+    let log = logs(&services);
+    let mut plain = String::new();
+    let mut rest = log.as_str();
+    while let Some(at) = rest.find('\x1b') {
+        plain.push_str(&rest[..at]);
+        rest = &rest[at..];
+        rest = rest.find('m').map_or("", |end| &rest[end + 1..]);
+    }
+    plain.push_str(rest);
+    assert_eq!(
+        plain.matches("traces=false metrics=true").count(),
+        2,
+        "{plain}"
     );
 }

@@ -43,18 +43,24 @@ pub struct Guard {
 
 /// The OpenTelemetry providers of an exporting process.
 struct Providers {
-    tracer: SdkTracerProvider,
-    meter: SdkMeterProvider,
+    /// `None` when `OTEL_TRACES_EXPORTER` turns spans off.
+    tracer: Option<SdkTracerProvider>,
+    /// `None` when `OTEL_METRICS_EXPORTER` turns metrics off.
+    meter: Option<SdkMeterProvider>,
 }
 
 impl Providers {
     /// Exports what is buffered and stops the exporters (blocking: the
     /// batch processor and the periodic reader run on their own threads).
     fn shutdown(self) {
-        if let Err(e) = self.tracer.shutdown() {
+        if let Some(tracer) = self.tracer
+            && let Err(e) = tracer.shutdown()
+        {
             eprintln!("telemetry: failed to flush spans: {e}");
         }
-        if let Err(e) = self.meter.shutdown() {
+        if let Some(meter) = self.meter
+            && let Err(e) = meter.shutdown()
+        {
             eprintln!("telemetry: failed to flush metrics: {e}");
         }
     }
@@ -99,12 +105,13 @@ pub fn init_with_default(name: &'static str, default_filter: &str) -> Guard {
                 .with_filter(filter())
                 .boxed(),
         }];
-    let (providers, otel_error) = match otel(name) {
+    let mut notes = Vec::new();
+    let (providers, otel_error) = match otel(name, &mut notes) {
         Ok(providers) => (providers, None),
         Err(e) => (None, Some(e)),
     };
-    if let Some(providers) = &providers {
-        let tracer = providers.tracer.tracer("slipway");
+    if let Some(tracer) = providers.as_ref().and_then(|p| p.tracer.as_ref()) {
+        let tracer = tracer.tracer("slipway");
         let spans = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         layers.push(
             tracing_opentelemetry::layer()
@@ -129,40 +136,116 @@ pub fn init_with_default(name: &'static str, default_filter: &str) -> Guard {
     if let Some(e) = otel_error {
         tracing::warn!("OTLP export disabled: {e}");
     }
+    for note in notes {
+        tracing::warn!("{note}");
+    }
     if let Some(providers) = &providers {
-        opentelemetry::global::set_tracer_provider(providers.tracer.clone());
-        opentelemetry::global::set_meter_provider(providers.meter.clone());
-        tracing::info!(service = name, "exporting traces and metrics over OTLP");
+        if let Some(tracer) = &providers.tracer {
+            opentelemetry::global::set_tracer_provider(tracer.clone());
+        }
+        if let Some(meter) = &providers.meter {
+            opentelemetry::global::set_meter_provider(meter.clone());
+        }
+        tracing::info!(
+            service = name,
+            traces = providers.tracer.is_some(),
+            metrics = providers.meter.is_some(),
+            "exporting over OTLP"
+        );
     }
     tracing::debug!(service = name, "telemetry initialised");
     Guard { providers }
 }
 
 /// The OTLP providers, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and
-/// `OTEL_SDK_DISABLED` is not `true`).
-fn otel(name: &'static str) -> Result<Option<Providers>, Box<dyn std::error::Error>> {
+/// `OTEL_SDK_DISABLED` is not `true`), each of spans and metrics unless its
+/// `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` says `none`. What is
+/// worth a warning once logging is up goes to `notes`.
+fn otel(
+    name: &'static str,
+    notes: &mut Vec<String>,
+) -> Result<Option<Providers>, Box<dyn std::error::Error>> {
     let set = |var: &str| std::env::var(var).is_ok_and(|v| !v.trim().is_empty());
     if !set("OTEL_EXPORTER_OTLP_ENDPOINT")
         || std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
     {
         return Ok(None);
     }
+    let mut wants = |var: &str| {
+        let (otlp, note) = exporter_choice(var, std::env::var(var).ok().as_deref());
+        notes.extend(note);
+        otlp
+    };
+    let (traces, metrics) = (
+        wants("OTEL_TRACES_EXPORTER"),
+        wants("OTEL_METRICS_EXPORTER"),
+    );
+    if !traces && !metrics {
+        return Ok(None);
+    }
     let resource = resource(name);
-    let spans = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()?;
-    let tracer = SdkTracerProvider::builder()
-        .with_resource(resource.clone())
-        .with_batch_exporter(spans)
-        .build();
-    let metrics = opentelemetry_otlp::MetricExporter::builder()
-        .with_tonic()
-        .build()?;
-    let meter = SdkMeterProvider::builder()
-        .with_resource(resource)
-        .with_periodic_exporter(metrics)
-        .build();
+    let tracer = if traces {
+        let spans = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()?;
+        Some(
+            SdkTracerProvider::builder()
+                .with_resource(resource.clone())
+                .with_batch_exporter(spans)
+                .build(),
+        )
+    } else {
+        None
+    };
+    let meter = if metrics {
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .build()?;
+        Some(
+            SdkMeterProvider::builder()
+                .with_resource(resource)
+                .with_periodic_exporter(exporter)
+                .build(),
+        )
+    } else {
+        None
+    };
     Ok(Some(Providers { tracer, meter }))
+}
+
+/// Whether `var` (a comma-separated exporter list, as the OpenTelemetry
+/// spec defines `OTEL_TRACES_EXPORTER` and `OTEL_METRICS_EXPORTER`) asks for
+/// OTLP: unset or empty means the default, `otlp`; `none` turns the signal
+/// off. Exporters other than those two are not built in; naming one gives a
+/// note saying so.
+fn exporter_choice(var: &str, value: Option<&str>) -> (bool, Option<String>) {
+    let names: Vec<String> = value
+        .unwrap_or("")
+        .split(',')
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() {
+        return (true, None);
+    }
+    let otlp = names.iter().any(|n| n == "otlp");
+    let unsupported: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !matches!(*n, "otlp" | "none"))
+        .collect();
+    let note = (!unsupported.is_empty()).then(|| {
+        format!(
+            "{var}: {} not supported (only otlp and none); {}",
+            unsupported.join(", "),
+            if otlp {
+                "exporting over OTLP only"
+            } else {
+                "not exporting this signal"
+            }
+        )
+    });
+    (otlp, note)
 }
 
 /// The SDK's resource (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
@@ -196,5 +279,41 @@ pub fn init_for_tests() {
             )
             .with_test_writer()
             .try_init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exporter_choice;
+
+    #[test]
+    fn exporter_variables_follow_the_spec() {
+        let var = "OTEL_TRACES_EXPORTER";
+        for default in [None, Some(""), Some(" ")] {
+            assert_eq!(exporter_choice(var, default), (true, None));
+        }
+        assert_eq!(exporter_choice(var, Some("otlp")), (true, None));
+        assert_eq!(exporter_choice(var, Some("OTLP")), (true, None));
+        assert_eq!(exporter_choice(var, Some("none")), (false, None));
+        assert_eq!(
+            exporter_choice(var, Some("zipkin")),
+            (
+                false,
+                Some(
+                    "OTEL_TRACES_EXPORTER: zipkin not supported (only otlp and none); not exporting this signal"
+                        .into()
+                )
+            )
+        );
+        assert_eq!(
+            exporter_choice("OTEL_METRICS_EXPORTER", Some("otlp, prometheus")),
+            (
+                true,
+                Some(
+                    "OTEL_METRICS_EXPORTER: prometheus not supported (only otlp and none); exporting over OTLP only"
+                        .into()
+                )
+            )
+        );
     }
 }
