@@ -127,6 +127,29 @@ fn spawn_with_env(
     Service { name, child, log }
 }
 
+/// Waits until every port in `ports` accepts connections and the gateway
+/// at `gateway` answers `GET /apps`.
+async fn wait_ready(ports: &[u16], gateway: SocketAddr) {
+    for &port in ports {
+        eventually(
+            Duration::from_secs(60),
+            "a service to listen",
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(drop)
+            },
+        )
+        .await;
+    }
+    eventually(Duration::from_secs(60), "the gateway to answer", || async {
+        let (status, _) = raw_request(gateway, "GET", "/apps", "text/plain", b"", PASSWORD).await;
+        (status == 200).then_some(())
+    })
+    .await;
+}
+
 /// Kills what is left under a directory when dropped: the app's processes
 /// outlive the rollout service by design, and must not outlive a failed test.
 struct KillUnder(PathBuf);
@@ -324,25 +347,7 @@ async fn one_deploy_is_one_trace_across_the_four_services() {
         ),
     ];
     let gateway_addr: SocketAddr = at(gateway).parse().unwrap();
-    for port in [release, build, rollout] {
-        eventually(
-            Duration::from_secs(60),
-            "a service to listen",
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-                    .map(drop)
-            },
-        )
-        .await;
-    }
-    eventually(Duration::from_secs(60), "the gateway to answer", || async {
-        let (status, _) =
-            raw_request(gateway_addr, "GET", "/apps", "text/plain", b"", PASSWORD).await;
-        (status == 200).then_some(())
-    })
-    .await;
+    wait_ready(&[release, build, rollout, gateway], gateway_addr).await;
 
     // One `slipway deploy`, through the real CLI.
     let cwd = tempfile::tempdir().unwrap();
@@ -583,27 +588,9 @@ async fn traces_exporter_none_keeps_metrics_and_sends_no_span() {
         ),
     ];
     let gateway_addr: SocketAddr = at(gateway).parse().unwrap();
-    for port in [release, gateway] {
-        eventually(
-            Duration::from_secs(60),
-            "a service to listen",
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-                    .map(drop)
-            },
-        )
-        .await;
-    }
     // Each answered `GET /apps` is a traced request through both services,
     // and a ListApps call the release service measures.
-    eventually(Duration::from_secs(60), "the gateway to answer", || async {
-        let (status, _) =
-            raw_request(gateway_addr, "GET", "/apps", "text/plain", b"", PASSWORD).await;
-        (status == 200).then_some(())
-    })
-    .await;
+    wait_ready(&[release, gateway], gateway_addr).await;
     eventually(Duration::from_secs(30), "release metrics", || async {
         (!points(&received, "slipway-release", "rpc.server.duration").is_empty()).then_some(())
     })
