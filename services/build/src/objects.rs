@@ -418,9 +418,9 @@ impl Objects {
         }
     }
 
-    /// A local file holding `object`'s bytes, refusing objects larger than
-    /// `limit` bytes; returns its path and size. On a local directory that
-    /// is the object's own file, read in place (an upload replacing it
+    /// A local file holding `object`'s bytes, open for reading, refusing
+    /// objects larger than `limit` bytes; returns it and its size. On a
+    /// local directory that is the object's own file, read in place (an upload replacing it
     /// renames a new file over it, so a reader that has it open keeps the
     /// whole old object); elsewhere the object is copied to `spare`.
     pub async fn fetch(
