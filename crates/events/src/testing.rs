@@ -238,6 +238,19 @@ pub async fn backlog_is_counted<B: EventBus + ?Sized>(bus: &B) {
     assert_eq!(empty.backlog, 0);
 }
 
+/// The Redis server every development machine and CI run has (`scripts/test`
+/// starts it when it is down); tests share it under key prefixes of their own.
+pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+
+/// Fails the test loudly when the shared Redis is not running.
+/// (A plain loopback connect: it answers at once either way.)
+pub async fn require_shared_redis() {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 6379));
+    if let Err(e) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        panic!("this test needs Redis on 127.0.0.1:6379 (scripts/test starts it): {e}");
+    }
+}
+
 /// A `redis-server` of the test's own on a unix socket, persisting nothing
 /// (like the development machines' Redis): a test can kill and restart it
 /// without disturbing the shared server other tests use. Fails the test

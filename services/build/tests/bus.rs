@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use slipway_api::build::v1::{BuildStatus, WatchBuildLogsRequest};
 use slipway_domain::Secret;
+use slipway_events::testing::{SHARED_REDIS, require_shared_redis};
 
 use crate::helpers::{Backend, ScriptBuilder, Tarball, TestApp, WEB, status};
 
@@ -22,17 +23,6 @@ fn unique_prefix() -> String {
         std::process::id(),
         rand::random::<u64>()
     )
-}
-
-/// Fails the test loudly when the shared Redis is not running.
-async fn require_redis() {
-    let connect = tokio::net::TcpStream::connect("127.0.0.1:6379");
-    match tokio::time::timeout(Duration::from_secs(5), connect).await {
-        Ok(Ok(_)) => {}
-        other => {
-            panic!("this test needs Redis on 127.0.0.1:6379 (scripts/test starts it): {other:?}")
-        }
-    }
 }
 
 /// Two replicas on one database, one object store (under `shared`) and one
@@ -99,7 +89,7 @@ async fn rest(stream: impl futures::Stream<Item = Vec<u8>>) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_build_on_one_replica_streams_live_through_another_byte_for_byte() {
-    require_redis().await;
+    require_shared_redis().await;
     let shared = tempfile::tempdir().unwrap();
     let gate = shared.path().join("go");
     // Some output, then a pause until the test opens the gate, then lots
@@ -109,13 +99,7 @@ async fn a_build_on_one_replica_streams_live_through_another_byte_for_byte() {
          i=0; while [ $i -lt 300 ]; do echo \"line $i\"; echo \"err $i\" >&2; i=$((i+1)); done",
         go = gate.display()
     );
-    let (a, b) = two_replicas(
-        shared.path(),
-        "redis://127.0.0.1:6379",
-        &unique_prefix(),
-        &script,
-    )
-    .await;
+    let (a, b) = two_replicas(shared.path(), SHARED_REDIS, &unique_prefix(), &script).await;
     let url = a.upload("myapp", &Tarball::source(WEB, &[])).await.unwrap();
     let build = a.create("myapp", &url, "").await;
 
@@ -199,7 +183,7 @@ async fn with_the_bus_unreachable_another_replica_serves_the_whole_log_at_the_en
 
 #[tokio::test]
 async fn what_redis_loses_mid_build_is_served_from_the_stored_log() {
-    require_redis().await;
+    require_shared_redis().await;
     let shared = tempfile::tempdir().unwrap();
     let gate = shared.path().join("go");
     let script = format!(
@@ -209,7 +193,7 @@ async fn what_redis_loses_mid_build_is_served_from_the_stored_log() {
         go = gate.display()
     );
     let prefix = unique_prefix();
-    let (a, b) = two_replicas(shared.path(), "redis://127.0.0.1:6379", &prefix, &script).await;
+    let (a, b) = two_replicas(shared.path(), SHARED_REDIS, &prefix, &script).await;
     let url = a.upload("myapp", &Tarball::source(WEB, &[])).await.unwrap();
     let build = a.create("myapp", &url, "").await;
     let mut on_b = Box::pin(watch(&b, &build.id, 0).await);

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use slipway_api::rollout::v1 as pb;
-use slipway_events::testing::PrivateRedis;
+use slipway_events::testing::{PrivateRedis, SHARED_REDIS, require_shared_redis};
 use tokio_stream::StreamExt as _;
 
 use crate::helpers::*;
@@ -45,17 +45,6 @@ fn unique_prefix() -> String {
         std::process::id(),
         chrono::Utc::now().timestamp_nanos_opt().unwrap()
     )
-}
-
-/// Fails the test loudly when the shared Redis is not running.
-async fn require_redis() {
-    let connect = tokio::net::TcpStream::connect("127.0.0.1:6379");
-    match tokio::time::timeout(Duration::from_secs(5), connect).await {
-        Ok(Ok(_)) => {}
-        other => {
-            panic!("this test needs Redis on 127.0.0.1:6379 (scripts/test starts it): {other:?}")
-        }
-    }
 }
 
 /// An app's log backlog (a non-following StreamAppLogs) as `source message`
@@ -129,12 +118,12 @@ async fn with_redis_unreachable_rollouts_complete_and_events_come_from_the_datab
 /// rollout driven by A, read through B, comes from the bus alone.
 #[tokio::test]
 async fn a_replica_streams_a_rollout_another_replica_drove() {
-    require_redis().await;
+    require_shared_redis().await;
     let app = app_name("busshared");
     let _guard = AppGuard(app.clone());
     let prefix = unique_prefix();
-    let a = Replica::spawn("redis://127.0.0.1:6379", &prefix).await;
-    let b = Replica::spawn("redis://127.0.0.1:6379", &prefix).await;
+    let a = Replica::spawn(SHARED_REDIS, &prefix).await;
+    let b = Replica::spawn(SHARED_REDIS, &prefix).await;
 
     // B follows the app's log before anything happens.
     let mut b_client = connect(b.addr).await;

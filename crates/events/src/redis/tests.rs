@@ -9,9 +9,8 @@ use tokio_stream::StreamExt as _;
 
 use super::*;
 use crate::EventStream;
-use crate::testing::PrivateRedis;
+use crate::testing::{PrivateRedis, SHARED_REDIS as SHARED};
 
-const SHARED: &str = "redis://127.0.0.1:6379";
 /// How long a test waits for what must happen.
 const WAIT: Duration = Duration::from_secs(10);
 
