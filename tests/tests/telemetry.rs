@@ -127,6 +127,23 @@ fn spawn_with_env(
     Service { name, child, log }
 }
 
+/// The gateway's flags: listening on `port`, the other services on theirs.
+fn gateway_args(port: u16, release: u16, build: u16, rollout: u16) -> Vec<String> {
+    let endpoint = |port: u16| format!("http://127.0.0.1:{port}");
+    vec![
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--password".into(),
+        PASSWORD.into(),
+        "--release-endpoint".into(),
+        endpoint(release),
+        "--build-endpoint".into(),
+        endpoint(build),
+        "--rollout-endpoint".into(),
+        endpoint(rollout),
+    ]
+}
+
 /// Waits until every port in `ports` accepts connections and the gateway
 /// at `gateway` answers `GET /apps`.
 async fn wait_ready(ports: &[u16], gateway: SocketAddr) {
@@ -332,18 +349,7 @@ async fn one_deploy_is_one_trace_across_the_four_services() {
             root,
             "gateway",
             otlp,
-            &[
-                "--listen".into(),
-                at(gateway),
-                "--password".into(),
-                PASSWORD.into(),
-                "--release-endpoint".into(),
-                endpoint(release),
-                "--build-endpoint".into(),
-                endpoint(build),
-                "--rollout-endpoint".into(),
-                endpoint(rollout),
-            ],
+            &gateway_args(gateway, release, build, rollout),
         ),
     ];
     let gateway_addr: SocketAddr = at(gateway).parse().unwrap();
@@ -571,19 +577,8 @@ async fn traces_exporter_none_keeps_metrics_and_sends_no_span() {
             root,
             "gateway",
             otlp,
-            &[
-                "--listen".into(),
-                at(gateway),
-                "--password".into(),
-                PASSWORD.into(),
-                "--release-endpoint".into(),
-                format!("http://{}", at(release)),
-                // Not called by `GET /apps`.
-                "--build-endpoint".into(),
-                format!("http://{}", at(free_port())),
-                "--rollout-endpoint".into(),
-                format!("http://{}", at(free_port())),
-            ],
+            // Build and rollout are not called by `GET /apps`.
+            &gateway_args(gateway, release, free_port(), free_port()),
             &no_traces,
         ),
     ];

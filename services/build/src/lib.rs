@@ -194,6 +194,10 @@ pub async fn run_with_builder(
 /// sweeps; deleting what another already deleted is not an error. A failed
 /// sweep is logged and tried again at the next turn.
 async fn sweep_loop(objects: Objects, retention: Duration, stop: CancellationToken) {
+    let Ok(age) = chrono::Duration::from_std(retention) else {
+        tracing::warn!("--source-retention is too long to count; sources are kept");
+        return;
+    };
     let every = (retention / 10).min(Duration::from_secs(3600));
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -202,9 +206,6 @@ async fn sweep_loop(objects: Objects, retention: Duration, stop: CancellationTok
             _ = ticks.tick() => {}
             () = stop.cancelled() => return,
         }
-        let Ok(age) = chrono::Duration::from_std(retention) else {
-            return;
-        };
         match objects.sweep_sources(chrono::Utc::now() - age).await {
             Ok(swept) if swept == Swept::default() => {}
             Ok(swept) => tracing::info!(
