@@ -15,6 +15,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 pub use sqlx::{AnyPool, Transaction};
 
+pub mod files;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -130,6 +131,9 @@ pub async fn connect(url: &str, options: &PoolOptions) -> Result<Database, Error
                 .trim_start_matches("sqlite://")
                 .trim_start_matches("sqlite:");
             let path = path.split('?').next().unwrap_or(path);
+            // Owner-only before SQLite creates it (and its -wal/-shm) 0644.
+            files::prepare_sqlite_file(std::path::Path::new(path))
+                .map_err(|e| connect_err(sqlx::Error::Io(e)))?;
             let opts = AnyConnectOptions::from_str(&format!("sqlite://{path}?mode=rwc"))
                 .map_err(connect_err)?;
             AnyPoolOptions::new()
