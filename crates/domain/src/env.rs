@@ -17,6 +17,19 @@ use std::fmt;
 /// Longest allowed env key, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
 
+/// Largest variable, counted as the `KEY=VALUE` text a process receives, in bytes.
+///
+/// With its terminating NUL this is 128 KiB, Linux's limit on one environment string
+/// (`MAX_ARG_STRLEN`): a longer variable makes every `exec` of the app fail with
+/// `E2BIG`, so it is refused when set rather than at every deploy.
+pub const MAX_VAR_BYTES: usize = 128 * 1024 - 1;
+
+/// Largest environment, in bytes, counted as a process receives it: every `KEY=VALUE`
+/// plus its terminating NUL (see [`Env::bytes`]). 256 KiB is far more than apps use,
+/// fits any process's argument space, and keeps a release, and a page of releases,
+/// well inside one gRPC message.
+pub const MAX_ENV_BYTES: usize = 256 * 1024;
+
 /// Longest key echoed back in an error message; longer keys are shortened.
 const MAX_ECHO: usize = 60;
 
@@ -79,6 +92,34 @@ pub enum EnvError {
     BothSetAndUnset {
         /// The conflicting key.
         key: String,
+    },
+    /// A value contained a NUL byte, which no process environment can carry.
+    #[error("env {key}: the value contains a NUL byte, which a process environment cannot carry")]
+    NulInValue {
+        /// The key whose value holds the NUL.
+        key: String,
+    },
+    /// One variable was larger than [`MAX_VAR_BYTES`].
+    #[error(
+        "env {key} is too large: {key}=VALUE is {len} bytes, the limit is {max} bytes (128 KiB with its terminating NUL, the most a process accepts for one variable)",
+        max = MAX_VAR_BYTES
+    )]
+    VarTooLarge {
+        /// The key of the oversize variable.
+        key: String,
+        /// Its `KEY=VALUE` length in bytes.
+        len: usize,
+    },
+    /// The whole environment was larger than [`MAX_ENV_BYTES`].
+    #[error(
+        "the env is too large: {len} bytes (KEY=VALUE plus one byte per variable), the limit is {max} bytes (256 KiB); the largest variable is {largest}",
+        max = MAX_ENV_BYTES
+    )]
+    TooLarge {
+        /// The env's size as [`Env::bytes`] counts it.
+        len: usize,
+        /// The key of its largest variable, a hint at what to move out.
+        largest: String,
     },
 }
 
@@ -303,6 +344,44 @@ impl Env {
         self.vars.is_empty()
     }
 
+    /// The env's size as a process receives it: every `KEY=VALUE` plus its NUL.
+    /// [`Env::to_wire`] is one byte shorter (newlines between, none at the end).
+    pub fn bytes(&self) -> usize {
+        self.vars.iter().map(|(k, v)| var_bytes(k, v) + 1).sum()
+    }
+
+    /// Checks the bounds every stored env must keep: no value holds a NUL, no
+    /// variable exceeds [`MAX_VAR_BYTES`], the whole env stays within
+    /// [`MAX_ENV_BYTES`]. Errors name the key and the limit, never the value.
+    ///
+    /// Parsing does not check these, so an env stored before the bounds existed can
+    /// still be read and listed; every new release is checked.
+    pub fn check_bounds(&self) -> Result<(), EnvError> {
+        for (key, value) in &self.vars {
+            if value.contains('\0') {
+                return Err(EnvError::NulInValue { key: echo(key) });
+            }
+            let len = var_bytes(key, value);
+            if len > MAX_VAR_BYTES {
+                return Err(EnvError::VarTooLarge {
+                    key: echo(key),
+                    len,
+                });
+            }
+        }
+        let len = self.bytes();
+        if len > MAX_ENV_BYTES {
+            let largest = self
+                .vars
+                .iter()
+                .max_by_key(|(k, v)| var_bytes(k, v))
+                .map(|(k, _)| echo(k))
+                .unwrap_or_default();
+            return Err(EnvError::TooLarge { len, largest });
+        }
+        Ok(())
+    }
+
     /// The underlying sorted map.
     pub fn as_map(&self) -> &BTreeMap<String, String> {
         &self.vars
@@ -312,6 +391,11 @@ impl Env {
     pub fn into_map(self) -> BTreeMap<String, String> {
         self.vars
     }
+}
+
+/// The length of `KEY=VALUE`.
+fn var_bytes(key: &str, value: &str) -> usize {
+    key.len() + 1 + value.len()
 }
 
 /// Drops a leading `export` keyword (followed by blanks) from a line.
@@ -831,6 +915,118 @@ F=  "padded"  "##,
             base.apply(&BTreeMap::new(), &["".into()]).unwrap_err(),
             EnvError::EmptyKey
         );
+    }
+
+    // --- bounds -------------------------------------------------------------
+
+    /// A value that makes `KEY=VALUE` exactly `len` bytes.
+    fn value_for(key: &str, len: usize) -> String {
+        "v".repeat(len - key.len() - 1)
+    }
+
+    #[test]
+    fn bytes_count_each_var_with_its_nul() {
+        assert_eq!(Env::new().bytes(), 0);
+        let e = env(&[("A", "1"), ("BB", "")]);
+        assert_eq!(e.bytes(), "A=1\0BB=\0".len());
+        assert_eq!(e.bytes(), e.to_wire().len() + 1);
+    }
+
+    #[test]
+    fn a_var_at_the_limit_is_accepted_one_byte_more_is_refused() {
+        let at = env(&[("BIG", &value_for("BIG", MAX_VAR_BYTES))]);
+        at.check_bounds().unwrap();
+        let over = env(&[("BIG", &value_for("BIG", MAX_VAR_BYTES + 1))]);
+        let err = over.check_bounds().unwrap_err();
+        assert_eq!(
+            err,
+            EnvError::VarTooLarge {
+                key: "BIG".into(),
+                len: MAX_VAR_BYTES + 1
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "env BIG is too large: BIG=VALUE is 131072 bytes, the limit is 131071 bytes \
+             (128 KiB with its terminating NUL, the most a process accepts for one variable)"
+        );
+    }
+
+    #[test]
+    fn the_var_limit_counts_the_key() {
+        let key = "K".repeat(MAX_KEY_LEN);
+        let value = "v".repeat(MAX_VAR_BYTES - MAX_KEY_LEN);
+        let e = env(&[(&key, &value)]);
+        assert!(matches!(
+            e.check_bounds(),
+            Err(EnvError::VarTooLarge { len, .. }) if len == MAX_VAR_BYTES + 1
+        ));
+    }
+
+    #[test]
+    fn an_env_at_the_limit_is_accepted_one_byte_more_is_refused() {
+        // Two variables at the per-variable limit take 2 * 128 KiB = the env limit.
+        let (a, b) = (value_for("A", MAX_VAR_BYTES), value_for("B", MAX_VAR_BYTES));
+        let at = env(&[("A", &a), ("B", &b)]);
+        assert_eq!(at.bytes(), MAX_ENV_BYTES);
+        at.check_bounds().unwrap();
+        // A third, empty variable (`C=` and its NUL) with B three bytes shorter.
+        let exact = env(&[("A", &a), ("B", &b[3..]), ("C", "")]);
+        assert_eq!(exact.bytes(), MAX_ENV_BYTES);
+        exact.check_bounds().unwrap();
+        let one_over = env(&[("A", &a), ("B", &b[2..]), ("C", "")]);
+        assert_eq!(one_over.bytes(), MAX_ENV_BYTES + 1);
+        let err = one_over.check_bounds().unwrap_err();
+        assert_eq!(
+            err,
+            EnvError::TooLarge {
+                len: MAX_ENV_BYTES + 1,
+                largest: "A".into()
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "the env is too large: 262145 bytes (KEY=VALUE plus one byte per variable), \
+             the limit is 262144 bytes (256 KiB); the largest variable is A"
+        );
+    }
+
+    #[test]
+    fn a_nul_in_a_value_is_refused_naming_the_key_only() {
+        let e = env(&[("OK", "fine"), ("TOKEN", "sec\0ret")]);
+        let err = e.check_bounds().unwrap_err();
+        assert_eq!(
+            err,
+            EnvError::NulInValue {
+                key: "TOKEN".into()
+            }
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("TOKEN") && msg.contains("NUL"), "{msg}");
+        assert!(!msg.contains("sec"), "{msg}");
+        // Wire text carries the NUL through to the check.
+        let wire = Env::parse_wire("TOKEN=a\0b").unwrap();
+        assert!(matches!(
+            wire.check_bounds(),
+            Err(EnvError::NulInValue { .. })
+        ));
+    }
+
+    #[test]
+    fn bound_errors_never_show_values() {
+        let secret = format!("hunter2{}", "x".repeat(MAX_VAR_BYTES));
+        let err = env(&[("PASSWORD", &secret)]).check_bounds().unwrap_err();
+        assert!(!err.to_string().contains("hunter2"));
+        assert!(!format!("{err:?}").contains("hunter2"));
+        assert!(err.to_string().len() < 300, "{err}");
+    }
+
+    #[test]
+    fn an_empty_or_ordinary_env_is_within_bounds() {
+        Env::new().check_bounds().unwrap();
+        env(&[("A", "1"), ("DATABASE_URL", "postgres://u:p@h/db")])
+            .check_bounds()
+            .unwrap();
     }
 
     // --- diff ---------------------------------------------------------------

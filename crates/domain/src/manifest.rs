@@ -28,6 +28,11 @@ use crate::env::{Env, EnvError};
 use locate::{KeyPath, Locator, Position};
 use walk::{Walker, describe};
 
+/// Largest convox.yml accepted, in bytes. Real manifests take a few KiB; 512 KiB
+/// leaves a release (manifest, env, artifacts) well inside one gRPC message, and
+/// bounds what parsing one can cost.
+pub const MAX_MANIFEST_BYTES: usize = 512 * 1024;
+
 /// Longest allowed service name, in characters.
 pub const MAX_SERVICE_NAME_LEN: usize = 30;
 
@@ -53,6 +58,12 @@ pub enum ManifestErrorKind {
     /// The text was empty or only whitespace and comments.
     #[error("manifest is empty")]
     Empty,
+    /// The text was longer than [`MAX_MANIFEST_BYTES`].
+    #[error("manifest is too large: {len} bytes, the limit is {max} bytes (512 KiB)", max = MAX_MANIFEST_BYTES)]
+    TooLarge {
+        /// The manifest's length in bytes.
+        len: usize,
+    },
     /// The text is not valid YAML.
     #[error("{message}")]
     Syntax {
@@ -343,6 +354,13 @@ impl Manifest {
     /// Parses and validates convox.yml text.
     pub fn parse(yaml: &str) -> Result<Self, ManifestError> {
         let root = KeyPath::root();
+        if yaml.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::new(
+                ManifestErrorKind::TooLarge { len: yaml.len() },
+                &root,
+                None,
+            ));
+        }
         if yaml.trim().is_empty() {
             return Err(ManifestError::new(ManifestErrorKind::Empty, &root, None));
         }

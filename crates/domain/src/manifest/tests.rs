@@ -731,3 +731,29 @@ fn strip_positions_removes_only_positions() {
     assert_eq!(strip_positions("look at me at position 7"), "look at me");
     assert_eq!(strip_positions("plain"), "plain");
 }
+
+/// A valid manifest padded with a comment to exactly `len` bytes.
+fn manifest_of_len(len: usize) -> String {
+    let head = "services:\n  web:\n    build: .\n#";
+    let mut text = head.to_owned();
+    text.push_str(&"x".repeat(len - head.len() - 1));
+    text.push('\n');
+    assert_eq!(text.len(), len);
+    text
+}
+
+#[test]
+fn a_manifest_at_the_size_limit_parses_one_byte_more_is_refused() {
+    parse(&manifest_of_len(MAX_MANIFEST_BYTES));
+    let err = error(&manifest_of_len(MAX_MANIFEST_BYTES + 1));
+    assert_eq!(
+        err.kind,
+        ManifestErrorKind::TooLarge {
+            len: MAX_MANIFEST_BYTES + 1
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "convox.yml: manifest is too large: 524289 bytes, the limit is 524288 bytes (512 KiB)"
+    );
+}
