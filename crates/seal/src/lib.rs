@@ -81,8 +81,8 @@ impl Sealer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Aes256Gcm::generate_key(aes_gcm::aead::OsRng);
                 let text = base64::engine::general_purpose::STANDARD.encode(key);
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(io_err)?;
+                if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+                    create_private_dir_all(dir).map_err(io_err)?;
                 }
                 write_private(path, &text).map_err(io_err)?;
                 Self::from_base64(&text)
@@ -133,6 +133,21 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     file.write_all(text.as_bytes())
+}
+
+/// A key's missing directories, owner-only (0700).
+#[cfg(unix)]
+fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
 }
 
 #[cfg(not(unix))]

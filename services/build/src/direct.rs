@@ -71,11 +71,12 @@ pub struct DirectFile {
 }
 
 impl DirectFile {
-    /// Creates `path`, which must not exist.
+    /// Creates `path` owner-only (0600), which must not exist.
     pub fn create_new(path: &Path) -> io::Result<Self> {
         let direct = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(slipway_storage::files::FILE_MODE)
             .custom_flags(libc::O_DIRECT)
             .open(path);
         let (file, direct) = match direct {
@@ -85,6 +86,7 @@ impl DirectFile {
                 std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
+                    .mode(slipway_storage::files::FILE_MODE)
                     .open(path)?,
                 false,
             ),

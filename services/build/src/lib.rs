@@ -51,7 +51,7 @@ const MAX_MESSAGE_BYTES: usize = 8 << 20;
 
 /// The data directory as an absolute path (artifact URLs must be absolute).
 fn data_dir(config: &Config) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(&config.data_dir)
+    slipway_storage::files::create_private_dir(&config.data_dir)
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     std::path::absolute(&config.data_dir)
         .with_context(|| format!("resolve {}", config.data_dir.display()))
@@ -172,13 +172,15 @@ pub async fn run_with_builder(
             background.clone(),
         ));
     }
-    let server = BuildServiceServer::new(grpc::Grpc::new(service.clone()))
+    let server = BuildServiceServer::new(grpc::Grpc::new(service.clone(), config.upload_idle_timeout))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let routes = routes.add_service(server);
     health.serving().await;
     tracing::info!(addr = %listener.local_addr()?, "build service serving");
     let options = slipway_rpc::ServerOptions {
         request_timeout: config.request_timeout,
+        // Uploads last as long as they progress (grpc.rs bounds their idling).
+        untimed_methods: &[grpc::UPLOAD_SOURCE],
         shutdown_grace: config.shutdown_grace,
         service_auth: config.security.server_auth(),
         ..Default::default()

@@ -282,7 +282,7 @@ impl Objects {
     pub fn open(location: &ObjectLocation) -> Result<Self, Error> {
         Ok(match location {
             ObjectLocation::Local(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                slipway_storage::files::create_private_dir_all(dir).map_err(|source| Error::Io {
                     action: format!("create object directory {}", dir.display()),
                     source,
                 })?;
@@ -535,6 +535,16 @@ impl Objects {
 
     /// Stores the full log of a finished build.
     pub async fn put_log(&self, app: &AppName, build: &BuildId, log: Bytes) -> Result<(), Error> {
+        // Locally through our own writer, so the log is owner-only (0600).
+        if let Some(local) = &self.local {
+            let dest = local.path_to_filesystem(&log_path(app, build))?;
+            let chunks = futures::stream::iter([Ok::<_, std::convert::Infallible>(log)]);
+            return match put_file(dest, chunks, u64::MAX).await {
+                Ok(_) => Ok(()),
+                Err(PutError::Store(e)) => Err(e),
+                Err(PutError::Input(never)) => match never {},
+            };
+        }
         self.store
             .put(&log_path(app, build), PutPayload::from_bytes(log))
             .await?;
@@ -696,7 +706,7 @@ fn create_staging(dest: &Path) -> Result<(DirectFile, PathBuf), Error> {
         move |source| Error::Io { action, source }
     };
     if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir).map_err(io("create directory", dir))?;
+        slipway_storage::files::create_private_dir_all(dir).map_err(io("create directory", dir))?;
     }
     loop {
         let mut name = dest.as_os_str().to_owned();

@@ -193,10 +193,14 @@ impl Pipeline {
         };
 
         // A fresh directory that only this build writes to.
-        if let Err(e) = tokio::fs::create_dir_all(&self.work_root).await {
+        if let Err(e) = slipway_storage::files::create_private_dir_all(&self.work_root) {
             return Err(internal("create the work directory", &e));
         }
-        if let Err(e) = tokio::fs::create_dir(work).await {
+        if let Err(e) = tokio::fs::DirBuilder::new()
+            .mode(slipway_storage::files::DIR_MODE)
+            .create(work)
+            .await
+        {
             return Err(internal("create the work directory", &e));
         }
 

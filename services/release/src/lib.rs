@@ -30,15 +30,16 @@ use crate::store::Store;
 
 /// Opens the store the configuration names: connects, migrates, loads the key.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let url = config.database_url();
+    // Before the key is generated into it: owner-only from the start.
+    if url.starts_with("sqlite:") || config.env_key.is_none() {
+        slipway_storage::files::create_private_dir(&config.data_dir)
+            .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    }
     let cipher = match &config.env_key {
         Some(key) => EnvCipher::from_base64(key.expose())?,
         None => EnvCipher::load_or_create(&config.data_dir.join("env.key"))?,
     };
-    let url = config.database_url();
-    if url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
-    }
     let db = slipway_storage::connect(&url, &slipway_storage::PoolOptions::default()).await?;
     let store = Store::new(db, cipher);
     store.migrate().await?;

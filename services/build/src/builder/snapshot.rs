@@ -7,9 +7,17 @@
 //! Owners, times and other mode bits are not restored by unpacking and so do
 //! not count. Identical sources therefore share one artifact (the log says
 //! so), and different sources never do. A new artifact is made read-only
-//! and moved into place with one `rename`, so a half-written artifact is
-//! never visible and two identical builds racing each other end up sharing
-//! the winner's.
+//! and owner-only (0500/0400: apps never run in it, the local runtime gives
+//! each release a copy) and moved into place with one `rename`, so a
+//! half-written artifact is never visible and two identical builds racing
+//! each other end up sharing the winner's.
+//!
+//! An artifact is verified before it is reused: its tree is hashed again
+//! and must still have the name's digest. One changed since (by anything
+//! that could write the data directory: on a rack not running as root, an
+//! app shares its user) is replaced by the fresh source, so a later build
+//! never runs what someone slipped into an earlier one. Hashing the stored
+//! tree costs as much as hashing the source did, and only on reuse.
 
 use std::fs;
 use std::io::{self, Read as _};
@@ -47,16 +55,19 @@ impl Builder for SnapshotBuilder {
         let source = job.source.to_path_buf();
         let artifacts = self.artifacts.clone();
         let cancel = job.cancel.clone();
-        let (name, reused) =
+        let (name, stored) =
             tokio::task::spawn_blocking(move || store_snapshot(&source, &artifacts, &cancel))
                 .await
                 .map_err(|e| BuildError::Failed(format!("snapshot task failed: {e}")))??;
         let short = &name[..name.len().min("sha256-".len() + 12)];
-        if reused {
-            job.log
-                .line(format!("Reusing snapshot {short} (source unchanged)"));
-        } else {
-            job.log.line(format!("Created snapshot {short}"));
+        match stored {
+            Stored::Reused => job
+                .log
+                .line(format!("Reusing snapshot {short} (source unchanged, verified)")),
+            Stored::Created => job.log.line(format!("Created snapshot {short}")),
+            Stored::Replaced => job.log.line(format!(
+                "Replaced snapshot {short}: it had been changed since it was made"
+            )),
         }
         let root = self.artifacts.join(&name);
         let mut out = Artifacts::new();
@@ -74,31 +85,77 @@ impl Builder for SnapshotBuilder {
     }
 }
 
-/// Hashes `source` and moves it to `<artifacts>/sha256-<hex>` unless that
-/// exists already. Returns the artifact's name and whether it was reused.
-fn store_snapshot(
+/// What [`store_snapshot`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Moved the source into place.
+    Created,
+    /// Found the artifact there, intact.
+    Reused,
+    /// Found it changed, and put the source in its place.
+    Replaced,
+}
+
+/// Hashes `source` and moves it to `<artifacts>/sha256-<hex>` unless an
+/// intact artifact of that digest exists already (verified by hashing it
+/// again; a changed one is replaced). Returns the artifact's name and what
+/// was done.
+pub fn store_snapshot(
     source: &Path,
     artifacts: &Path,
     cancel: &CancellationToken,
-) -> Result<(String, bool), BuildError> {
+) -> Result<(String, Stored), BuildError> {
     let digest = tree_digest(source, cancel)?;
     let name = format!("sha256-{digest}");
     let dest = artifacts.join(&name);
-    if dest.is_dir() {
-        return Ok((name, true));
+    let mut replaced = false;
+    if fs::symlink_metadata(&dest).is_ok() {
+        match verify(&dest, &digest, cancel) {
+            Ok(true) => return Ok((name, Stored::Reused)),
+            Err(BuildError::Cancelled) => return Err(BuildError::Cancelled),
+            Ok(false) | Err(_) => {
+                tracing::warn!(
+                    artifact = %dest.display(),
+                    "snapshot artifact changed since it was made; replacing it"
+                );
+                discard(artifacts, &dest)?;
+                replaced = true;
+            }
+        }
     }
-    fs::create_dir_all(artifacts)
+    slipway_storage::files::create_private_dir_all(artifacts)
         .map_err(BuildError::io(format!("create {}", artifacts.display())))?;
     make_read_only(source)?;
+    let created = if replaced {
+        Stored::Replaced
+    } else {
+        Stored::Created
+    };
     match fs::rename(source, &dest) {
-        Ok(()) => Ok((name, false)),
+        Ok(()) => Ok((name, created)),
         // Another build of the same source got there first.
-        Err(_) if dest.is_dir() => Ok((name, true)),
+        Err(_) if dest.is_dir() => Ok((name, Stored::Reused)),
         Err(e) => Err(BuildError::io(format!(
             "move snapshot into {}",
             dest.display()
         ))(e)),
     }
+}
+
+/// Whether the artifact at `dest` still hashes to `digest`.
+fn verify(dest: &Path, digest: &str, cancel: &CancellationToken) -> Result<bool, BuildError> {
+    if !fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
+        return Ok(false);
+    }
+    Ok(tree_digest(dest, cancel)? == digest)
+}
+
+/// Moves a bad artifact out of the way in one `rename` (so no build sees
+/// it half-removed), then removes it.
+fn discard(artifacts: &Path, dest: &Path) -> Result<(), BuildError> {
+    let aside = artifacts.join(format!(".discarded-{:016x}", rand::random::<u64>()));
+    fs::rename(dest, &aside).map_err(BuildError::io(format!("move {} aside", dest.display())))?;
+    remove_tree(&aside).map_err(BuildError::io(format!("remove {}", aside.display())))
 }
 
 /// The hex SHA-256 of a file tree (see the module docs for what counts).
@@ -176,8 +233,9 @@ fn hash_file(path: &Path, hasher: &mut Sha256) -> io::Result<()> {
     }
 }
 
-/// Removes write permission from every file and directory under `root`
-/// (directories last, so the walk can still read them).
+/// Leaves the owner read (and execute) permission only on every file and
+/// directory under `root` (directories last, so the walk can still read
+/// them): read-only, and nobody else's to read.
 fn make_read_only(root: &Path) -> Result<(), BuildError> {
     for entry in fs::read_dir(root).map_err(BuildError::io(format!("read {}", root.display())))? {
         let entry = entry.map_err(BuildError::io(format!("read {}", root.display())))?;
@@ -190,12 +248,12 @@ fn make_read_only(root: &Path) -> Result<(), BuildError> {
         if meta.is_dir() {
             make_read_only(&path)?;
         } else {
-            let mode = meta.permissions().mode() & 0o555;
+            let mode = meta.permissions().mode() & 0o500;
             fs::set_permissions(&path, fs::Permissions::from_mode(mode))
                 .map_err(BuildError::io(format!("chmod {}", path.display())))?;
         }
     }
-    fs::set_permissions(root, fs::Permissions::from_mode(0o555))
+    fs::set_permissions(root, fs::Permissions::from_mode(0o500))
         .map_err(BuildError::io(format!("chmod {}", root.display())))
 }
 
@@ -207,7 +265,7 @@ pub fn remove_tree(root: &Path) -> io::Result<()> {
         Ok(meta) if !meta.is_dir() => return fs::remove_file(root),
         Ok(_) => {}
     }
-    fs::set_permissions(root, fs::Permissions::from_mode(0o755))?;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700))?;
     for entry in fs::read_dir(root)? {
         let path = entry?.path();
         if fs::symlink_metadata(&path)?.is_dir() {
@@ -280,8 +338,41 @@ mod tests {
         for path in ["x", "x/y", "x/y/z"] {
             let mode = fs::metadata(dir.join(path)).unwrap().permissions().mode();
             assert_eq!(mode & 0o222, 0, "{path} is writable");
+            assert_eq!(mode & 0o077, 0, "{path} is open to others");
         }
         remove_tree(&dir).unwrap();
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn an_artifact_changed_since_it_was_made_is_replaced_before_reuse() {
+        let never = CancellationToken::new();
+        let base = tempfile::tempdir().unwrap();
+        let artifacts = base.path().join("artifacts");
+        let source = |name: &str| {
+            let dir = base.path().join(name);
+            write(&dir, "app/run.sh", "#!/bin/sh\necho hi\n", 0o755);
+            dir
+        };
+        let (name, stored) = store_snapshot(&source("one"), &artifacts, &never).unwrap();
+        assert_eq!(stored, Stored::Created);
+        let (again, stored) = store_snapshot(&source("two"), &artifacts, &never).unwrap();
+        assert_eq!((again.as_str(), stored), (name.as_str(), Stored::Reused));
+
+        // Tamper with it the way its owner could: chmod, write, add a file.
+        let dest = artifacts.join(&name);
+        for dir in [dest.clone(), dest.join("app")] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        write(&dest, "app/run.sh", "#!/bin/sh\necho pwned\n", 0o755);
+        let (again, stored) = store_snapshot(&source("three"), &artifacts, &never).unwrap();
+        assert_eq!((again.as_str(), stored), (name.as_str(), Stored::Replaced));
+        assert_eq!(
+            fs::read_to_string(dest.join("app/run.sh")).unwrap(),
+            "#!/bin/sh\necho hi\n"
+        );
+        assert_eq!(tree_digest(&dest, &never).unwrap(), name["sha256-".len()..]);
+        let names: Vec<_> = fs::read_dir(&artifacts).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from(&name)], "nothing left aside");
     }
 }
