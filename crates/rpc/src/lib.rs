@@ -5,6 +5,7 @@
 //! behaviour under overload and shutdown is the same everywhere.
 
 pub mod auth;
+pub mod limits;
 mod telemetry;
 
 use std::future::Future;
@@ -18,6 +19,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use auth::SecurityArgs;
+pub use limits::{MAX_MESSAGE_BYTES, MessageLimits, PAGE_BYTES};
 pub use telemetry::{Channel, ServerMetrics, ServerMetricsLayer};
 
 /// Metadata key carrying the acting user (the gateway forwards the CLI's
