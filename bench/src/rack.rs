@@ -26,11 +26,12 @@ impl BenchRack {
         let config = slipway_rack::Config {
             data_dir: dir.path().join("rack"),
             listen: "127.0.0.1:0".parse()?,
-            password: Some("bench-secret".to_owned().into()),
+            password: Some("bench-secret-0123456".to_owned().into()),
             name: "bench".into(),
             default_deadline: Duration::from_secs(120),
             max_upload_bytes,
             port_range: None,
+            insecure_no_auth: false,
             quickstart: false,
             quickstart_app: PathBuf::new(),
         };

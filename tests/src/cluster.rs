@@ -30,7 +30,7 @@ mod k8s_fake;
 use k8s_fake::FakeKube;
 
 /// The rack password of the cluster's gateways.
-pub const PASSWORD: &str = "scale-secret";
+pub const PASSWORD: &str = "scale-secret-0123456";
 /// The rollout lease: how long a killed replica's rollouts wait for takeover.
 pub const LEASE_TTL: Duration = Duration::from_secs(2);
 

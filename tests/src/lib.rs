@@ -29,7 +29,7 @@ impl TestRack {
     /// Starts a rack on a free loopback port with a short default deadline.
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let password = "e2e-secret".to_owned();
+        let password = "e2e-secret-0123456".to_owned();
         let config = Config {
             data_dir: dir.path().join("rack"),
             listen: "127.0.0.1:0".parse().expect("address"),
@@ -38,6 +38,7 @@ impl TestRack {
             default_deadline: Duration::from_secs(120),
             max_upload_bytes: 8 * 1024 * 1024,
             port_range: None,
+            insecure_no_auth: false,
             quickstart: false,
             quickstart_app: PathBuf::new(),
         };

@@ -4,6 +4,7 @@
 
 #![allow(unreachable_pub)]
 
+mod auth;
 mod convox_wire;
 mod logs;
 mod scale;

@@ -33,7 +33,7 @@ use slipway_e2e::{eventually, example, kill_processes_under, ok_stdout, raw_requ
 use tokio::process::{Child, Command};
 
 /// The rack password of the gateway.
-const PASSWORD: &str = "otel-secret";
+const PASSWORD: &str = "otel-secret-0123456";
 
 /// What the receiver got, as the exporters sent it.
 #[derive(Clone, Default)]

@@ -1,10 +1,23 @@
-//! HTTP Basic authentication as the Convox rack does it: the user name is
-//! ignored, the password is compared in constant time with the rack's. The
-//! CLI sends the password in its percent-escaped URL form, so both the raw
-//! and the decoded forms are accepted.
+//! Authentication, checked before routing and failing closed.
+//!
+//! HTTP Basic as the Convox rack does it: the user name is ignored, the
+//! password is compared in constant time with the rack's. The CLI sends the
+//! password in its percent-escaped URL form, so both the raw and the decoded
+//! forms are accepted.
+//!
+//! [`authenticate_first`] wraps the whole router, so a request is judged
+//! before any route (or the 404 fallback) sees it. Only a real websocket
+//! upgrade on one of the [`SOCKET_ROUTES`] may pass with bad credentials,
+//! marked [`SocketCaller::Refused`], so that its handler reports the failed
+//! login inside the stream as the real rack does. Handlers take [`Caller`]
+//! or [`SocketCaller`] as extractors, which answer 401 when the middleware
+//! did not vouch for the request: no handler runs anonymously by accident.
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -12,44 +25,169 @@ use subtle::ConstantTimeEq as _;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::logins::Refusal;
 
-/// Who made a request, as far as the gateway knows.
+/// The websocket routes, whose failed logins are reported in the stream.
+/// The router registers exactly these paths as sockets.
+pub const SOCKET_ROUTES: [&str; 4] = [
+    "/apps/{app}/builds/{id}/logs",
+    "/apps/{app}/logs",
+    "/apps/{app}/services/{service}/logs",
+    "/apps/{app}/promotions/{id}/events",
+];
+
+/// The address a connection came from, as [`ConnectInfo`] of every request
+/// (the failed-login throttle and its log need it).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// Who made a request, as far as the gateway knows. As an extractor it
+/// answers 401 unless [`authenticate_first`] authenticated the request.
 #[derive(Clone, Debug)]
 pub struct Caller {
     /// `X-Convox-Actor` when given, else the Basic user name.
     pub actor: String,
 }
 
-/// Checks credentials; refuses with 401 `invalid authentication`. Websocket
-/// upgrades pass through: their handlers upgrade first and report a failed
-/// login inside the stream, as the real rack does.
-pub async fn require_auth(
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(ApiError::unauthorized)
+    }
+}
+
+/// The caller of a socket route: authenticated, or refused with the
+/// refusal still to be reported inside the stream. As an extractor it
+/// answers 401 unless [`authenticate_first`] judged the request.
+#[derive(Clone, Debug)]
+pub enum SocketCaller {
+    /// Valid credentials.
+    Authenticated(Caller),
+    /// A websocket upgrade with missing or wrong credentials.
+    Refused,
+}
+
+impl SocketCaller {
+    /// True when the stream may be served.
+    pub fn authorised(&self) -> bool {
+        matches!(self, Self::Authenticated(_))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for SocketCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<SocketCaller>()
+            .cloned()
+            .ok_or_else(ApiError::unauthorized)
+    }
+}
+
+/// How the gateway checks credentials.
+#[derive(Clone)]
+pub enum Authentication {
+    /// HTTP Basic with this password.
+    Password(slipway_domain::Secret),
+    /// Anything goes (`--insecure-no-auth`, loopback only).
+    Disabled,
+}
+
+/// The middleware around the whole router: refuses cross-site browser
+/// requests, throttles sources that failed too often, checks credentials.
+pub async fn authenticate_first(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    if is_websocket(request.headers()) {
-        return next.run(request).await;
+    if let Err(refusal) = same_origin(request.method(), request.headers(), request.uri()) {
+        return refusal.into_response();
+    }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<PeerAddr>>()
+        .map(|c| c.0.0.ip());
+    if let Some(wait) = state.logins.throttled(peer) {
+        return Refusal::TooManyFailures { wait }.into_response();
     }
     match authenticate(&state, request.headers()) {
-        Some(caller) => {
-            request.extensions_mut().insert(caller);
+        Ok(caller) => {
+            let extensions = request.extensions_mut();
+            extensions.insert(SocketCaller::Authenticated(caller.clone()));
+            extensions.insert(caller);
             next.run(request).await
         }
-        None => ApiError::unauthorized().into_response(),
+        Err(failure) => {
+            state.logins.failed(peer, failure);
+            if is_socket_upgrade(&request) {
+                request.extensions_mut().insert(SocketCaller::Refused);
+                next.run(request).await
+            } else {
+                ApiError::unauthorized().into_response()
+            }
+        }
+    }
+}
+
+/// Why credentials were refused (for the log; never the password).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No `Authorization: Basic` header, or one that does not decode.
+    Missing,
+    /// A password that is not the rack's.
+    WrongPassword,
+}
+
+impl Failure {
+    /// For the log line.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Missing => "no credentials",
+            Self::WrongPassword => "wrong password",
+        }
     }
 }
 
 /// The caller of a request whose headers carry valid credentials.
-pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Option<Caller> {
-    let (user, password) = basic_credentials(headers).unwrap_or_default();
-    let expected = state.password.expose();
-    let ok = expected.is_empty()
-        || equal(&password, expected)
-        || equal(&percent_decode(&password), expected);
+pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Failure> {
+    let credentials = basic_credentials(headers);
+    let ok = match &state.authentication {
+        Authentication::Disabled => true,
+        Authentication::Password(expected) => {
+            let Some((_, password)) = &credentials else {
+                return Err(Failure::Missing);
+            };
+            let expected = expected.expose();
+            equal(password, expected) || equal(&percent_decode(password), expected)
+        }
+    };
     if !ok {
-        return None;
+        return Err(Failure::WrongPassword);
     }
+    let user = credentials.map(|(user, _)| user).unwrap_or_default();
     let actor = headers
         .get("x-convox-actor")
         .and_then(|v| v.to_str().ok())
@@ -60,7 +198,7 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Option<Caller> {
         } else {
             user
         });
-    Some(Caller { actor })
+    Ok(Caller { actor })
 }
 
 /// True for a websocket upgrade request.
@@ -71,11 +209,110 @@ pub fn is_websocket(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
+/// True only for a complete websocket handshake (RFC 6455 §4.1) on one of
+/// the [`SOCKET_ROUTES`]: anything less is judged like any other request.
+fn is_socket_upgrade(request: &Request) -> bool {
+    let headers = request.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    request.method() == Method::GET
+        && is_websocket(headers)
+        && has_token(header::CONNECTION, "upgrade")
+        && headers.contains_key(header::SEC_WEBSOCKET_KEY)
+        && headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13")
+        && SOCKET_ROUTES
+            .iter()
+            .any(|pattern| path_matches(pattern, request.uri().path()))
+}
+
+/// Whether `path` fits a route `pattern` whose `{name}` segments match any
+/// one non-empty segment.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let mut given = path.split('/');
+    let mut wanted = pattern.split('/');
+    loop {
+        match (wanted.next(), given.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w.starts_with('{') => {
+                if g.is_empty() {
+                    return false;
+                }
+            }
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Refuses what a browser sends on another site's behalf: a state-changing
+/// request or a websocket upgrade whose `Sec-Fetch-Site` is not same-origin
+/// (or `none`, typed by the user), or whose `Origin` is not this rack. The
+/// `convox` and `slipway` CLIs send neither header.
+fn same_origin(method: &Method, headers: &HeaderMap, uri: &axum::http::Uri) -> Result<(), Refusal> {
+    let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if safe && !is_websocket(headers) {
+        return Ok(());
+    }
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or_default();
+        if !matches!(site, "same-origin" | "none") {
+            return Err(Refusal::CrossSite {
+                what: format!("Sec-Fetch-Site {site:?}"),
+            });
+        }
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.to_string()));
+    let matches = match (origin.split_once("://"), host) {
+        (Some((scheme, authority)), Some(host)) => {
+            normalise(scheme, authority) == normalise(scheme, &host)
+        }
+        _ => false,
+    };
+    if matches {
+        Ok(())
+    } else {
+        Err(Refusal::CrossSite {
+            what: format!("Origin {origin:?}"),
+        })
+    }
+}
+
+/// `host[:port]` lower-cased, without the scheme's default port.
+fn normalise(scheme: &str, authority: &str) -> String {
+    let authority = authority.trim_end_matches('/').to_ascii_lowercase();
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "https" => ":443",
+        "http" => ":80",
+        _ => "",
+    };
+    match authority.strip_suffix(default) {
+        Some(bare) if !default.is_empty() => bare.to_owned(),
+        _ => authority,
+    }
+}
+
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let encoded = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;
@@ -92,4 +329,103 @@ fn percent_decode(text: &str) -> String {
     percent_encoding::percent_decode_str(text)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+/// The source address failures are counted against: the address itself,
+/// or its /64 for IPv6 (one host usually holds a whole /64).
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn socket_patterns_match_whole_segments_only() {
+        assert!(path_matches("/apps/{app}/logs", "/apps/myapp/logs"));
+        assert!(!path_matches("/apps/{app}/logs", "/apps//logs"));
+        assert!(!path_matches("/apps/{app}/logs", "/apps/myapp/logs/x"));
+        assert!(!path_matches("/apps/{app}/logs", "/apps/myapp/releases"));
+        assert!(path_matches(
+            "/apps/{app}/builds/{id}/logs",
+            "/apps/a/builds/B1/logs"
+        ));
+        assert!(!path_matches("/apps/{app}/builds/{id}/logs", "/apps/a/builds/B1"));
+    }
+
+    #[test]
+    fn basic_scheme_is_case_insensitive() {
+        let encoded = base64::engine::general_purpose::STANDARD.encode("convox:pw");
+        for scheme in ["Basic", "basic", "BASIC", "bAsIc"] {
+            let h = headers(&[("authorization", &format!("{scheme} {encoded}"))]);
+            assert_eq!(
+                basic_credentials(&h),
+                Some(("convox".into(), "pw".into())),
+                "{scheme}"
+            );
+        }
+        let h = headers(&[("authorization", &format!("Bearer {encoded}"))]);
+        assert_eq!(basic_credentials(&h), None);
+    }
+
+    #[test]
+    fn cross_site_browser_requests_are_refused() {
+        let uri: axum::http::Uri = "/apps".parse().unwrap();
+        let post = Method::POST;
+        // The CLI sends neither header.
+        assert!(same_origin(&post, &headers(&[("host", "rack:5443")]), &uri).is_ok());
+        // Same origin, default port spelled or not.
+        let same = headers(&[("host", "rack:5443"), ("origin", "http://rack:5443")]);
+        assert!(same_origin(&post, &same, &uri).is_ok());
+        let default = headers(&[("host", "rack"), ("origin", "https://RACK:443")]);
+        assert!(same_origin(&post, &default, &uri).is_ok());
+        let evil = headers(&[("host", "rack:5443"), ("origin", "http://evil.example")]);
+        assert!(same_origin(&post, &evil, &uri).is_err());
+        let null = headers(&[("host", "rack:5443"), ("origin", "null")]);
+        assert!(same_origin(&post, &null, &uri).is_err());
+        let fetched = headers(&[("host", "rack:5443"), ("sec-fetch-site", "cross-site")]);
+        assert!(same_origin(&post, &fetched, &uri).is_err());
+        let same_site = headers(&[("host", "rack:5443"), ("sec-fetch-site", "same-site")]);
+        assert!(same_origin(&post, &same_site, &uri).is_err());
+        // Reads are not state-changing, upgrades are.
+        assert!(same_origin(&Method::GET, &evil, &uri).is_ok());
+        let upgrade = headers(&[
+            ("host", "rack:5443"),
+            ("origin", "http://evil.example"),
+            ("upgrade", "websocket"),
+        ]);
+        assert!(same_origin(&Method::GET, &upgrade, &uri).is_err());
+    }
+
+    #[test]
+    fn ipv6_sources_are_counted_per_64() {
+        let a: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        assert_eq!(source_of(a), source_of(b));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(source_of(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
 }

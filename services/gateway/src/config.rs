@@ -19,8 +19,9 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:5443")]
     pub listen: SocketAddr,
 
-    /// The rack password clients send as HTTP Basic auth (user ignored).
-    /// Required unless --dev.
+    /// The rack password clients send as HTTP Basic auth (user ignored),
+    /// at least 16 URL-safe characters. Pass it in the variable: a flag
+    /// shows in `ps` to every user of the machine.
     #[arg(long, env = "SLIPWAY_PASSWORD")]
     pub password: Option<Secret>,
 
@@ -75,9 +76,19 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_CONCURRENCY_LIMIT", default_value_t = 1024)]
     pub concurrency_limit: usize,
 
-    /// Development mode: allows an empty password.
-    #[arg(long, env = "SLIPWAY_DEV")]
-    pub dev: bool,
+    /// Serve without authentication: anyone who reaches the port can do
+    /// anything. Loopback only; warned about on every start.
+    #[arg(long, env = "SLIPWAY_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Failed logins one source address may make in a row before it is
+    /// slowed down.
+    #[arg(long, env = "SLIPWAY_FAILED_LOGIN_BURST", default_value_t = 10)]
+    pub failed_login_burst: u32,
+
+    /// Failed logins a slowed source address regains per minute.
+    #[arg(long, env = "SLIPWAY_FAILED_LOGINS_PER_MINUTE", default_value_t = 30)]
+    pub failed_logins_per_minute: u32,
 
     /// Directory for the gateway's own state (the self-signed certificate).
     #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = ".slipway/gateway")]
@@ -87,6 +98,10 @@ pub struct Config {
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
 
+    /// Timeouts and caps of connections, request bodies and streams.
+    #[command(flatten)]
+    pub connections: crate::serve::ConnectionArgs,
+
     /// The service token signed onto every call to the services.
     #[command(flatten)]
     pub security: slipway_rpc::SecurityArgs,
@@ -95,7 +110,7 @@ pub struct Config {
 impl Config {
     /// The defaults of the flags, serving on `listen` in front of the given
     /// peers with state in `data_dir`, plain HTTP, no password (set one, or
-    /// `dev`): the starting point of the embedded rack and of tests, which
+    /// `insecure_no_auth`): the starting point of the embedded rack and of tests, which
     /// change what they need with struct update syntax.
     pub fn with_peers(
         listen: SocketAddr,
@@ -116,30 +131,43 @@ impl Config {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(60),
             concurrency_limit: 1024,
-            dev: false,
+            insecure_no_auth: false,
+            failed_login_burst: 10,
+            failed_logins_per_minute: 30,
             data_dir,
             tls: Default::default(),
+            connections: Default::default(),
             security: Default::default(),
+        }
+    }
+
+    /// The failed-login policy the flags describe.
+    pub fn login_policy(&self) -> crate::logins::Policy {
+        crate::logins::Policy {
+            burst: self.failed_login_burst,
+            per_minute: self.failed_logins_per_minute,
         }
     }
 
     /// Checks everything that can be checked without I/O.
     pub fn validate(&self) -> Result<(), String> {
-        let empty = self.password.as_ref().is_none_or(|p| p.expose().is_empty());
-        if empty && !self.dev {
-            return Err("--password (SLIPWAY_PASSWORD) is required outside --dev".into());
-        }
-        if self
-            .password
-            .as_ref()
-            .is_some_and(|p| p.expose().contains(['@', ':', '/']))
-        {
-            return Err(
-                "--password must be URL-safe (no '@', ':' or '/'): clients send it inside RACK_URL"
-                    .into(),
-            );
+        if self.insecure_no_auth {
+            if !self.listen.ip().is_loopback() {
+                return Err(format!(
+                    "--insecure-no-auth is refused on {}: serving without authentication is allowed on loopback only",
+                    self.listen
+                ));
+            }
+        } else {
+            match &self.password {
+                Some(password) => check_password(password.expose(), "--password")?,
+                None => {
+                    return Err("a password is required: set SLIPWAY_PASSWORD (at least 16 URL-safe characters)".into());
+                }
+            }
         }
         self.tls.validate(self.listen)?;
+        self.connections.validate()?;
         self.security.validate(None)?;
         if self.max_upload_bytes == 0 || self.max_body_bytes == 0 || self.concurrency_limit == 0 {
             return Err(
@@ -147,8 +175,60 @@ impl Config {
                     .into(),
             );
         }
+        if self.failed_login_burst == 0 {
+            return Err("--failed-login-burst must be at least 1".into());
+        }
         Ok(())
     }
+
+    /// Says on every start what an operator must know: authentication off,
+    /// or a password given where `ps` shows it.
+    pub fn warn_at_start(&self) {
+        if self.insecure_no_auth {
+            tracing::warn!(listen = %self.listen, "serving WITHOUT AUTHENTICATION (--insecure-no-auth): anyone who can reach {} can read every secret and deploy anything", self.listen);
+            eprintln!("WARNING: serving without authentication (--insecure-no-auth): anyone who can reach {} can read every secret and deploy anything", self.listen);
+        }
+        if password_flag_given() {
+            eprintln!("{PASSWORD_FLAG_WARNING}");
+        }
+    }
+}
+
+/// The shortest rack password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 16;
+
+/// What a rack password must be: at least [`MIN_PASSWORD_CHARS`] URL-safe
+/// characters (clients send it inside RACK_URL). `source` names where it
+/// came from in the error.
+pub fn check_password(password: &str, source: &str) -> Result<(), String> {
+    if password.is_empty() {
+        return Err(format!(
+            "{source} is empty: a rack password of at least {MIN_PASSWORD_CHARS} characters is required"
+        ));
+    }
+    if !password
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+    {
+        return Err(format!(
+            "{source} must be URL-safe (letters, digits, - _ . ~): clients send it inside RACK_URL"
+        ));
+    }
+    let chars = password.chars().count();
+    if chars < MIN_PASSWORD_CHARS {
+        return Err(format!(
+            "{source} is too short ({chars} characters): at least {MIN_PASSWORD_CHARS} are required"
+        ));
+    }
+    Ok(())
+}
+
+/// The warning printed when the password was given as a flag.
+pub const PASSWORD_FLAG_WARNING: &str = "WARNING: --password is visible to every user of this machine (ps, /proc): pass the password in SLIPWAY_PASSWORD instead";
+
+/// True when this process's command line carries `--password`.
+pub fn password_flag_given() -> bool {
+    std::env::args().any(|a| a == "--password" || a.starts_with("--password="))
 }
 
 #[cfg(test)]
@@ -176,5 +256,38 @@ mod tests {
             parsed.data_dir.clone(),
         );
         assert_eq!(format!("{built:?}"), format!("{parsed:?}"));
+    }
+
+    #[test]
+    fn passwords_are_long_and_url_safe() {
+        assert!(check_password("abcdefghijklmnop", "--password").is_ok());
+        assert!(check_password("a-b_c.d~e0123456789", "--password").is_ok());
+        let empty = check_password("", "the password file").unwrap_err();
+        assert!(empty.contains("the password file is empty"), "{empty}");
+        let short = check_password("abcdefghijklmno", "--password").unwrap_err();
+        assert!(short.contains("too short (15 characters)"), "{short}");
+        let unsafe_ = check_password("abcdefghijklmnop@", "--password").unwrap_err();
+        assert!(unsafe_.contains("URL-safe"), "{unsafe_}");
+    }
+
+    #[test]
+    fn no_auth_is_refused_off_loopback() {
+        let mut config = Config::with_peers(
+            "0.0.0.0:5443".parse().unwrap(),
+            vec!["r:1".into()],
+            vec!["b:1".into()],
+            vec!["o:1".into()],
+            "data".into(),
+        );
+        config.insecure_no_auth = true;
+        config.tls.insecure_http = true;
+        let refused = config.validate().unwrap_err();
+        assert!(refused.contains("loopback only"), "{refused}");
+        config.listen = "127.0.0.1:5443".parse().unwrap();
+        config.tls.insecure_http = false;
+        assert_eq!(config.validate(), Ok(()));
+        config.insecure_no_auth = false;
+        let missing = config.validate().unwrap_err();
+        assert!(missing.contains("password is required"), "{missing}");
     }
 }

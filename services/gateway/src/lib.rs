@@ -6,25 +6,27 @@ pub mod auth;
 pub mod config;
 mod convert;
 pub mod error;
+pub mod logins;
 mod objects;
 mod reads;
 mod routes;
+pub mod serve;
 mod stream;
+mod streams;
+pub mod table;
 pub mod tls;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::routing::{get, post};
+use axum::extract::Request;
 use slipway_api::build::v1::build_service_client::BuildServiceClient;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
-use slipway_domain::Secret;
 use slipway_rpc::Channel;
 use tokio::net::TcpListener;
 use tower::Layer as _;
-use tower_http::limit::RequestBodyLimitLayer;
 
 pub use config::Config;
 pub use reads::Replicas;
@@ -56,8 +58,10 @@ pub struct AppState {
     pub rollout: RolloutServiceClient<Channel>,
     /// Clients for idempotent reads, which are retried (see [`Replicas`]).
     pub reads: Reads,
-    /// The rack password (empty accepts anything, --dev only).
-    pub password: Secret,
+    /// How callers prove who they are.
+    pub authentication: auth::Authentication,
+    /// Failed logins per source address.
+    pub logins: Arc<logins::Logins>,
     /// Rack name for `GET /system`.
     pub rack_name: String,
     /// Provider for `GET /system`.
@@ -106,7 +110,13 @@ impl AppState {
                     RolloutServiceClient::new,
                 )?,
             },
-            password: config.password.clone().unwrap_or_else(|| Secret::new("")),
+            authentication: match &config.password {
+                Some(password) if !config.insecure_no_auth => {
+                    auth::Authentication::Password(password.clone())
+                }
+                _ => auth::Authentication::Disabled,
+            },
+            logins: Arc::new(logins::Logins::new(config.login_policy())),
             rack_name: config.rack_name.clone(),
             provider: config.provider.clone(),
         })
@@ -115,56 +125,23 @@ impl AppState {
 
 /// The routes, with their limits, behind authentication.
 pub fn router(state: AppState, config: &Config) -> Router {
-    use routes::*;
-    let uploads = Router::new()
-        .route("/apps/{app}/objects/{*key}", post(upload_object))
-        // Sources may be large; everything else is small.
-        .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(config.max_upload_bytes));
-    let api = Router::new()
-        .route("/system", get(system))
-        .route("/apps", get(list_apps).post(create_app))
-        .route("/apps/{app}", get(get_app).delete(delete_app))
-        .route("/apps/{app}/cancel", post(cancel_app))
-        .route("/apps/{app}/builds", get(list_builds).post(create_build))
-        .route("/apps/{app}/builds/{id}", get(get_build))
-        .route(
-            "/apps/{app}/releases",
-            get(list_releases).post(create_release),
-        )
-        .route("/apps/{app}/releases/{id}", get(get_release))
-        .route("/apps/{app}/releases/{id}/promote", post(promote))
-        .route("/apps/{app}/releases/{id}/rollback", post(rollback))
-        .route("/apps/{app}/env", post(change_env))
-        .route("/apps/{app}/promotions/{id}", get(get_promotion))
-        .route("/apps/{app}/processes", get(list_processes))
-        .route("/apps/{app}/services", get(list_services))
-        .route("/apps/{app}/budget", get(budget))
-        .route("/apps/{app}/configs/{name}", get(get_config))
-        .route("/auth", get(auth_check))
-        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::GATEWAY_TIMEOUT,
-            config.request_timeout,
-        ));
-    let sockets = Router::new()
-        .route("/apps/{app}/builds/{id}/logs", get(stream::build_logs))
-        .route("/apps/{app}/logs", get(stream::app_logs))
-        .route("/apps/{app}/services/{service}/logs", get(stream::app_logs))
-        .route(
-            "/apps/{app}/promotions/{id}/events",
-            get(stream::promotion_events),
-        );
-    Router::new()
-        .merge(uploads)
-        .merge(api)
-        .merge(sockets)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_auth,
-        ))
+    let routes = table::router(config)
         .layer(tower::limit::ConcurrencyLimitLayer::new(
             config.concurrency_limit,
+        ))
+        .with_state(state.clone());
+    // Authentication wraps the routing itself: an unknown path, a wrong
+    // method, a rejected extractor all need credentials first.
+    Router::new()
+        .fallback_service(routes)
+        // Streams per credential, after authentication (see streams.rs).
+        .layer(axum::middleware::from_fn_with_state(
+            streams::StreamCaps::new(config.connections.max_streams_per_credential),
+            streams::limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            auth::authenticate_first,
         ))
         // The request span, parented by the caller's W3C `traceparent` (the
         // CLI sends one per command), so one deploy is one trace.
@@ -172,7 +149,6 @@ pub fn router(state: AppState, config: &Config) -> Router {
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(slipway_telemetry::RequestSpan::http()),
         )
-        .with_state(state)
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes.
@@ -188,27 +164,18 @@ pub async fn run(
     let router = router(state, &config);
     // Tolerate a RACK_URL with a trailing slash (`//apps`), before routing.
     let app = tower::util::MapRequestLayer::new(collapse_leading_slashes).layer(router);
-    let app = axum::ServiceExt::<Request>::into_make_service(app);
     let addr = listener.local_addr()?;
-    match tls {
-        Some(tls) => {
-            tracing::info!(%addr, "gateway serving HTTPS");
-            axum::serve(tls::TlsListener::new(listener, tls)?, app)
-                .with_graceful_shutdown(shutdown)
-                .await?;
-        }
+    match &tls {
+        Some(_) => tracing::info!(%addr, "gateway serving HTTPS"),
+        None if addr.ip().is_loopback() => tracing::info!(%addr, "gateway serving plain HTTP"),
+        // Only reachable with --insecure-http (validated at start-up).
         None => {
-            if addr.ip().is_loopback() {
-                tracing::info!(%addr, "gateway serving plain HTTP");
-            } else {
-                // Only reachable with --insecure-http (validated at start-up).
-                tracing::warn!(%addr, "gateway serving plain HTTP off loopback (--insecure-http): credentials cross the network in the clear");
-            }
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await?;
+            tracing::warn!(%addr, "gateway serving plain HTTP off loopback (--insecure-http): credentials cross the network in the clear")
         }
     }
+    // Timeouts, the connection cap, TLS; the peer address goes into each
+    // request's extensions (see serve.rs).
+    serve::serve(listener, tls, app, &config.connections, shutdown).await?;
     Ok(())
 }
 

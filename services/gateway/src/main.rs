@@ -11,6 +11,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let _telemetry = slipway_telemetry::init(env!("CARGO_BIN_NAME"));
+    slipway_gateway::serve::raise_fd_limit();
+    config.warn_at_start();
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     slipway_gateway::run(config, listener, slipway_rpc::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

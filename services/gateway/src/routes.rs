@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use slipway_api::build::v1 as bpb;
 use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
@@ -81,7 +81,7 @@ pub(crate) async fn list_apps(State(state): State<AppState>) -> ApiResult<Json<V
 
 pub(crate) async fn create_app(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     body: Bytes,
 ) -> ApiResult<Json<types::App>> {
     let fields = form(&body);
@@ -148,7 +148,7 @@ pub(crate) async fn app_with_status(state: &AppState, app: &str) -> ApiResult<ty
 
 pub(crate) async fn delete_app(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path(app): Path<String>,
 ) -> ApiResult<Response> {
     state
@@ -161,7 +161,7 @@ pub(crate) async fn delete_app(
 
 pub(crate) async fn cancel_app(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path(app): Path<String>,
 ) -> ApiResult<Response> {
     state
@@ -216,7 +216,7 @@ pub(crate) async fn get_release(
 
 pub(crate) async fn create_release(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path(app): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<types::Release>> {
@@ -245,7 +245,7 @@ pub(crate) async fn create_release(
 
 pub(crate) async fn promote(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path((app, id)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<types::Promotion>> {
@@ -285,7 +285,7 @@ fn promoted(answer: rpb::PromoteReleaseResponse) -> types::Promotion {
 /// (described `rollback to R…`) and promotes the copy, in one call.
 pub(crate) async fn rollback(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let answer = state
@@ -312,7 +312,7 @@ pub(crate) async fn rollback(
 /// change atomically on the server (no read-modify-write on the client).
 pub(crate) async fn change_env(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path(app): Path<String>,
     Json(change): Json<types::EnvChange>,
 ) -> ApiResult<Json<types::Release>> {
@@ -394,7 +394,7 @@ pub(crate) async fn get_build(
 
 pub(crate) async fn create_build(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path(app): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<types::Build>> {
@@ -503,9 +503,11 @@ pub(crate) async fn auth_check() -> Response {
 }
 
 /// `POST /apps/{app}/objects/{key}`: stores an uploaded source tarball with
-/// the build service and answers its `object://` URL.
+/// the build service and answers its `object://` URL. The app must exist:
+/// nothing is stored under a name nobody created.
 pub(crate) async fn upload_object(
     State(state): State<AppState>,
+    _caller: Caller,
     Path((app, key)): Path<(String, String)>,
     body: axum::body::Body,
 ) -> ApiResult<Json<types::Object>> {
@@ -517,6 +519,14 @@ pub(crate) async fn upload_object(
     {
         return Err(ApiError::bad_request("invalid object key"));
     }
+    state
+        .reads
+        .release
+        .read(
+            rpb::GetAppRequest { name: app.clone() },
+            |mut c, m| async move { c.get_app(m).await },
+        )
+        .await?;
     let url = crate::objects::upload(state.build.clone(), app, key, body).await?;
     Ok(Json(types::Object { url }))
 }

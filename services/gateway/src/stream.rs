@@ -15,7 +15,7 @@ use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
 use tracing::Instrument as _;
 
-use crate::auth::authenticate;
+use crate::auth::SocketCaller;
 use crate::{AppState, convert};
 
 /// `GET /apps/{app}/builds/{id}/logs`: the build's log from byte 0, live
@@ -23,14 +23,14 @@ use crate::{AppState, convert};
 pub(crate) async fn build_logs(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: SocketCaller,
     ws: WebSocketUpgrade,
 ) -> Response {
     // The upgraded socket runs in a task of its own: keep the request span.
     let span = tracing::Span::current();
     ws.on_upgrade(move |socket| {
         async move {
-            let authorised = authenticate(&state, &headers).is_some();
+            let authorised = caller.authorised();
             let source = async move {
                 let request = bpb::WatchBuildLogsRequest {
                     app,
@@ -68,6 +68,7 @@ pub(crate) async fn app_logs(
     State(state): State<AppState>,
     Path(params): Path<Vec<(String, String)>>,
     headers: HeaderMap,
+    caller: SocketCaller,
     ws: WebSocketUpgrade,
 ) -> Response {
     let param = |name: &str| {
@@ -81,7 +82,7 @@ pub(crate) async fn app_logs(
     let span = tracing::Span::current();
     ws.on_upgrade(move |socket| {
         async move {
-            let authorised = authenticate(&state, &headers).is_some();
+            let authorised = caller.authorised();
             let source = async move {
                 let request = log_request(app, service, &headers)?;
                 // An unknown app is an error, not an empty log.
@@ -190,16 +191,17 @@ fn parse_go_duration(text: &str) -> Option<Duration> {
 /// promotion's rollout from the start, ending when the rollout ends.
 pub(crate) async fn promotion_events(
     State(state): State<AppState>,
-    Path((_app, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Path((app, id)): Path<(String, String)>,
+    caller: SocketCaller,
     ws: WebSocketUpgrade,
 ) -> Response {
     // The upgraded socket runs in a task of its own: keep the request span.
     let span = tracing::Span::current();
     ws.on_upgrade(move |socket| {
         async move {
-            let authorised = authenticate(&state, &headers).is_some();
+            let authorised = caller.authorised();
             let source = async move {
+                promotion_of_app(&state, &app, &id).await?;
                 Ok(rollout_lines(&state, id)
                     .await?
                     .map(|line| line.map(String::into_bytes))
@@ -209,6 +211,27 @@ pub(crate) async fn promotion_events(
         }
         .instrument(span)
     })
+}
+
+/// Refuses a promotion that is not `app`'s, as `GET .../promotions/{id}`
+/// does: a route names its app, and another app's events are not its own.
+async fn promotion_of_app(state: &AppState, app: &str, id: &str) -> Result<(), String> {
+    let promotion = state
+        .reads
+        .release
+        .read(
+            rpb::GetPromotionRequest { id: id.to_owned() },
+            |mut c, m| async move { c.get_promotion(m).await },
+        )
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .promotion
+        .unwrap_or_default();
+    if promotion.app == app {
+        Ok(())
+    } else {
+        Err(format!("promotion not found: {id}"))
+    }
 }
 
 type Lines = futures::stream::BoxStream<'static, Result<String, String>>;

@@ -34,7 +34,7 @@ async fn gateway(release_endpoints: Vec<String>, dead: SocketAddr) -> SocketAddr
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = slipway_gateway::Config {
-        password: Some(Secret::new("pw")),
+        password: Some(Secret::new("test-password-0123")),
         rack_name: "test".into(),
         max_upload_bytes: 1 << 20,
         request_timeout: Duration::from_secs(10),
@@ -83,7 +83,7 @@ async fn reads_are_answered_while_one_release_replica_is_down() {
     assert!(created.is_ok(), "the release service did not come up");
 
     let addr = gateway(vec![dead.to_string(), live.to_string()], dead).await;
-    let client = slipway_client::Client::new(&format!("http://convox:pw@{addr}")).unwrap();
+    let client = slipway_client::Client::new(&format!("http://convox:test-password-0123@{addr}")).unwrap();
     // Enough reads that, without retries, round-robin would send half of
     // them to the dead replica.
     for _ in 0..10 {

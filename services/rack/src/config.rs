@@ -37,6 +37,19 @@ impl Cli {
     }
 }
 
+/// A setting that makes the rack refuse to start (exit 64), found only
+/// once files are read (the password file).
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 /// The embedded rack's settings.
 #[derive(Clone, Debug, clap::Parser)]
 #[command(
@@ -53,10 +66,16 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:5443")]
     pub listen: SocketAddr,
 
-    /// Rack password (HTTP Basic). Without one, a random password is kept
-    /// in `<data-dir>/password`. Must be URL-safe.
+    /// Rack password (HTTP Basic), at least 16 URL-safe characters. Without
+    /// one, a random password is kept in `<data-dir>/password` (mode 0600).
+    /// Prefer the variable or the file: a flag shows in `ps`.
     #[arg(long, env = "SLIPWAY_PASSWORD")]
     pub password: Option<Secret>,
+
+    /// Serve the API without authentication: anyone who reaches the port
+    /// can do anything. Loopback only; warned about on every start.
+    #[arg(long, env = "SLIPWAY_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 
     /// Rack name reported to clients.
     #[arg(long, env = "SLIPWAY_RACK_NAME", default_value = "local")]
@@ -85,7 +104,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// The password in effect (given, or kept in the data dir).
+    /// The password in effect (given, or kept in the data dir). A password
+    /// file that is empty or too short is a [`ConfigError`], never a rack
+    /// without authentication.
     pub fn password(&self, data_dir: &Path) -> anyhow::Result<String> {
         match &self.password {
             Some(p) => Ok(p.expose().to_owned()),
@@ -95,19 +116,17 @@ impl Config {
 
     /// Checks everything that can be checked without I/O.
     pub fn validate(&self) -> Result<(), String> {
-        let url_safe = |p: &str| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
-        };
-        if self
-            .password
-            .as_ref()
-            .is_some_and(|p| !url_safe(p.expose()))
-        {
-            return Err(
-                "--password must be non-empty and URL-safe (letters, digits, - _ . ~)".into(),
-            );
+        if let Some(password) = &self.password {
+            slipway_gateway::config::check_password(
+                password.expose(),
+                "--password (SLIPWAY_PASSWORD)",
+            )?;
+        }
+        if self.insecure_no_auth && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "--insecure-no-auth is refused on {}: serving without authentication is allowed on loopback only",
+                self.listen
+            ));
         }
         let secs = self.default_deadline.as_secs();
         if !(30..=21_600).contains(&secs) {

@@ -86,7 +86,7 @@ impl Rack {
             password: Some(password.clone().into()),
             rack_name: config.name.clone(),
             max_upload_bytes: config.max_upload_bytes,
-            dev: true,
+            insecure_no_auth: config.insecure_no_auth,
             tls: tls.clone(),
             security: security.clone(),
             ..slipway_gateway::Config::with_peers(
@@ -258,16 +258,38 @@ pub fn load_or_create_service_key(path: &Path) -> anyhow::Result<slipway_domain:
     }
 }
 
-/// Reads the rack password from `path`, or writes a fresh random one.
+/// Reads the rack password from `path`, or writes a fresh random one there
+/// (created owner-only). A file holding an empty, short or unsafe password
+/// is a [`config::ConfigError`]: the rack never starts without one.
 pub fn load_or_create_password(path: &Path) -> anyhow::Result<String> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Ok(text.trim().to_owned()),
+        Ok(text) => {
+            let password = text.trim().to_owned();
+            slipway_gateway::config::check_password(
+                &password,
+                &format!("the password file {}", path.display()),
+            )
+            .map_err(|e| {
+                config::ConfigError(format!(
+                    "{e}; put a password in it or remove it to have one generated"
+                ))
+            })?;
+            Ok(password)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write as _;
             const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
             let password: String = (0..24)
                 .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
                 .collect();
-            std::fs::write(path, &password).with_context(|| format!("write {}", path.display()))?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options
+                .open(path)
+                .and_then(|mut f| f.write_all(password.as_bytes()))
+                .with_context(|| format!("write {}", path.display()))?;
             Ok(password)
         }
         Err(e) => Err(e).with_context(|| format!("read {}", path.display())),

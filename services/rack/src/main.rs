@@ -13,7 +13,26 @@ async fn main() -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let _telemetry = slipway_telemetry::init_with_default(env!("CARGO_BIN_NAME"), "warn");
-    let rack = Rack::start_with(&config, &tls).await?;
+    slipway_gateway::serve::raise_fd_limit();
+    if slipway_gateway::config::password_flag_given() {
+        eprintln!("{}", slipway_gateway::config::PASSWORD_FLAG_WARNING);
+    }
+    if config.insecure_no_auth {
+        eprintln!(
+            "WARNING: serving without authentication (--insecure-no-auth): anyone who can reach {} can read every secret and deploy anything",
+            config.listen
+        );
+    }
+    let rack = match Rack::start_with(&config, &tls).await {
+        Ok(rack) => rack,
+        Err(e) => {
+            if let Some(refused) = e.downcast_ref::<slipway_rack::config::ConfigError>() {
+                eprintln!("invalid config: {refused}");
+                return Ok(ExitCode::from(64));
+            }
+            return Err(e);
+        }
+    };
     println!("Rack ready. Use it with:");
     println!("  export RACK_URL={}", rack.rack_url);
     if let Some(ca) = &rack.ca_file {

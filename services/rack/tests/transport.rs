@@ -15,11 +15,12 @@ fn config(dir: &std::path::Path) -> Config {
     Config {
         data_dir: dir.join("rack"),
         listen: "127.0.0.1:0".parse().unwrap(),
-        password: Some("tls-secret".to_owned().into()),
+        password: Some("tls-secret-0123456".to_owned().into()),
         name: "tls".into(),
         default_deadline: Duration::from_secs(120),
         max_upload_bytes: 1 << 20,
         port_range: None,
+        insecure_no_auth: false,
         quickstart: false,
         quickstart_app: PathBuf::new(),
     }
@@ -36,7 +37,7 @@ async fn a_self_signed_rack_serves_https_and_authenticates_its_own_hops() {
     let rack = Rack::start_with(&config(dir.path()), &tls).await.unwrap();
     assert!(
         rack.rack_url
-            .starts_with("https://convox:tls-secret@127.0.0.1:")
+            .starts_with("https://convox:tls-secret-0123456@127.0.0.1:")
     );
     let ca = rack
         .ca_file
