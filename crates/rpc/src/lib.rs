@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod limits;
+mod deadline;
 mod telemetry;
 
 use std::future::Future;
@@ -19,6 +20,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use auth::SecurityArgs;
+pub use deadline::{Deadline, DeadlineLayer};
 pub use limits::{MAX_MESSAGE_BYTES, MessageLimits, PAGE_BYTES};
 pub use telemetry::{Channel, ServerMetrics, ServerMetricsLayer};
 
@@ -41,8 +43,12 @@ const MAX_FRAME: u32 = 1 << 20;
 /// Server-side limits.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// Upper bound for one unary call (streams are bounded by their own logic).
+    /// Upper bound for one call until its answer starts (server streams are
+    /// bounded by their own logic).
     pub request_timeout: Duration,
+    /// Methods (`/package.Service/Method`) exempt from `request_timeout`:
+    /// client streams that fail on their own when they stop making progress.
+    pub untimed_methods: &'static [&'static str],
     /// In-flight requests per connection before new ones are shed.
     pub concurrency_limit: usize,
     /// How long in-flight calls may take to finish after shutdown starts.
@@ -56,6 +62,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(30),
+            untimed_methods: &[],
             concurrency_limit: 256,
             shutdown_grace: Duration::from_secs(10),
             service_auth: None,
@@ -145,13 +152,18 @@ pub async fn serve(
         )
         // Latency by method and code, inside the span, over everything below.
         .layer(ServerMetricsLayer)
+        // Bounds each call but the untimed client streams, inside the
+        // metrics so a timeout is counted (tonic itself still honours a
+        // shorter `grpc-timeout` from callers).
+        .layer(DeadlineLayer::new(
+            options.request_timeout,
+            options.untimed_methods,
+        ))
         // Service tokens, innermost: only calls that got past the limits
         // above pay for the HMAC; health checks pass without one.
         .layer(auth::RequireServiceTokenLayer::new(
             options.service_auth.clone(),
         ))
-        // Bounds unary calls; honours a shorter `grpc-timeout` from callers.
-        .timeout(options.request_timeout)
         // Answers RESOURCE_EXHAUSTED at once instead of queueing when the
         // concurrency limit below is full.
         .load_shed(true)
@@ -239,8 +251,12 @@ pub async fn shutdown_signal() {
 /// Client-side settings.
 #[derive(Clone, Debug)]
 pub struct ChannelOptions {
-    /// Upper bound for one call.
+    /// Upper bound for one call until its answer starts, sent along as
+    /// `grpc-timeout` so the server stops when the caller gives up.
     pub request_timeout: Duration,
+    /// Methods (`/package.Service/Method`) called without `request_timeout`:
+    /// client streams that fail on their own when they stop making progress.
+    pub untimed_methods: &'static [&'static str],
     /// Upper bound for establishing a connection.
     pub connect_timeout: Duration,
     /// Signs a service token onto every call (see [`auth`]).
@@ -251,6 +267,7 @@ impl Default for ChannelOptions {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(30),
+            untimed_methods: &[],
             connect_timeout: Duration::from_secs(5),
             service_token: None,
         }
@@ -297,8 +314,9 @@ pub fn channel(
             };
             Endpoint::from_shared(uri)
                 .map(|ep| {
-                    ep.timeout(options.request_timeout)
-                        .connect_timeout(options.connect_timeout)
+                    // No `timeout` here: the channel sets `grpc-timeout` on
+                        // each call but the untimed ones (see `deadline`).
+                    ep.connect_timeout(options.connect_timeout)
                         .tcp_nodelay(true)
                         // A peer that stops answering pings (frozen, or cut
                         // off) fails its calls and streams within 15 s, so
@@ -324,7 +342,8 @@ pub fn channel(
     } else {
         tonic::transport::Channel::balance_list(built.into_iter())
     })
-    .with_service_token(options.service_token.clone()))
+    .with_service_token(options.service_token.clone())
+    .with_deadline(options.request_timeout, options.untimed_methods))
 }
 
 /// Reads the actor from request metadata; `anonymous` when absent.

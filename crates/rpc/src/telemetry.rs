@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::body::Body;
 
@@ -77,6 +77,8 @@ pub struct Channel {
     inner: tonic::transport::Channel,
     /// Signs the caller's service token onto every call (crate::auth).
     service_token: Option<crate::auth::TokenSigner>,
+    /// The deadline of every call but the untimed methods (crate::deadline).
+    deadline: Option<(Duration, &'static [&'static str])>,
 }
 
 impl Channel {
@@ -85,12 +87,23 @@ impl Channel {
         Self {
             inner,
             service_token: None,
+            deadline: None,
         }
     }
 
     /// Signs a service token onto every call (see [`crate::auth`]).
     pub(crate) fn with_service_token(mut self, signer: Option<crate::auth::TokenSigner>) -> Self {
         self.service_token = signer;
+        self
+    }
+
+    /// Bounds every call by `timeout` except the `untimed` methods.
+    pub(crate) fn with_deadline(
+        mut self,
+        timeout: Duration,
+        untimed: &'static [&'static str],
+    ) -> Self {
+        self.deadline = Some((timeout, untimed));
         self
     }
 }
@@ -110,6 +123,9 @@ impl tower::Service<http::Request<Body>> for Channel {
         slipway_telemetry::propagation::inject(&tracing::Span::current(), request.headers_mut());
         if let Some(signer) = &self.service_token {
             signer.attach(request.headers_mut());
+        }
+        if let Some((timeout, untimed)) = self.deadline {
+            crate::deadline::set_deadline(&mut request, timeout, untimed);
         }
         tower::Service::call(&mut self.inner, request)
     }

@@ -119,9 +119,16 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_BUILD_TIMEOUT", default_value = "55m", value_parser = humantime::parse_duration)]
     pub build_timeout: Duration,
 
-    /// Upper bound of one unary gRPC call (including a whole upload).
+    /// Upper bound of one unary gRPC call (a source upload has none: see
+    /// --upload-idle-timeout).
     #[arg(long, env = "SLIPWAY_REQUEST_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+
+    /// A source upload that sends no message for this long fails and
+    /// stores nothing (the gateway sends one at least every 10 s while its
+    /// client is sending).
+    #[arg(long, env = "SLIPWAY_UPLOAD_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub upload_idle_timeout: Duration,
 
     /// How long in-flight calls may run after SIGTERM.
     #[arg(long, env = "SLIPWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -176,6 +183,7 @@ impl Config {
             max_concurrent_builds: 4,
             build_timeout: Duration::from_secs(55 * 60),
             request_timeout: Duration::from_secs(300),
+            upload_idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             source_retention: Duration::from_secs(7 * 86_400),
             redis_url: None,
@@ -191,6 +199,9 @@ impl Config {
         }
         if self.builder == BuilderKind::Oci && self.registry.as_deref().is_none_or(str::is_empty) {
             return Err("--registry (SLIPWAY_REGISTRY) is required with --builder oci".into());
+        }
+        if self.upload_idle_timeout.is_zero() {
+            return Err("--upload-idle-timeout must be positive".into());
         }
         if self.max_source_bytes == 0
             || self.max_unpacked_bytes == 0

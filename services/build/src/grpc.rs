@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
 use slipway_api::build::v1 as pb;
@@ -23,16 +24,25 @@ const MAX_TEXT: usize = 4096;
 /// The manifest read when a request names none.
 const DEFAULT_MANIFEST: &str = "convox.yml";
 
+/// The full name of `UploadSource`, which has no total deadline: it fails
+/// when no message came for the upload idle timeout instead.
+pub const UPLOAD_SOURCE: &str = "/slipway.build.v1.BuildService/UploadSource";
+
 /// The gRPC face of the build service.
 #[derive(Clone, Debug)]
 pub struct Grpc {
     service: Arc<BuildService>,
+    upload_idle_timeout: Duration,
 }
 
 impl Grpc {
-    /// Wraps the service.
-    pub fn new(service: Arc<BuildService>) -> Self {
-        Self { service }
+    /// Wraps the service; an upload with no message for
+    /// `upload_idle_timeout` fails.
+    pub fn new(service: Arc<BuildService>, upload_idle_timeout: Duration) -> Self {
+        Self {
+            service,
+            upload_idle_timeout,
+        }
     }
 }
 
@@ -148,7 +158,11 @@ impl BuildRpc for Grpc {
         request: Request<Streaming<pb::UploadSourceRequest>>,
     ) -> Result<Response<pb::UploadSourceResponse>, Status> {
         let mut messages = request.into_inner();
-        let first = messages.message().await?.ok_or_else(|| {
+        let idle = self.upload_idle_timeout;
+        let first = tokio::time::timeout(idle, messages.message())
+            .await
+            .map_err(|_| stalled(idle))??
+            .ok_or_else(|| {
             Status::invalid_argument("app: the first upload message must name the app")
         })?;
         let app = app_name(&first.app)?;
@@ -158,7 +172,7 @@ impl BuildRpc for Grpc {
             first.key
         };
         let object = ObjectRef::new(app, &key).map_err(|e| field("key", e))?;
-        let chunks = until_last(first.chunk, first.last, messages);
+        let chunks = until_last(first.chunk, first.last, messages, idle);
         let (object, size) = self.service.upload(object, Box::pin(chunks)).await?;
         Ok(Response::new(pb::UploadSourceResponse {
             url: object.url(),
@@ -167,21 +181,34 @@ impl BuildRpc for Grpc {
     }
 }
 
+/// The answer to an upload that sent nothing for `idle`.
+fn stalled(idle: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "the upload stalled: no data for {}; nothing stored",
+        humantime::format_duration(idle)
+    ))
+}
+
 /// The chunks of an upload, ending after the message marked `last`; a
-/// stream that ends before it (the client abandoned the upload) or goes on
-/// after it yields an error instead, so nothing is stored.
+/// stream that ends before it (the client abandoned the upload), goes on
+/// after it, or sends nothing for `idle` yields an error instead, so
+/// nothing is stored.
 fn until_last(
     first: bytes::Bytes,
     first_last: bool,
     messages: Streaming<pb::UploadSourceRequest>,
+    idle: Duration,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, Status>> + Send + 'static {
     let rest = futures::stream::unfold(
         (messages, first_last, false),
-        |(mut messages, mut seen_last, failed)| async move {
+        move |(mut messages, mut seen_last, failed)| async move {
             if failed {
                 return None;
             }
-            match messages.message().await {
+            let Ok(next) = tokio::time::timeout(idle, messages.message()).await else {
+                return Some((Err(stalled(idle)), (messages, seen_last, true)));
+            };
+            match next {
                 Ok(Some(_)) if seen_last => Some((
                     Err(Status::invalid_argument(
                         "last: messages after the one marked last; nothing stored",

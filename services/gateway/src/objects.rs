@@ -2,10 +2,20 @@
 //! `UploadSource` as it arrives, in chunks of at most [`CHUNK`], never held
 //! whole in memory (sources may be hundreds of megabytes).
 //!
-//! A body that fails half-way (over the size limit, or the client went
-//! away) must not become a truncated object: the stream then ends without
-//! the message marked `last`, which the build service takes for an
-//! abandoned upload, storing nothing.
+//! A body that fails half-way (over the size limit, the client went away,
+//! or it sent nothing for `--body-idle-timeout`) must not become a
+//! truncated object: the stream then ends without the message marked
+//! `last`, which the build service takes for an abandoned upload, storing
+//! nothing.
+//!
+//! An upload has no total deadline (the build service exempts
+//! `UploadSource` from its request timeout, and the gateway's channel sends
+//! it without one): it may take as long as it keeps moving. So that the
+//! build service can tell a slow client from a dead gateway, a message goes
+//! out at least every [`HEARTBEAT`] while the upload is open (what has
+//! arrived by then, or an empty chunk).
+
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use futures::StreamExt as _;
@@ -18,6 +28,10 @@ use crate::error::{ApiError, ApiResult};
 
 /// Largest chunk sent in one gRPC message.
 const CHUNK: usize = 1 << 20;
+
+/// Longest time between two messages to the build service (whose upload
+/// idle timeout must be longer).
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Stores the streamed `body` as object `key` of `app`; returns its
 /// `object://` URL.
@@ -37,7 +51,7 @@ pub(crate) async fn upload(
     let mut failed_tx = Some(failed_tx);
     // Each chunk as it comes; after the whole body, an empty message marked
     // `last`. A failed body ends the stream without it: nothing is stored.
-    let chunks = rechunk(body.into_data_stream())
+    let chunks = rechunk(body.into_data_stream(), HEARTBEAT)
         .map(Some)
         .chain(futures::stream::iter([None]))
         .scan(false, move |failed, item| {
@@ -82,20 +96,34 @@ fn body_error(e: &axum::Error) -> ApiError {
                 message: "source too large for this rack (see --max-upload-bytes)".into(),
             };
         }
+        if let Some(stalled) = err.downcast_ref::<crate::serve::BodyStalled>() {
+            return ApiError {
+                status: axum::http::StatusCode::REQUEST_TIMEOUT,
+                message: format!("the upload stalled ({stalled}); nothing stored"),
+            };
+        }
         source = err.source();
     }
     ApiError::bad_request(format!("reading the upload failed: {e}"))
 }
 
 /// Joins small body frames (and splits big ones) into chunks of at most
-/// [`CHUNK`] bytes, so each gRPC message carries a useful amount.
-fn rechunk<S>(frames: S) -> impl futures::Stream<Item = Result<Bytes, axum::Error>>
+/// [`CHUNK`] bytes, so each gRPC message carries a useful amount; when no
+/// chunk went out for `heartbeat`, what has arrived goes out (maybe
+/// nothing: an empty chunk says the upload is still alive).
+fn rechunk<S>(
+    frames: S,
+    heartbeat: Duration,
+) -> impl futures::Stream<Item = Result<Bytes, axum::Error>>
 where
     S: futures::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
 {
     futures::stream::unfold(
         (frames, bytes::BytesMut::new(), false),
-        |(mut frames, mut buf, mut done)| async move {
+        move |(mut frames, mut buf, mut done)| async move {
+            // Counted from the last message out (this runs when the
+            // next one is wanted).
+            let due = tokio::time::Instant::now() + heartbeat;
             loop {
                 if buf.len() >= CHUNK {
                     let chunk = buf.split_to(CHUNK).freeze();
@@ -108,10 +136,11 @@ where
                     let chunk = buf.split().freeze();
                     return Some((Ok(chunk), (frames, buf, done)));
                 }
-                match frames.next().await {
-                    Some(Ok(frame)) => buf.extend_from_slice(&frame),
-                    Some(Err(e)) => return Some((Err(e), (frames, buf, true))),
-                    None => done = true,
+                match tokio::time::timeout_at(due, frames.next()).await {
+                    Ok(Some(Ok(frame))) => buf.extend_from_slice(&frame),
+                    Ok(Some(Err(e))) => return Some((Err(e), (frames, buf, true))),
+                    Ok(None) => done = true,
+                    Err(_) => return Some((Ok(buf.split().freeze()), (frames, buf, done))),
                 }
             }
         },
@@ -129,7 +158,7 @@ mod tests {
             Ok(Bytes::from(vec![2u8; CHUNK + 5])),
             Ok(Bytes::from(vec![3u8; 7])),
         ];
-        let chunks: Vec<Bytes> = rechunk(futures::stream::iter(frames))
+        let chunks: Vec<Bytes> = rechunk(futures::stream::iter(frames), HEARTBEAT)
             .map(|c| c.unwrap())
             .collect()
             .await;
