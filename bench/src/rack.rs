@@ -23,6 +23,12 @@ impl BenchRack {
     /// Starts a rack on a free loopback port.
     pub(crate) async fn start(max_upload_bytes: usize) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
+        // App users (as root, apps run as users of their own) pass through
+        // it to their working copies in `rack-apps/`.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )?;
         let config = slipway_rack::Config {
             data_dir: dir.path().join("rack"),
             listen: "127.0.0.1:0".parse()?,
@@ -34,6 +40,7 @@ impl BenchRack {
             insecure_no_auth: false,
             quickstart: false,
             quickstart_app: PathBuf::new(),
+            apps: Default::default(),
         };
         let rack = slipway_rack::Rack::start(&config).await?;
         Ok(Self {

@@ -29,6 +29,13 @@ impl TestRack {
     /// Starts a rack on a free loopback port with a short default deadline.
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        // App users (apps run as users of their own when the tests run as
+        // root) pass through it to their working copies in `rack-apps/`.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod temp dir");
         let password = "e2e-secret-0123456".to_owned();
         let config = Config {
             data_dir: dir.path().join("rack"),
@@ -41,6 +48,7 @@ impl TestRack {
             insecure_no_auth: false,
             quickstart: false,
             quickstart_app: PathBuf::new(),
+            apps: Default::default(),
         };
         let rack = Rack::start(&config).await.expect("rack starts");
         Self {

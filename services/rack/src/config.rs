@@ -93,6 +93,11 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_PORT_RANGE", value_parser = slipway_rollout::config::parse_port_range)]
     pub port_range: Option<slipway_rollout::config::PortRange>,
 
+    /// How apps are kept apart (`--apps-dir`, default `<data-dir>-apps`;
+    /// `--app-uid-range` when the rack runs as root).
+    #[command(flatten)]
+    pub apps: slipway_rollout::config::AppIsolation,
+
     /// Bring the rack up, deploy `examples/myapp` with the `slipway` CLI,
     /// print the app's URL, and keep serving.
     #[arg(long)]
@@ -122,6 +127,7 @@ impl Config {
                 "--password (SLIPWAY_PASSWORD)",
             )?;
         }
+        self.apps.validate(&self.data_dir)?;
         if self.insecure_no_auth && !self.listen.ip().is_loopback() {
             return Err(format!(
                 "--insecure-no-auth is refused on {}: serving without authentication is allowed on loopback only",

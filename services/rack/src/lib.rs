@@ -45,8 +45,17 @@ impl Rack {
     pub async fn start_with(config: &Config, tls: &TlsArgs) -> anyhow::Result<Self> {
         tls.validate(config.listen).map_err(anyhow::Error::msg)?;
         let data = &config.data_dir;
-        std::fs::create_dir_all(data)
+        // Owner-only, created so; keys from an older version tightened.
+        slipway_storage::files::create_private_dir(data)
             .with_context(|| format!("create data dir {}", data.display()))?;
+        for secret in ["password", "service-token-key"] {
+            match slipway_storage::files::tighten(&data.join(secret), 0o600) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("tighten {secret}"));
+                }
+                _ => {}
+            }
+        }
         let password = config.password(data)?;
         // Even on loopback, only the rack's own services may call them.
         let security = slipway_rpc::SecurityArgs {
@@ -81,6 +90,11 @@ impl Rack {
         if let Some(range) = config.port_range {
             rollout.port_range = range;
         }
+        // Beside the rack's data dir, not the rollout service's (inside it).
+        rollout.isolation = slipway_rollout::config::AppIsolation {
+            apps_dir: Some(config.apps.apps_dir(data)),
+            ..config.apps.clone()
+        };
 
         let gateway = slipway_gateway::Config {
             password: Some(password.clone().into()),

@@ -36,9 +36,14 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         slipway_storage::files::create_private_dir(&config.data_dir)
             .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     }
+    let key_file = config.data_dir.join("env.key");
+    if config.env_key.is_none() && key_file.exists() {
+        slipway_storage::files::tighten(&key_file, 0o600)
+            .with_context(|| format!("tighten {}", key_file.display()))?;
+    }
     let cipher = match &config.env_key {
         Some(key) => EnvCipher::from_base64(key.expose())?,
-        None => EnvCipher::load_or_create(&config.data_dir.join("env.key"))?,
+        None => EnvCipher::load_or_create(&key_file)?,
     };
     let db = slipway_storage::connect(&url, &slipway_storage::PoolOptions::default()).await?;
     let store = Store::new(db, cipher);

@@ -2,11 +2,12 @@
 //! `SLIPWAY_*` variable, validated before any port is bound.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use slipway_domain::Secret;
 
+use crate::runtime::local::{UidRange, default_apps_dir};
 use crate::service::DEADLINE_RANGE;
 
 /// The rollout service's settings.
@@ -61,6 +62,10 @@ pub struct Config {
     /// Exits of a new release's process that fail the rollout at once.
     #[arg(long, env = "SLIPWAY_RESTART_LIMIT", default_value_t = 3)]
     pub restart_limit: u32,
+
+    /// How the local runtime keeps apps apart.
+    #[command(flatten)]
+    pub isolation: AppIsolation,
 
     /// This replica's name in rollout leases; random when not given.
     #[arg(long, env = "SLIPWAY_REPLICA_ID")]
@@ -118,6 +123,62 @@ pub struct Config {
     pub redis_prefix: String,
 }
 
+/// How the local runtime keeps apps away from the rack and each other
+/// (`runtime::local::isolation`).
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct AppIsolation {
+    /// Local runtime: where each release's working copy of its artifact
+    /// goes (`<apps-dir>/<app>/<release>/`). Must be outside the data
+    /// directory; as root, every directory above it must be searchable by
+    /// other users. Default: `<data-dir>-apps`, beside the data directory.
+    #[arg(long, env = "SLIPWAY_APPS_DIR")]
+    pub apps_dir: Option<PathBuf>,
+
+    /// Local runtime, running as root: the uids (and gids of the same
+    /// numbers) app processes run as, one per app, `LOW-HIGH`.
+    #[arg(long, env = "SLIPWAY_APP_UID_RANGE", default_value = "1900000000-1900065535", value_parser = UidRange::parse)]
+    pub app_uid_range: UidRange,
+}
+
+impl Default for AppIsolation {
+    fn default() -> Self {
+        Self {
+            apps_dir: None,
+            app_uid_range: UidRange::DEFAULT,
+        }
+    }
+}
+
+impl AppIsolation {
+    /// The apps directory in effect for `data_dir`.
+    pub fn apps_dir(&self, data_dir: &Path) -> PathBuf {
+        match &self.apps_dir {
+            Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+            None => default_apps_dir(data_dir),
+        }
+    }
+
+    /// Refuses an apps directory inside (or being) the data directory: app
+    /// users could not reach it, and must not.
+    pub fn validate(&self, data_dir: &Path) -> Result<(), String> {
+        let normal = |p: &Path| -> PathBuf {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.to_owned())
+                .components()
+                .collect()
+        };
+        let (apps, data) = (normal(&self.apps_dir(data_dir)), normal(data_dir));
+        if apps.starts_with(&data) || data.starts_with(&apps) {
+            return Err(format!(
+                "--apps-dir {} must be outside the data directory {} (and not contain it)",
+                apps.display(),
+                data.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The runtime apps run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RuntimeKind {
@@ -167,6 +228,7 @@ impl Config {
             lease_ttl: Duration::from_secs(3),
             port_range: PortRange(None),
             restart_limit: 3,
+            isolation: AppIsolation::default(),
             replica_id: None,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
@@ -201,6 +263,7 @@ impl Config {
         if self.restart_limit == 0 {
             return Err("--restart-limit must be at least 1".into());
         }
+        self.isolation.validate(&self.data_dir)?;
         // `<rack>-<app>` must be a DNS label (63) for apps of up to 30.
         let rack_ok = self.rack.len() <= 32
             && self.rack.starts_with(|c: char| c.is_ascii_lowercase())
@@ -284,6 +347,36 @@ mod tests {
         let config = Config::try_parse_from(["slipway-rollout", "--rack", "Prod_1"]).unwrap();
         assert!(config.validate().unwrap_err().contains("--rack"));
         assert!(Config::try_parse_from(["slipway-rollout", "--runtime", "nomad"]).is_err());
+    }
+
+    #[test]
+    fn app_isolation_settings_are_checked() {
+        let config = Config::try_parse_from(["slipway-rollout", "--data-dir", "/srv/d"]).unwrap();
+        assert_eq!(config.isolation, AppIsolation::default());
+        assert_eq!(
+            config.isolation.apps_dir(&config.data_dir),
+            Path::new("/srv/d-apps")
+        );
+        let config = Config::try_parse_from([
+            "slipway-rollout",
+            "--data-dir",
+            "/srv/d",
+            "--apps-dir",
+            "/srv/d/apps",
+        ])
+        .unwrap();
+        assert!(config.validate().unwrap_err().contains("--apps-dir"));
+        let config = Config::try_parse_from([
+            "slipway-rollout",
+            "--apps-dir",
+            "/var/lib/apps",
+            "--app-uid-range",
+            "200000-265535",
+        ])
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.isolation.app_uid_range.low, 200_000);
+        assert!(Config::try_parse_from(["slipway-rollout", "--app-uid-range", "0-100"]).is_err());
     }
 
     #[test]

@@ -44,14 +44,19 @@ use crate::store::Store;
 /// Opens the store the configuration names: connects and migrates.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let url = config.database_url();
-    if url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.data_dir)
+    if url.starts_with("sqlite:") || config.spec_key.is_none() {
+        slipway_storage::files::create_private_dir(&config.data_dir)
             .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     }
     let db = slipway_storage::connect(&url, &slipway_storage::PoolOptions::default()).await?;
+    let key_file = config.data_dir.join("spec.key");
+    if config.spec_key.is_none() && key_file.exists() {
+        slipway_storage::files::tighten(&key_file, 0o600)
+            .with_context(|| format!("tighten {}", key_file.display()))?;
+    }
     let cipher = match &config.spec_key {
         Some(key) => crypto::SpecCipher::from_base64(key.expose())?,
-        None => crypto::SpecCipher::load_or_create(&config.data_dir.join("spec.key"))?,
+        None => crypto::SpecCipher::load_or_create(&key_file)?,
     };
     let store = Store::new(db, cipher);
     store.migrate().await?;
@@ -73,6 +78,8 @@ pub async fn start_runtime(
                     data_dir: config.data_dir.clone(),
                     ports: config.port_range.0,
                     restart_limit: config.restart_limit,
+                    apps_dir: config.isolation.apps_dir(&config.data_dir),
+                    app_uids: config.isolation.app_uid_range,
                 },
             )
             .await

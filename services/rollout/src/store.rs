@@ -574,6 +574,44 @@ impl Store {
         }
     }
 
+    /// The uid assigned to an app's processes, if any.
+    pub async fn local_app_user(&self, app: &str) -> Result<Option<u32>> {
+        let row = sqlx::query("SELECT uid FROM local_app_users WHERE app = $1")
+            .bind(app)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>("uid"))
+            .transpose()?
+            .map(|uid| uid as u32))
+    }
+
+    /// Every assigned app uid.
+    pub async fn local_app_users(&self) -> Result<Vec<u32>> {
+        let rows = sqlx::query("SELECT uid FROM local_app_users")
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<i64, _>("uid")? as u32))
+            .collect()
+    }
+
+    /// Assigns `uid` to `app`; `false` if the app or the uid has one already.
+    pub async fn local_assign_app_user(&self, app: &str, uid: u32) -> Result<bool> {
+        let done = retry(|| {
+            sqlx::query("INSERT INTO local_app_users (app, uid) VALUES ($1, $2)")
+                .bind(app)
+                .bind(i64::from(uid))
+                .execute(&self.db.pool)
+        })
+        .await;
+        match done {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(classify(&e), ErrorClass::UniqueViolation(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Records a process about to be spawned.
     pub async fn local_insert_process(&self, p: &ProcessRecord) -> Result<()> {
         retry(|| {

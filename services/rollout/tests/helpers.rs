@@ -356,6 +356,16 @@ impl ReleaseService for FakeRelease {
     }
 }
 
+/// A temporary directory for a data directory (`data/`) and an apps
+/// directory (`apps/`) that app users can reach (the tests run as root in
+/// CI, so apps run as users of their own), removed with it.
+pub(crate) fn private_and_apps_dirs() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    dir
+}
+
 /// Runs the rollout service in-process on SQLite in a fresh directory, with
 /// a fake release service, after `adjust` had its say on the dev config.
 /// Returns its address, the fake, the handle that stops it when dropped,
@@ -369,10 +379,11 @@ pub(crate) async fn serve(
     tempfile::TempDir,
 ) {
     slipway_telemetry::init_for_tests();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_and_apps_dirs();
     let release = FakeRelease::default();
     let release_addr = release.spawn().await;
-    let mut config = slipway_rollout::Config::dev(dir.path().to_owned());
+    let mut config = slipway_rollout::Config::dev(dir.path().join("data"));
+    config.isolation.apps_dir = Some(dir.path().join("apps"));
     config.release_endpoints = vec![release_addr.to_string()];
     adjust(&mut config);
     config.validate().unwrap();

@@ -21,14 +21,16 @@ async fn the_local_runtime_passes_the_conformance_suite() {
     let db = slipway_storage::testing::sqlite().await;
     let store = Store::new(db.db.clone(), SpecCipher::generate());
     store.migrate().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::helpers::private_and_apps_dirs();
     let runtime = LocalRuntime::start(
         store,
         Arc::new(Discard),
         LocalConfig {
-            data_dir: dir.path().to_owned(),
+            data_dir: dir.path().join("data"),
             ports: None,
             restart_limit: 3,
+            apps_dir: dir.path().join("apps"),
+            app_uids: slipway_rollout::runtime::local::UidRange::DEFAULT,
         },
     )
     .await

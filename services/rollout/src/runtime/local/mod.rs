@@ -15,10 +15,17 @@
 //! them again (desired spec, stable ports, pid and marker of every process)
 //! is in the database; [`LocalRuntime::start`] re-adopts live processes
 //! instead of starting them twice.
+//!
+//! Processes run in a working copy of their artifact outside the data
+//! directory and, when the service runs as root, as a user of their app's
+//! own ([`isolation`]).
 
 mod health;
+mod isolation;
 mod process;
 mod proxy;
+
+pub use self::isolation::{UidRange, default_apps_dir};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -32,6 +39,7 @@ use slipway_domain::manifest::Health;
 use slipway_events::NewEvent;
 use tokio::sync::watch;
 
+use self::isolation::Isolation;
 use self::process::{Proc, Status};
 use self::proxy::{Backend, Proxy};
 use super::{
@@ -56,6 +64,12 @@ pub struct LocalConfig {
     pub ports: Option<(u16, u16)>,
     /// Exits of a new release's processes that fail the rollout.
     pub restart_limit: u32,
+    /// Where releases' working copies go, outside `data_dir`
+    /// (`<apps_dir>/<app>/<release>/`; [`default_apps_dir`] by default).
+    pub apps_dir: PathBuf,
+    /// Uids (and gids) app processes run as, one per app, when the service
+    /// runs as root.
+    pub app_uids: UidRange,
 }
 
 /// The local runtime. Cheap to clone.
@@ -68,6 +82,7 @@ struct Inner {
     store: Store,
     events: Arc<dyn EventSink>,
     config: LocalConfig,
+    isolation: Isolation,
     apps: Mutex<BTreeMap<String, Arc<App>>>,
     /// Serialises stable-port assignment.
     ports: tokio::sync::Mutex<()>,
@@ -156,16 +171,20 @@ impl LocalRuntime {
         events: Arc<dyn EventSink>,
         config: LocalConfig,
     ) -> Result<Self, RuntimeError> {
+        let isolation = Isolation::start(config.apps_dir.clone(), config.app_uids, store.clone())
+            .map_err(RuntimeError::Backend)?;
         let runtime = Self {
             inner: Arc::new(Inner {
                 store,
                 events,
                 config,
+                isolation,
                 apps: Mutex::new(BTreeMap::new()),
                 ports: tokio::sync::Mutex::new(()),
             }),
         };
         runtime.recover().await?;
+        runtime.inner.isolation.sweep().await;
         Ok(runtime)
     }
 
@@ -246,6 +265,10 @@ impl LocalRuntime {
             if record.pid.is_none() {
                 let _ = self.store().local_set_pid(&record.id, pid).await;
             }
+            self.inner
+                .isolation
+                .adopt(&record.app, &record.release)
+                .await;
             let app = self.app(&record.app);
             let proc = Arc::new(Proc::new(
                 record.id.clone(),
@@ -597,17 +620,29 @@ impl LocalRuntime {
             .local_insert_process(&record)
             .await
             .map_err(|e| format!("service {service}: {e}"))?;
+        let launch = match self
+            .inner
+            .isolation
+            .prepare(&app.name, &spec.release, &dir)
+            .await
+        {
+            Ok(launch) => launch,
+            Err(e) => {
+                let _ = self.store().local_delete_process(&id).await;
+                return Err(format!("service {service}: {e}"));
+            }
+        };
         let spawned = (|| {
             if let Some(parent) = log.parent() {
-                std::fs::create_dir_all(parent)?;
+                slipway_storage::files::create_private_dir_all(parent)?;
             }
-            let out = std::fs::OpenOptions::new()
+            let out = slipway_storage::files::private_file_options()
                 .create(true)
                 .append(true)
                 .open(&log)?;
             let err = out.try_clone()?;
             let mut cmd = tokio::process::Command::new("/bin/sh");
-            cmd.arg("-c").arg(command).current_dir(&dir).env_clear();
+            cmd.arg("-c").arg(command).env_clear();
             for key in INHERITED_ENV {
                 if let Some(value) = std::env::var_os(key) {
                     cmd.env(key, value);
@@ -624,11 +659,13 @@ impl LocalRuntime {
                 .stderr(err)
                 .process_group(0)
                 .kill_on_drop(false);
+            launch.apply(&mut cmd);
             cmd.spawn()
         })();
         let child = match spawned {
             Ok(child) => child,
             Err(e) => {
+                self.inner.isolation.release(&app.name, &spec.release).await;
                 let _ = self.store().local_delete_process(&id).await;
                 return Err(format!(
                     "service {service}: could not start `{command}`: {e}"
@@ -741,6 +778,7 @@ impl LocalRuntime {
         }
         let _ = self.store().local_delete_process(&proc.id).await;
         let _ = tokio::fs::remove_file(self.log_path(&app.name, &proc.id)).await;
+        self.inner.isolation.release(&app.name, &proc.release).await;
         let (stopping, ever_healthy) = {
             let s = proc.lock();
             (s.status == Status::Stopping, s.ever_healthy)
