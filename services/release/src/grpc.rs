@@ -63,7 +63,7 @@ impl ReleaseRpc for Grpc {
     ) -> Result<Response<pb::ListAppsResponse>, Status> {
         let apps = self.service.store().list_apps().await?;
         Ok(Response::new(pb::ListAppsResponse {
-            apps: apps.into_iter().map(app_pb).collect(),
+            apps: fit(apps.into_iter().map(app_pb).collect(), "apps"),
         }))
     }
 
@@ -182,13 +182,17 @@ impl ReleaseRpc for Grpc {
                     })?,
             )
         };
-        let releases = self
+        // A page holds `limit` releases, or fewer when they would not fit in
+        // one message; the token then resumes after the last one sent.
+        let (releases, cut) = self
             .service
             .store()
-            .list_releases(&app, limit, before)
+            .list_releases(&app, limit, before, slipway_rpc::PAGE_BYTES)
             .await?;
         let next_page_token = match releases.last() {
-            Some(last) if releases.len() == limit as usize && last.seq > 1 => last.seq.to_string(),
+            Some(last) if (cut || releases.len() == limit as usize) && last.seq > 1 => {
+                last.seq.to_string()
+            }
             _ => String::new(),
         };
         Ok(Response::new(pb::ListReleasesResponse {
@@ -274,7 +278,10 @@ impl ReleaseRpc for Grpc {
             .list_promotions(&app, limit(req.limit, 20)?)
             .await?;
         Ok(Response::new(pb::ListPromotionsResponse {
-            promotions: promotions.into_iter().map(promotion_pb).collect(),
+            promotions: fit(
+                promotions.into_iter().map(promotion_pb).collect(),
+                "promotions",
+            ),
         }))
     }
 
@@ -319,9 +326,25 @@ impl ReleaseRpc for Grpc {
             .list_audit(app.as_ref(), limit(req.limit, 100)?)
             .await?;
         Ok(Response::new(pb::ListAuditEventsResponse {
-            events: events.into_iter().map(audit_pb).collect(),
+            events: fit(events.into_iter().map(audit_pb).collect(), "audit events"),
         }))
     }
+}
+
+/// Cuts the answer of a list call without a page token to what fits in one
+/// message (newest first where the list is ordered by time). Real lists are
+/// far smaller; this keeps a pathological one answering instead of failing.
+fn fit<M: prost::Message>(mut items: Vec<M>, what: &str) -> Vec<M> {
+    let fits = slipway_rpc::limits::page_len(&items);
+    if fits < items.len() {
+        tracing::warn!(
+            kept = fits,
+            total = items.len(),
+            "{what} cut short to fit one gRPC message"
+        );
+        items.truncate(fits);
+    }
+    items
 }
 
 fn app_name(value: &str) -> Result<AppName, Status> {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use slipway_api::release::v1::release_service_server::{ReleaseServiceServer, SERVICE_NAME};
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
+use slipway_rpc::MessageLimits as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -76,7 +77,7 @@ pub async fn run(
                 ..Default::default()
             },
         )?;
-        Rollouts::Grpc(RolloutServiceClient::new(channel))
+        Rollouts::Grpc(RolloutServiceClient::new(channel).with_message_limits())
     };
     let deadline = config.default_deadline.as_secs() as u32;
     let service = Arc::new(ReleaseService::new(store, rollouts, deadline));
@@ -86,7 +87,8 @@ pub async fn run(
             .clone()
             .redispatch_loop(config.redispatch_every, background.clone()),
     );
-    let routes = routes.add_service(ReleaseServiceServer::new(grpc::Grpc::new(service)));
+    let routes = routes
+        .add_service(ReleaseServiceServer::new(grpc::Grpc::new(service)).with_message_limits());
     health.serving().await;
     tracing::info!(addr = %listener.local_addr()?, "release service serving");
     let options = slipway_rpc::ServerOptions {

@@ -3,10 +3,52 @@
 //! release is forked from an existing one (Convox's `ReleaseCreate`).
 
 use chrono::{DateTime, Utc};
+use slipway_domain::env::MAX_ENV_BYTES;
+use slipway_domain::manifest::MAX_MANIFEST_BYTES;
 use slipway_domain::{AppName, BuildId, Env, EnvDiff, PromotionState, ReleaseId};
+use slipway_rpc::{MAX_MESSAGE_BYTES, PAGE_BYTES};
 use std::collections::BTreeMap;
 
 use crate::error::Error;
+
+/// Largest release the ledger appends, as [`release_bytes`] counts it: 1.5 MiB.
+///
+/// A release travels whole in one gRPC message (`GetRelease`, a list page) and
+/// twice in one (`StartRollout` carries the target and the fallback), so two
+/// must fit in [`MAX_MESSAGE_BYTES`]; a largest env and a largest manifest fit
+/// in one with room for artifacts and descriptions.
+pub const MAX_RELEASE_BYTES: usize = 1536 * 1024;
+
+/// Room for a release's small fields (ids, app name, actor, times) and the
+/// message framing, counted once per release.
+const FIXED_BYTES: usize = 1024;
+/// Room for the framing of one env or artifact map entry (tag and lengths),
+/// beyond `KEY=VALUE` and its NUL.
+const ENTRY_BYTES: usize = 16;
+
+const _: () = assert!(MAX_ENV_BYTES + MAX_MANIFEST_BYTES + (256 << 10) <= MAX_RELEASE_BYTES);
+const _: () = assert!(2 * MAX_RELEASE_BYTES + (64 << 10) <= MAX_MESSAGE_BYTES);
+const _: () = assert!(MAX_RELEASE_BYTES <= PAGE_BYTES);
+
+/// An upper bound of a release's size in any of its wire forms (the ledger's
+/// `Release` with the env as text, the rollout's `ReleaseSpec` with the env as
+/// a map): the bytes of its fields plus framing allowances.
+pub fn release_bytes(
+    env: &Env,
+    manifest: &str,
+    artifacts: &BTreeMap<String, String>,
+    descriptions: &[&str],
+) -> usize {
+    FIXED_BYTES
+        + env.bytes()
+        + env.len() * ENTRY_BYTES
+        + manifest.len()
+        + artifacts
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + ENTRY_BYTES)
+            .sum::<usize>()
+        + descriptions.iter().map(|d| d.len()).sum::<usize>()
+}
 
 /// An app and where its promotions stand.
 #[derive(Clone, Debug)]
@@ -60,6 +102,19 @@ pub struct Release {
     pub actor: String,
     /// When it was created.
     pub created: DateTime<Utc>,
+}
+
+impl Release {
+    /// Its size as [`release_bytes`] counts it (the actor, at most 128
+    /// characters, is in the fixed room).
+    pub fn bytes(&self) -> usize {
+        release_bytes(
+            &self.env,
+            &self.manifest,
+            &self.artifacts,
+            &[&self.description, &self.build_description],
+        )
+    }
 }
 
 /// A promotion of a release and how it ended.
@@ -217,6 +272,34 @@ impl Draft {
         }
     }
 
+    /// Its size as [`release_bytes`] counts it (the actor is in the fixed room).
+    pub fn bytes(&self) -> usize {
+        release_bytes(
+            &self.env,
+            &self.manifest,
+            &self.artifacts,
+            &[&self.description, &self.build_description],
+        )
+    }
+
+    /// Checks what every appended release must keep, whatever path made it
+    /// (a Convox env text, a delta, a new build, a rollback copy): the env
+    /// within its bounds and the whole release within [`MAX_RELEASE_BYTES`].
+    /// Errors name the key or the part and the limit, never a value.
+    pub fn check_bounds(&self) -> Result<(), Error> {
+        self.env
+            .check_bounds()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let len = self.bytes();
+        if len > MAX_RELEASE_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "release is too large: its env, manifest, artifacts and descriptions take {len} bytes, \
+                 the limit is {MAX_RELEASE_BYTES} bytes (1.5 MiB)"
+            )));
+        }
+        Ok(())
+    }
+
     /// The audit detail of appending it: description and env keys, never values.
     pub fn audit_detail(&self) -> String {
         let keys: Vec<&str> = self.env.keys().collect();
@@ -235,6 +318,9 @@ impl Draft {
 ///
 /// A copy (`copy`, for rollbacks) takes build, manifest and env from the
 /// copied release and is described `rollback to R…`.
+///
+/// Every draft is checked against the bounds ([`Draft::check_bounds`]) here,
+/// the one place every new release passes through.
 pub fn plan(
     base: Option<&Release>,
     copy: Option<&Release>,
@@ -262,6 +348,7 @@ pub fn plan(
         draft.env = copy.env.clone();
         draft.rollback_of = Some(copy.id.clone());
         draft.description = format!("rollback to {}", copy.id);
+        draft.check_bounds()?;
         return Ok(draft);
     }
     if let Some(build) = &request.build {
@@ -318,6 +405,7 @@ pub fn plan(
     if let Some(description) = &request.description {
         draft.description = description.clone();
     }
+    draft.check_bounds()?;
     Ok(draft)
 }
 
@@ -441,5 +529,103 @@ mod tests {
         let draft = plan(Some(&base), None, &request, None).unwrap();
         assert_eq!(draft.env.to_wire(), "KEEP=1\nNEW=3");
         assert_eq!(draft.description, "env add:NEW remove:GONE");
+    }
+
+    #[test]
+    fn every_path_checks_the_env_bounds() {
+        use slipway_domain::env::MAX_VAR_BYTES;
+        let base = release("RAAAAAAAAAA", Some("BAAAAAAAAAA"), "A=1", "build");
+        let big = "v".repeat(MAX_VAR_BYTES);
+        let replace = ReleaseRequest {
+            env: EnvInput::Replace(Env::parse_wire(&format!("BIG={big}")).unwrap()),
+            ..ReleaseRequest::keep()
+        };
+        let err = plan(Some(&base), None, &replace, None).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(err.to_string().starts_with("env BIG is too large"), "{err}");
+
+        let change = ReleaseRequest {
+            env: EnvInput::Change {
+                set: [("TOKEN".to_owned(), "a\0b".to_owned())].into(),
+                unset: vec![],
+            },
+            ..ReleaseRequest::keep()
+        };
+        let err = plan(Some(&base), None, &change, None).unwrap_err();
+        assert!(err.to_string().contains("TOKEN"), "{err}");
+        assert!(err.to_string().contains("NUL"), "{err}");
+
+        // A copy of a release stored before the bounds is checked too.
+        let mut old = release("RBBBBBBBBBB", Some("BAAAAAAAAAA"), "A=1", "old");
+        old.env.insert("HUGE", big).unwrap();
+        let copy = ReleaseRequest {
+            copy_of: Some(old.id.clone()),
+            ..ReleaseRequest::keep()
+        };
+        let err = plan(Some(&base), Some(&old), &copy, None).unwrap_err();
+        assert!(
+            err.to_string().starts_with("env HUGE is too large"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_release_over_its_size_limit_is_refused() {
+        let base = release("RAAAAAAAAAA", Some("BAAAAAAAAAA"), "A=1", "build");
+        let at_limit = MAX_RELEASE_BYTES - base.bytes() + base.description.len();
+        let mut request = ReleaseRequest {
+            description: Some("d".repeat(at_limit)),
+            ..ReleaseRequest::keep()
+        };
+        let draft = plan(Some(&base), None, &request, None).unwrap();
+        assert_eq!(draft.bytes(), MAX_RELEASE_BYTES);
+        request.description = Some("d".repeat(at_limit + 1));
+        let err = plan(Some(&base), None, &request, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "release is too large: its env, manifest, artifacts and descriptions take {} bytes, \
+                 the limit is 1572864 bytes (1.5 MiB)",
+                MAX_RELEASE_BYTES + 1
+            )
+        );
+    }
+
+    #[test]
+    fn the_size_bound_covers_both_wire_forms() {
+        use prost::Message as _;
+        use slipway_api::rollout::v1 as rpb;
+        let mut env = Env::new();
+        for i in 0..2000 {
+            env.insert(format!("K{i}"), "").unwrap();
+        }
+        env.insert("LONG", "x".repeat(100_000)).unwrap();
+        let mut r = release("RAAAAAAAAAA", Some("BAAAAAAAAAA"), "", "build");
+        r.env = env;
+        r.artifacts = (0..50)
+            .map(|i| (format!("svc{i}"), format!("file:///srv/artifact/{i}")))
+            .collect();
+        r.actor = "é".repeat(128);
+        r.parent = Some(ReleaseId::parse("RBBBBBBBBBB").unwrap());
+        let bound = r.bytes();
+        let spec = rpb::ReleaseSpec {
+            app: r.app.to_string(),
+            release: r.id.to_string(),
+            build: r.build.as_ref().map(|b| b.to_string()).unwrap_or_default(),
+            manifest: r.manifest.clone(),
+            env: r.env.as_map().clone().into_iter().collect(),
+            artifacts: r.artifacts.clone().into_iter().collect(),
+        };
+        assert!(
+            spec.encoded_len() <= bound,
+            "{} > {bound}",
+            spec.encoded_len()
+        );
+        let ledger = crate::grpc::release_pb(r);
+        assert!(
+            ledger.encoded_len() <= bound,
+            "{} > {bound}",
+            ledger.encoded_len()
+        );
     }
 }

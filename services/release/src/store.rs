@@ -410,27 +410,42 @@ impl Store {
         self.release_from_row(app, &row)
     }
 
-    /// Lists releases newest first, `limit` at most, older than `before_seq`.
+    /// Lists releases newest first, `limit` at most, older than `before_seq`,
+    /// stopping before the page would exceed `budget` bytes (as
+    /// [`Release::bytes`] counts them; the first release is always taken).
+    /// Rows are read one at a time, so a page of large releases never holds
+    /// more than the budget in memory. The flag says the budget cut the page
+    /// short.
     pub async fn list_releases(
         &self,
         app: &AppName,
         limit: u32,
         before_seq: Option<i64>,
-    ) -> Result<Vec<Release>> {
+        budget: usize,
+    ) -> Result<(Vec<Release>, bool)> {
+        use futures::TryStreamExt as _;
         let mut conn = self.db.pool.acquire().await?;
         let app_id = app_id(&mut conn, app).await?;
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {RELEASE_COLUMNS} FROM releases r WHERE r.app_id = $1 AND r.seq < $2 \
              ORDER BY r.seq DESC LIMIT $3"
-        ))
-        .bind(app_id)
-        .bind(before_seq.unwrap_or(i64::MAX))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
-        .await?;
-        rows.iter()
-            .map(|row| self.release_from_row(app, row))
-            .collect()
+        );
+        let mut rows = sqlx::query(&sql)
+            .bind(app_id)
+            .bind(before_seq.unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch(&mut *conn);
+        let mut page = Vec::new();
+        let mut used = 0;
+        while let Some(row) = rows.try_next().await? {
+            let release = self.release_from_row(app, &row)?;
+            used += release.bytes();
+            if used > budget && !page.is_empty() {
+                return Ok((page, true));
+            }
+            page.push(release);
+        }
+        Ok((page, false))
     }
 
     /// Records a pending promotion of `release` after every check that can

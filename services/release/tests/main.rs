@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 mod helpers;
 
+mod bounds;
 mod dispatch;
 mod ledger;
 mod promotions;
