@@ -6,6 +6,7 @@
 
 mod auth;
 mod convox_wire;
+mod isolation;
 mod logs;
 mod scale;
 mod telemetry;
