@@ -115,9 +115,12 @@ impl BuildRpc for Grpc {
             n => n,
         };
         let builds = self.service.list(&app, limit).await?;
-        Ok(Response::new(pb::ListBuildsResponse {
-            builds: builds.into_iter().map(build_pb).collect(),
-        }))
+        // Newest first, cut to what one message holds: a build carries its
+        // manifest, so a thousand of them may not fit (the list has no page
+        // token; `limit` is an upper bound).
+        let mut builds: Vec<pb::Build> = builds.into_iter().map(build_pb).collect();
+        builds.truncate(slipway_rpc::limits::page_len(&builds));
+        Ok(Response::new(pb::ListBuildsResponse { builds }))
     }
 
     type WatchBuildLogsStream = LogResponses;

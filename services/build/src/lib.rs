@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use slipway_api::build::v1::build_service_server::{BuildServiceServer, SERVICE_NAME};
+use slipway_rpc::MessageLimits as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -45,9 +46,6 @@ use crate::pipeline::Pipeline;
 use crate::release::Releases;
 use crate::service::BuildService;
 use crate::store::Store;
-
-/// Largest gRPC message accepted (upload chunks are far smaller).
-const MAX_MESSAGE_BYTES: usize = 8 << 20;
 
 /// The data directory as an absolute path (artifact URLs must be absolute).
 fn data_dir(config: &Config) -> anyhow::Result<PathBuf> {
@@ -172,8 +170,10 @@ pub async fn run_with_builder(
             background.clone(),
         ));
     }
-    let server = BuildServiceServer::new(grpc::Grpc::new(service.clone(), config.upload_idle_timeout))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // Upload chunks (1 MiB from the gateway) are far below the message limit.
+    let server =
+        BuildServiceServer::new(grpc::Grpc::new(service.clone(), config.upload_idle_timeout))
+            .with_message_limits();
     let routes = routes.add_service(server);
     health.serving().await;
     tracing::info!(addr = %listener.local_addr()?, "build service serving");

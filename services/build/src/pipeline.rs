@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use slipway_domain::Manifest;
+use slipway_domain::manifest::MAX_MANIFEST_BYTES;
 use tokio_util::sync::CancellationToken;
 
 use crate::builder::{Artifacts, BuildError, BuildJob, Builder, snapshot::remove_tree};
@@ -20,8 +21,6 @@ use crate::release::Releases;
 use crate::store::Store;
 use crate::unpack::{UnpackError, unpack};
 
-/// Largest manifest read from a source.
-const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 /// Attempts at storing the final log before giving up on it.
 const LOG_STORE_ATTEMPTS: u32 = 3;
 
@@ -357,8 +356,12 @@ fn read_manifest(
         Ok(meta) if meta.is_file() => meta,
         _ => return Err(fail(format!("manifest {rel} not found in the source"))),
     };
-    if meta.len() > MAX_MANIFEST_BYTES {
-        return Err(fail(format!("manifest {rel} is larger than 1 MiB")));
+    // The domain's bound, checked before reading so a huge file costs nothing.
+    if meta.len() > MAX_MANIFEST_BYTES as u64 {
+        return Err(fail(format!(
+            "manifest {rel} is too large: {} bytes, the limit is {MAX_MANIFEST_BYTES} bytes (512 KiB)",
+            meta.len()
+        )));
     }
     let bytes = std::fs::read(&path).map_err(|e| fail(format!("manifest {rel}: {e}")))?;
     *text =

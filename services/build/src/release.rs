@@ -5,7 +5,7 @@
 
 use slipway_api::release::v1::CreateReleaseRequest;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
-use slipway_rpc::Channel;
+use slipway_rpc::{Channel, MessageLimits as _};
 
 use crate::builder::Artifacts;
 use crate::model::Build;
@@ -20,7 +20,7 @@ impl Releases {
     /// A client over `channel`.
     pub fn new(channel: Channel) -> Self {
         Self {
-            client: ReleaseServiceClient::new(channel),
+            client: ReleaseServiceClient::new(channel).with_message_limits(),
         }
     }
 

@@ -24,7 +24,7 @@ use axum::extract::Request;
 use slipway_api::build::v1::build_service_client::BuildServiceClient;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
-use slipway_rpc::Channel;
+use slipway_rpc::{Channel, MessageLimits as _};
 use tokio::net::TcpListener;
 use tower::Layer as _;
 
@@ -81,34 +81,30 @@ impl AppState {
                 "release",
                 &config.release_endpoints,
                 &options,
-            )?),
+            )?)
+            .with_message_limits(),
             build: BuildServiceClient::new(slipway_rpc::channel(
                 "build",
                 &config.build_endpoints,
                 &options,
             )?)
-            .max_decoding_message_size(16 << 20),
+            .with_message_limits(),
             rollout: RolloutServiceClient::new(slipway_rpc::channel(
                 "rollout",
                 &config.rollout_endpoints,
                 &options,
-            )?),
+            )?)
+            .with_message_limits(),
             reads: Reads {
-                release: Replicas::connect(
-                    "release",
-                    &config.release_endpoints,
-                    &options,
-                    ReleaseServiceClient::new,
-                )?,
-                build: Replicas::connect("build", &config.build_endpoints, &options, |c| {
-                    BuildServiceClient::new(c).max_decoding_message_size(16 << 20)
+                release: Replicas::connect("release", &config.release_endpoints, &options, |c| {
+                    ReleaseServiceClient::new(c).with_message_limits()
                 })?,
-                rollout: Replicas::connect(
-                    "rollout",
-                    &config.rollout_endpoints,
-                    &options,
-                    RolloutServiceClient::new,
-                )?,
+                build: Replicas::connect("build", &config.build_endpoints, &options, |c| {
+                    BuildServiceClient::new(c).with_message_limits()
+                })?,
+                rollout: Replicas::connect("rollout", &config.rollout_endpoints, &options, |c| {
+                    RolloutServiceClient::new(c).with_message_limits()
+                })?,
             },
             authentication: match &config.password {
                 Some(password) if !config.insecure_no_auth => {

@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use slipway_api::rollout::v1::rollout_service_server::{RolloutServiceServer, SERVICE_NAME};
 use slipway_events::{EventBus, InProcessBus, RedisBus};
+use slipway_rpc::MessageLimits as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -182,7 +183,8 @@ pub async fn run_with_bus(
         drivers.clone(),
         config.default_deadline.as_secs() as u32,
     ));
-    let routes = routes.add_service(RolloutServiceServer::new(grpc::Grpc::new(service)));
+    let routes = routes
+        .add_service(RolloutServiceServer::new(grpc::Grpc::new(service)).with_message_limits());
     health.serving().await;
     tracing::info!(addr = %listener.local_addr()?, replica, "rollout service serving");
     let options = slipway_rpc::ServerOptions {

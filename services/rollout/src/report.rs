@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_api::release::v1::{CompletePromotionRequest, PromotionOutcome};
-use slipway_rpc::Channel;
+use slipway_rpc::{Channel, MessageLimits as _};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
@@ -34,7 +34,7 @@ impl Reporter {
     /// outcomes (a rollout service run on its own).
     pub fn new(channel: Option<Channel>) -> Self {
         Self {
-            client: channel.map(ReleaseServiceClient::new),
+            client: channel.map(|c| ReleaseServiceClient::new(c).with_message_limits()),
         }
     }
 
