@@ -29,7 +29,7 @@ use slipway_api::build::v1 as pb;
 use slipway_api::build::v1::build_service_client::BuildServiceClient;
 use slipway_api::release::v1 as rpb;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
-use slipway_rpc::Channel;
+use slipway_rpc::{Channel, MessageLimits as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use std::path::PathBuf;
@@ -82,9 +82,7 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
             deadline_seconds: 0,
         })
         .await?;
-    let mut build = BuildServiceClient::new(rack.channel("build", 1)?)
-        .max_encoding_message_size(8 << 20)
-        .max_decoding_message_size(8 << 20);
+    let mut build = BuildServiceClient::new(rack.channel("build", 1)?).with_message_limits();
 
     let gateway = slipway_client::Client::new(&rack.url)?;
 
