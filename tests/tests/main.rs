@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod auth;
+mod bounds;
 mod convox_wire;
 mod isolation;
 mod logs;
