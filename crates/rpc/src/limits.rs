@@ -110,7 +110,10 @@ mod tests {
     fn a_page_is_cut_where_the_next_element_would_not_fit() {
         let items: Vec<_> = (0..10).map(|_| release(1 << 20)).collect();
         let n = page_len(&items);
-        assert_eq!(n, 3, "three 1 MiB releases fit in {PAGE_BYTES} bytes, four do not");
+        assert_eq!(
+            n, 3,
+            "three 1 MiB releases fit in {PAGE_BYTES} bytes, four do not"
+        );
         let answer = pb::ListReleasesResponse {
             releases: items[..n].to_vec(),
             next_page_token: "12345678901234567890".into(),
