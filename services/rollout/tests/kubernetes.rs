@@ -107,6 +107,7 @@ async fn the_exact_objects_are_applied_server_side() {
         paths,
         [
             "/api/v1/namespaces/test-shop",
+            "/apis/networking.k8s.io/v1/namespaces/test-shop/networkpolicies/slipway-app-egress",
             "/api/v1/namespaces/test-shop/secrets/web-env-raaaaaaaaa",
             "/api/v1/namespaces/test-shop/services/web",
             "/apis/apps/v1/namespaces/test-shop/deployments/web",
@@ -125,15 +126,36 @@ async fn the_exact_objects_are_applied_server_side() {
         json!({"apiVersion": "v1", "kind": "Namespace",
                "metadata": {"name": "test-shop", "labels": {"rack": "test", "app": "shop"}}})
     );
+    // The app's pods reach nothing in Slipway's namespaces, nor private
+    // addresses (where ipBlock may match pods) or the metadata service.
     assert_eq!(
         patches[1].body,
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+               "metadata": {"name": "slipway-app-egress", "namespace": "test-shop",
+                            "labels": {"rack": "test", "app": "shop"}},
+               "spec": {
+                   "podSelector": {},
+                   "policyTypes": ["Egress"],
+                   "egress": [
+                       {"to": [{"namespaceSelector": {"matchExpressions": [
+                           {"key": "app.kubernetes.io/part-of", "operator": "NotIn", "values": ["slipway"]}]}}]},
+                       {"to": [
+                           {"ipBlock": {"cidr": "0.0.0.0/0", "except": [
+                               "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                               "169.254.169.254/32"]}},
+                           {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7"]}}]},
+                   ],
+               }})
+    );
+    assert_eq!(
+        patches[2].body,
         json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                "metadata": {"name": "web-env-raaaaaaaaa", "namespace": "test-shop",
                             "labels": {"rack": "test", "app": "shop", "service": "web", "release": "RAAAAAAAAA"}},
                "data": {"FOO": "YmFy"}})
     );
     assert_eq!(
-        patches[3].body,
+        patches[4].body,
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "web", "namespace": "test-shop", "labels": {"rack": "test", "app": "shop", "service": "web"}},
@@ -146,10 +168,16 @@ async fn the_exact_objects_are_applied_server_side() {
                     "metadata": {"labels": {"app": "shop", "service": "web", "release": "RAAAAAAAAA"}},
                     "spec": {
                         "terminationGracePeriodSeconds": 20,
+                        // No API token, no privilege escalation.
+                        "automountServiceAccountToken": false,
                         "containers": [{
                             "name": "web",
                             "image": "registry.test/shop/web:1",
                             "envFrom": [{"secretRef": {"name": "web-env-raaaaaaaaa"}}],
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false,
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                            },
                             "env": [{"name": "PORT", "value": "3000"}],
                             "ports": [{"name": "main", "containerPort": 3000, "protocol": "TCP"}],
                             "readinessProbe": {

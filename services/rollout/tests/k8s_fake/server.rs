@@ -46,6 +46,8 @@ fn parse_path(path: &str) -> Option<Target> {
         ("v1", rest)
     } else if let Some(rest) = path.strip_prefix("/apis/apps/v1/") {
         ("apps/v1", rest)
+    } else if let Some(rest) = path.strip_prefix("/apis/networking.k8s.io/v1/") {
+        ("networking.k8s.io/v1", rest)
     } else {
         return None;
     };

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -338,6 +339,16 @@ impl Runtime for KubernetesRuntime {
             None,
             &ns,
             &objects::namespace(&rack, &app),
+        )
+        .await?;
+        // Before any pod of the app exists.
+        let policies: Api<NetworkPolicy> = self.namespaced(&ns);
+        self.apply_object(
+            &policies,
+            "networkpolicies",
+            Some(&ns),
+            objects::EGRESS_POLICY,
+            &objects::network_policy(&rack, &app),
         )
         .await?;
         {

@@ -1,8 +1,18 @@
 //! The objects the Kubernetes runtime writes, as server-side apply bodies:
-//! a Namespace per app, an Opaque Secret per release and service (the
+//! a Namespace per app with a NetworkPolicy keeping its pods out of
+//! Slipway's own namespaces, an Opaque Secret per release and service (the
 //! env), a Service per service with a port (the stable address), and a
 //! Deployment per service. Built as JSON so the exact shape sent is plain
 //! to read here and to assert in tests; status is read back typed.
+//!
+//! App pods get no service-account token (they have no business with the
+//! API server), no privilege escalation (setuid binaries and file
+//! capabilities do not raise privileges) and the runtime's default seccomp
+//! profile. They are not forced to `runAsNonRoot` or to drop every
+//! capability: the runtime cannot know an image's user, and images that
+//! start as root (to bind port 80, or to drop to their own user) would fail
+//! to start; a cluster that wants that enforces Pod Security `restricted`
+//! on app namespaces.
 //!
 //! Every body carries only the fields Slipway owns: with server-side apply
 //! a field left out is a field given up, and defaults stay the server's.
@@ -65,6 +75,49 @@ pub(crate) fn namespace(rack: &str, app: &str) -> Value {
         "metadata": {
             "name": namespace_name(rack, app),
             "labels": { LABEL_RACK: rack, LABEL_APP: app },
+        },
+    })
+}
+
+/// Name of the egress policy in every app namespace.
+pub(crate) const EGRESS_POLICY: &str = "slipway-app-egress";
+/// The label Slipway's own namespaces carry (`deploy/kubernetes`), which
+/// app pods may not reach.
+pub(crate) const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "slipway");
+
+/// The NetworkPolicy of `app`'s namespace. A policy only allows, so it
+/// allows what apps may reach and nothing of Slipway: pods in every
+/// namespace not labelled as Slipway's (the app's own, DNS in
+/// `kube-system`, other apps, which their own policies may refuse), and
+/// addresses outside the cluster except the private ranges (where pod and
+/// service networks live, and some implementations match pod addresses
+/// by `ipBlock`, which would let Slipway's pods back in) and the cloud
+/// metadata address. Policies add up: a cluster whose apps need a private
+/// address outside the cluster allows it with a policy of its own.
+pub(crate) fn network_policy(rack: &str, app: &str) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": EGRESS_POLICY,
+            "namespace": namespace_name(rack, app),
+            "labels": { LABEL_RACK: rack, LABEL_APP: app },
+        },
+        "spec": {
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": [
+                { "to": [{ "namespaceSelector": { "matchExpressions": [
+                    { "key": PART_OF.0, "operator": "NotIn", "values": [PART_OF.1] },
+                ] } }] },
+                { "to": [
+                    { "ipBlock": { "cidr": "0.0.0.0/0", "except": [
+                        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                        "169.254.169.254/32",
+                    ] } },
+                    { "ipBlock": { "cidr": "::/0", "except": ["fc00::/7"] } },
+                ] },
+            ],
         },
     })
 }
@@ -150,6 +203,10 @@ pub(crate) fn deployment(
         "name": svc.name,
         "image": image,
         "envFrom": [{ "secretRef": { "name": secret_name(&svc.name, &spec.release) } }],
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
     });
     if let Some(command) = &svc.command {
         container["command"] = json!(["/bin/sh", "-c", command]);
@@ -194,6 +251,7 @@ pub(crate) fn deployment(
                 },
                 "spec": {
                     "terminationGracePeriodSeconds": svc.termination_grace_secs,
+                    "automountServiceAccountToken": false,
                     "containers": [container],
                 },
             },
