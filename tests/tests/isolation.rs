@@ -37,7 +37,11 @@ fn walk(root: &Path) -> Vec<(PathBuf, u32)> {
 /// The release working copies of `app` under the rack's apps directory.
 fn working_copies(apps: &Path, app: &str) -> Vec<PathBuf> {
     let mut copies = Vec::new();
-    for release in std::fs::read_dir(apps.join(app)).into_iter().flatten().flatten() {
+    for release in std::fs::read_dir(apps.join(app))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         for copy in std::fs::read_dir(release.path()).unwrap().flatten() {
             if !copy.file_name().to_string_lossy().starts_with('.') {
                 copies.push(copy.path());
@@ -79,7 +83,10 @@ async fn everything_in_the_data_dir_is_owner_only() {
     let app = example("myapp");
     ok_stdout(
         &rack
-            .slipway(cwd.path(), &["deploy", app.to_str().unwrap(), "-a", "myapp"])
+            .slipway(
+                cwd.path(),
+                &["deploy", app.to_str().unwrap(), "-a", "myapp"],
+            )
             .await,
         "deploy",
     );
@@ -106,7 +113,9 @@ async fn everything_in_the_data_dir_is_owner_only() {
         "rollout/logs/myapp",
     ] {
         assert!(
-            entries.iter().any(|(p, _)| p.starts_with(data.join(wanted))),
+            entries
+                .iter()
+                .any(|(p, _)| p.starts_with(data.join(wanted))),
             "{wanted} missing from {entries:#?}"
         );
     }
@@ -190,7 +199,10 @@ async fn an_app_on_a_root_rack_reaches_nothing_of_the_rack_or_other_apps() {
     let run = |args: &'static [&'static str]| rack.slipway(cwd.path(), args);
 
     // A victim app with a secret in its env.
-    ok_stdout(&run(&["apps", "create", "victim"]).await, "apps create victim");
+    ok_stdout(
+        &run(&["apps", "create", "victim"]).await,
+        "apps create victim",
+    );
     ok_stdout(
         &run(&["env", "set", "VICTIM_SECRET=hunter2-victim", "-a", "victim"]).await,
         "env set",
@@ -198,7 +210,10 @@ async fn an_app_on_a_root_rack_reaches_nothing_of_the_rack_or_other_apps() {
     let myapp = example("myapp");
     ok_stdout(
         &rack
-            .slipway(cwd.path(), &["deploy", myapp.to_str().unwrap(), "-a", "victim"])
+            .slipway(
+                cwd.path(),
+                &["deploy", myapp.to_str().unwrap(), "-a", "victim"],
+            )
             .await,
         "deploy victim",
     );
@@ -225,7 +240,10 @@ async fn an_app_on_a_root_rack_reaches_nothing_of_the_rack_or_other_apps() {
     std::fs::write(source.path().join("probe.sh"), &script).unwrap();
     std::fs::write(source.path().join("convox.yml"), PROBE_MANIFEST).unwrap();
     let source_dir = source.path().to_str().unwrap().to_owned();
-    ok_stdout(&run(&["apps", "create", "probe"]).await, "apps create probe");
+    ok_stdout(
+        &run(&["apps", "create", "probe"]).await,
+        "apps create probe",
+    );
     ok_stdout(
         &rack
             .slipway(cwd.path(), &["deploy", &source_dir, "-a", "probe"])
@@ -242,10 +260,7 @@ async fn an_app_on_a_root_rack_reaches_nothing_of_the_rack_or_other_apps() {
     })
     .await;
     eprintln!("the probe's results:\n{results}");
-    let results: BTreeMap<&str, &str> = results
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .collect();
+    let results: BTreeMap<&str, &str> = results.lines().filter_map(|l| l.split_once(' ')).collect();
     for target in [
         "service-token-key",
         "password",
@@ -262,7 +277,11 @@ async fn an_app_on_a_root_rack_reaches_nothing_of_the_rack_or_other_apps() {
         "apps-dir",
         "artifact",
     ] {
-        assert_eq!(results.get(target), Some(&"denied"), "{target}: {results:#?}");
+        assert_eq!(
+            results.get(target),
+            Some(&"denied"),
+            "{target}: {results:#?}"
+        );
     }
     // The probe did run, as a user of its own with no other groups.
     assert_eq!(results.get("own-copy"), Some(&"OK"), "{results:#?}");
@@ -280,11 +299,18 @@ async fn an_app_on_a_root_rack_reaches_nothing_of_the_rack_or_other_apps() {
     assert_eq!((meta(&apps).uid(), meta(&apps).mode() & 0o777), (0, 0o711));
     let probe_app = apps.join("probe");
     assert_eq!(
-        (meta(&probe_app).uid(), meta(&probe_app).gid(), meta(&probe_app).mode() & 0o777),
+        (
+            meta(&probe_app).uid(),
+            meta(&probe_app).gid(),
+            meta(&probe_app).mode() & 0o777
+        ),
         (0, probe_uid, 0o710)
     );
     let copy = working_copies(&apps, "probe").pop().unwrap();
-    assert_eq!((meta(&copy).uid(), meta(&copy).mode() & 0o777), (probe_uid, 0o700));
+    assert_eq!(
+        (meta(&copy).uid(), meta(&copy).mode() & 0o777),
+        (probe_uid, 0o700)
+    );
 
     // A later build of the same source runs what was uploaded: the probe
     // changed its own copy only, and the artifact is verified before reuse.
@@ -312,8 +338,7 @@ async fn an_app_on_a_root_rack_reaches_nothing_of_the_rack_or_other_apps() {
     let fresh = eventually(Duration::from_secs(30), "the new release's copy", || {
         let copies = working_copies(&apps, "probe");
         async move {
-            (copies.len() == 1 && copies[0].join("results.txt").exists())
-                .then(|| copies[0].clone())
+            (copies.len() == 1 && copies[0].join("results.txt").exists()).then(|| copies[0].clone())
         }
     })
     .await;

@@ -25,7 +25,9 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     }
     match DirBuilder::new().mode(DIR_MODE).create(dir) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => tighten(dir, DIR_MODE),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {
+            tighten(dir, DIR_MODE)
+        }
         Err(e) => Err(e),
     }
 }
@@ -71,7 +73,11 @@ pub(crate) fn prepare_sqlite_file(path: &Path) -> io::Result<()> {
     if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
         return Ok(());
     }
-    match private_file_options().write(true).create_new(true).open(path) {
+    match private_file_options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             for suffix in ["", "-wal", "-shm", "-journal"] {
@@ -105,7 +111,11 @@ mod tests {
         let data = root.path().join("a/data");
         create_private_dir(&data).unwrap();
         assert_eq!(mode(&data), 0o700);
-        assert_ne!(mode(&root.path().join("a")), 0o700, "parents keep the default");
+        assert_ne!(
+            mode(&root.path().join("a")),
+            0o700,
+            "parents keep the default"
+        );
         create_private_dir_all(&data.join("x/y")).unwrap();
         assert_eq!(mode(&data.join("x")), 0o700);
         assert_eq!(mode(&data.join("x/y")), 0o700);
@@ -118,8 +128,11 @@ mod tests {
         prepare_sqlite_file(&db).unwrap();
         assert_eq!(mode(&db), 0o600);
         std::fs::write(data.join("x.db-wal"), b"").unwrap();
-        std::fs::set_permissions(data.join("x.db-wal"), std::fs::Permissions::from_mode(0o644))
-            .unwrap();
+        std::fs::set_permissions(
+            data.join("x.db-wal"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
         prepare_sqlite_file(&db).unwrap();
         assert_eq!(mode(&data.join("x.db-wal")), 0o600);
     }

@@ -131,21 +131,21 @@ async fn the_exact_objects_are_applied_server_side() {
     assert_eq!(
         patches[1].body,
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-               "metadata": {"name": "slipway-app-egress", "namespace": "test-shop",
-                            "labels": {"rack": "test", "app": "shop"}},
-               "spec": {
-                   "podSelector": {},
-                   "policyTypes": ["Egress"],
-                   "egress": [
-                       {"to": [{"namespaceSelector": {"matchExpressions": [
-                           {"key": "app.kubernetes.io/part-of", "operator": "NotIn", "values": ["slipway"]}]}}]},
-                       {"to": [
-                           {"ipBlock": {"cidr": "0.0.0.0/0", "except": [
-                               "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
-                               "169.254.169.254/32"]}},
-                           {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7"]}}]},
-                   ],
-               }})
+        "metadata": {"name": "slipway-app-egress", "namespace": "test-shop",
+                     "labels": {"rack": "test", "app": "shop"}},
+        "spec": {
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {"to": [{"namespaceSelector": {"matchExpressions": [
+                    {"key": "app.kubernetes.io/part-of", "operator": "NotIn", "values": ["slipway"]}]}}]},
+                {"to": [
+                    {"ipBlock": {"cidr": "0.0.0.0/0", "except": [
+                        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                        "169.254.169.254/32"]}},
+                    {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7"]}}]},
+            ],
+        }})
     );
     assert_eq!(
         patches[2].body,

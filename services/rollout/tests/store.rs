@@ -141,13 +141,24 @@ async fn suite(store: Store) {
     assert_eq!(store.local_port("app1", "web").await.unwrap(), Some(20001));
     assert_eq!(store.local_ports().await.unwrap(), [20001]);
     assert_eq!(store.local_app_user("app1").await.unwrap(), None);
-    assert!(store.local_assign_app_user("app1", 1_900_000_001).await.unwrap());
     assert!(
-        !store.local_assign_app_user("app2", 1_900_000_001).await.unwrap(),
+        store
+            .local_assign_app_user("app1", 1_900_000_001)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .local_assign_app_user("app2", 1_900_000_001)
+            .await
+            .unwrap(),
         "a uid belongs to one app"
     );
     assert!(
-        !store.local_assign_app_user("app1", 1_900_000_002).await.unwrap(),
+        !store
+            .local_assign_app_user("app1", 1_900_000_002)
+            .await
+            .unwrap(),
         "an app keeps its uid"
     );
     assert_eq!(

@@ -61,9 +61,9 @@ impl Builder for SnapshotBuilder {
                 .map_err(|e| BuildError::Failed(format!("snapshot task failed: {e}")))??;
         let short = &name[..name.len().min("sha256-".len() + 12)];
         match stored {
-            Stored::Reused => job
-                .log
-                .line(format!("Reusing snapshot {short} (source unchanged, verified)")),
+            Stored::Reused => job.log.line(format!(
+                "Reusing snapshot {short} (source unchanged, verified)"
+            )),
             Stored::Created => job.log.line(format!("Created snapshot {short}")),
             Stored::Replaced => job.log.line(format!(
                 "Replaced snapshot {short}: it had been changed since it was made"
@@ -372,7 +372,14 @@ mod tests {
             "#!/bin/sh\necho hi\n"
         );
         assert_eq!(tree_digest(&dest, &never).unwrap(), name["sha256-".len()..]);
-        let names: Vec<_> = fs::read_dir(&artifacts).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, [std::ffi::OsString::from(&name)], "nothing left aside");
+        let names: Vec<_> = fs::read_dir(&artifacts)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            [std::ffi::OsString::from(&name)],
+            "nothing left aside"
+        );
     }
 }

@@ -17,7 +17,12 @@ pub(crate) const RESOURCES: &[(&str, &str, &str, bool)] = &[
     ("pods", "v1", "Pod", true),
     ("events", "v1", "Event", true),
     ("deployments", "apps/v1", "Deployment", true),
-    ("networkpolicies", "networking.k8s.io/v1", "NetworkPolicy", true),
+    (
+        "networkpolicies",
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+        true,
+    ),
 ];
 
 /// Looks a resource up by plural.

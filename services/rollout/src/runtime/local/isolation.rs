@@ -148,7 +148,10 @@ impl Isolation {
         let euid = nix::unistd::geteuid().as_raw();
         let root = euid == 0;
         if root {
-            for (map, what) in [("/proc/self/uid_map", "uids"), ("/proc/self/gid_map", "gids")] {
+            for (map, what) in [
+                ("/proc/self/uid_map", "uids"),
+                ("/proc/self/gid_map", "gids"),
+            ] {
                 if let Ok(text) = fs::read_to_string(map)
                     && !id_map_covers(&text, uids)
                 {
@@ -373,7 +376,10 @@ impl Isolation {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let meta = fs::symlink_metadata(dir)?;
                     if !meta.is_dir() {
-                        return Err(io::Error::other(format!("{} is not a directory", dir.display())));
+                        return Err(io::Error::other(format!(
+                            "{} is not a directory",
+                            dir.display()
+                        )));
                     }
                 }
                 Err(e) => return Err(e),
@@ -518,7 +524,12 @@ fn source_root(artifact: &Path) -> (PathBuf, PathBuf, String) {
 /// `<release_dir>/<key>`, copied from `source` unless it exists: into a
 /// fresh hidden directory first, handed to the app's user, then renamed
 /// into place, so a copy is whole or absent.
-fn ensure_copy(release_dir: &Path, key: &str, source: &Path, user: Option<u32>) -> io::Result<PathBuf> {
+fn ensure_copy(
+    release_dir: &Path,
+    key: &str,
+    source: &Path,
+    user: Option<u32>,
+) -> io::Result<PathBuf> {
     let dest = release_dir.join(key);
     if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
         return Ok(dest);
@@ -559,7 +570,11 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         } else if kind.is_dir() {
             copy_tree(&source, &dest)?;
         } else if kind.is_file() {
-            let mode = if meta.mode() & 0o111 != 0 { 0o700 } else { 0o600 };
+            let mode = if meta.mode() & 0o111 != 0 {
+                0o700
+            } else {
+                0o600
+            };
             let mut out = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -634,10 +649,7 @@ mod tests {
         let range = UidRange::DEFAULT;
         assert!(id_map_covers("         0          0 4294967295\n", range));
         assert!(!id_map_covers("         0     100000      65536\n", range));
-        assert!(!id_map_covers(
-            "0 0 1900000000\n1900000000 1 100\n",
-            range
-        ));
+        assert!(!id_map_covers("0 0 1900000000\n1900000000 1 100\n", range));
     }
 
     #[test]
@@ -658,7 +670,10 @@ mod tests {
         let hex = "ab".repeat(32);
         let (root, rel, key) =
             source_root(&Path::new("/d/artifacts").join(format!("sha256-{hex}/web/app")));
-        assert_eq!(root, Path::new("/d/artifacts").join(format!("sha256-{hex}")));
+        assert_eq!(
+            root,
+            Path::new("/d/artifacts").join(format!("sha256-{hex}"))
+        );
         assert_eq!(rel, Path::new("web/app"));
         assert_eq!(key, format!("sha256-{hex}"));
         let (root, rel, key) = source_root(Path::new("/tmp/x/sha256-short"));
@@ -692,13 +707,22 @@ mod tests {
         let copy = ensure_copy(&release, "k", &src, None).unwrap();
         assert_eq!(copy, release.join("k"));
         let mode = |p: &str| fs::symlink_metadata(copy.join(p)).unwrap().mode() & 0o777;
-        assert_eq!((mode(""), mode("bin"), mode("bin/run"), mode("data")), (0o700, 0o700, 0o700, 0o600));
-        assert_eq!(fs::read_link(copy.join("link")).unwrap(), Path::new("bin/run"));
+        assert_eq!(
+            (mode(""), mode("bin"), mode("bin/run"), mode("data")),
+            (0o700, 0o700, 0o700, 0o600)
+        );
+        assert_eq!(
+            fs::read_link(copy.join("link")).unwrap(),
+            Path::new("bin/run")
+        );
         assert_eq!(fs::read_to_string(copy.join("data")).unwrap(), "x");
         // Found, not copied again; nothing left beside it.
         fs::write(copy.join("data"), "changed by the app").unwrap();
         ensure_copy(&release, "k", &src, None).unwrap();
-        assert_eq!(fs::read_to_string(copy.join("data")).unwrap(), "changed by the app");
+        assert_eq!(
+            fs::read_to_string(copy.join("data")).unwrap(),
+            "changed by the app"
+        );
         assert_eq!(fs::read_dir(&release).unwrap().count(), 1);
         remove_tree(&copy).unwrap();
         assert!(!copy.exists());
