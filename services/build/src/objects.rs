@@ -282,9 +282,11 @@ impl Objects {
     pub fn open(location: &ObjectLocation) -> Result<Self, Error> {
         Ok(match location {
             ObjectLocation::Local(dir) => {
-                slipway_storage::files::create_private_dir_all(dir).map_err(|source| Error::Io {
-                    action: format!("create object directory {}", dir.display()),
-                    source,
+                slipway_storage::files::create_private_dir_all(dir).map_err(|source| {
+                    Error::Io {
+                        action: format!("create object directory {}", dir.display()),
+                        source,
+                    }
                 })?;
                 let local = Arc::new(LocalFileSystem::new_with_prefix(dir)?);
                 Self {
