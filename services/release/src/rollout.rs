@@ -10,6 +10,7 @@ use crate::model::{Promotion, Release};
 
 /// Where promotions go once recorded.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per service; boxing buys nothing
 pub enum Rollouts {
     /// A rollout service over gRPC (one or several replicas).
     Grpc(RolloutServiceClient<Channel>),
