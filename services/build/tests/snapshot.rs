@@ -33,7 +33,7 @@ async fn identical_sources_share_one_artifact_and_different_ones_never_do() {
     assert!(root.contains("/artifacts/sha256-"), "{root}");
     assert_eq!(arts["api"], format!("file://{root}/api"));
     assert_eq!(arts["db"], "postgres:16");
-    // The artifact holds the source, read-only, executables kept.
+    // The artifact holds the source, read-only and owner-only, executables kept.
     let run = std::path::Path::new(&root).join("run.sh");
     assert_eq!(
         std::fs::read_to_string(&run).unwrap(),
@@ -41,18 +41,19 @@ async fn identical_sources_share_one_artifact_and_different_ones_never_do() {
     );
     assert_eq!(
         std::fs::metadata(&run).unwrap().permissions().mode() & 0o777,
-        0o555
+        0o500
     );
     assert_eq!(
-        std::fs::metadata(&root).unwrap().permissions().mode() & 0o222,
-        0
+        std::fs::metadata(&root).unwrap().permissions().mode() & 0o777,
+        0o500
     );
 
-    // The same bytes again (a separate upload): reused, and the log says so.
+    // The same bytes again (a separate upload): verified, reused, and the
+    // log says so.
     let (two, log_two) = app.build("myapp", &source("v1"), "").await;
     assert_eq!(status(&two), BuildStatus::Complete, "{log_two}");
     assert!(
-        log_two.contains("Reusing snapshot sha256-") && log_two.contains("(source unchanged)"),
+        log_two.contains("Reusing snapshot sha256-") && log_two.contains("(source unchanged, verified)"),
         "{log_two}"
     );
     assert_eq!(artifacts(&two), arts);
