@@ -51,16 +51,16 @@ fn working_copies(apps: &Path, app: &str) -> Vec<PathBuf> {
     copies
 }
 
-/// Pids of the processes of `app` (found by the env the runtime gives them).
-fn pids_of(app: &str) -> Vec<u32> {
-    let want = format!("SLIPWAY_APP={app}");
+/// Pids of the processes of `app` of the rack whose apps directory is
+/// `apps` (other tests' racks run apps of the same names).
+fn pids_of(apps: &Path, app: &str) -> Vec<u32> {
+    let dir = apps.join(app);
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want.as_bytes()))
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
         })
         .collect()
 }
@@ -213,7 +213,7 @@ async fn an_app_on_a_root_rack_reaches_nothing_of_the_rack_or_other_apps() {
             .await,
         "deploy victim",
     );
-    let victim_pid = *pids_of("victim").first().expect("a victim process");
+    let victim_pid = *pids_of(&apps, "victim").first().expect("a victim process");
     let environ = std::fs::read(format!("/proc/{victim_pid}/environ")).unwrap();
     assert!(
         String::from_utf8_lossy(&environ).contains("GREETING=Hello from Slipway"),
@@ -282,7 +282,7 @@ async fn an_app_on_a_root_rack_reaches_nothing_of_the_rack_or_other_apps() {
     // The probe did run, as a user of its own with no other groups.
     assert_eq!(results.get("own-copy"), Some(&"OK"), "{results:#?}");
     assert_eq!(results.get("own-environ"), Some(&"OK"), "{results:#?}");
-    let probe_pid = *pids_of("probe").first().expect("a probe process");
+    let probe_pid = *pids_of(&apps, "probe").first().expect("a probe process");
     let (probe_uid, victim_uid) = (uid_of(probe_pid), uid_of(victim_pid));
     assert_eq!(results.get("uid"), Some(&probe_uid.to_string().as_str()));
     assert_eq!(results.get("groups"), Some(&probe_uid.to_string().as_str()));
