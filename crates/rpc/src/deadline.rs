@@ -20,17 +20,11 @@ const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// Sets `grpc-timeout` to `timeout` on `request` unless its method is one of
 /// `exempt` or the caller set a deadline of its own.
-pub(crate) fn set_deadline<B>(
-    request: &mut http::Request<B>,
-    timeout: Duration,
-    exempt: &[&str],
-) {
+pub(crate) fn set_deadline<B>(request: &mut http::Request<B>, timeout: Duration, exempt: &[&str]) {
     if exempt.contains(&request.uri().path()) || request.headers().contains_key(GRPC_TIMEOUT) {
         return;
     }
-    request
-        .headers_mut()
-        .insert(GRPC_TIMEOUT, encode(timeout));
+    request.headers_mut().insert(GRPC_TIMEOUT, encode(timeout));
 }
 
 /// A `grpc-timeout` value: at most eight digits and a unit, rounded up so

@@ -166,8 +166,8 @@ impl BuildRpc for Grpc {
             .await
             .map_err(|_| stalled(idle))??
             .ok_or_else(|| {
-            Status::invalid_argument("app: the first upload message must name the app")
-        })?;
+                Status::invalid_argument("app: the first upload message must name the app")
+            })?;
         let app = app_name(&first.app)?;
         let key = if first.key.is_empty() {
             objects::fresh_key()
@@ -175,8 +175,15 @@ impl BuildRpc for Grpc {
             first.key
         };
         let object = ObjectRef::new(app, &key).map_err(|e| field("key", e))?;
-        let chunks = until_last(first.chunk, first.last, messages, idle);
-        let (object, size) = self.service.upload(object, Box::pin(chunks)).await?;
+        let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let chunks = until_last(first.chunk, first.last, messages, idle, stall.clone());
+        let (object, size) = match self.service.upload(object, Box::pin(chunks)).await {
+            // The stall is the answer, not the interrupted store it caused.
+            Err(_) if stall.load(std::sync::atomic::Ordering::Relaxed) => {
+                return Err(stalled(idle));
+            }
+            stored => stored?,
+        };
         Ok(Response::new(pb::UploadSourceResponse {
             url: object.url(),
             size,
@@ -195,41 +202,46 @@ fn stalled(idle: Duration) -> Status {
 /// The chunks of an upload, ending after the message marked `last`; a
 /// stream that ends before it (the client abandoned the upload), goes on
 /// after it, or sends nothing for `idle` yields an error instead, so
-/// nothing is stored.
+/// nothing is stored. A stall also sets `stall`.
 fn until_last(
     first: bytes::Bytes,
     first_last: bool,
     messages: Streaming<pb::UploadSourceRequest>,
     idle: Duration,
+    stall: Arc<std::sync::atomic::AtomicBool>,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, Status>> + Send + 'static {
     let rest = futures::stream::unfold(
         (messages, first_last, false),
-        move |(mut messages, mut seen_last, failed)| async move {
-            if failed {
-                return None;
-            }
-            let Ok(next) = tokio::time::timeout(idle, messages.message()).await else {
-                return Some((Err(stalled(idle)), (messages, seen_last, true)));
-            };
-            match next {
-                Ok(Some(_)) if seen_last => Some((
-                    Err(Status::invalid_argument(
-                        "last: messages after the one marked last; nothing stored",
-                    )),
-                    (messages, seen_last, true),
-                )),
-                Ok(Some(m)) => {
-                    seen_last = m.last;
-                    Some((Ok(m.chunk), (messages, seen_last, false)))
+        move |(mut messages, mut seen_last, failed)| {
+            let stall = stall.clone();
+            async move {
+                if failed {
+                    return None;
                 }
-                Ok(None) if seen_last => None,
-                Ok(None) => Some((
-                    Err(Status::invalid_argument(
-                        "last: the upload ended before a message marked last; nothing stored",
+                let Ok(next) = tokio::time::timeout(idle, messages.message()).await else {
+                    stall.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Some((Err(stalled(idle)), (messages, seen_last, true)));
+                };
+                match next {
+                    Ok(Some(_)) if seen_last => Some((
+                        Err(Status::invalid_argument(
+                            "last: messages after the one marked last; nothing stored",
+                        )),
+                        (messages, seen_last, true),
                     )),
-                    (messages, seen_last, true),
-                )),
-                Err(status) => Some((Err(status), (messages, seen_last, true))),
+                    Ok(Some(m)) => {
+                        seen_last = m.last;
+                        Some((Ok(m.chunk), (messages, seen_last, false)))
+                    }
+                    Ok(None) if seen_last => None,
+                    Ok(None) => Some((
+                        Err(Status::invalid_argument(
+                            "last: the upload ended before a message marked last; nothing stored",
+                        )),
+                        (messages, seen_last, true),
+                    )),
+                    Err(status) => Some((Err(status), (messages, seen_last, true))),
+                }
             }
         },
     );

@@ -73,6 +73,8 @@ impl AppState {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let options = slipway_rpc::ChannelOptions {
             request_timeout: config.request_timeout,
+            // Uploads last as long as they progress (objects.rs).
+            untimed_methods: &[objects::UPLOAD_SOURCE],
             service_token: config.security.client_token("gateway"),
             ..Default::default()
         };

@@ -26,6 +26,9 @@ use tokio::sync::oneshot;
 
 use crate::error::{ApiError, ApiResult};
 
+/// The full name of `UploadSource`, called without a total deadline.
+pub(crate) const UPLOAD_SOURCE: &str = "/slipway.build.v1.BuildService/UploadSource";
+
 /// Largest chunk sent in one gRPC message.
 const CHUNK: usize = 1 << 20;
 
@@ -150,6 +153,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_untimed_method_is_upload_source() {
+        use slipway_api::build::v1::build_service_server::SERVICE_NAME;
+        assert_eq!(UPLOAD_SOURCE, format!("/{SERVICE_NAME}/UploadSource"));
+    }
 
     #[tokio::test]
     async fn frames_become_chunks_of_at_most_a_mebibyte_without_losing_a_byte() {

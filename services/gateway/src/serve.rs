@@ -170,8 +170,11 @@ pub async fn serve<S>(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
-    S: tower::Service<axum::http::Request<Body>, Response = axum::http::Response<Body>, Error = Infallible>
-        + Clone
+    S: tower::Service<
+            axum::http::Request<Body>,
+            Response = axum::http::Response<Body>,
+            Error = Infallible,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -273,8 +276,11 @@ async fn connection<S>(
     registry: Arc<Registry>,
     stop: watch::Receiver<bool>,
 ) where
-    S: tower::Service<axum::http::Request<Body>, Response = axum::http::Response<Body>, Error = Infallible>
-        + Clone
+    S: tower::Service<
+            axum::http::Request<Body>,
+            Response = axum::http::Response<Body>,
+            Error = Infallible,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -312,8 +318,11 @@ async fn http<I, S>(
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower::Service<axum::http::Request<Body>, Response = axum::http::Response<Body>, Error = Infallible>
-        + Clone
+    S: tower::Service<
+            axum::http::Request<Body>,
+            Response = axum::http::Response<Body>,
+            Error = Infallible,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -328,7 +337,9 @@ async fn http<I, S>(
             request
                 .extensions_mut()
                 .insert(ConnectInfo(crate::auth::PeerAddr(peer)));
-            request.extensions_mut().insert(ConnectionSlot(state.clone()));
+            request
+                .extensions_mut()
+                .insert(ConnectionSlot(state.clone()));
             let response = app.clone().oneshot(request);
             async move {
                 let response = response.await?;
@@ -503,7 +514,9 @@ impl Registry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
-        self.open.lock().expect("the registry lock is never poisoned")
+        self.open
+            .lock()
+            .expect("the registry lock is never poisoned")
     }
 }
 
