@@ -28,6 +28,8 @@ async fn spawn_binary(
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .arg("--apps-dir")
+        .arg(data_dir.with_file_name("apps"))
         .args([
             "--database-url",
             database_url,
@@ -63,12 +65,13 @@ async fn spawn_binary(
 async fn kill_9_mid_rollout_then_restart_completes_without_double_starts() {
     let app = app_name("crash");
     let _guard = AppGuard(app.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", dir.path().join("rollout.db").display());
+    let dir = private_and_apps_dirs();
+    let data = dir.path().join("data");
+    let url = format!("sqlite:{}", data.join("rollout.db").display());
     let release = FakeRelease::default();
     let release_addr = release.spawn().await.to_string();
 
-    let (mut child, addr) = spawn_binary(dir.path(), &url, &release_addr).await;
+    let (mut child, addr) = spawn_binary(&data, &url, &release_addr).await;
     let mut client = connect(addr).await;
     let r1 = spec(&app, "RAAAAAAAAAA", &App::healthy(2));
     start(&mut client, &format!("{app}-p1"), r1.clone(), None, 0).await;
@@ -109,7 +112,7 @@ async fn kill_9_mid_rollout_then_restart_completes_without_double_starts() {
     child.wait().await.unwrap();
     let live_before = count_app_processes(&app);
 
-    let (_child, addr) = spawn_binary(dir.path(), &url, &release_addr).await;
+    let (_child, addr) = spawn_binary(&data, &url, &release_addr).await;
     let mut client = connect(addr).await;
     let (done, _) = finish(&mut client, &promotion, Duration::from_secs(60)).await;
     assert_eq!(done.phase(), pb::RolloutPhase::Running, "{done:?}");
