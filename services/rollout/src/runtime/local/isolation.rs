@@ -653,6 +653,20 @@ mod tests {
     }
 
     #[test]
+    fn an_apps_dir_behind_a_private_directory_is_unreachable() {
+        let base = tempfile::tempdir().unwrap();
+        let apps = base.path().join("rack-apps");
+        fs::set_permissions(base.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let e = reachable(&apps).unwrap_err();
+        assert!(
+            e.contains(&format!("{} is mode 0700", base.path().display())),
+            "{e}"
+        );
+        fs::set_permissions(base.path(), fs::Permissions::from_mode(0o711)).unwrap();
+        reachable(&apps).unwrap();
+    }
+
+    #[test]
     fn the_apps_dir_is_beside_the_data_dir() {
         assert_eq!(
             default_apps_dir(Path::new("/var/lib/slipway/rack")),
