@@ -10,7 +10,7 @@
 //!   (an upload then stores nothing), however long the whole body takes;
 //! - at most `--max-connections` are open (by default three quarters of
 //!   the file-descriptor limit). When all are taken, the gateway closes the
-//!   connection that has been idle longest to make room, and when none is
+//!   connections that have been idle longest to make room, and when none is
 //!   idle, accepting waits: new connections queue in the kernel's backlog
 //!   instead of failing;
 //! - an accept that fails (out of file descriptors, say) is retried with
@@ -53,6 +53,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// The largest automatic `--max-connections`.
 const MAX_AUTO_CONNECTIONS: u64 = 16_384;
+
+/// Idle connections closed at once when the cap is reached: a burst of
+/// new clients then costs the accept loop a wait every few connections,
+/// not every one.
+const EVICT_BATCH: usize = 16;
 
 /// The longest pause between two tries of a failing accept.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -497,20 +502,22 @@ impl Registry {
         self.lock().remove(&id);
     }
 
-    /// Asks the connection idle longest to close; false when none is idle.
+    /// Asks the (at most) [`EVICT_BATCH`] connections idle longest to
+    /// close; false when none is idle.
     fn evict_idlest(&self) -> bool {
         let open = self.lock();
-        let idlest = open
+        let mut idle: Vec<_> = open
             .values()
             .filter_map(|state| Some((state.idle_for()?, state)))
-            .max_by_key(|(quiet, _)| *quiet);
-        match idlest {
-            Some((_, state)) => {
-                state.evict.notify_one();
-                true
-            }
-            None => false,
+            .collect();
+        if idle.len() > EVICT_BATCH {
+            idle.select_nth_unstable_by(EVICT_BATCH, |a, b| b.0.cmp(&a.0));
+            idle.truncate(EVICT_BATCH);
         }
+        for (_, state) in &idle {
+            state.evict.notify_one();
+        }
+        !idle.is_empty()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
