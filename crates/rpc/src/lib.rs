@@ -5,8 +5,8 @@
 //! behaviour under overload and shutdown is the same everywhere.
 
 pub mod auth;
-pub mod limits;
 mod deadline;
+pub mod limits;
 mod telemetry;
 
 use std::future::Future;
@@ -315,7 +315,7 @@ pub fn channel(
             Endpoint::from_shared(uri)
                 .map(|ep| {
                     // No `timeout` here: the channel sets `grpc-timeout` on
-                        // each call but the untimed ones (see `deadline`).
+                    // each call but the untimed ones (see `deadline`).
                     ep.connect_timeout(options.connect_timeout)
                         .tcp_nodelay(true)
                         // A peer that stops answering pings (frozen, or cut
