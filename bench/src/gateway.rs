@@ -8,6 +8,10 @@
 //! gateway's overhead (HTTP parsing, auth, the extra loopback hop, JSON).
 //!
 //! Goal (issue 5): ≤ 1 ms added at p50, ≤ 2 ms at p99.
+//!
+//! Then the throughput a normal client gets (`releases list`, closed loop)
+//! while idle and slowloris connections are open, beside the same client
+//! without them, in alternating rounds (issue 11: ≥ 90%).
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,23 @@ pub(crate) struct Args {
     /// Releases in the listed app.
     #[arg(long, default_value = "25")]
     releases: usize,
+    /// Idle connections (never send a byte) held open during attack rounds.
+    #[arg(long, default_value = "500")]
+    idle: usize,
+    /// Slowloris connections (a request head that never ends, a byte a
+    /// second each) held open during attack rounds.
+    #[arg(long, default_value = "300")]
+    slowloris: usize,
+    /// Seconds per throughput round (under the 30 s header timeout, so the
+    /// attack holds for the whole round).
+    #[arg(long, default_value = "5")]
+    round_seconds: u64,
+    /// Rounds of each kind (baseline, attack), alternating.
+    #[arg(long, default_value = "3")]
+    rounds: usize,
+    /// Concurrent normal clients.
+    #[arg(long, default_value = "4")]
+    clients: usize,
 }
 
 const APP: &str = "bench-gateway";
@@ -38,6 +59,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         args.calls > 0 && args.batch > 0,
         "--calls and --batch must be positive"
     );
+    // The attack holds ~2 descriptors per connection in this process.
+    slipway_gateway::serve::raise_fd_limit();
     let rack = BenchRack::start(8 << 20).await?;
     let result = measure(&args, &rack).await;
     rack.stop().await;
@@ -129,7 +152,149 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
             "goal_met": a50 <= 1.0 && a99 <= 2.0,
         })
     );
+    under_attack(args, rack).await
+}
+
+/// Requests/second of `clients` normal clients without and with the idle
+/// and slowloris connections open, in alternating rounds.
+async fn under_attack(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.rounds > 0 && args.clients > 0 && args.round_seconds > 0 && args.round_seconds < 30,
+        "--rounds and --clients must be positive, --round-seconds between 1 and 29"
+    );
+    let addr: std::net::SocketAddr = rack
+        .url
+        .rsplit_once('@')
+        .map(|(_, host)| host.trim_end_matches('/'))
+        .ok_or_else(|| anyhow::anyhow!("no host in {}", rack.url))?
+        .parse()?;
+    let round = Duration::from_secs(args.round_seconds);
+    let url = rack.url.clone();
+    let normal = || {
+        let url = url.clone();
+        async move {
+            let http = slipway_client::Client::new(&url)?;
+            crate::stats::throughput(args.clients, round, move |_, _| {
+                let http = http.clone();
+                async move {
+                    anyhow::ensure!(http.releases(APP, None).await?.len() == 10, "short page");
+                    Ok(())
+                }
+            })
+            .await
+        }
+    };
+    eprintln!(
+        "gateway under attack: {} rounds of {round:?} each way, {} clients, {} idle + {} slowloris",
+        args.rounds, args.clients, args.idle, args.slowloris
+    );
+    let (mut quiet, mut attacked) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        quiet.push(normal().await?);
+        let attack = Attack::open(addr, args.idle, args.slowloris).await?;
+        attacked.push(normal().await?);
+        let still_open = attack.close().await;
+        anyhow::ensure!(
+            still_open == args.slowloris,
+            "only {still_open} of {} slowloris connections lasted the round",
+            args.slowloris
+        );
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (q, a) = (mean(&quiet), mean(&attacked));
+    let ratio = a / q;
+    println!(
+        "{:<22} {:>10} {:>10} {:>8} {:>6} {:>5}",
+        "releases list", "quiet/s", "attack/s", "ratio", "goal", "met"
+    );
+    println!(
+        "{:<22} {q:>10.0} {a:>10.0} {ratio:>8.3} {:>6} {:>5}",
+        format!("{} clients", args.clients),
+        "0.90",
+        if ratio >= 0.9 { "yes" } else { "NO" }
+    );
+    println!(
+        "{}",
+        json!({
+            "clients": args.clients,
+            "round_seconds": args.round_seconds,
+            "idle_connections": args.idle,
+            "slowloris_connections": args.slowloris,
+            "quiet_rps": quiet,
+            "attacked_rps": attacked,
+            "ratio": ratio,
+            "goal_ratio": 0.9,
+            "goal_met": ratio >= 0.9,
+        })
+    );
     Ok(())
+}
+
+/// Idle and slowloris connections to the gateway, held open.
+struct Attack {
+    idle: Vec<tokio::net::TcpStream>,
+    slowloris: Vec<tokio::task::JoinHandle<bool>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Attack {
+    async fn open(
+        addr: std::net::SocketAddr,
+        idle: usize,
+        slowloris: usize,
+    ) -> anyhow::Result<Self> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let connect =
+            |n| futures::future::try_join_all((0..n).map(|_| tokio::net::TcpStream::connect(addr)));
+        let idle = connect(idle).await?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let slowloris = connect(slowloris)
+            .await?
+            .into_iter()
+            .map(|mut stream| {
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    // True when still open at the end of the round.
+                    if stream
+                        .write_all(b"GET /apps HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    let mut buf = [0u8; 64];
+                    loop {
+                        tokio::select! {
+                            _ = stopped.changed() => return true,
+                            read = stream.read(&mut buf) => if matches!(read, Ok(0) | Err(_)) {
+                                return false;
+                            },
+                            _ = tick.tick() => if stream.write_all(b"X").await.is_err() {
+                                return false;
+                            },
+                        }
+                    }
+                })
+            })
+            .collect();
+        Ok(Self {
+            idle,
+            slowloris,
+            stop,
+        })
+    }
+
+    /// Closes everything; how many slowloris connections were still open.
+    async fn close(self) -> usize {
+        let _ = self.stop.send(true);
+        drop(self.idle);
+        futures::future::join_all(self.slowloris)
+            .await
+            .into_iter()
+            .filter(|open| matches!(open, Ok(true)))
+            .count()
+    }
 }
 
 async fn list(
