@@ -606,3 +606,50 @@ async fn a_credential_gets_its_stream_cap_and_no_more() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_connections_and_finishes_requests_in_flight() {
+    slipway_telemetry::init_for_tests();
+    let dir = tempfile::tempdir().unwrap();
+    let release = release_service(&dir.path().join("release")).await;
+    let (listener, addr) = loopback().await;
+    let config = slipway_gateway::Config {
+        password: Some(Secret::new(PASSWORD)),
+        security: security(),
+        ..slipway_gateway::Config::with_peers(
+            addr,
+            vec![release.to_string()],
+            vec![dead_port().await.to_string()],
+            vec![dead_port().await.to_string()],
+            dir.path().join("gateway"),
+        )
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(slipway_gateway::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    wait_until_answering(addr).await;
+
+    // An idle connection, and a request whose body is still arriving.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let mut in_flight = TcpStream::connect(addr).await.unwrap();
+    let body = "name=late";
+    let head = format!(
+        "POST /apps HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\nname=",
+        basic(),
+        body.len()
+    );
+    in_flight.write_all(head.as_bytes()).await.unwrap();
+
+    stop.send(()).unwrap();
+    closed_by_server(&mut idle, Duration::from_secs(5)).await;
+    in_flight.write_all(b"late").await.unwrap();
+    let (status, text) = answer(in_flight).await;
+    assert_eq!(status, 200, "{text}");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("run returns once in-flight requests are done")
+        .unwrap()
+        .unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+}
