@@ -300,12 +300,19 @@ async fn connection<S>(
     match &limits.tls {
         None => http(io, peer, app, &limits, &state, stop).await,
         Some(acceptor) => {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
-                Ok(Ok(tls)) => http(tls, peer, app, &limits, &state, stop).await,
-                // A client that does not trust the certificate aborts here;
-                // that is its decision, not an error of ours.
-                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io));
+            tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(tls)) => http(tls, peer, app, &limits, &state, stop).await,
+                    // A client that does not trust the certificate aborts
+                    // here; that is its decision, not an error of ours.
+                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+                // A stalled handshake is as idle as a silent connection.
+                () = state.evict.notified() => {
+                    tracing::debug!(%peer, "closing a handshaking connection to make room");
+                }
             }
         }
     }
