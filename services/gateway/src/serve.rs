@@ -14,7 +14,8 @@
 //!   idle, accepting waits: new connections queue in the kernel's backlog
 //!   instead of failing;
 //! - an accept that fails (out of file descriptors, say) is retried with
-//!   a short back-off, so the gateway never stops accepting for good;
+//!   a short back-off, so the gateway never stops accepting for good; out
+//!   of descriptors, it first closes the longest idle connections;
 //! - on shutdown, idle connections close at once and in-flight requests
 //!   finish (for at most [`SHUTDOWN_GRACE`]).
 //!
@@ -211,8 +212,12 @@ where
                     accepted
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: idle
-                    // connections time out and free some; try again.
+                    // Out of file descriptors and the like: close the
+                    // longest idle connections to free some (they would
+                    // time out anyway), and try again.
+                    if is_out_of_descriptors(&e) {
+                        registry.evict_idlest();
+                    }
                     tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "failed to accept a connection: {e}");
                     tokio::select! {
                         () = &mut shutdown => break,
@@ -226,7 +231,7 @@ where
         let permit = match permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                // Full: make room by closing the longest idle connection;
+                // Full: make room by closing the longest idle connections;
                 // with none idle, wait for one to end (later clients wait
                 // in the backlog meanwhile).
                 if !registry.evict_idlest() {
@@ -262,6 +267,20 @@ where
         );
     }
     Ok(())
+}
+
+/// EMFILE or ENFILE: the process or the system has no descriptor left.
+fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        use nix::errno::Errno;
+        matches!(e.raw_os_error(), Some(n) if n == Errno::EMFILE as i32 || n == Errno::ENFILE as i32)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
 }
 
 /// What every connection task needs.
