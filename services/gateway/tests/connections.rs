@@ -248,6 +248,12 @@ async fn idle_and_slowloris_connections_neither_lock_out_a_request_nor_stay_open
         .map(|(c, at)| tokio::spawn(slowloris(c, at, Duration::from_millis(200))))
         .collect();
 
+    // Answers keep their length (the serve loop passes the body through).
+    let (_, answer) = get(addr, "/apps").await.unwrap();
+    let head = answer.to_ascii_lowercase();
+    assert!(head.contains("content-length:"), "{answer}");
+    assert!(!head.contains("transfer-encoding"), "{answer}");
+
     // While all 800 are open, a normal request answers at once.
     let took = timed_request(addr).await;
     assert!(took < Duration::from_secs(1), "a request took {took:?}");
@@ -580,8 +586,16 @@ async fn a_credential_gets_its_stream_cap_and_no_more() {
     assert_eq!((first, second), (101, 101));
     let (third, mut refused) = open_stream(addr, path).await;
     assert_eq!(third, 429);
-    let mut body = String::new();
-    let _ = refused.read_to_string(&mut body).await;
+    // The answer is kept alive: read what arrives, not to the end.
+    let mut body = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&body).ends_with("try again\n") {
+        match tokio::time::timeout(Duration::from_secs(5), refused.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => body.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let body = String::from_utf8_lossy(&body);
     assert!(body.contains("too many open streams"), "{body}");
     // The cap is the credential's, over every stream route.
     let (logs, _) = open_stream(addr, "/apps/app/logs").await;
@@ -630,20 +644,28 @@ async fn shutdown_closes_idle_connections_and_finishes_requests_in_flight() {
     }));
     wait_until_answering(addr).await;
 
-    // An idle connection, and a request whose body is still arriving.
+    // An idle connection, and a request whose handler waits for its body
+    // (the gateway's `100 Continue` says it does).
     let mut idle = TcpStream::connect(addr).await.unwrap();
     let mut in_flight = TcpStream::connect(addr).await.unwrap();
     let body = "name=late";
     let head = format!(
-        "POST /apps HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\nname=",
+        "POST /apps HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         basic(),
         body.len()
     );
     in_flight.write_all(head.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        assert_eq!(in_flight.read(&mut byte).await.unwrap(), 1, "closed early");
+        seen.push(byte[0]);
+    }
+    assert_eq!(status_of(&String::from_utf8_lossy(&seen)), 100);
 
     stop.send(()).unwrap();
     closed_by_server(&mut idle, Duration::from_secs(5)).await;
-    in_flight.write_all(b"late").await.unwrap();
+    in_flight.write_all(body.as_bytes()).await.unwrap();
     let (status, text) = answer(in_flight).await;
     assert_eq!(status, 200, "{text}");
     tokio::time::timeout(Duration::from_secs(10), server)
