@@ -114,12 +114,51 @@ async fn probe(
             frames,
         };
     }
-    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest)).await;
+    // Read to the end of the body, not of the connection: an upgrade
+    // request that was refused may be kept alive.
+    let lower = head.to_ascii_lowercase();
+    let chunked = lower.contains("transfer-encoding: chunked");
+    let length = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|n| n.trim().parse::<usize>().ok());
+    let complete = |rest: &[u8]| match length {
+        Some(n) => rest.len() >= n,
+        None => chunked && rest.ends_with(b"0\r\n\r\n"),
+    };
+    while !complete(&rest) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+            .await
+            .expect("the answer completes within 20s")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        rest.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&rest).into_owned();
     Answer {
         status,
-        body: String::from_utf8_lossy(&rest).into_owned(),
+        body: if chunked { dechunk(&body) } else { body },
         frames: String::new(),
     }
+}
+
+/// The payload of a chunked body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// Server frames (unmasked) until a close frame, an empty BINARY frame
@@ -134,9 +173,10 @@ async fn read_text_frames(stream: &mut TcpStream, mut buffered: Vec<u8>) -> Stri
             }
             let opcode = buffered[0] & 0x0f;
             let (len, offset) = match buffered[1] & 0x7f {
-                126 if buffered.len() >= 4 => {
-                    (usize::from(u16::from_be_bytes([buffered[2], buffered[3]])), 4)
-                }
+                126 if buffered.len() >= 4 => (
+                    usize::from(u16::from_be_bytes([buffered[2], buffered[3]])),
+                    4,
+                ),
                 127 if buffered.len() >= 10 => (
                     usize::try_from(u64::from_be_bytes(buffered[2..10].try_into().unwrap()))
                         .unwrap(),
@@ -215,7 +255,10 @@ async fn victim(rack: &TestRack) -> (String, String, String) {
     assert!(created.status.success(), "{created:?}");
     let dir = example("myapp");
     let built = rack
-        .slipway(cwd.path(), &["build", dir.to_str().unwrap(), app[0], app[1]])
+        .slipway(
+            cwd.path(),
+            &["build", dir.to_str().unwrap(), app[0], app[1]],
+        )
         .await;
     let out = String::from_utf8_lossy(&built.stdout).into_owned();
     assert!(built.status.success(), "{out}");
@@ -295,11 +338,14 @@ async fn every_route_refuses_missing_wrong_and_empty_credentials() {
             let path = r
                 .path
                 .replace("{app}", "victim")
-                .replace("{id}", match r.path {
-                    p if p.contains("/builds/") => &build,
-                    p if p.contains("/promotions/") => &promotion,
-                    _ => &release,
-                })
+                .replace(
+                    "{id}",
+                    match r.path {
+                        p if p.contains("/builds/") => &build,
+                        p if p.contains("/promotions/") => &promotion,
+                        _ => &release,
+                    },
+                )
                 .replace("{service}", "web")
                 .replace("{name}", "env")
                 .replace("{*key}", "attack/source.tgz");
@@ -369,7 +415,9 @@ async fn guesses_are_slowed_per_source_and_browsers_cannot_act_cross_site() {
     let answer = probe(&mut s, "GET", "/apps", &right, false, b"").await;
     assert_eq!(answer.status, 429, "{answer:?}");
     assert!(
-        answer.body.starts_with("too many failed logins from this address: try again in "),
+        answer
+            .body
+            .starts_with("too many failed logins from this address: try again in "),
         "{answer:?}"
     );
     // Another source is not affected; the scheme is case-insensitive.
@@ -395,7 +443,10 @@ async fn guesses_are_slowed_per_source_and_browsers_cannot_act_cross_site() {
         )
         .await;
         assert_eq!(answer.status, 403, "{headers}: {answer:?}");
-        assert!(answer.body.starts_with("cross-site request refused"), "{answer:?}");
+        assert!(
+            answer.body.starts_with("cross-site request refused"),
+            "{answer:?}"
+        );
         let mut s = connect_from(source(9002), addr).await;
         let answer = probe(
             &mut s,
@@ -421,7 +472,10 @@ async fn guesses_are_slowed_per_source_and_browsers_cannot_act_cross_site() {
     .await;
     assert_eq!(answer.status, 200, "{answer:?}");
     let (_, apps) = rack.raw("GET", "/apps", "", b"", &rack.password).await;
-    assert!(!apps.contains("csrf"), "no cross-site app was created: {apps}");
+    assert!(
+        !apps.contains("csrf"),
+        "no cross-site app was created: {apps}"
+    );
     assert!(apps.contains("same-origin"), "{apps}");
 
     // Uploads need an app that exists; nothing is stored otherwise.
@@ -445,7 +499,13 @@ async fn promotion_events_belong_to_the_app_in_the_route() {
     let rack = TestRack::start().await;
     let (_, _, promotion) = victim(&rack).await;
     let created = rack
-        .raw("POST", "/apps", "application/x-www-form-urlencoded", b"name=other", &rack.password)
+        .raw(
+            "POST",
+            "/apps",
+            "application/x-www-form-urlencoded",
+            b"name=other",
+            &rack.password,
+        )
         .await;
     assert_eq!(created.0, 200, "{created:?}");
     let right = format!(
@@ -479,7 +539,11 @@ async fn promotion_events_belong_to_the_app_in_the_route() {
     )
     .await;
     assert_eq!(answer.status, 101, "{answer:?}");
-    assert!(answer.frames.contains("Status: Running => Pending") || answer.frames.contains("Deploying release"), "{answer:?}");
+    assert!(
+        answer.frames.contains("Status: Running => Pending")
+            || answer.frames.contains("Deploying release"),
+        "{answer:?}"
+    );
     assert!(!answer.frames.contains("ERROR"), "{answer:?}");
 }
 
@@ -512,22 +576,40 @@ fn refused(data: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
 #[test]
 fn a_rack_never_starts_without_a_real_password() {
     let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
     let data = dir.path().join("rack");
     std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("password"), "").unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let write = |text: &str| {
+        let path = data.join("password");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    write("");
     let line = refused(&data, &[], &[]);
-    assert!(line.contains("password file") && line.contains("is empty"), "{line}");
-    std::fs::write(data.join("password"), "short\n").unwrap();
+    assert!(
+        line.contains("password file") && line.contains("is empty"),
+        "{line}"
+    );
+    write("short\n");
     let line = refused(&data, &[], &[]);
     assert!(line.contains("too short (5 characters)"), "{line}");
     let line = refused(&data, &["--password", "fifteen-chars15"], &[]);
     assert!(line.contains("too short (15 characters)"), "{line}");
     // An empty variable counts as unset: the short file is refused.
     let line = refused(&data, &[], &[("SLIPWAY_PASSWORD", "")]);
-    assert!(line.contains("empty") || line.contains("too short"), "{line}");
+    assert!(
+        line.contains("empty") || line.contains("too short"),
+        "{line}"
+    );
     let line = refused(
         &data,
-        &["--insecure-no-auth", "--listen", "0.0.0.0:0", "--insecure-http"],
+        &[
+            "--insecure-no-auth",
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure-http",
+        ],
         &[],
     );
     assert!(line.contains("loopback only"), "{line}");
