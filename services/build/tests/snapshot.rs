@@ -53,7 +53,8 @@ async fn identical_sources_share_one_artifact_and_different_ones_never_do() {
     let (two, log_two) = app.build("myapp", &source("v1"), "").await;
     assert_eq!(status(&two), BuildStatus::Complete, "{log_two}");
     assert!(
-        log_two.contains("Reusing snapshot sha256-") && log_two.contains("(source unchanged, verified)"),
+        log_two.contains("Reusing snapshot sha256-")
+            && log_two.contains("(source unchanged, verified)"),
         "{log_two}"
     );
     assert_eq!(artifacts(&two), arts);

@@ -41,7 +41,8 @@ pub const SOCKET_ROUTES: [&str; 4] = [
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
     for PeerAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
@@ -49,7 +50,8 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, toki
     }
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
     for PeerAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
@@ -373,7 +375,10 @@ mod tests {
             "/apps/{app}/builds/{id}/logs",
             "/apps/a/builds/B1/logs"
         ));
-        assert!(!path_matches("/apps/{app}/builds/{id}/logs", "/apps/a/builds/B1"));
+        assert!(!path_matches(
+            "/apps/{app}/builds/{id}/logs",
+            "/apps/a/builds/B1"
+        ));
     }
 
     #[test]

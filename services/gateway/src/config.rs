@@ -186,7 +186,10 @@ impl Config {
     pub fn warn_at_start(&self) {
         if self.insecure_no_auth {
             tracing::warn!(listen = %self.listen, "serving WITHOUT AUTHENTICATION (--insecure-no-auth): anyone who can reach {} can read every secret and deploy anything", self.listen);
-            eprintln!("WARNING: serving without authentication (--insecure-no-auth): anyone who can reach {} can read every secret and deploy anything", self.listen);
+            eprintln!(
+                "WARNING: serving without authentication (--insecure-no-auth): anyone who can reach {} can read every secret and deploy anything",
+                self.listen
+            );
         }
         if password_flag_given() {
             eprintln!("{PASSWORD_FLAG_WARNING}");

@@ -108,7 +108,10 @@ impl Logins {
         self.refill(bucket);
         bucket.tokens = (bucket.tokens - 1.0).max(0.0);
         bucket.unlogged += 1;
-        if bucket.logged.is_none_or(|at| now.duration_since(at) >= LOG_EVERY) {
+        if bucket
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
+        {
             let peer = peer.map_or_else(|| "an unknown address".to_owned(), |p| p.to_string());
             tracing::warn!(
                 peer = %peer,
@@ -193,7 +196,9 @@ mod tests {
             assert_eq!(logins.throttled(guesser), None);
             logins.failed(guesser, Failure::WrongPassword);
         }
-        let wait = logins.throttled(guesser).expect("throttled after the burst");
+        let wait = logins
+            .throttled(guesser)
+            .expect("throttled after the burst");
         assert!(wait <= Duration::from_secs(1), "{wait:?}");
         // Another source is not affected.
         assert_eq!(logins.throttled(other), None);

@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use slipway_api::build::v1 as bpb;
 use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;

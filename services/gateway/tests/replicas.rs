@@ -83,7 +83,8 @@ async fn reads_are_answered_while_one_release_replica_is_down() {
     assert!(created.is_ok(), "the release service did not come up");
 
     let addr = gateway(vec![dead.to_string(), live.to_string()], dead).await;
-    let client = slipway_client::Client::new(&format!("http://convox:test-password-0123@{addr}")).unwrap();
+    let client =
+        slipway_client::Client::new(&format!("http://convox:test-password-0123@{addr}")).unwrap();
     // Enough reads that, without retries, round-robin would send half of
     // them to the dead replica.
     for _ in 0..10 {

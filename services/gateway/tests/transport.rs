@@ -115,7 +115,10 @@ async fn the_sdk_talks_https_and_wss_to_a_self_signed_gateway_with_its_ca_file()
     wait_for(release).await;
     let addr = gateway(&dir.path().join("gateway"), release).await;
     let ca = dir.path().join("gateway/tls/cert.pem");
-    let url = format!("https://convox:test-password-0123@127.0.0.1:{}", addr.port());
+    let url = format!(
+        "https://convox:test-password-0123@127.0.0.1:{}",
+        addr.port()
+    );
     let trusted = TlsOptions {
         ca_file: Some(ca.clone()),
         insecure: false,
@@ -142,7 +145,10 @@ async fn the_sdk_talks_https_and_wss_to_a_self_signed_gateway_with_its_ca_file()
 
     // The certificate is valid for localhost too.
     let by_name = Client::with_tls(
-        &format!("https://convox:test-password-0123@localhost:{}", addr.port()),
+        &format!(
+            "https://convox:test-password-0123@localhost:{}",
+            addr.port()
+        ),
         &trusted,
     )
     .unwrap();
@@ -164,14 +170,21 @@ async fn the_sdk_talks_https_and_wss_to_a_self_signed_gateway_with_its_ca_file()
     assert_eq!(chunk, "ERROR: invalid authentication\n");
 
     // Plain HTTP on the TLS port gets no answer an HTTP client accepts.
-    let plain = Client::new(&format!("http://convox:test-password-0123@127.0.0.1:{}", addr.port())).unwrap();
+    let plain = Client::new(&format!(
+        "http://convox:test-password-0123@127.0.0.1:{}",
+        addr.port()
+    ))
+    .unwrap();
     assert!(plain.apps().await.is_err());
 
     // The certificate is persisted: a restarted gateway serves the same one.
     let before = std::fs::read(&ca).unwrap();
     let again = gateway(&dir.path().join("gateway"), release).await;
     let client = Client::with_tls(
-        &format!("https://convox:test-password-0123@127.0.0.1:{}", again.port()),
+        &format!(
+            "https://convox:test-password-0123@127.0.0.1:{}",
+            again.port()
+        ),
         &trusted,
     )
     .unwrap();
@@ -185,7 +198,10 @@ async fn without_the_ca_file_the_sdk_refuses_the_certificate_and_says_how_to_fix
     let dir = tempfile::tempdir().unwrap();
     let release = release_service(&dir.path().join("release")).await;
     let addr = gateway(&dir.path().join("gateway"), release).await;
-    let url = format!("https://convox:test-password-0123@127.0.0.1:{}", addr.port());
+    let url = format!(
+        "https://convox:test-password-0123@127.0.0.1:{}",
+        addr.port()
+    );
     let client = Client::new(&url).unwrap();
     let mut err = None;
     for _ in 0..200 {
@@ -203,7 +219,10 @@ async fn without_the_ca_file_the_sdk_refuses_the_certificate_and_says_how_to_fix
     assert!(text.contains("not signed by a trusted authority"), "{text}");
     assert!(text.contains("SLIPWAY_CA_FILE"), "{text}");
     assert!(text.contains("SLIPWAY_INSECURE=1"), "{text}");
-    assert!(!text.contains("test-password-0123@"), "no password in errors: {text}");
+    assert!(
+        !text.contains("test-password-0123@"),
+        "no password in errors: {text}"
+    );
 
     // Websockets too.
     let err = client
