@@ -31,6 +31,14 @@ fn source(n: u32) -> IpAddr {
     IpAddr::V4(std::net::Ipv4Addr::from(0x7f01_0000 + n))
 }
 
+/// The `Authorization` header line of the `convox` user with `password`.
+fn basic(password: &str) -> String {
+    format!(
+        "Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(format!("convox:{password}"))
+    )
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Credentials {
     None,
@@ -40,14 +48,10 @@ enum Credentials {
 
 impl Credentials {
     fn header(self) -> String {
-        let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
         match self {
             Self::None => String::new(),
-            Self::Wrong => format!(
-                "Authorization: Basic {}\r\n",
-                encode("convox:not-the-password-at-all")
-            ),
-            Self::Empty => format!("Authorization: Basic {}\r\n", encode("convox:")),
+            Self::Wrong => basic("not-the-password-at-all"),
+            Self::Empty => basic(""),
         }
     }
 }
@@ -64,7 +68,7 @@ struct Answer {
 /// Sends one request (optionally a complete websocket handshake) and reads
 /// the answer to its end.
 async fn probe(
-    stream: &mut TcpStream,
+    (addr, from): (SocketAddr, IpAddr),
     method: &str,
     target: &str,
     headers: &str,
@@ -82,6 +86,7 @@ async fn probe(
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
+    let stream = &mut connect_from(from, addr).await;
     stream.write_all(head.as_bytes()).await.expect("write");
     let _ = stream.write_all(body).await;
     let mut raw = Vec::new();
@@ -289,13 +294,9 @@ async fn victim(rack: &TestRack) -> (String, String, String) {
     let promotion: serde_json::Value = serde_json::from_str(&body).expect("promotion JSON");
     let promotion = promotion["id"].as_str().expect("promotion id").to_owned();
     // Follow the rollout to its end, so nothing moves while probes run.
-    let right = format!(
-        "Authorization: Basic {}\r\n",
-        base64::engine::general_purpose::STANDARD.encode(format!("convox:{}", rack.password))
-    );
-    let mut s = connect_from(source(0xfff0), rack.addr).await;
+    let right = basic(&rack.password);
     let events = probe(
-        &mut s,
+        (rack.addr, source(0xfff0)),
         "GET",
         &format!("/apps/victim/promotions/{promotion}/events"),
         &right,
@@ -304,6 +305,19 @@ async fn victim(rack: &TestRack) -> (String, String, String) {
     )
     .await;
     assert!(events.frames.contains("is running"), "{events:?}");
+    // The ledger records the outcome just after the last event.
+    let active = format!("\"release\":\"{release}\"");
+    slipway_e2e::eventually(
+        Duration::from_secs(30),
+        "the promotion recorded",
+        || async {
+            let (_, app) = rack
+                .raw("GET", "/apps/victim", "", b"", &rack.password)
+                .await;
+            app.contains(&active).then_some(())
+        },
+    )
+    .await;
     (build, release, promotion)
 }
 
@@ -359,10 +373,9 @@ async fn every_route_refuses_missing_wrong_and_empty_credentials() {
         for upgrade in [false, true] {
             for credentials in [Credentials::None, Credentials::Wrong, Credentials::Empty] {
                 n += 1;
-                let mut stream = connect_from(source(n), rack.addr).await;
                 let body = b"name=evil&env=CANARY_SECRET%3Dstolen&description=x";
                 let answer = probe(
-                    &mut stream,
+                    (rack.addr, source(n)),
                     method,
                     &format!("{path}?"),
                     &credentials.header(),
@@ -403,16 +416,11 @@ async fn guesses_are_slowed_per_source_and_browsers_cannot_act_cross_site() {
     // The default burst (10) is answered 401, then the source must wait,
     // even with the right password (its guesses are not looked at).
     for i in 0..10 {
-        let mut s = connect_from(guesser, addr).await;
-        let answer = probe(&mut s, "GET", "/apps", &wrong, false, b"").await;
+        let answer = probe((addr, guesser), "GET", "/apps", &wrong, false, b"").await;
         assert_eq!(answer.status, 401, "guess {i}: {answer:?}");
     }
-    let right = format!(
-        "Authorization: Basic {}\r\n",
-        base64::engine::general_purpose::STANDARD.encode(format!("convox:{}", rack.password))
-    );
-    let mut s = connect_from(guesser, addr).await;
-    let answer = probe(&mut s, "GET", "/apps", &right, false, b"").await;
+    let right = basic(&rack.password);
+    let answer = probe((addr, guesser), "GET", "/apps", &right, false, b"").await;
     assert_eq!(answer.status, 429, "{answer:?}");
     assert!(
         answer
@@ -422,8 +430,7 @@ async fn guesses_are_slowed_per_source_and_browsers_cannot_act_cross_site() {
     );
     // Another source is not affected; the scheme is case-insensitive.
     let upper = right.replace("Basic ", "BASIC ");
-    let mut s = connect_from(source(9001), addr).await;
-    let answer = probe(&mut s, "GET", "/apps", &upper, false, b"").await;
+    let answer = probe((addr, source(9001)), "GET", "/apps", &upper, false, b"").await;
     assert_eq!(answer.status, 200, "{answer:?}");
 
     // A browser sent by another site: refused before anything happens.
@@ -432,9 +439,8 @@ async fn guesses_are_slowed_per_source_and_browsers_cannot_act_cross_site() {
         "Sec-Fetch-Site: cross-site\r\n",
         "Origin: null\r\n",
     ] {
-        let mut s = connect_from(source(9002), addr).await;
         let answer = probe(
-            &mut s,
+            (addr, source(9002)),
             "POST",
             "/apps",
             &format!("{right}{headers}"),
@@ -447,9 +453,8 @@ async fn guesses_are_slowed_per_source_and_browsers_cannot_act_cross_site() {
             answer.body.starts_with("cross-site request refused"),
             "{answer:?}"
         );
-        let mut s = connect_from(source(9002), addr).await;
         let answer = probe(
-            &mut s,
+            (addr, source(9002)),
             "GET",
             "/apps/csrf/logs",
             &format!("{right}{headers}"),
@@ -460,9 +465,8 @@ async fn guesses_are_slowed_per_source_and_browsers_cannot_act_cross_site() {
         assert_eq!(answer.status, 403, "upgrade {headers}: {answer:?}");
     }
     // The same origin (what the console will send) is fine.
-    let mut s = connect_from(source(9003), addr).await;
     let answer = probe(
-        &mut s,
+        (addr, source(9003)),
         "POST",
         "/apps",
         &format!("{right}Origin: http://rack\r\nSec-Fetch-Site: same-origin\r\n"),
@@ -508,13 +512,9 @@ async fn promotion_events_belong_to_the_app_in_the_route() {
         )
         .await;
     assert_eq!(created.0, 200, "{created:?}");
-    let right = format!(
-        "Authorization: Basic {}\r\n",
-        base64::engine::general_purpose::STANDARD.encode(format!("convox:{}", rack.password))
-    );
-    let mut s = connect_from(source(1), rack.addr).await;
+    let right = basic(&rack.password);
     let answer = probe(
-        &mut s,
+        (rack.addr, source(1)),
         "GET",
         &format!("/apps/other/promotions/{promotion}/events"),
         &right,
@@ -528,9 +528,8 @@ async fn promotion_events_belong_to_the_app_in_the_route() {
         format!("ERROR: promotion not found: {promotion}\n")
     );
     // Its own app's route streams it, to the end of the rollout.
-    let mut s = connect_from(source(2), rack.addr).await;
     let answer = probe(
-        &mut s,
+        (rack.addr, source(2)),
         "GET",
         &format!("/apps/victim/promotions/{promotion}/events"),
         &right,

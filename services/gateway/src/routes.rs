@@ -338,22 +338,32 @@ pub(crate) async fn get_promotion(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<types::Promotion>> {
-    let p = state
+    Ok(Json(convert::promotion(
+        promotion_of_app(&state, &app, &id).await?,
+    )))
+}
+
+/// Promotion `id`, if it is `app`'s: a route names its app, and another
+/// app's promotion is not found there (its status or its events).
+pub(crate) async fn promotion_of_app(
+    state: &AppState,
+    app: &str,
+    id: &str,
+) -> ApiResult<rpb::Promotion> {
+    let promotion = state
         .reads
         .release
-        .read(rpb::GetPromotionRequest { id }, |mut c, m| async move {
-            c.get_promotion(m).await
-        })
+        .read(
+            rpb::GetPromotionRequest { id: id.to_owned() },
+            |mut c, m| async move { c.get_promotion(m).await },
+        )
         .await?
         .promotion
         .unwrap_or_default();
-    if p.app != app {
-        return Err(ApiError::not_found(format!(
-            "promotion not found: {}",
-            p.id
-        )));
+    if promotion.app != app {
+        return Err(ApiError::not_found(format!("promotion not found: {id}")));
     }
-    Ok(Json(convert::promotion(p)))
+    Ok(promotion)
 }
 
 pub(crate) async fn list_builds(

@@ -214,24 +214,12 @@ pub(crate) async fn promotion_events(
 }
 
 /// Refuses a promotion that is not `app`'s, as `GET .../promotions/{id}`
-/// does: a route names its app, and another app's events are not its own.
+/// does.
 async fn promotion_of_app(state: &AppState, app: &str, id: &str) -> Result<(), String> {
-    let promotion = state
-        .reads
-        .release
-        .read(
-            rpb::GetPromotionRequest { id: id.to_owned() },
-            |mut c, m| async move { c.get_promotion(m).await },
-        )
+    crate::routes::promotion_of_app(state, app, id)
         .await
-        .map_err(|s| s.message().to_owned())?
-        .promotion
-        .unwrap_or_default();
-    if promotion.app == app {
-        Ok(())
-    } else {
-        Err(format!("promotion not found: {id}"))
-    }
+        .map(|_| ())
+        .map_err(|e| e.message)
 }
 
 type Lines = futures::stream::BoxStream<'static, Result<String, String>>;

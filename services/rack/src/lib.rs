@@ -251,23 +251,12 @@ pub fn load_or_create_service_key(path: &Path) -> anyhow::Result<slipway_domain:
             path.display(),
             slipway_rpc::auth::MIN_KEY_BYTES
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            use std::io::Write as _;
-            const ALPHABET: &[u8] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-            let key: String = (0..48)
-                .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
-                .collect();
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            options
-                .open(path)
-                .and_then(|mut f| f.write_all(key.as_bytes()))
-                .with_context(|| format!("write {}", path.display()))?;
-            Ok(key.into())
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(create_random_secret(
+            path,
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+            48,
+        )?
+        .into()),
         Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
 }
@@ -291,21 +280,24 @@ pub fn load_or_create_password(path: &Path) -> anyhow::Result<String> {
             Ok(password)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            use std::io::Write as _;
-            const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-            let password: String = (0..24)
-                .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
-                .collect();
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            options
-                .open(path)
-                .and_then(|mut f| f.write_all(password.as_bytes()))
-                .with_context(|| format!("write {}", path.display()))?;
-            Ok(password)
+            create_random_secret(path, b"abcdefghijklmnopqrstuvwxyz0123456789", 24)
         }
         Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
+}
+
+/// Writes `len` random characters of `alphabet` to a new file at `path`,
+/// created owner-only (never over an existing file), and returns them.
+fn create_random_secret(path: &Path, alphabet: &[u8], len: usize) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    let secret: String = (0..len)
+        .map(|_| alphabet[rand::random_range(0..alphabet.len())] as char)
+        .collect();
+    slipway_storage::files::private_file_options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(secret.as_bytes()))
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(secret)
 }
