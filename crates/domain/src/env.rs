@@ -8,8 +8,14 @@
 //! There are two parsers on purpose. [`Env::parse`] reads what people type (`env set`
 //! arguments, stdin, the file `env edit` opens) and is strict and helpful: comments,
 //! `export`, quoting, and errors with line numbers. [`Env::parse_wire`] reads the
-//! `K=V\n…` text the Convox CLI sends and stores, and mirrors Convox's lenient reading
-//! of it so that a release the real rack would accept is accepted here too.
+//! `K=V\n…` text the Convox CLI sends and stores: one variable per line, the value
+//! verbatim, except that a value which cannot sit on one line as it is travels in
+//! bash's ANSI-C quoting, `$'…'` (see [`Env::to_wire`]). A malformed line is refused,
+//! naming its number, never silently dropped.
+//!
+//! Inside Slipway an env is always a map ([`Env`], `map<string, string>` in the
+//! protos); the text form exists only at the Convox edge (the gateway) and in the
+//! CLI's display.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -86,6 +92,29 @@ pub enum EnvError {
         line: usize,
         /// What was wrong with the key.
         error: Box<EnvError>,
+    },
+    /// A key appeared on two lines of wire text.
+    #[error("line {line}: duplicate env key {key} (first set on line {first})")]
+    DuplicateKey {
+        /// 1-based line number of the repeat.
+        line: usize,
+        /// The repeated key.
+        key: String,
+        /// 1-based line number where the key was first set.
+        first: usize,
+    },
+    /// A `$'…'` wire value was malformed: never closed, text after the closing
+    /// quote, or an escape other than `\\ \' \" \n \r \t`.
+    #[error(
+        "line {line}: the value of {key} starts with $' but is not a valid $'…' quoted value ({problem})"
+    )]
+    BadWireQuote {
+        /// 1-based line number.
+        line: usize,
+        /// The key whose value is malformed.
+        key: String,
+        /// What is wrong, without the value.
+        problem: &'static str,
     },
     /// The same key was both set and unset in one change.
     #[error("env key {key:?} is both set and unset")]
@@ -231,24 +260,53 @@ impl Env {
         Ok(Self { vars })
     }
 
-    /// Parses the Convox wire format (the `env` field of a release).
+    /// Parses the Convox wire format (the `env` field of a release), as
+    /// [`Env::to_wire`] renders it and the Convox CLI posts it back.
     ///
-    /// Mirrors Convox: split on `\n`, split each line at its first `=`, trim the key,
-    /// skip lines with no `=` or an empty key, keep the value verbatim. Unlike Convox,
-    /// a key that is present must still pass [`validate_key`], so nothing downstream
-    /// ever sees a name a process could not receive.
+    /// - Text is split on `\n`; lines that are empty or only blanks are skipped.
+    /// - Each other line is `KEY=VALUE`, split at its first `=`. The key is trimmed
+    ///   (as Convox does) and must pass [`validate_key`].
+    /// - The value is kept verbatim, unless it starts with `$'`: then it is a quoted
+    ///   value (bash's ANSI-C quoting) and is decoded, see [`Env::to_wire`].
+    /// - A line without `=`, with an empty or invalid key, with a key already set
+    ///   on an earlier line, or with a malformed `$'…'` value is an error naming the
+    ///   line by number (and the key, where there is one), never its value.
+    ///
+    /// Convox itself skips lines without `=` or with an empty key and lets a repeated
+    /// key win; a typo there loses a variable without a word, so Slipway refuses.
     pub fn parse_wire(text: &str) -> Result<Self, EnvError> {
         let mut vars = BTreeMap::new();
-        for line in text.split('\n') {
-            let Some((raw_key, value)) = line.split_once('=') else {
-                continue;
-            };
-            let key = raw_key.trim();
-            if key.is_empty() {
+        let mut lines_of: BTreeMap<String, usize> = BTreeMap::new();
+        for (index, raw) in text.split('\n').enumerate() {
+            let line = index + 1;
+            if raw.trim().is_empty() {
                 continue;
             }
-            validate_key(key)?;
-            vars.insert(key.to_owned(), value.to_owned());
+            let Some((raw_key, raw_value)) = raw.split_once('=') else {
+                return Err(EnvError::MissingEquals { line });
+            };
+            let key = raw_key.trim();
+            validate_key(key).map_err(|error| EnvError::AtLine {
+                line,
+                error: Box::new(error),
+            })?;
+            if let Some(&first) = lines_of.get(key) {
+                return Err(EnvError::DuplicateKey {
+                    line,
+                    key: echo(key),
+                    first,
+                });
+            }
+            let value = match raw_value.strip_prefix(WIRE_QUOTE) {
+                Some(body) => unquote_wire(body).map_err(|problem| EnvError::BadWireQuote {
+                    line,
+                    key: echo(key),
+                    problem,
+                })?,
+                None => raw_value.to_owned(),
+            };
+            lines_of.insert(key.to_owned(), line);
+            vars.insert(key.to_owned(), value);
         }
         Ok(Self { vars })
     }
@@ -256,8 +314,14 @@ impl Env {
     /// Renders the Convox wire format: sorted `K=V` lines joined by `\n`, with no
     /// trailing newline; an empty env gives `""`.
     ///
-    /// Like Convox's, this format cannot carry a value containing a newline: such a
-    /// value is split into lines and its tail is dropped by [`Env::parse_wire`].
+    /// A value is written verbatim, unless it contains a newline or a carriage return
+    /// (which would split the line, or be dropped by a line reader at its end) or
+    /// itself starts with `$'`. Such a value is written in bash's ANSI-C quoting:
+    /// `$'` + the value with `\` as `\\`, `'` as `\'`, newline as `\n` and carriage
+    /// return as `\r` + `'`. So `PEM=$'-----BEGIN KEY-----\nMIIE…\n-----END KEY-----\n'`
+    /// is one line, `echo $'…'` in bash prints the value, and the Convox CLI's
+    /// read-modify-write (`convox env set OTHER=1` posts back every line it read)
+    /// carries it unchanged. [`Env::parse_wire`] decodes it back byte for byte.
     pub fn to_wire(&self) -> String {
         let mut out = String::new();
         for (i, (key, value)) in self.vars.iter().enumerate() {
@@ -266,7 +330,11 @@ impl Env {
             }
             out.push_str(key);
             out.push('=');
-            out.push_str(value);
+            if needs_wire_quote(value) {
+                quote_wire(value, &mut out);
+            } else {
+                out.push_str(value);
+            }
         }
         out
     }
@@ -391,6 +459,59 @@ impl Env {
     pub fn into_map(self) -> BTreeMap<String, String> {
         self.vars
     }
+}
+
+/// How a quoted wire value opens: bash's ANSI-C quoting.
+const WIRE_QUOTE: &str = "$'";
+
+/// Whether a value must be quoted to travel as one wire line and come back the same.
+fn needs_wire_quote(value: &str) -> bool {
+    value.contains(['\n', '\r']) || value.starts_with(WIRE_QUOTE)
+}
+
+/// Appends `$'…'` for `value`, escaping only what must be escaped.
+fn quote_wire(value: &str, out: &mut String) {
+    out.push_str(WIRE_QUOTE);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            other => out.push(other),
+        }
+    }
+    out.push('\'');
+}
+
+/// Decodes the rest of a `$'…'` value (the text after `$'`). Accepts the escapes
+/// `\\ \' \" \n \r \t`, a subset of bash's; any other is refused rather than
+/// guessed at, so no value is ever silently changed.
+fn unquote_wire(body: &str) -> Result<String, &'static str> {
+    let mut out = String::with_capacity(body.len());
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\'' => {
+                if i + 1 != body.len() {
+                    return Err("text after the closing quote");
+                }
+                return Ok(out);
+            }
+            '\\' => match chars.next() {
+                Some((_, '\\')) => out.push('\\'),
+                Some((_, '\'')) => out.push('\''),
+                Some((_, '"')) => out.push('"'),
+                Some((_, 'n')) => out.push('\n'),
+                Some((_, 'r')) => out.push('\r'),
+                Some((_, 't')) => out.push('\t'),
+                Some(_) => return Err("unknown escape; use \\\\ \\' \\\" \\n \\r or \\t"),
+                None => return Err("the closing quote is missing"),
+            },
+            other => out.push(other),
+        }
+    }
+    Err("the closing quote is missing")
 }
 
 /// The length of `KEY=VALUE`.
@@ -851,13 +972,16 @@ F=  "padded"  "##,
     }
 
     #[test]
-    fn parse_wire_is_lenient_like_convox() {
-        let text = "\nno equals here\n=orphan\n  =also orphan\n KEY =  value with spaces \nQ=\"quoted\"\nE=\n";
+    fn parse_wire_reads_convox_text() {
+        // Blank lines are skipped, keys are trimmed, values are verbatim (a value that
+        // merely looks quoted is not unquoted).
+        let text = "\n KEY =  value with spaces \nQ=\"quoted\"\nS='single'\nE=\n  \n";
         let e = Env::parse_wire(text).unwrap();
         assert_eq!(e.get("KEY"), Some("  value with spaces "));
         assert_eq!(e.get("Q"), Some("\"quoted\""));
+        assert_eq!(e.get("S"), Some("'single'"));
         assert_eq!(e.get("E"), Some(""));
-        assert_eq!(e.len(), 3, "{e:?}");
+        assert_eq!(e.len(), 4, "{e:?}");
     }
 
     #[test]
@@ -869,19 +993,174 @@ F=  "padded"  "##,
     }
 
     #[test]
-    fn parse_wire_validates_present_keys() {
-        assert_eq!(
-            Env::parse_wire("GOOD=1\nBAD-KEY=2").unwrap_err(),
-            EnvError::InvalidKey {
-                key: "BAD-KEY".into()
+    fn parse_wire_refuses_malformed_lines_by_number_without_values() {
+        let cases: &[(&str, &str)] = &[
+            ("A=1\nsecretvalue", "line 2: expected KEY=VALUE"),
+            ("A=1\n\n=secretvalue", "line 3: empty env key"),
+            ("  =secretvalue", "line 1: empty env key"),
+            (
+                "GOOD=1\nBAD-KEY=secretvalue",
+                "line 2: invalid env key \"BAD-KEY\": keys start with a letter or '_' and contain only letters, digits and '_'",
+            ),
+            (
+                "A=1\nB=2\nA=secretvalue",
+                "line 3: duplicate env key A (first set on line 1)",
+            ),
+            (
+                "A=1\n A =secretvalue",
+                "line 2: duplicate env key A (first set on line 1)",
+            ),
+            (
+                "P=$'secretvalue",
+                "line 1: the value of P starts with $' but is not a valid $'…' quoted value (the closing quote is missing)",
+            ),
+            (
+                "P=$'secret'value",
+                "line 1: the value of P starts with $' but is not a valid $'…' quoted value (text after the closing quote)",
+            ),
+            (
+                "P=$'secret\\qvalue'",
+                "line 1: the value of P starts with $' but is not a valid $'…' quoted value (unknown escape; use \\\\ \\' \\\" \\n \\r or \\t)",
+            ),
+            (
+                "P=$'secretvalue\\",
+                "line 1: the value of P starts with $' but is not a valid $'…' quoted value (the closing quote is missing)",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = Env::parse_wire(text).unwrap_err();
+            assert_eq!(err.to_string(), *want, "{text:?}");
+            assert!(!err.to_string().contains("secret"), "{err}");
+            assert!(!format!("{err:?}").contains("secret"), "{err:?}");
+        }
+        assert!(matches!(
+            Env::parse_wire("A=1\nA=2").unwrap_err(),
+            EnvError::DuplicateKey {
+                line: 2,
+                first: 1,
+                ..
             }
-        );
+        ));
     }
 
     #[test]
-    fn parse_wire_last_duplicate_wins_and_empty_is_empty() {
-        assert_eq!(Env::parse_wire("A=1\nA=2").unwrap().get("A"), Some("2"));
+    fn parse_wire_of_empty_text_is_empty() {
         assert!(Env::parse_wire("").unwrap().is_empty());
+        assert!(Env::parse_wire("\n\n").unwrap().is_empty());
+    }
+
+    /// Values a process can receive, each of which must survive the wire unchanged.
+    fn awkward_values() -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "PEM",
+                "-----BEGIN PRIVATE KEY-----\nMIIEvQ+/=\nAbc\n-----END PRIVATE KEY-----\n".into(),
+            ),
+            ("CRLF", "line1\r\nline2\r\n".into()),
+            ("TRAILING_CR", "value\r".into()),
+            ("ONLY_NEWLINES", "\n\n".into()),
+            ("EQUALS", "a=b==c=".into()),
+            ("QUOTES", r#"'single' "double" \' \" $'x'"#.into()),
+            ("DOLLAR_QUOTE", "$'looks encoded\\n'".into()),
+            ("DOLLAR_QUOTE_ML", "$'\nx".into()),
+            ("BACKSLASHES", r"C:\new\table\\".into()),
+            ("UNICODE", "żółć 日本語 🦀 \u{200b}".into()),
+            ("EMPTY", String::new()),
+            ("SPACES", "  padded  ".into()),
+            ("TABS", "a\tb\t".into()),
+            ("CONTROL", "bell\x07esc\x1b[0m".into()),
+            ("HASH", "# not a comment".into()),
+            ("BIG", "x".repeat(64 * 1024)),
+            ("BIG_ML", "0123456789abcdef\n".repeat(4 * 1024)),
+        ]
+    }
+
+    #[test]
+    fn wire_round_trips_awkward_values_byte_for_byte() {
+        let e = Env::from_map(
+            awkward_values()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        )
+        .unwrap();
+        let wire = e.to_wire();
+        assert_eq!(wire.lines().count(), e.len(), "one line per variable");
+        assert!(!wire.contains('\r'), "no carriage return reaches the wire");
+        assert_eq!(Env::parse_wire(&wire).unwrap(), e);
+        for (key, value) in awkward_values() {
+            let one = env(&[(key, &value)]);
+            assert_eq!(
+                Env::parse_wire(&one.to_wire()).unwrap().get(key),
+                Some(value.as_str()),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn to_wire_quotes_only_what_needs_it() {
+        let e = env(&[
+            ("PEM", "a\nb\n"),
+            ("PLAIN", "it's \"fine\" \\n"),
+            ("CR", "x\r"),
+            ("LOOKS", "$'q'"),
+        ]);
+        assert_eq!(
+            e.to_wire(),
+            "CR=$'x\\r'\nLOOKS=$'$\\'q\\''\nPEM=$'a\\nb\\n'\nPLAIN=it's \"fine\" \\n"
+        );
+        // `$` alone, or `$'` later in a value, is not an opening quote.
+        let e = env(&[("A", "$x"), ("B", "x$'y")]);
+        assert_eq!(e.to_wire(), "A=$x\nB=x$'y");
+        assert_eq!(Env::parse_wire(&e.to_wire()).unwrap(), e);
+    }
+
+    #[test]
+    fn parse_wire_decodes_bash_escapes_it_accepts() {
+        let e = Env::parse_wire(r#"A=$'tab\there \"q\" \'s\' back\\slash\r\n'"#).unwrap();
+        assert_eq!(e.get("A"), Some("tab\there \"q\" 's' back\\slash\r\n"));
+        assert_eq!(Env::parse_wire("A=$''").unwrap().get("A"), Some(""));
+    }
+
+    /// What the convox CLI does with the env text it reads
+    /// (`pkg/structs/environment.go`): it splits lines, drops a `\r` before each line
+    /// end, splits at the first `=`, trims the key and skips lines without one; it
+    /// then posts the map back as sorted `K=V` lines joined by `\n`.
+    fn convox_cli_read_modify_write(text: &str, set: &[(&str, &str)]) -> String {
+        let mut vars = BTreeMap::new();
+        for line in text.split('\n') {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if let Some((k, v)) = line.split_once('=')
+                && !k.trim().is_empty()
+            {
+                vars.insert(k.trim().to_owned(), v.to_owned());
+            }
+        }
+        for (k, v) in set {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let mut lines: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        lines.sort();
+        lines.join("\n")
+    }
+
+    #[test]
+    fn wire_survives_the_convox_cli_read_modify_write() {
+        let e = Env::from_map(
+            awkward_values()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        )
+        .unwrap();
+        let posted = convox_cli_read_modify_write(&e.to_wire(), &[("OTHER", "1")]);
+        let mut want = e.clone();
+        want.insert("OTHER", "1").unwrap();
+        assert_eq!(Env::parse_wire(&posted).unwrap(), want);
+        // And again: reading back what was stored changes nothing.
+        let again = convox_cli_read_modify_write(&want.to_wire(), &[]);
+        assert_eq!(Env::parse_wire(&again).unwrap(), want);
     }
 
     // --- apply --------------------------------------------------------------
