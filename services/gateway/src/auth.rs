@@ -36,29 +36,6 @@ pub const SOCKET_ROUTES: [&str; 4] = [
     "/apps/{app}/promotions/{id}/events",
 ];
 
-/// The address a connection came from, as [`ConnectInfo`] of every request
-/// (the failed-login throttle and its log need it).
-#[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub SocketAddr);
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
 /// Who made a request, as far as the gateway knows. As an extractor it
 /// answers 401 unless [`authenticate_first`] authenticated the request.
 #[derive(Clone, Debug)]
@@ -130,8 +107,8 @@ pub async fn authenticate_first(
     }
     let peer = request
         .extensions()
-        .get::<ConnectInfo<PeerAddr>>()
-        .map(|c| c.0.0.ip());
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     if let Some(wait) = state.logins.throttled(peer) {
         return Refusal::TooManyFailures { wait }.into_response();
     }

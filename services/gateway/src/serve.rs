@@ -366,9 +366,6 @@ async fn http<I, S>(
             request.extensions_mut().insert(ConnectInfo(peer));
             request
                 .extensions_mut()
-                .insert(ConnectInfo(crate::auth::PeerAddr(peer)));
-            request
-                .extensions_mut()
                 .insert(ConnectionSlot(state.clone()));
             let response = app.clone().oneshot(request);
             async move {

@@ -4,29 +4,18 @@
 //! client can trust it with `SLIPWAY_CA_FILE`. Plain HTTP is only allowed on
 //! a loopback address or with `--insecure-http`.
 //!
-//! Handshakes run in their own tasks, so a client that stalls mid-handshake
-//! never holds up the accept loop; [`TlsListener`] hands finished
-//! connections to `axum::serve`, websockets included (they upgrade over the
-//! TLS stream like any other HTTP/1.1 connection).
+//! Handshakes run on each connection's own task in the serve loop
+//! (`serve.rs`), so a client that stalls mid-handshake never holds up
+//! accepting; websockets upgrade over the TLS stream like any other
+//! HTTP/1.1 connection.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-
-/// How long a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Handshakes in flight at once; more connections wait in the kernel backlog.
-const MAX_HANDSHAKES: usize = 256;
 
 /// Transport settings of the HTTP API (flattened into the gateway's and the
 /// rack's `Config`).
@@ -233,86 +222,6 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path)?.write_all(data)
-}
-
-/// A listener whose connections have finished a TLS handshake, for
-/// `axum::serve`. Handshakes run concurrently off the accept loop; the
-/// loop stops when the listener is dropped (at the end of `serve`).
-pub struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
-
-impl TlsListener {
-    /// Accepts on `listener` and handshakes with `config`.
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(config);
-        tokio::spawn(accept_loop(listener, acceptor, tx));
-        Ok(Self { local, ready })
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let permit = tokio::select! {
-            () = tx.closed() => return,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        let (tcp, peer) = tokio::select! {
-            () = tx.closed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!("failed to accept a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let _ = tx.send((tls, peer)).await;
-                }
-                // A client that does not trust the certificate aborts here;
-                // that is its decision, not an error of ours.
-                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accept loop only ends once this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }
 
 #[cfg(test)]
