@@ -165,6 +165,32 @@ fn fd_limit() -> Option<u64> {
     None
 }
 
+/// What the loop serves: the gateway's router, or any infallible service
+/// of axum requests.
+pub trait App:
+    tower::Service<
+        axum::http::Request<Body>,
+        Response = axum::http::Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<
+            axum::http::Request<Body>,
+            Response = axum::http::Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Serves `app` on `listener` (TLS when `tls` is given) until `shutdown`
 /// completes, then lets in-flight requests finish.
 pub async fn serve<S>(
@@ -175,14 +201,7 @@ pub async fn serve<S>(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
-    S: tower::Service<
-            axum::http::Request<Body>,
-            Response = axum::http::Response<Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: App,
 {
     let cap = args.connection_cap();
     tracing::info!(
@@ -299,14 +318,7 @@ async fn connection<S>(
     registry: Arc<Registry>,
     stop: watch::Receiver<bool>,
 ) where
-    S: tower::Service<
-            axum::http::Request<Body>,
-            Response = axum::http::Response<Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: App,
 {
     let state = Arc::new(ConnState::new());
     let id = registry.insert(state.clone());
@@ -348,14 +360,7 @@ async fn http<I, S>(
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower::Service<
-            axum::http::Request<Body>,
-            Response = axum::http::Response<Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: App,
 {
     let service = {
         let state = state.clone();
