@@ -1,8 +1,9 @@
-//! The rollout service's storage: rollouts with their owner leases, the
-//! durable per-rollout event log, and the local runtime's records (desired
-//! spec per app, stable ports, started processes). One implementation over
-//! sqlx's `Any` driver for SQLite and PostgreSQL; the store tests run every
-//! operation against both.
+//! The rollout service's storage: rollouts with their owner leases and the
+//! durable per-rollout event log. One implementation over sqlx's `Any`
+//! driver for SQLite and PostgreSQL; the store tests run every operation
+//! against both. The local runtime keeps its own records
+//! ([`crate::runtime::local::LocalRecords`]) in the same database; their
+//! migrations are here, applied by the same migrator.
 //!
 //! Fencing: a replica drives a rollout only while it holds the lease, and
 //! every write a driver makes is conditional on the lease epoch it took, so
@@ -63,25 +64,6 @@ pub struct AppEvent {
     pub event: StoredEvent,
 }
 
-/// A process the local runtime started.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessRecord {
-    /// e.g. `web-4f2a9c1d`.
-    pub id: String,
-    /// The app.
-    pub app: String,
-    /// The service.
-    pub service: String,
-    /// The release it runs.
-    pub release: String,
-    /// OS process id; `None` if the service died between recording and spawning.
-    pub pid: Option<u32>,
-    /// The port it listens on.
-    pub port: u16,
-    /// When it was started.
-    pub started: DateTime<Utc>,
-}
-
 /// The rollout database.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -90,11 +72,13 @@ pub struct Store {
     cipher: SpecCipher,
 }
 
-fn micros(t: DateTime<Utc>) -> i64 {
+/// A time as stored: microseconds since the epoch.
+pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn time(us: i64) -> DateTime<Utc> {
+/// A stored time back (`micros`' inverse).
+pub(crate) fn time(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
@@ -107,6 +91,12 @@ impl Store {
     /// specs are sealed at rest with `cipher`.
     pub fn new(db: Database, cipher: SpecCipher) -> Self {
         Self { db, cipher }
+    }
+
+    /// The database and the spec cipher, for the records that other parts
+    /// of the service keep in the same database (the local runtime's).
+    pub(crate) fn parts(&self) -> (&Database, &SpecCipher) {
+        (&self.db, &self.cipher)
     }
 
     fn open_spec(&self, app: &str, stored: &str) -> Result<String> {
@@ -487,195 +477,6 @@ impl Store {
             })
             .collect()
     }
-
-    // ---- the local runtime's records ----
-
-    /// Records what an app should run (the spec JSON and the rollout that set it).
-    pub async fn local_set_app(&self, app: &str, spec_json: &str, rollout: &str) -> Result<()> {
-        let sealed = self.cipher.seal(app, spec_json);
-        retry(|| {
-            sqlx::query(
-                "INSERT INTO local_apps (app, spec, rollout_id, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (app) DO UPDATE SET spec = excluded.spec, rollout_id = excluded.rollout_id, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(app)
-            .bind(&sealed)
-            .bind(rollout)
-            .bind(now_micros())
-            .execute(&self.db.pool)
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Forgets what an app should run.
-    pub async fn local_remove_app(&self, app: &str) -> Result<()> {
-        retry(|| {
-            sqlx::query("DELETE FROM local_apps WHERE app = $1")
-                .bind(app)
-                .execute(&self.db.pool)
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Every app's desired spec JSON and rollout.
-    pub async fn local_apps(&self) -> Result<Vec<(String, String, String)>> {
-        let rows = sqlx::query("SELECT app, spec, rollout_id FROM local_apps ORDER BY app")
-            .fetch_all(&self.db.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let app: String = r.try_get("app")?;
-                let spec = self.open_spec(&app, &r.try_get::<String, _>("spec")?)?;
-                Ok((app, spec, r.try_get("rollout_id")?))
-            })
-            .collect()
-    }
-
-    /// The stable port of a service, if one was assigned.
-    pub async fn local_port(&self, app: &str, service: &str) -> Result<Option<u16>> {
-        let row = sqlx::query("SELECT port FROM local_ports WHERE app = $1 AND service = $2")
-            .bind(app)
-            .bind(service)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        Ok(row
-            .map(|r| r.try_get::<i64, _>("port"))
-            .transpose()?
-            .map(|p| p as u16))
-    }
-
-    /// Every assigned stable port.
-    pub async fn local_ports(&self) -> Result<Vec<u16>> {
-        let rows = sqlx::query("SELECT port FROM local_ports")
-            .fetch_all(&self.db.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get::<i64, _>("port")? as u16))
-            .collect()
-    }
-
-    /// Assigns a stable port; `false` if the port is taken by another service.
-    pub async fn local_assign_port(&self, app: &str, service: &str, port: u16) -> Result<bool> {
-        let done = retry(|| {
-            sqlx::query("INSERT INTO local_ports (app, service, port) VALUES ($1, $2, $3)")
-                .bind(app)
-                .bind(service)
-                .bind(i64::from(port))
-                .execute(&self.db.pool)
-        })
-        .await;
-        match done {
-            Ok(_) => Ok(true),
-            Err(e) if matches!(classify(&e), ErrorClass::UniqueViolation(_)) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The uid assigned to an app's processes, if any.
-    pub async fn local_app_user(&self, app: &str) -> Result<Option<u32>> {
-        let row = sqlx::query("SELECT uid FROM local_app_users WHERE app = $1")
-            .bind(app)
-            .fetch_optional(&self.db.pool)
-            .await?;
-        Ok(row
-            .map(|r| r.try_get::<i64, _>("uid"))
-            .transpose()?
-            .map(|uid| uid as u32))
-    }
-
-    /// Every assigned app uid.
-    pub async fn local_app_users(&self) -> Result<Vec<u32>> {
-        let rows = sqlx::query("SELECT uid FROM local_app_users")
-            .fetch_all(&self.db.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get::<i64, _>("uid")? as u32))
-            .collect()
-    }
-
-    /// Assigns `uid` to `app`; `false` if the app or the uid has one already.
-    pub async fn local_assign_app_user(&self, app: &str, uid: u32) -> Result<bool> {
-        let done = retry(|| {
-            sqlx::query("INSERT INTO local_app_users (app, uid) VALUES ($1, $2)")
-                .bind(app)
-                .bind(i64::from(uid))
-                .execute(&self.db.pool)
-        })
-        .await;
-        match done {
-            Ok(_) => Ok(true),
-            Err(e) if matches!(classify(&e), ErrorClass::UniqueViolation(_)) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Records a process about to be spawned.
-    pub async fn local_insert_process(&self, p: &ProcessRecord) -> Result<()> {
-        retry(|| {
-            sqlx::query(
-                "INSERT INTO local_processes (id, app, service, release_id, pid, port, started_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&p.id)
-            .bind(&p.app)
-            .bind(&p.service)
-            .bind(&p.release)
-            .bind(p.pid.map(i64::from))
-            .bind(i64::from(p.port))
-            .bind(micros(p.started))
-            .execute(&self.db.pool)
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Records the OS pid of a spawned process.
-    pub async fn local_set_pid(&self, id: &str, pid: u32) -> Result<()> {
-        retry(|| {
-            sqlx::query("UPDATE local_processes SET pid = $1 WHERE id = $2")
-                .bind(i64::from(pid))
-                .bind(id)
-                .execute(&self.db.pool)
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Forgets a process that is gone.
-    pub async fn local_delete_process(&self, id: &str) -> Result<()> {
-        retry(|| {
-            sqlx::query("DELETE FROM local_processes WHERE id = $1")
-                .bind(id)
-                .execute(&self.db.pool)
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Every recorded process.
-    pub async fn local_processes(&self) -> Result<Vec<ProcessRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, app, service, release_id, pid, port, started_at FROM local_processes ORDER BY started_at",
-        )
-        .fetch_all(&self.db.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ProcessRecord {
-                    id: r.try_get("id")?,
-                    app: r.try_get("app")?,
-                    service: r.try_get("service")?,
-                    release: r.try_get("release_id")?,
-                    pid: r.try_get::<Option<i64>, _>("pid")?.map(|p| p as u32),
-                    port: r.try_get::<i64, _>("port")? as u16,
-                    started: time(r.try_get("started_at")?),
-                })
-            })
-            .collect()
-    }
 }
 
 fn rollout_from_row(row: &AnyRow) -> Result<Rollout> {
@@ -701,7 +502,7 @@ fn rollout_from_row(row: &AnyRow) -> Result<Rollout> {
 
 /// Retries a statement while the database reports a transient conflict
 /// (SQLite busy, PostgreSQL serialization failure).
-async fn retry<T, F, Fut>(mut attempt: F) -> Result<T, sqlx::Error>
+pub(crate) async fn retry<T, F, Fut>(mut attempt: F) -> Result<T, sqlx::Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, sqlx::Error>>,

@@ -5,7 +5,8 @@ use std::time::Duration;
 use chrono::Utc;
 use slipway_rollout::crypto::SpecCipher;
 use slipway_rollout::model::Phase;
-use slipway_rollout::store::{NewRollout, ProcessRecord, Store};
+use slipway_rollout::runtime::local::{LocalRecords, ProcessRecord};
+use slipway_rollout::store::{NewRollout, Store};
 
 use crate::helpers::{App, domain_spec};
 
@@ -132,40 +133,27 @@ async fn suite(store: Store) {
     );
 
     // The local runtime's records.
-    assert_eq!(store.local_port("app1", "web").await.unwrap(), None);
-    assert!(store.local_assign_port("app1", "web", 20001).await.unwrap());
+    let local = LocalRecords::new(&store);
+    assert_eq!(local.port("app1", "web").await.unwrap(), None);
+    assert!(local.assign_port("app1", "web", 20001).await.unwrap());
     assert!(
-        !store.local_assign_port("app2", "web", 20001).await.unwrap(),
+        !local.assign_port("app2", "web", 20001).await.unwrap(),
         "a port belongs to one service"
     );
-    assert_eq!(store.local_port("app1", "web").await.unwrap(), Some(20001));
-    assert_eq!(store.local_ports().await.unwrap(), [20001]);
-    assert_eq!(store.local_app_user("app1").await.unwrap(), None);
+    assert_eq!(local.port("app1", "web").await.unwrap(), Some(20001));
+    assert_eq!(local.ports().await.unwrap(), [20001]);
+    assert_eq!(local.app_user("app1").await.unwrap(), None);
+    assert!(local.assign_app_user("app1", 1_900_000_001).await.unwrap());
     assert!(
-        store
-            .local_assign_app_user("app1", 1_900_000_001)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .local_assign_app_user("app2", 1_900_000_001)
-            .await
-            .unwrap(),
+        !local.assign_app_user("app2", 1_900_000_001).await.unwrap(),
         "a uid belongs to one app"
     );
     assert!(
-        !store
-            .local_assign_app_user("app1", 1_900_000_002)
-            .await
-            .unwrap(),
+        !local.assign_app_user("app1", 1_900_000_002).await.unwrap(),
         "an app keeps its uid"
     );
-    assert_eq!(
-        store.local_app_user("app1").await.unwrap(),
-        Some(1_900_000_001)
-    );
-    assert_eq!(store.local_app_users().await.unwrap(), [1_900_000_001]);
+    assert_eq!(local.app_user("app1").await.unwrap(), Some(1_900_000_001));
+    assert_eq!(local.app_users().await.unwrap(), [1_900_000_001]);
     let record = ProcessRecord {
         id: "web-1".into(),
         app: "app1".into(),
@@ -175,28 +163,25 @@ async fn suite(store: Store) {
         port: 41000,
         started: chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap(),
     };
-    store.local_insert_process(&record).await.unwrap();
-    store.local_set_pid("web-1", 4242).await.unwrap();
+    local.insert_process(&record).await.unwrap();
+    local.set_pid("web-1", 4242).await.unwrap();
     assert_eq!(
-        store.local_processes().await.unwrap(),
+        local.processes().await.unwrap(),
         [ProcessRecord {
             pid: Some(4242),
             ..record
         }]
     );
-    store.local_delete_process("web-1").await.unwrap();
-    assert!(store.local_processes().await.unwrap().is_empty());
-    store.local_set_app("app1", "{}", "P1").await.unwrap();
-    store
-        .local_set_app("app1", "{\"x\":1}", "P2")
-        .await
-        .unwrap();
+    local.delete_process("web-1").await.unwrap();
+    assert!(local.processes().await.unwrap().is_empty());
+    local.set_app("app1", "{}", "P1").await.unwrap();
+    local.set_app("app1", "{\"x\":1}", "P2").await.unwrap();
     assert_eq!(
-        store.local_apps().await.unwrap(),
+        local.apps().await.unwrap(),
         [("app1".to_owned(), "{\"x\":1}".to_owned(), "P2".to_owned())]
     );
-    store.local_remove_app("app1").await.unwrap();
-    assert!(store.local_apps().await.unwrap().is_empty());
+    local.remove_app("app1").await.unwrap();
+    assert!(local.apps().await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -228,8 +213,9 @@ async fn specs_are_sealed_at_rest() {
         .create(&new, "a", Duration::from_secs(30))
         .await
         .unwrap();
-    store
-        .local_set_app("sealed", &target.to_json(), "PSEALED")
+    let local = LocalRecords::new(&store);
+    local
+        .set_app("sealed", &target.to_json(), "PSEALED")
         .await
         .unwrap();
     let rows: Vec<(String, Option<String>)> =
@@ -252,9 +238,5 @@ async fn specs_are_sealed_at_rest() {
     // And they still read back.
     let plan = store.plan("PSEALED").await.unwrap().unwrap();
     assert_eq!(plan.target.env.get("DB_PASSWORD"), Some("hunter2-secret"));
-    assert!(
-        store.local_apps().await.unwrap()[0]
-            .1
-            .contains("hunter2-secret")
-    );
+    assert!(local.apps().await.unwrap()[0].1.contains("hunter2-secret"));
 }

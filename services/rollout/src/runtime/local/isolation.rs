@@ -13,7 +13,7 @@
 //!
 //! When the rack runs as root, every app's processes run as an unprivileged
 //! user of its own (uid and gid of the same number from `--app-uid-range`,
-//! no supplementary groups), assigned once per app and kept in the store, so
+//! no supplementary groups), assigned once per app and kept in its records, so
 //! an app cannot read the rack's keys, databases or logs (the data
 //! directory is 0700 root), another app's files (0710 directories of another
 //! group) or another app's `/proc/PID/environ` (another uid), and cannot
@@ -35,7 +35,7 @@ use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as 
 use std::os::unix::fs::{PermissionsExt as _, chown, lchown};
 use std::path::{Path, PathBuf};
 
-use crate::store::Store;
+use super::records::LocalRecords;
 
 /// A range of uids (and the gids of the same numbers) for app users.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,7 +134,7 @@ pub(crate) struct Isolation {
     uids: UidRange,
     /// Whether app processes get users of their own (the rack is root).
     root: bool,
-    store: Store,
+    records: LocalRecords,
     /// Processes using each `(app, release)` working copy.
     in_use: tokio::sync::Mutex<BTreeMap<(String, String), usize>>,
     /// Serialises uid assignment.
@@ -144,7 +144,11 @@ pub(crate) struct Isolation {
 impl Isolation {
     /// Sets up the apps directory; as root, checks that the uid range is
     /// usable. Says once when apps will share the rack's user.
-    pub(crate) fn start(apps_dir: PathBuf, uids: UidRange, store: Store) -> Result<Self, String> {
+    pub(crate) fn start(
+        apps_dir: PathBuf,
+        uids: UidRange,
+        records: LocalRecords,
+    ) -> Result<Self, String> {
         let euid = nix::unistd::geteuid().as_raw();
         let root = euid == 0;
         if root {
@@ -177,7 +181,7 @@ impl Isolation {
             apps_dir,
             uids,
             root,
-            store,
+            records,
             in_use: tokio::sync::Mutex::new(BTreeMap::new()),
             assign: tokio::sync::Mutex::new(()),
         })
@@ -319,7 +323,7 @@ impl Isolation {
     async fn user(&self, app: &str) -> Result<u32, String> {
         let _serial = self.assign.lock().await;
         let store_err = |e: crate::error::Error| format!("cannot assign a user to app {app}: {e}");
-        if let Some(uid) = self.store.local_app_user(app).await.map_err(store_err)? {
+        if let Some(uid) = self.records.app_user(app).await.map_err(store_err)? {
             if !self.uids.contains(uid) {
                 tracing::warn!(
                     app,
@@ -331,8 +335,8 @@ impl Isolation {
             return Ok(uid);
         }
         let taken: BTreeSet<u32> = self
-            .store
-            .local_app_users()
+            .records
+            .app_users()
             .await
             .map_err(store_err)?
             .into_iter()
@@ -345,15 +349,15 @@ impl Isolation {
                 continue;
             }
             if self
-                .store
-                .local_assign_app_user(app, uid)
+                .records
+                .assign_app_user(app, uid)
                 .await
                 .map_err(store_err)?
             {
                 tracing::info!(app, uid, "assigned a user to the app");
                 return Ok(uid);
             }
-            if let Some(uid) = self.store.local_app_user(app).await.map_err(store_err)? {
+            if let Some(uid) = self.records.app_user(app).await.map_err(store_err)? {
                 return Ok(uid);
             }
         }
