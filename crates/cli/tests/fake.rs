@@ -94,9 +94,20 @@ impl Fake {
         let addr = listener.local_addr().unwrap();
         let scheme = if tls.is_some() { "https" } else { "http" };
         match tls {
+            // TLS the way the gateway terminates it: its own serve loop.
             Some(tls) => {
-                let listener = slipway_gateway::tls::TlsListener::new(listener, tls).unwrap();
-                tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+                tokio::spawn(async move {
+                    let args = slipway_gateway::serve::ConnectionArgs::default();
+                    slipway_gateway::serve::serve(
+                        listener,
+                        Some(tls),
+                        router,
+                        &args,
+                        std::future::pending(),
+                    )
+                    .await
+                    .unwrap()
+                });
             }
             None => {
                 tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -234,6 +245,9 @@ async fn handle(
         ("POST", ["apps", _, "releases", "RBUSYBUSYX", "promote"]) => {
             text(StatusCode::FORBIDDEN, "app is currently updating")
         }
+        ("POST", ["apps", _, "releases", "RDROPDROPD", "promote"]) => {
+            json_response(promotion("PDROP", "pending", ""))
+        }
         ("POST", ["apps", _, "releases", "RFAILFAILF", "promote"]) => {
             json_response(promotion("PFAIL", "pending", ""))
         }
@@ -244,6 +258,9 @@ async fn handle(
             "release": release("RDEFGHIJKL", now, "rollback to RBCDEFGHIJ"),
             "promotion": promotion("POK", "pending", ""),
         })),
+        ("GET", ["apps", _, "promotions", "PDROP"]) => {
+            json_response(promotion("PDROP", "rolling_out", ""))
+        }
         ("GET", ["apps", _, "promotions", "POK"]) => {
             json_response(promotion("POK", "succeeded", ""))
         }
@@ -285,16 +302,53 @@ async fn build_logs(headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
 }
 
 async fn promotion_events(
-    Path((_app, id)): Path<(String, String)>,
+    State(requests): State<Shared>,
+    Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let after = header("after");
+    requests.lock().unwrap().push(Recorded {
+        method: "GET".into(),
+        path: format!("/apps/{app}/promotions/{id}/events"),
+        query: after.clone().map(|a| format!("after={a}")),
+        authorization: header("authorization"),
+        content_type: None,
+        body: Vec::new(),
+    });
+    let (events, state, reason) = match id.as_str() {
+        "PFAIL" => (EVENTS_FAILED, "rolled_back", FAILED_REASON),
+        _ => (EVENTS_OK, "succeeded", ""),
+    };
     let chunks: Vec<String> = if !authorised(&headers) {
         vec!["ERROR: invalid authentication\n".to_owned()]
-    } else if id == "PFAIL" {
-        EVENTS_FAILED.iter().map(|s| (*s).to_owned()).collect()
+    } else if header("typed").as_deref() == Some("true") {
+        // Typed frames: events numbered from 1, then the result. PDROP's
+        // first stream breaks after two events, as a restarting gateway's
+        // would; a stream resumed after an event goes on from there.
+        let from = after.and_then(|a| a.parse::<usize>().ok()).unwrap_or(0);
+        let drop = id == "PDROP" && from == 0;
+        let mut frames: Vec<String> = events
+            .iter()
+            .enumerate()
+            .skip(from)
+            .take(if drop { 2 } else { usize::MAX })
+            .map(|(i, line)| {
+                json!({"event": {"id": (i + 1).to_string(), "line": line}}).to_string()
+            })
+            .collect();
+        if !drop {
+            frames.push(json!({"result": {"state": state, "reason": reason}}).to_string());
+        }
+        frames
     } else {
-        EVENTS_OK.iter().map(|s| (*s).to_owned()).collect()
+        events.iter().map(|s| (*s).to_owned()).collect()
     };
     ws.on_upgrade(move |socket| send_all(socket, chunks))
 }

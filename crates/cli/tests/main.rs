@@ -256,6 +256,16 @@ async fn deploy_builds_then_follows_the_promotion_to_ok() {
         form(&promote[0].body),
         [("force".to_owned(), "false".to_owned())]
     );
+    // The stream's last frame told the result: one stream, no second look.
+    assert_eq!(
+        fake.requests_to("GET", "/apps/myapp/promotions/POK/events")
+            .len(),
+        1
+    );
+    assert!(
+        fake.requests_to("GET", "/apps/myapp/promotions/POK")
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -274,6 +284,33 @@ async fn a_rolled_back_promotion_exits_non_zero_with_the_reason() {
     );
     assert_eq!(run.stderr, format!("ERROR: rollback: {FAILED_REASON}\n"));
     assert_eq!(run.status, 1);
+    // The reason came with the stream's result frame.
+    assert!(
+        fake.requests_to("GET", "/apps/myapp/promotions/PFAIL")
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_promotion_stream_resumes_after_its_last_event() {
+    let fake = Fake::start().await;
+    let project = Project::new();
+    let run = slipway(
+        &project,
+        Some(&fake.rack_url()),
+        &["releases", "promote", "RDROPDROPD"],
+    )
+    .await;
+    // Every event once, in order, then OK.
+    assert_eq!(
+        run.stdout,
+        format!("Promoting RDROPDROPD...\n{}OK\n", EVENTS_OK.concat())
+    );
+    assert_eq!(run.stderr, "");
+    assert_eq!(run.status, 0);
+    let streams = fake.requests_to("GET", "/apps/myapp/promotions/PDROP/events");
+    let resumed: Vec<_> = streams.iter().map(|r| r.query.as_deref()).collect();
+    assert_eq!(resumed, [None, Some("after=2")]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -23,7 +23,7 @@ use crate::socket::{LogStream, SocketOptions};
 use crate::types::{
     App, Build, EnvChange, Object, Process, Promotion, Release, Rollback, Service, System,
 };
-use crate::{Error, RackUrl, TlsOptions};
+use crate::{AFTER_HEADER, Error, PromotionEvents, RackUrl, TYPED_HEADER, TlsOptions};
 
 /// The `User-Agent` of every request.
 const USER_AGENT: &str = concat!("slipway/", env!("CARGO_PKG_VERSION"));
@@ -371,6 +371,28 @@ impl Client {
             &self.socket_options(Vec::new()),
         )
         .await
+    }
+
+    /// Slipway: the promotion's events as typed frames (see
+    /// [`PromotionEvents`]), after the event `after` (empty: from the
+    /// start), ending with the promotion's result.
+    pub async fn promotion_follow(
+        &self,
+        app: &str,
+        id: &str,
+        after: &str,
+    ) -> Result<PromotionEvents, Error> {
+        let mut headers = vec![(TYPED_HEADER, "true".to_owned())];
+        if !after.is_empty() {
+            headers.push((AFTER_HEADER, after.to_owned()));
+        }
+        LogStream::connect(
+            &self.rack,
+            &["apps", app, "promotions", id, "events"],
+            &self.socket_options(headers),
+        )
+        .await
+        .map(PromotionEvents::new)
     }
 
     /// `GET /apps/{app}/processes`.

@@ -16,6 +16,7 @@
 
 mod client;
 mod error;
+mod promotion;
 mod rack;
 mod socket;
 mod tls;
@@ -23,6 +24,7 @@ pub mod types;
 
 pub use client::{BuildOptions, Client, LogOptions, ReleaseOptions, go_duration};
 pub use error::Error;
+pub use promotion::{AFTER_HEADER, PromotionEvents, PromotionFrame, PromotionResult, TYPED_HEADER};
 pub use rack::RackUrl;
 pub use socket::{LogStream, stream_error};
 pub use tls::TlsOptions;

@@ -15,6 +15,8 @@ use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
 use tracing::Instrument as _;
 
+use slipway_client::{AFTER_HEADER, PromotionFrame, PromotionResult, TYPED_HEADER};
+
 use crate::auth::SocketCaller;
 use crate::{AppState, convert};
 
@@ -189,12 +191,21 @@ fn parse_go_duration(text: &str) -> Option<Duration> {
 
 /// Slipway: `GET /apps/{app}/promotions/{id}/events`: every event of the
 /// promotion's rollout from the start, ending when the rollout ends.
+///
+/// Plain by default (one `<time> <source> <message>` line per event). With
+/// the `Typed: true` handshake header, each TEXT frame is one JSON
+/// [`PromotionFrame`]: the events with their ids, then the promotion's
+/// result as the last frame, so a client learns how the rollout ended
+/// without asking again; `After: <event id>` resumes after that event.
 pub(crate) async fn promotion_events(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
     caller: SocketCaller,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let typed = header(&headers, TYPED_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let after = header(&headers, AFTER_HEADER).unwrap_or_default();
     // The upgraded socket runs in a task of its own: keep the request span.
     let span = tracing::Span::current();
     ws.on_upgrade(move |socket| {
@@ -202,10 +213,24 @@ pub(crate) async fn promotion_events(
             let authorised = caller.authorised();
             let source = async move {
                 promotion_of_app(&state, &app, &id).await?;
-                Ok(rollout_lines(&state, id)
-                    .await?
-                    .map(|line| line.map(String::into_bytes))
-                    .boxed())
+                let watched = rollout_events(&state, id.clone(), after).await?;
+                Ok(if typed {
+                    watched
+                        .then(move |item| typed_frame(state.clone(), id.clone(), item))
+                        .boxed()
+                } else {
+                    watched
+                        .filter_map(|item| async move {
+                            match item {
+                                Ok(Watched::Event(event)) => {
+                                    Some(Ok(convert::event_line(&event).into_bytes()))
+                                }
+                                Ok(Watched::Finished(_)) => None,
+                                Err(message) => Some(Err(message)),
+                            }
+                        })
+                        .boxed()
+                })
             };
             serve(socket, authorised, source).await;
         }
@@ -222,7 +247,78 @@ async fn promotion_of_app(state: &AppState, app: &str, id: &str) -> Result<(), S
         .map_err(|e| e.message)
 }
 
-type Lines = futures::stream::BoxStream<'static, Result<String, String>>;
+/// One item of a watched rollout as a typed frame.
+async fn typed_frame(
+    state: AppState,
+    id: String,
+    item: Result<Watched, String>,
+) -> Result<Vec<u8>, String> {
+    let frame = match item? {
+        Watched::Event(event) => PromotionFrame::Event {
+            line: convert::event_line(&event),
+            id: event.id,
+        },
+        Watched::Finished(rollout) => {
+            PromotionFrame::Result(promotion_result(&state, &id, &rollout).await)
+        }
+    };
+    Ok(serde_json::to_vec(&frame).expect("a frame serialises"))
+}
+
+/// How the promotion ended: as the release service recorded it when it
+/// already has (a promotion cancelled before its rollout ended says so),
+/// else as the finished rollout says, which is what the rollout service
+/// reports to the release service: its phase and reason. Never waits for
+/// the report to land.
+async fn promotion_result(state: &AppState, id: &str, rollout: &opb::Rollout) -> PromotionResult {
+    let recorded = state
+        .reads
+        .release
+        .read(
+            rpb::GetPromotionRequest { id: id.to_owned() },
+            |mut c, m| async move { c.get_promotion(m).await },
+        )
+        .await
+        .ok()
+        .and_then(|r| r.promotion)
+        .filter(|p| {
+            !matches!(
+                rpb::PromotionState::try_from(p.state),
+                Ok(rpb::PromotionState::Pending | rpb::PromotionState::RollingOut) | Err(_)
+            )
+        });
+    let promotion = recorded.unwrap_or_else(|| rpb::Promotion {
+        id: id.to_owned(),
+        state: promotion_state(rollout.phase) as i32,
+        reason: rollout.reason.clone(),
+        ..Default::default()
+    });
+    let promotion = convert::promotion(promotion);
+    PromotionResult {
+        state: promotion.state,
+        reason: promotion.reason,
+    }
+}
+
+/// The promotion state a finished rollout's phase stands for (the mapping
+/// the rollout service reports with).
+fn promotion_state(phase: i32) -> rpb::PromotionState {
+    match opb::RolloutPhase::try_from(phase) {
+        Ok(opb::RolloutPhase::Running) => rpb::PromotionState::Succeeded,
+        Ok(opb::RolloutPhase::Reverted) => rpb::PromotionState::RolledBack,
+        Ok(opb::RolloutPhase::Failure) => rpb::PromotionState::Failed,
+        _ => rpb::PromotionState::Unspecified,
+    }
+}
+
+/// One item of a watched rollout.
+enum Watched {
+    Event(opb::Event),
+    /// The rollout in its terminal phase; the last item.
+    Finished(opb::Rollout),
+}
+
+type Items = futures::stream::BoxStream<'static, Result<Watched, String>>;
 
 /// Times a broken promotion-event stream is resumed on another replica in
 /// a row (an event received resets the count).
@@ -230,12 +326,12 @@ const RESUMES: u32 = 5;
 /// Wait before resuming, doubled each time in a row.
 const RESUME_BACKOFF: Duration = Duration::from_millis(100);
 
-/// A rollout's events as lines, from its start until it ends. The stream
-/// survives the rollout replica serving it: when it breaks (the replica
-/// died, froze past its keepalive, or restarted), it resumes on the next
-/// replica after the last event it passed on, so the client sees every
-/// event once.
-async fn rollout_lines(state: &AppState, id: String) -> Result<Lines, String> {
+/// A rollout's events after event `after` (empty: from its start), then the
+/// finished rollout. The stream survives the rollout replica serving it:
+/// when it breaks (the replica died, froze past its keepalive, or
+/// restarted), it resumes on the next replica after the last event it
+/// passed on, so the client sees every event once.
+async fn rollout_events(state: &AppState, id: String, after: String) -> Result<Items, String> {
     let replicas = state.reads.rollout.clone();
     let watch = move |after: String| {
         let id = id.clone();
@@ -252,13 +348,13 @@ async fn rollout_lines(state: &AppState, id: String) -> Result<Lines, String> {
         }
     };
     // The first call's refusal (unknown rollout) is the answer as is.
-    let mut stream = watch(String::new())
+    let mut stream = watch(after.clone())
         .await
         .map_err(|s| s.message().to_owned())?;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(
         async move {
-            let mut after = String::new();
+            let mut after = after;
             let (mut resumes, mut backoff) = (0, RESUME_BACKOFF);
             loop {
                 match stream.message().await {
@@ -266,11 +362,12 @@ async fn rollout_lines(state: &AppState, id: String) -> Result<Lines, String> {
                         if let Some(event) = message.event {
                             after.clone_from(&event.id);
                             (resumes, backoff) = (0, RESUME_BACKOFF);
-                            if tx.send(Ok(convert::event_line(&event))).await.is_err() {
+                            if tx.send(Ok(Watched::Event(event))).await.is_err() {
                                 return;
                             }
                         }
-                        if message.finished.is_some() {
+                        if let Some(rollout) = message.finished {
+                            let _ = tx.send(Ok(Watched::Finished(rollout))).await;
                             return;
                         }
                     }

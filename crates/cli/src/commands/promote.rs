@@ -2,21 +2,28 @@
 //! `releases promote`, `releases rollback` and `env set/unset --promote`.
 //!
 //! Unlike the `convox` CLI, which polls the app every 5 s, this follows the
-//! promotion's event stream (printing each `<time> system/... ` line as it
-//! arrives) and returns the moment it ends; the promotion's final state then
-//! decides between `OK` and an error that says why.
+//! promotion's typed event stream (printing each `<time> system/... ` line
+//! as it arrives) and returns the moment it ends: its last frame carries
+//! the promotion's result, which decides between `OK` and an error that
+//! says why. A stream that breaks before its result is resumed after the
+//! last event printed; only then is the promotion's state read.
 
 use std::time::Duration;
 
 use anyhow::bail;
 use slipway_client::types::Promotion;
-use slipway_client::{Client, stream_error};
+use slipway_client::{Client, PromotionFrame};
 
 use crate::output::Output;
 
 /// Consecutive failures to open (or keep) the event stream of a promotion
-/// still in flight, one second apart, before giving up on following it.
+/// still in flight before giving up on following it.
 const MAX_STREAM_FAILURES: u32 = 30;
+/// The wait before reopening a stream that broke, doubled on each failure
+/// in a row up to [`MAX_BACKOFF`]. A stream that ends with its result (the
+/// usual case) is never reopened.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// `Promoting R...`, the promote call, then [`follow`].
 pub(crate) async fn promote(
@@ -43,88 +50,75 @@ pub(crate) async fn follow(
         if !promotion.message.is_empty() {
             out.line(&promotion.message)?;
         }
-        return finish(out, promotion);
+        return finish(out, &promotion.id, &promotion.state, &promotion.reason);
     }
-    // Bytes of the event stream already printed: a reconnect replays from
-    // the start, so only what lies past this is new.
-    let mut shown = 0usize;
+    // The id of the last event printed: a reopened stream resumes after it.
+    let mut after = String::new();
     let mut at_line_start = true;
-    let mut failures = 0u32;
+    let (mut failures, mut backoff) = (0u32, FIRST_BACKOFF);
     loop {
-        let mut stream_failure = None;
-        match client.promotion_events(app, &promotion.id).await {
-            Ok(mut stream) => {
-                let mut offset = 0usize;
-                while let Some(chunk) = stream.next().await {
-                    let chunk = match chunk {
-                        Ok(chunk) => chunk,
-                        Err(e) => {
-                            stream_failure = Some(e.to_string());
-                            break;
+        let failure = match client.promotion_follow(app, &promotion.id, &after).await {
+            Ok(mut stream) => loop {
+                match stream.next().await {
+                    Some(Ok(PromotionFrame::Event { id, line })) => {
+                        out.write(&line)?;
+                        at_line_start = line.ends_with('\n');
+                        after = id;
+                        (failures, backoff) = (0, FIRST_BACKOFF);
+                    }
+                    Some(Ok(PromotionFrame::Result(result))) => {
+                        stream.close().await;
+                        if !at_line_start {
+                            out.write("\n")?;
                         }
-                    };
-                    if let Some(message) = stream_error(&chunk) {
-                        stream_failure = Some(message.to_owned());
-                        break;
+                        return finish(out, &promotion.id, &result.state, &result.reason);
                     }
-                    let bytes = chunk.as_bytes();
-                    let end = offset + bytes.len();
-                    if end > shown {
-                        let new = &bytes[shown.saturating_sub(offset)..];
-                        out.write_bytes(new)?;
-                        at_line_start = new.ends_with(b"\n");
-                        shown = end;
-                    }
-                    offset = end;
+                    Some(Err(e)) => break Some(e.to_string()),
+                    // Ended without its result: the connection dropped.
+                    None => break None,
                 }
-            }
-            Err(e) => stream_failure = Some(e.to_string()),
-        }
+            },
+            Err(e) => Some(e.to_string()),
+        };
+        // No result came: the gateway restarted, the connection dropped, or
+        // a rollout still being set up does not stream yet. The promotion
+        // may have ended meanwhile.
         let current = client.promotion(app, &promotion.id).await?;
-        if matches!(current.state.as_str(), "pending" | "rolling_out") {
-            if let Some(failure) = stream_failure {
-                // A rollout that is still being set up may not stream yet;
-                // one that never streams is reported rather than awaited blindly.
-                failures += 1;
-                if failures >= MAX_STREAM_FAILURES {
-                    bail!(
-                        "cannot follow promotion {} (still {}): {failure}",
-                        promotion.id,
-                        current.state
-                    );
-                }
-            } else {
-                failures = 0;
+        if !matches!(current.state.as_str(), "pending" | "rolling_out") {
+            if !at_line_start {
+                out.write("\n")?;
             }
-            // The stream ended early (a gateway restart, a dropped
-            // connection): pick it up again.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
+            return finish(out, &current.id, &current.state, &current.reason);
         }
-        if !at_line_start {
-            out.write("\n")?;
+        failures += 1;
+        if failures >= MAX_STREAM_FAILURES {
+            bail!(
+                "cannot follow promotion {} (still {}): {}",
+                promotion.id,
+                current.state,
+                failure.unwrap_or_else(|| "the stream keeps ending early".into())
+            );
         }
-        return finish(out, &current);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-/// `OK` for a promotion that succeeded, else the error saying why not.
-fn finish(out: Output, promotion: &Promotion) -> anyhow::Result<()> {
+/// `OK` for a promotion that succeeded (`state`), else the error saying why
+/// not.
+fn finish(out: Output, id: &str, state: &str, reason: &str) -> anyhow::Result<()> {
     let because = |what: &str| {
-        if promotion.reason.is_empty() {
+        if reason.is_empty() {
             what.to_owned()
         } else {
-            format!("{what}: {}", promotion.reason)
+            format!("{what}: {reason}")
         }
     };
-    match promotion.state.as_str() {
+    match state {
         "succeeded" => Ok(out.ok()?),
         "rolled_back" => bail!(because("rollback")),
         "failed" => bail!(because("promotion failed")),
         "cancelled" => bail!(because("promotion cancelled")),
-        other => bail!(
-            "promotion {} ended in an unexpected state {other:?}",
-            promotion.id
-        ),
+        other => bail!("promotion {id} ended in an unexpected state {other:?}"),
     }
 }
