@@ -81,10 +81,17 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
             app: APP.into(),
             build: Some("BBENCHGATEW".into()),
             manifest: Some(manifest.into()),
-            env: Some(format!("N={i}\nFOO=bar\n")),
+            env_vars: Some(rpb::EnvVars {
+                vars: [
+                    ("N".to_owned(), i.to_string()),
+                    ("FOO".into(), "bar".into()),
+                ]
+                .into(),
+            }),
             description: Some(format!("release {i}")),
             parent_release: None,
             artifacts: [("web".to_owned(), "file:///tmp".to_owned())].into(),
+            ..Default::default()
         })
         .await?;
     }

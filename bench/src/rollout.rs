@@ -201,19 +201,19 @@ async fn create_release(
     env: &HashMap<String, String>,
     artifact: &Path,
 ) -> anyhow::Result<String> {
-    let env: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     let created = release
         .create_release(rpb::CreateReleaseRequest {
             app: APP.into(),
             build: Some(BUILD.into()),
             manifest: Some(manifest.into()),
-            env: Some(env),
+            env_vars: Some(rpb::EnvVars { vars: env.clone() }),
             description: Some("bench".into()),
             parent_release: None,
             artifacts: HashMap::from([(
                 "web".to_owned(),
                 format!("file://{}", artifact.display()),
             )]),
+            ..Default::default()
         })
         .await
         .context("create a release")?

@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
 const REDACTED: &[&str] = &[
     "slipway.release.v1.Release",
     "slipway.release.v1.CreateReleaseRequest",
+    "slipway.release.v1.EnvVars",
     "slipway.release.v1.ChangeEnvRequest",
     "slipway.rollout.v1.ReleaseSpec",
 ];

@@ -63,12 +63,15 @@ impl fmt::Debug for EnvKeys<'_> {
 }
 
 impl fmt::Debug for release::v1::Release {
+    // Shows the deprecated text field's keys too, for callers that still send it.
+    #[allow(deprecated)]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Release")
             .field("id", &self.id)
             .field("app", &self.app)
             .field("build", &self.build)
-            .field("env_keys", &EnvKeys(&self.env))
+            .field("env_keys", &self.env_vars.keys().collect::<Vec<_>>())
+            .field("deprecated_env_keys", &EnvKeys(&self.env))
             .field("description", &self.description)
             .field("created", &self.created)
             .field("parent", &self.parent)
@@ -78,14 +81,25 @@ impl fmt::Debug for release::v1::Release {
 }
 
 impl fmt::Debug for release::v1::CreateReleaseRequest {
+    // Shows the deprecated text field's keys too, for callers that still send it.
+    #[allow(deprecated)]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CreateReleaseRequest")
             .field("app", &self.app)
             .field("build", &self.build)
-            .field("env_keys", &self.env.as_deref().map(EnvKeys))
+            .field("env_vars", &self.env_vars)
+            .field("deprecated_env_keys", &self.env.as_deref().map(EnvKeys))
             .field("description", &self.description)
             .field("parent_release", &self.parent_release)
             .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for release::v1::EnvVars {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvVars")
+            .field("keys", &self.vars.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -118,6 +132,7 @@ mod tests {
 
     #[test]
     fn debug_of_env_carrying_messages_hides_values() {
+        #[allow(deprecated)]
         let r = release::v1::Release {
             id: "RABCDEFGHIJ".into(),
             env: "SECRET=hunter2\nTOKEN=abc123".into(),
@@ -137,6 +152,27 @@ mod tests {
             text.contains("DB_PASSWORD") && !text.contains("s3cret"),
             "{text}"
         );
+
+        let mut r = release::v1::Release::default();
+        r.env_vars
+            .insert("PEM".into(), "-----BEGIN p3m\nb0dy".into());
+        let text = format!("{r:?}");
+        assert!(
+            text.contains("PEM") && !text.contains("p3m") && !text.contains("b0dy"),
+            "{text}"
+        );
+
+        let mut vars = release::v1::EnvVars::default();
+        vars.vars.insert("API_KEY".into(), "k3y".into());
+        #[allow(deprecated)]
+        let create = release::v1::CreateReleaseRequest {
+            env_vars: Some(vars),
+            env: Some("OLD=0ld".into()),
+            ..Default::default()
+        };
+        let text = format!("{create:?}");
+        assert!(text.contains("API_KEY") && text.contains("OLD"), "{text}");
+        assert!(!text.contains("k3y") && !text.contains("0ld"), "{text}");
 
         let mut change = release::v1::ChangeEnvRequest::default();
         change.set.insert("K".into(), "v4lue".into());

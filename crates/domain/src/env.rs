@@ -323,20 +323,7 @@ impl Env {
     /// read-modify-write (`convox env set OTHER=1` posts back every line it read)
     /// carries it unchanged. [`Env::parse_wire`] decodes it back byte for byte.
     pub fn to_wire(&self) -> String {
-        let mut out = String::new();
-        for (i, (key, value)) in self.vars.iter().enumerate() {
-            if i > 0 {
-                out.push('\n');
-            }
-            out.push_str(key);
-            out.push('=');
-            if needs_wire_quote(value) {
-                quote_wire(value, &mut out);
-            } else {
-                out.push_str(value);
-            }
-        }
-        out
+        wire_text(&self.vars)
     }
 
     /// Returns a new env with every key in `unset` removed and then every entry of
@@ -459,6 +446,26 @@ impl Env {
     pub fn into_map(self) -> BTreeMap<String, String> {
         self.vars
     }
+}
+
+/// Renders a map of variables in the wire format of [`Env::to_wire`], without
+/// checking keys: for an env held as a plain map (a proto's `map<string, string>`)
+/// whose keys were checked when it was stored.
+pub fn wire_text(vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    for (i, (key, value)) in vars.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(key);
+        out.push('=');
+        if needs_wire_quote(value) {
+            quote_wire(value, &mut out);
+        } else {
+            out.push_str(value);
+        }
+    }
+    out
 }
 
 /// How a quoted wire value opens: bash's ANSI-C quoting.

@@ -37,10 +37,11 @@ impl Releases {
             app: build.app.to_string(),
             build: Some(build.id.to_string()),
             manifest: Some(manifest.to_owned()),
-            env: None,
             description: (!build.description.is_empty()).then(|| build.description.clone()),
             parent_release: None,
             artifacts: artifacts.clone().into_iter().collect(),
+            // No env: the release keeps the env it forks.
+            ..Default::default()
         });
         if let Ok(value) = actor.parse() {
             request

@@ -30,7 +30,7 @@ async fn success_creates_one_release(backend: Backend) {
             .collect::<std::collections::BTreeMap<_, _>>(),
         artifacts(&build)
     );
-    assert!(call.env.is_none() && call.parent_release.is_none());
+    assert!(call.env_vars.is_none() && call.parent_release.is_none());
     // The build records the release and the rest of what it did.
     assert!(
         build.release.starts_with('R') && build.release.len() == 11,

@@ -27,14 +27,17 @@ pub(crate) fn app(app: rpb::App) -> types::App {
     }
 }
 
-/// A Convox release.
+/// A Convox release. Its env becomes Convox `KEY=VALUE` text here, at the edge
+/// that speaks it; values with a newline travel as `$'…'` (see
+/// `slipway_domain::env::Env::to_wire`).
 pub(crate) fn release(release: rpb::Release) -> types::Release {
+    let env = slipway_domain::env::wire_text(&release.env_vars.into_iter().collect());
     types::Release {
         created: time(release.created.as_ref()),
         id: release.id,
         app: release.app,
         build: release.build,
-        env: release.env,
+        env,
         manifest: release.manifest,
         description: release.description,
     }

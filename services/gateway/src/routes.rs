@@ -221,10 +221,22 @@ pub(crate) async fn create_release(
     body: Bytes,
 ) -> ApiResult<Json<types::Release>> {
     let fields = form(&body);
+    // The Convox env text is read here, at the edge; a malformed line is refused
+    // (naming its number, never its value) before anything is created.
+    let env_vars = fields
+        .get("env")
+        .map(|text| {
+            slipway_domain::Env::parse_wire(text)
+                .map(|env| rpb::EnvVars {
+                    vars: env.into_map().into_iter().collect(),
+                })
+                .map_err(|e| ApiError::bad_request(format!("invalid env: {e}")))
+        })
+        .transpose()?;
     let message = rpb::CreateReleaseRequest {
         app,
         build: fields.get("build").filter(|b| !b.is_empty()).cloned(),
-        env: fields.get("env").cloned(),
+        env_vars,
         description: fields.get("description").cloned(),
         parent_release: fields
             .get("parent-release")

@@ -84,12 +84,7 @@ impl ReleaseRpc for Grpc {
         let actor = slipway_rpc::actor(&request);
         let req = request.into_inner();
         let app = app_name(&req.app)?;
-        let env = match &req.env {
-            Some(text) => EnvInput::Replace(
-                Env::parse_wire(text).map_err(|e| Status::invalid_argument(format!("env: {e}")))?,
-            ),
-            None => EnvInput::Keep,
-        };
+        let env = env_input(&req)?;
         let request = ReleaseRequest {
             build: req
                 .build
@@ -406,13 +401,29 @@ fn app_pb(app: App) -> pb::App {
     }
 }
 
-/// Converts a release into its wire form (the env as sorted `K=V` lines).
+/// The env a `CreateRelease` asks for: `env_vars` when given; else the deprecated
+/// Convox text `env`, still read (strictly, a malformed line refused) for callers
+/// built before `env_vars`; else the forked env is kept.
+fn env_input(req: &pb::CreateReleaseRequest) -> Result<EnvInput, Status> {
+    let invalid = |e: slipway_domain::env::EnvError| Status::invalid_argument(format!("env: {e}"));
+    #[allow(deprecated)]
+    let text = req.env.as_deref();
+    match (&req.env_vars, text) {
+        (Some(vars), _) => Ok(EnvInput::Replace(
+            Env::from_map(vars.vars.clone().into_iter().collect()).map_err(invalid)?,
+        )),
+        (None, Some(text)) => Ok(EnvInput::Replace(Env::parse_wire(text).map_err(invalid)?)),
+        (None, None) => Ok(EnvInput::Keep),
+    }
+}
+
+/// Converts a release into its proto form (the env as a map of exact values).
 pub fn release_pb(release: Release) -> pb::Release {
     pb::Release {
         id: release.id.to_string(),
         app: release.app.to_string(),
         build: release.build.map(|b| b.to_string()).unwrap_or_default(),
-        env: release.env.to_wire(),
+        env_vars: release.env.into_map().into_iter().collect(),
         manifest: release.manifest,
         description: release.description,
         created: Some(timestamp(release.created)),
@@ -423,6 +434,8 @@ pub fn release_pb(release: Release) -> pb::Release {
             .unwrap_or_default(),
         actor: release.actor,
         artifacts: release.artifacts.into_iter().collect(),
+        // `env`, the deprecated Convox text, stays empty.
+        ..Default::default()
     }
 }
 

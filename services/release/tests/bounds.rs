@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use crate::both;
-use crate::helpers::{Backend, MANIFEST, TestApp, assert_status};
+use crate::helpers::{Backend, MANIFEST, TestApp, assert_status, env_vars};
 use slipway_api::release::v1 as pb;
 use slipway_domain::env::{MAX_ENV_BYTES, MAX_VAR_BYTES};
 use slipway_domain::manifest::MAX_MANIFEST_BYTES;
@@ -82,7 +82,7 @@ async fn oversize_env_or_manifest_is_refused_and_nothing_is_created(backend: Bac
         async move {
             c.create_release(pb::CreateReleaseRequest {
                 app: "bounded".into(),
-                env: Some(env),
+                env_vars: env_vars(&env),
                 ..Default::default()
             })
             .await
@@ -149,7 +149,7 @@ async fn an_app_at_the_largest_env_and_manifest_still_lists(backend: Backend) {
     for i in 1..RELEASES {
         c.create_release(pb::CreateReleaseRequest {
             app: "full".into(),
-            env: Some(largest_env(i % 2 == 1)),
+            env_vars: env_vars(&largest_env(i % 2 == 1)),
             ..Default::default()
         })
         .await

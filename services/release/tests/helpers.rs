@@ -329,3 +329,23 @@ pub fn assert_status<T: std::fmt::Debug>(
         }
     }
 }
+
+/// A release's env as Convox text (sorted `K=V` lines), for short assertions.
+pub fn env_text(release: &pb::Release) -> String {
+    slipway_domain::env::wire_text(&release.env_vars.clone().into_iter().collect())
+}
+
+/// `K=V` lines as the `env_vars` of a `CreateRelease`, split at the first `=`
+/// and not checked here, so the service's own checks are what a test sees.
+pub fn env_vars(text: &str) -> Option<pb::EnvVars> {
+    Some(pb::EnvVars {
+        vars: text
+            .split('\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once('=').expect("K=V");
+                (k.to_owned(), v.to_owned())
+            })
+            .collect(),
+    })
+}

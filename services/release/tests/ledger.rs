@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use crate::both;
-use crate::helpers::{Backend, MANIFEST, TestApp};
+use crate::helpers::{Backend, MANIFEST, TestApp, env_text, env_vars};
 use slipway_api::release::v1 as pb;
 
 both!(
@@ -25,7 +25,8 @@ async fn two_replicas_interleaving_lose_nothing(backend: Backend) {
     b.env_set("shared", &[("K2", "2")]).await.unwrap();
     let r = a.env_set("shared", &[("K3", "3")]).await.unwrap();
     assert_eq!(
-        r.env, "K1=1\nK2=2\nK3=3",
+        env_text(&r),
+        "K1=1\nK2=2\nK3=3",
         "a forked from b's release, not its stale head"
     );
     assert_eq!(r.description, "env add:K3");
@@ -39,7 +40,7 @@ async fn two_replicas_interleaving_lose_nothing(backend: Backend) {
     }))
     .await;
     assert_eq!(both.len(), 20);
-    assert_eq!(a.newest("shared").await.env.lines().count(), 23);
+    assert_eq!(env_text(&a.newest("shared").await).lines().count(), 23);
     assert_eq!(a.releases("shared", 100).await.len(), 23);
 }
 
@@ -62,12 +63,12 @@ async fn concurrent_env_sets_lose_nothing(backend: Backend) {
     let newest = t.newest("busy").await;
     for i in 0..64 {
         assert!(
-            newest.env.contains(&format!("KEY_{i}=value-{i}")),
+            env_text(&newest).contains(&format!("KEY_{i}=value-{i}")),
             "KEY_{i} lost: {}",
-            newest.env
+            env_text(&newest)
         );
     }
-    assert_eq!(newest.env.lines().count(), 64);
+    assert_eq!(env_text(&newest).lines().count(), 64);
     // Each release added exactly one key to its parent: a chain, no forks.
     for r in &all {
         assert!(
@@ -94,7 +95,7 @@ async fn env_changes_are_described_like_convox(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(r.description, "env add:BAR change:FOO");
-    assert_eq!(r.env, "BAR=1\nFOO=baz");
+    assert_eq!(env_text(&r), "BAR=1\nFOO=baz");
 
     let r = t
         .change_env("myapp", &[("BAZ", "2")], &["BAR"])
@@ -108,7 +109,7 @@ async fn env_changes_are_described_like_convox(backend: Backend) {
         .clone()
         .create_release(pb::CreateReleaseRequest {
             app: "myapp".into(),
-            env: Some("BAR=9\nBAZ=2\nNEW=x".into()),
+            env_vars: env_vars("BAR=9\nBAZ=2\nNEW=x"),
             ..Default::default()
         })
         .await
@@ -117,7 +118,7 @@ async fn env_changes_are_described_like_convox(backend: Backend) {
         .release
         .unwrap();
     assert_eq!(r.description, "env add:BAR add:NEW remove:FOO");
-    assert_eq!(r.env, "BAR=9\nBAZ=2\nNEW=x");
+    assert_eq!(env_text(&r), "BAR=9\nBAZ=2\nNEW=x");
 }
 
 async fn releases_list_newest_first_with_a_cursor(backend: Backend) {
@@ -166,7 +167,7 @@ async fn releases_fork_from_the_newest_release(backend: Backend) {
     // Staged, not promoted: the next build must keep it.
     t.env_set("forky", &[("STAGED", "1")]).await.unwrap();
     let second = t.build_release("forky", MANIFEST).await;
-    assert_eq!(second.env, "STAGED=1");
+    assert_eq!(env_text(&second), "STAGED=1");
     assert_eq!(
         t.app("forky").await.release,
         first.id,
@@ -188,7 +189,7 @@ async fn releases_fork_from_the_newest_release(backend: Backend) {
         .into_inner()
         .release
         .unwrap();
-    assert_eq!(forked.env, "OTHER=2");
+    assert_eq!(env_text(&forked), "OTHER=2");
     assert_eq!(forked.parent, first.id);
     assert_eq!(forked.build, first.build);
 }
@@ -208,7 +209,9 @@ async fn a_build_without_manifest_reuses_its_earlier_release(backend: Backend) {
         .create_release(pb::CreateReleaseRequest {
             app: "copy".into(),
             build: Some(old.build.clone()),
-            env: Some(old.env.clone()),
+            env_vars: Some(pb::EnvVars {
+                vars: old.env_vars.clone(),
+            }),
             ..Default::default()
         })
         .await

@@ -2,7 +2,7 @@
 //! completion, cancel, rollback-as-copy, and surviving a restart.
 
 use crate::both;
-use crate::helpers::{Backend, MANIFEST, TestApp, assert_status};
+use crate::helpers::{Backend, MANIFEST, TestApp, assert_status, env_text};
 use slipway_api::release::v1 as pb;
 use tonic::Code;
 
@@ -265,7 +265,7 @@ async fn rollback_copies_and_promotes(backend: Backend) {
     assert_ne!(copy.id, with_v.id, "a new release");
     assert_eq!(copy.description, format!("rollback to {}", with_v.id));
     assert_eq!(copy.rollback_of, with_v.id);
-    assert_eq!(copy.env, "V=1");
+    assert_eq!(env_text(&copy), "V=1");
     assert_eq!(copy.build, first.build);
     assert_eq!(
         t.newest("back").await.id,
@@ -313,11 +313,11 @@ async fn a_restart_loses_nothing(backend: Backend) {
     assert_eq!(
         before
             .iter()
-            .map(|r| (&r.id, &r.env, &r.description))
+            .map(|r| (&r.id, env_text(r), &r.description))
             .collect::<Vec<_>>(),
         after
             .iter()
-            .map(|r| (&r.id, &r.env, &r.description))
+            .map(|r| (&r.id, env_text(r), &r.description))
             .collect::<Vec<_>>()
     );
     let app = t.app("durable").await;

@@ -3,7 +3,7 @@
 //! who did what without values.
 
 use crate::both;
-use crate::helpers::{Backend, MANIFEST, TestApp, assert_status};
+use crate::helpers::{Backend, MANIFEST, TestApp, assert_status, env_text, env_vars};
 use slipway_api::release::v1 as pb;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
@@ -86,12 +86,24 @@ async fn bad_input_changes_nothing_and_names_the_problem(backend: Backend) {
     assert_status(
         c.create_release(pb::CreateReleaseRequest {
             app: "good".into(),
-            env: Some("OK=1\n2BAD=x".into()),
+            env_vars: env_vars("OK=1\n2BAD=x"),
             ..Default::default()
         })
         .await,
         Code::InvalidArgument,
         "2BAD",
+    );
+    // The deprecated Convox text field is still read, strictly.
+    #[allow(deprecated)]
+    let old_text = pb::CreateReleaseRequest {
+        app: "good".into(),
+        env: Some("OK=1\n2BAD=x".into()),
+        ..Default::default()
+    };
+    assert_status(
+        c.create_release(old_text).await,
+        Code::InvalidArgument,
+        "line 2: invalid env key \"2BAD\"",
     );
     assert_status(
         t.env_set("nope", &[("A", "1")]).await,
@@ -202,7 +214,7 @@ async fn env_values_are_sealed_in_the_database(backend: Backend) {
     let value = "correct-horse-battery-staple";
     let r = t.env_set("secret", &[("PASSWORD", value)]).await.unwrap();
     assert_eq!(
-        r.env,
+        env_text(&r),
         format!("PASSWORD={value}"),
         "the API still returns it"
     );
