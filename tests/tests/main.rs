@@ -7,6 +7,7 @@
 mod auth;
 mod bounds;
 mod convox_wire;
+mod env_values;
 mod isolation;
 mod logs;
 mod scale;

@@ -143,7 +143,8 @@ pub struct Release {
     /// The build it runs.
     #[serde(default)]
     pub build: String,
-    /// `K=V` lines, sorted, no trailing newline.
+    /// `K=V` lines, sorted, no trailing newline; a value with a newline or a
+    /// carriage return is quoted as `$'…'`. [`Release::env_vars`] decodes it.
     #[serde(default)]
     pub env: String,
     /// The build's convox.yml.
@@ -155,6 +156,16 @@ pub struct Release {
     /// When it was created.
     #[serde(default = "zero_time", with = "go_time")]
     pub created: DateTime<Utc>,
+}
+
+pub use slipway_domain::{Env, EnvError};
+
+impl Release {
+    /// The env's exact values, decoded from [`Release::env`] (the Convox text;
+    /// see `slipway_domain::env::Env::parse_wire`).
+    pub fn env_vars(&self) -> Result<Env, EnvError> {
+        Env::parse_wire(&self.env)
+    }
 }
 
 /// A process (`GET /apps/{app}/processes`).

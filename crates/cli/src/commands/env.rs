@@ -19,12 +19,13 @@ pub(crate) async fn run(ctx: &Context, command: Option<EnvCommand>) -> anyhow::R
     let (client, app) = (ctx.client()?, ctx.app()?);
     match command {
         None => {
-            let env = parse_env(&newest(&client, &app).await?.env);
-            let lines: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            print(&format!("{}\n", lines.join("\n")))?;
+            // One `KEY=VALUE` line per variable; a value with a newline shows as
+            // `$'…'`, which `slipway env get KEY` prints exactly.
+            let env = env_of(&newest(&client, &app).await?)?;
+            print(&format!("{}\n", env.to_wire()))?;
         }
         Some(EnvCommand::Get { key }) => {
-            let env = parse_env(&newest(&client, &app).await?.env);
+            let env = env_of(&newest(&client, &app).await?)?;
             match env.get(&key) {
                 Some(value) => print(&format!("{value}\n"))?,
                 None => bail!("env not found: {key}"),
@@ -130,14 +131,11 @@ fn parse_pairs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(set)
 }
 
-/// A release's env text as Convox parses it: lines split at the first `=`,
-/// keys trimmed, lines without `=` or with an empty key skipped.
-fn parse_env(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|line| line.split_once('='))
-        .filter(|(key, _)| !key.trim().is_empty())
-        .map(|(key, value)| (key.trim().to_owned(), value.to_owned()))
-        .collect()
+/// A release's env with its exact values.
+fn env_of(release: &Release) -> anyhow::Result<slipway_client::types::Env> {
+    release
+        .env_vars()
+        .with_context(|| format!("read the env of release {}", release.id))
 }
 
 #[cfg(test)]
@@ -169,15 +167,16 @@ mod tests {
     }
 
     #[test]
-    fn env_text_parses_like_convox() {
-        let env = parse_env("B=2\nA=1\nnoequals\n=empty\nC=x=y");
+    fn env_text_parses_like_convox_and_decodes_quoted_values() {
+        let release = Release {
+            env: "A=1\nB=2\nC=x=y\nPEM=$'l1\\nl2\\n'".into(),
+            ..Default::default()
+        };
+        let env = env_of(&release).unwrap();
         assert_eq!(
-            env.into_iter().collect::<Vec<_>>(),
-            [
-                ("A".into(), "1".into()),
-                ("B".into(), "2".into()),
-                ("C".into(), "x=y".into())
-            ]
+            env.iter().collect::<Vec<_>>(),
+            [("A", "1"), ("B", "2"), ("C", "x=y"), ("PEM", "l1\nl2\n")]
         );
+        assert_eq!(env.to_wire(), release.env);
     }
 }
