@@ -4,7 +4,9 @@
 //! trait boundary turns these into [`RuntimeError`].
 
 use std::io;
+use std::path::PathBuf;
 
+use super::isolation::UidRange;
 use crate::runtime::RuntimeError;
 
 /// A failure of the local runtime.
@@ -29,8 +31,8 @@ pub enum LocalError {
     #[error("no free port: {0}")]
     NoFreePort(#[source] io::Error),
     /// The app's working copy or user could not be set up.
-    #[error("{0}")]
-    Isolation(String),
+    #[error(transparent)]
+    Isolation(#[from] IsolationError),
     /// The process could not be spawned.
     #[error("could not start `{command}`: {source}")]
     Spawn {
@@ -70,4 +72,102 @@ impl From<LocalError> for RuntimeError {
             other => RuntimeError::Backend(other.to_string()),
         }
     }
+}
+
+/// A failure to isolate an app: its working copy, its user, the apps
+/// directory they live in.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolationError {
+    /// The configured uid (or gid) range is not mapped in this user namespace.
+    #[error(
+        "--app-uid-range {uids}: those {what} do not exist in this user namespace \
+         ({map}: {ids}); choose a range inside it"
+    )]
+    UidsNotMapped {
+        /// The configured range.
+        uids: UidRange,
+        /// `uids` or `gids`.
+        what: &'static str,
+        /// The map file read.
+        map: &'static str,
+        /// What it maps.
+        ids: String,
+    },
+    /// The apps directory could not be made.
+    #[error("cannot create the apps directory {}: {source}", .dir.display())]
+    AppsDir {
+        /// The apps directory.
+        dir: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The apps directory exists but someone else could tamper with it.
+    #[error(
+        "refusing the apps directory {}: it must be a directory owned by uid {euid} \
+         that no one else can write to",
+        .dir.display()
+    )]
+    AppsDirUnsafe {
+        /// The apps directory.
+        dir: PathBuf,
+        /// Who must own it.
+        euid: u32,
+    },
+    /// App users cannot pass through a directory above the apps directory.
+    #[error(
+        "app users cannot reach the apps directory {}: {} is mode {mode:04o}, not searchable \
+         by other users (let them pass with chmod o+x, or choose another --apps-dir)",
+        .dir.display(),
+        .ancestor.display()
+    )]
+    Unreachable {
+        /// The apps directory.
+        dir: PathBuf,
+        /// The directory in the way.
+        ancestor: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// An app name or release id that cannot be a directory name.
+    #[error("{what} {name:?} cannot name a working directory")]
+    BadName {
+        /// `app` or `release`.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The release's working directory could not be made.
+    #[error("cannot make the working directory of {release}: {source}")]
+    WorkingDir {
+        /// The release.
+        release: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The artifact could not be copied into the working copy.
+    #[error("cannot copy the artifact {} for {release}: {source}", .artifact.display())]
+    Copy {
+        /// The artifact directory.
+        artifact: PathBuf,
+        /// The release.
+        release: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The app's user could not be read or recorded.
+    #[error("cannot assign a user to app {app}: {source}")]
+    AssignUser {
+        /// The app.
+        app: String,
+        /// Why.
+        source: crate::error::Error,
+    },
+    /// Every uid of the range is taken.
+    #[error("cannot assign a user to app {app}: no free uid left in --app-uid-range {uids}")]
+    NoFreeUid {
+        /// The app.
+        app: String,
+        /// The configured range.
+        uids: UidRange,
+    },
 }

@@ -35,6 +35,7 @@ use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as 
 use std::os::unix::fs::{PermissionsExt as _, chown, lchown};
 use std::path::{Path, PathBuf};
 
+use super::error::IsolationError;
 use super::records::LocalRecords;
 
 /// A range of uids (and the gids of the same numbers) for app users.
@@ -148,7 +149,7 @@ impl Isolation {
         apps_dir: PathBuf,
         uids: UidRange,
         records: LocalRecords,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, IsolationError> {
         let euid = nix::unistd::geteuid().as_raw();
         let root = euid == 0;
         if root {
@@ -159,11 +160,12 @@ impl Isolation {
                 if let Ok(text) = fs::read_to_string(map)
                     && !id_map_covers(&text, uids)
                 {
-                    return Err(format!(
-                        "--app-uid-range {uids}: those {what} do not exist in this user namespace \
-                         ({map}: {}); choose a range inside it",
-                        text.split_whitespace().collect::<Vec<_>>().join(" ")
-                    ));
+                    return Err(IsolationError::UidsNotMapped {
+                        uids,
+                        what,
+                        map,
+                        ids: text.split_whitespace().collect::<Vec<_>>().join(" "),
+                    });
                 }
             }
         } else {
@@ -195,7 +197,7 @@ impl Isolation {
         app: &str,
         release: &str,
         artifact: &Path,
-    ) -> Result<Launch, String> {
+    ) -> Result<Launch, IsolationError> {
         check_component("app", app)?;
         check_component("release", release)?;
         if self.root {
@@ -216,7 +218,10 @@ impl Isolation {
                     .entry((app.to_owned(), release.to_owned()))
                     .or_default() += 1;
             }
-            made.map_err(|e| format!("cannot make the working directory of {release}: {e}"))?
+            made.map_err(|source| IsolationError::WorkingDir {
+                release: release.to_owned(),
+                source,
+            })?
         };
         let copied = tokio::task::spawn_blocking({
             let (release_dir, source) = (release_dir, source.clone());
@@ -232,10 +237,11 @@ impl Isolation {
             }),
             Err(e) => {
                 self.release(app, release).await;
-                Err(format!(
-                    "cannot copy the artifact {} for {release}: {e}",
-                    source.display()
-                ))
+                Err(IsolationError::Copy {
+                    artifact: source,
+                    release: release.to_owned(),
+                    source: e,
+                })
             }
         }
     }
@@ -320,9 +326,12 @@ impl Isolation {
     /// a hash of the name (so a rack that lost its database tends to give
     /// an app the same uid again), then the next free one; uids that have
     /// an account on this machine are skipped.
-    async fn user(&self, app: &str) -> Result<u32, String> {
+    async fn user(&self, app: &str) -> Result<u32, IsolationError> {
         let _serial = self.assign.lock().await;
-        let store_err = |e: crate::error::Error| format!("cannot assign a user to app {app}: {e}");
+        let store_err = |source| IsolationError::AssignUser {
+            app: app.to_owned(),
+            source,
+        };
         if let Some(uid) = self.records.app_user(app).await.map_err(store_err)? {
             if !self.uids.contains(uid) {
                 tracing::warn!(
@@ -361,10 +370,10 @@ impl Isolation {
                 return Ok(uid);
             }
         }
-        Err(format!(
-            "cannot assign a user to app {app}: no free uid left in --app-uid-range {}",
-            self.uids
-        ))
+        Err(IsolationError::NoFreeUid {
+            app: app.to_owned(),
+            uids: self.uids,
+        })
     }
 
     /// `<apps>/<app>/<release>`, made if missing: as root, root-owned,
@@ -416,9 +425,12 @@ impl Isolation {
 /// Creates the apps directory: 0711 root's when root (apps pass through it
 /// to their own), else 0700. An existing one must be ours and writable by
 /// nobody else, or another user could swap an app's directory for theirs.
-fn create_apps_dir(dir: &Path, root: bool, euid: u32) -> Result<(), String> {
+fn create_apps_dir(dir: &Path, root: bool, euid: u32) -> Result<(), IsolationError> {
     let mode = if root { 0o711 } else { 0o700 };
-    let fail = |e: io::Error| format!("cannot create the apps directory {}: {e}", dir.display());
+    let fail = |source| IsolationError::AppsDir {
+        dir: dir.to_owned(),
+        source,
+    };
     if let Some(parent) = dir.parent() {
         fs::create_dir_all(parent).map_err(fail)?;
     }
@@ -430,11 +442,10 @@ fn create_apps_dir(dir: &Path, root: bool, euid: u32) -> Result<(), String> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let meta = fs::symlink_metadata(dir).map_err(fail)?;
             if !meta.is_dir() || meta.uid() != euid || meta.mode() & 0o022 != 0 {
-                return Err(format!(
-                    "refusing the apps directory {}: it must be a directory owned by uid {euid} \
-                     that no one else can write to",
-                    dir.display()
-                ));
+                return Err(IsolationError::AppsDirUnsafe {
+                    dir: dir.to_owned(),
+                    euid,
+                });
             }
             Ok(())
         }
@@ -444,18 +455,16 @@ fn create_apps_dir(dir: &Path, root: bool, euid: u32) -> Result<(), String> {
 
 /// Whether app users can reach `dir`: every directory above it must be
 /// searchable by others.
-fn reachable(dir: &Path) -> Result<(), String> {
+fn reachable(dir: &Path) -> Result<(), IsolationError> {
     for ancestor in dir.ancestors().skip(1) {
         if let Ok(meta) = fs::metadata(ancestor)
             && meta.mode() & 0o001 == 0
         {
-            return Err(format!(
-                "app users cannot reach the apps directory {}: {} is mode {:04o}, not searchable \
-                 by other users (let them pass with chmod o+x, or choose another --apps-dir)",
-                dir.display(),
-                ancestor.display(),
-                meta.mode() & 0o7777
-            ));
+            return Err(IsolationError::Unreachable {
+                dir: dir.to_owned(),
+                ancestor: ancestor.to_owned(),
+                mode: meta.mode() & 0o7777,
+            });
         }
     }
     Ok(())
@@ -488,7 +497,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// App names and release ids become directory names: plain ones only.
-fn check_component(what: &str, name: &str) -> Result<(), String> {
+fn check_component(what: &'static str, name: &str) -> Result<(), IsolationError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with(['.', '-'])
@@ -498,7 +507,10 @@ fn check_component(what: &str, name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{what} {name:?} cannot name a working directory"))
+        Err(IsolationError::BadName {
+            what,
+            name: name.to_owned(),
+        })
     }
 }
 
@@ -663,7 +675,8 @@ mod tests {
         fs::set_permissions(base.path(), fs::Permissions::from_mode(0o700)).unwrap();
         let e = reachable(&apps).unwrap_err();
         assert!(
-            e.contains(&format!("{} is mode 0700", base.path().display())),
+            e.to_string()
+                .contains(&format!("{} is mode 0700", base.path().display())),
             "{e}"
         );
         fs::set_permissions(base.path(), fs::Permissions::from_mode(0o711)).unwrap();

@@ -41,7 +41,7 @@ mod replicas;
 mod state;
 mod supervise;
 
-pub use self::error::LocalError;
+pub use self::error::{IsolationError, LocalError};
 pub use self::isolation::{UidRange, default_apps_dir};
 pub use self::records::{LocalRecords, ProcessRecord};
 
@@ -105,7 +105,7 @@ impl LocalRuntime {
     ) -> Result<Self, RuntimeError> {
         let records = LocalRecords::new(&store);
         let isolation = Isolation::start(config.apps_dir.clone(), config.app_uids, records.clone())
-            .map_err(RuntimeError::Backend)?;
+            .map_err(|e| RuntimeError::Backend(e.to_string()))?;
         let runtime = Self {
             inner: Arc::new(Inner {
                 records,

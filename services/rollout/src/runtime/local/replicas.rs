@@ -93,7 +93,7 @@ impl LocalRuntime {
             Ok(launch) => launch,
             Err(e) => {
                 let _ = self.records().delete_process(&id).await;
-                return Err(LocalError::Isolation(e));
+                return Err(e.into());
             }
         };
         let spawned = supervise::spawn(&Spawn {
