@@ -7,6 +7,7 @@
 mod auth;
 mod bounds;
 mod convox_wire;
+mod deploy_stream;
 mod env_values;
 mod isolation;
 mod logs;
