@@ -18,15 +18,15 @@
 //!
 //! Processes run in a working copy of their artifact outside the data
 //! directory and, when the service runs as root, as a user of their app's
-//! own ([`isolation`]).
+//! own (`isolation`).
 //!
-//! The modules, by seam: [`state`] (what an app should run and runs),
-//! [`plan`] (the pure planner: rolling-update bounds, completeness,
-//! backoff), [`supervise`] (one process, whatever it runs for: spawn,
-//! exit, health, output, stop) and [`replicas`] (a service's processes as
-//! the reconcile loop runs them), [`adopt`] (re-adoption after a restart),
-//! [`ports`] and [`proxy`] (stable service ports), [`records`] (the
-//! `local_*` tables) and [`error`].
+//! The modules, by seam: `state` (what an app should run and runs),
+//! `plan` (the pure planner: rolling-update bounds, completeness,
+//! backoff), `supervise` (one process, whatever it runs for: spawn,
+//! exit, health, output, stop) and `replicas` (a service's processes as
+//! the reconcile loop runs them), `adopt` (re-adoption after a restart),
+//! `ports` and `proxy` (stable service ports), `records` (the
+//! `local_*` tables) and `error`.
 
 mod adopt;
 mod error;
