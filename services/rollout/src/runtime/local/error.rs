@@ -171,3 +171,53 @@ pub enum IsolationError {
         uids: UidRange,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// These texts end up in rollout failure reasons that users read (and
+    /// tests match); they are the ones the runtime wrote before it had
+    /// typed errors.
+    #[test]
+    fn messages_are_the_failure_reasons_users_know() {
+        let cases: [(LocalError, &str); 6] = [
+            (
+                LocalError::NoCommand,
+                "no command to run (the local runtime runs the manifest's command)",
+            ),
+            (
+                LocalError::ArtifactNotADirectory("file:///x".into()),
+                "artifact file:///x is not a directory",
+            ),
+            (
+                LocalError::NoArtifact,
+                "the release has no artifact for the service",
+            ),
+            (
+                LocalError::Spawn {
+                    command: "./run".into(),
+                    source: io::Error::other("denied"),
+                },
+                "could not start `./run`: denied",
+            ),
+            (
+                LocalError::PortsExhausted { lo: 1, hi: 2 },
+                "no free port left in 1-2",
+            ),
+            (
+                IsolationError::BadName {
+                    what: "app",
+                    name: "../x".into(),
+                }
+                .into(),
+                "app \"../x\" cannot name a working directory",
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.to_string(), want);
+        }
+        let runtime: RuntimeError = LocalError::NoCommand.into();
+        assert!(matches!(runtime, RuntimeError::Backend(_)));
+    }
+}
