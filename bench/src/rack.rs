@@ -40,6 +40,7 @@ impl BenchRack {
             insecure_no_auth: false,
             quickstart: false,
             quickstart_app: PathBuf::new(),
+            stop_apps: false,
             apps: Default::default(),
         };
         let rack = slipway_rack::Rack::start(&config).await?;

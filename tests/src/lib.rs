@@ -48,6 +48,7 @@ impl TestRack {
             insecure_no_auth: false,
             quickstart: false,
             quickstart_app: PathBuf::new(),
+            stop_apps: false,
             apps: Default::default(),
         };
         let rack = Rack::start(&config).await.expect("rack starts");

@@ -106,6 +106,12 @@ pub struct Config {
     /// The app directory the quick start deploys.
     #[arg(long, default_value = "examples/myapp")]
     pub quickstart_app: PathBuf,
+
+    /// On shutdown (SIGTERM, SIGINT), stop every app's processes instead of
+    /// leaving them running for the next start to adopt. The quick start
+    /// always stops the app it deployed.
+    #[arg(long, env = "SLIPWAY_STOP_APPS")]
+    pub stop_apps: bool,
 }
 
 impl Config {

@@ -203,16 +203,62 @@ impl Rack {
 
     /// Runs until `shutdown` completes or a service stops, then stops all.
     pub async fn serve(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let outcome = tokio::select! {
+        let outcome = self.run_until(shutdown).await;
+        self.shutdown().await;
+        outcome
+    }
+
+    /// Runs until `shutdown` completes or a service stops (an error), and
+    /// leaves the services running: the caller stops them with
+    /// [`Rack::shutdown`].
+    pub async fn run_until(&mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
             () = shutdown => Ok(()),
             Some(done) = self.tasks.join_next() => match done {
                 Ok((name, Ok(()))) => Err(anyhow::anyhow!("the {name} service stopped unexpectedly")),
                 Ok((name, Err(e))) => Err(e.context(format!("the {name} service failed"))),
                 Err(e) => Err(anyhow::anyhow!("a service task panicked: {e}")),
             },
+        }
+    }
+
+    /// The operating-system processes the local runtime runs for the apps
+    /// (asked of the running services).
+    pub async fn app_processes(&self) -> anyhow::Result<Vec<AppProcess>> {
+        use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
+        use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
+        let channel = |name: &'static str, addr: SocketAddr| {
+            slipway_rpc::channel(name, &[format!("http://{addr}")], &self.channel_options())
         };
-        self.shutdown().await;
-        outcome
+        let apps = ReleaseServiceClient::new(channel("release", self.services[0])?)
+            .list_apps(slipway_api::release::v1::ListAppsRequest {})
+            .await
+            .context("list apps")?
+            .into_inner()
+            .apps;
+        let mut rollout = RolloutServiceClient::new(channel("rollout", self.services[2])?);
+        let mut processes = Vec::new();
+        for app in apps {
+            let listed = rollout
+                .list_processes(slipway_api::rollout::v1::ListProcessesRequest {
+                    app: app.name.clone(),
+                })
+                .await
+                .with_context(|| format!("list the processes of {}", app.name))?
+                .into_inner()
+                .processes;
+            processes.extend(
+                listed
+                    .into_iter()
+                    .filter(|p| p.pid != 0)
+                    .map(|p| AppProcess {
+                        app: app.name.clone(),
+                        id: p.id,
+                        pid: p.pid,
+                    }),
+            );
+        }
+        Ok(processes)
     }
 
     /// Stops every service and waits for them.
@@ -223,6 +269,69 @@ impl Rack {
                 tracing::warn!("the {name} service failed while stopping: {e:#}");
             }
         }
+    }
+}
+
+/// An app's process as the operating system knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppProcess {
+    /// The app.
+    pub app: String,
+    /// The runtime's name for it, e.g. `web-4f2a9c1d`.
+    pub id: String,
+    /// Its process id, which leads its own process group.
+    pub pid: u32,
+}
+
+/// Stops app processes the way the local runtime does: SIGTERM to each
+/// one's process group, then, for those still there after `grace`, SIGKILL.
+/// Returns once every one is gone (or, after SIGKILL, at most a second
+/// later); returns the ids of any that are not.
+pub async fn stop_processes(processes: &[AppProcess], grace: Duration) -> Vec<String> {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    let signal = |p: &AppProcess, signal: Signal| {
+        let pid = Pid::from_raw(i32::try_from(p.pid).unwrap_or(i32::MAX));
+        if killpg(pid, signal).is_err() {
+            let _ = kill(pid, signal);
+        }
+    };
+    let living = |all: &[AppProcess]| -> Vec<AppProcess> {
+        all.iter().filter(|p| alive(p.pid)).cloned().collect()
+    };
+    let wait_gone = |all: Vec<AppProcess>, limit: Duration| async move {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut left = living(&all);
+        while !left.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            left = living(&left);
+        }
+        left
+    };
+    for p in processes {
+        signal(p, Signal::SIGTERM);
+    }
+    let left = wait_gone(processes.to_vec(), grace).await;
+    for p in &left {
+        signal(p, Signal::SIGKILL);
+    }
+    wait_gone(left, Duration::from_secs(1))
+        .await
+        .into_iter()
+        .map(|p| p.id)
+        .collect()
+}
+
+/// Whether process `pid` still runs (a zombie, exited but not yet reaped,
+/// does not).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S ...`: the state follows the last `)`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
     }
 }
 

@@ -2,6 +2,7 @@
 //! `--quickstart` also deploys the example app and prints its URL.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use slipway_rack::{Cli, Config, Rack};
@@ -38,16 +39,89 @@ async fn main() -> anyhow::Result<ExitCode> {
     if let Some(ca) = &rack.ca_file {
         println!("  export SLIPWAY_CA_FILE={}", ca.display());
     }
-    if config.quickstart
-        && let Err(e) = quickstart(&config, &rack.rack_url, rack.ca_file.as_deref()).await
-    {
-        eprintln!("ERROR: quick start failed: {e:#}");
-        rack.shutdown().await;
-        return Ok(ExitCode::FAILURE);
+    // Listening from here on: a Ctrl-C during the quick start's deploy
+    // still stops what it started.
+    let mut shutdown = std::pin::pin!(slipway_rpc::shutdown_signal());
+    let mut rack = rack;
+    let mut outcome = Ok(());
+    let mut code = ExitCode::SUCCESS;
+    let serving = if config.quickstart {
+        tokio::select! {
+            () = &mut shutdown => false,
+            done = quickstart(&config, &rack.rack_url, rack.ca_file.as_deref()) => match done {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("ERROR: quick start failed: {e:#}");
+                    code = ExitCode::FAILURE;
+                    false
+                }
+            },
+        }
+    } else {
+        true
+    };
+    if serving {
+        println!("Serving; press Ctrl-C to stop.");
+        outcome = rack.run_until(&mut shutdown).await;
     }
-    println!("Serving; press Ctrl-C to stop.");
-    rack.serve(slipway_rpc::shutdown_signal()).await?;
-    Ok(ExitCode::SUCCESS)
+    let processes = rack.app_processes().await.unwrap_or_else(|e| {
+        eprintln!("WARNING: cannot tell which app processes run: {e:#}");
+        Vec::new()
+    });
+    rack.shutdown().await;
+    leave_or_stop(&config, processes).await;
+    outcome?;
+    Ok(code)
+}
+
+/// The app the quick start deploys (and stops when it ends).
+const QUICKSTART_APP: &str = "myapp";
+
+/// At shutdown, stops the processes of the apps it should (every app with
+/// `--stop-apps`, the quick start's app with `--quickstart`) and says which
+/// it leaves running, and how to stop them.
+async fn leave_or_stop(config: &Config, processes: Vec<slipway_rack::AppProcess>) {
+    let (stop, leave): (Vec<_>, Vec<_>) = processes
+        .into_iter()
+        .partition(|p| config.stop_apps || (config.quickstart && p.app == QUICKSTART_APP));
+    if !stop.is_empty() {
+        println!("Stopping {}...", describe(&stop));
+        let left = slipway_rack::stop_processes(&stop, Duration::from_secs(10)).await;
+        if left.is_empty() {
+            println!("Stopped.");
+        } else {
+            eprintln!("WARNING: still running: {}", left.join(", "));
+        }
+    }
+    if !leave.is_empty() {
+        let groups: Vec<String> = leave.iter().map(|p| format!("-{}", p.pid)).collect();
+        eprintln!(
+            "Leaving {} running: the next slipway-rack start on {} adopts them.\n\
+             To stop them: start the rack with --stop-apps and stop it (it stops every app's processes at shutdown), \
+             remove an app with `slipway apps delete <app>` while the rack runs, \
+             or now: kill -TERM -- {}",
+            describe(&leave),
+            config.data_dir.display(),
+            groups.join(" ")
+        );
+    }
+}
+
+/// `2 processes of myapp (web-1 pid 10, web-2 pid 11)`.
+fn describe(processes: &[slipway_rack::AppProcess]) -> String {
+    let mut apps: Vec<&str> = processes.iter().map(|p| p.app.as_str()).collect();
+    apps.dedup();
+    let list: Vec<String> = processes
+        .iter()
+        .map(|p| format!("{} pid {}", p.id, p.pid))
+        .collect();
+    format!(
+        "{} process{} of {} ({})",
+        processes.len(),
+        if processes.len() == 1 { "" } else { "es" },
+        apps.join(", "),
+        list.join(", ")
+    )
 }
 
 /// Deploys the example app with the `slipway` CLI (built next to this
@@ -63,7 +137,7 @@ async fn quickstart(
         "the slipway CLI is not built next to slipway-rack ({}): run `cargo build -p slipway-cli`",
         cli.display()
     );
-    let app = "myapp";
+    let app = QUICKSTART_APP;
     let run = |args: &[&str]| {
         let mut command = tokio::process::Command::new(&cli);
         command.args(args).env("RACK_URL", rack_url);

@@ -23,6 +23,7 @@ fn config(dir: &std::path::Path) -> Config {
         insecure_no_auth: false,
         quickstart: false,
         quickstart_app: PathBuf::new(),
+        stop_apps: false,
         apps: Default::default(),
     }
 }
