@@ -10,7 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use slipway_domain::Env;
-use slipway_e2e::{TestRack, eventually, example, ok_stdout};
+use slipway_e2e::{TestRack, eventually, example, ok_stdout, slipway_binary};
+use tokio::io::AsyncWriteExt as _;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const NONE: &str = "application/octet-stream";
@@ -99,10 +100,10 @@ async fn newest_release(rack: &TestRack, app: &str) -> serde_json::Value {
 }
 
 /// Checks `slipway env get` of every key, and `slipway env`, against `want`.
-async fn assert_cli_shows(rack: &TestRack, cwd: &Path, want: &BTreeMap<String, String>) {
+async fn assert_cli_shows(rack: &TestRack, cwd: &Path, app: &str, want: &BTreeMap<String, String>) {
     for (key, value) in want {
         let out = ok_stdout(
-            &rack.slipway(cwd, &["env", "get", key, "-a", "myapp"]).await,
+            &rack.slipway(cwd, &["env", "get", key, "-a", app]).await,
             "env get",
         );
         assert!(
@@ -112,7 +113,7 @@ async fn assert_cli_shows(rack: &TestRack, cwd: &Path, want: &BTreeMap<String, S
             value.len() + 1
         );
     }
-    let out = ok_stdout(&rack.slipway(cwd, &["env", "-a", "myapp"]).await, "env");
+    let out = ok_stdout(&rack.slipway(cwd, &["env", "-a", app]).await, "env");
     assert_eq!(out.lines().count(), want.len(), "one line per variable");
     let shown = Env::parse_wire(out.strip_suffix('\n').unwrap()).unwrap();
     assert!(
@@ -138,7 +139,29 @@ async fn env_values_survive_byte_for_byte_to_the_process_and_through_the_convox_
     args.extend(pairs.iter().map(String::as_str));
     args.extend(["-a", "myapp"]);
     ok_stdout(&rack.slipway(cwd, &args).await, "env set");
-    assert_cli_shows(&rack, cwd, &want).await;
+    assert_cli_shows(&rack, cwd, "myapp", &want).await;
+
+    // `slipway env -a myapp | slipway env set -a copy` copies every value exactly.
+    ok_stdout(
+        &rack.slipway(cwd, &["apps", "create", "copy"]).await,
+        "apps create",
+    );
+    let printed = ok_stdout(&rack.slipway(cwd, &["env", "-a", "myapp"]).await, "env");
+    let mut piped = tokio::process::Command::new(slipway_binary())
+        .args(["env", "set", "-a", "copy"])
+        .current_dir(cwd)
+        .env("RACK_URL", &rack.url)
+        .env_remove("CONVOX_RACK")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = piped.stdin.take().unwrap();
+    stdin.write_all(printed.as_bytes()).await.unwrap();
+    drop(stdin);
+    ok_stdout(&piped.wait_with_output().await.unwrap(), "env set < env");
+    assert_cli_shows(&rack, cwd, "copy", &want).await;
 
     // The Convox wire: one line per variable, which decodes to the exact values.
     let release = newest_release(&rack, "myapp").await;
@@ -169,7 +192,7 @@ async fn env_values_survive_byte_for_byte_to_the_process_and_through_the_convox_
         "no other variable changed"
     );
     want.insert("OTHER".into(), "1".into());
-    assert_cli_shows(&rack, cwd, &want).await;
+    assert_cli_shows(&rack, cwd, "myapp", &want).await;
     // `convox env` read twice in a row, then `convox env unset OTHER`: the same.
     let again = newest_release(&rack, "myapp").await;
     let text = again["env"].as_str().unwrap();
@@ -195,7 +218,7 @@ async fn env_values_survive_byte_for_byte_to_the_process_and_through_the_convox_
     let created: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(created["description"], "env remove:OTHER");
     want.remove("OTHER");
-    assert_cli_shows(&rack, cwd, &want).await;
+    assert_cli_shows(&rack, cwd, "myapp", &want).await;
 
     // Deployed, each process gets every value byte for byte.
     let app = example("myapp");

@@ -175,7 +175,8 @@ pub enum EnvCommand {
         /// The variable.
         key: String,
     },
-    /// Set variables (also reads KEY=VALUE lines from stdin when it is not a terminal).
+    /// Set variables (also reads KEY=VALUE lines from stdin when it is not a terminal,
+    /// as `slipway env` prints them: a `$'…'` value is decoded).
     Set {
         /// `KEY=VALUE` pairs.
         #[arg(value_name = "KEY=VALUE")]

@@ -36,21 +36,23 @@ pub(crate) async fn run(ctx: &Context, command: Option<EnvCommand>) -> anyhow::R
             promote: and_promote,
             id,
         }) => {
-            let mut pairs = pairs;
             let stdin = std::io::stdin();
+            let mut set = if pairs.is_empty() && !stdin.is_terminal() {
+                BTreeMap::new()
+            } else {
+                parse_pairs(&pairs)?
+            };
             if !stdin.is_terminal() {
                 let mut text = String::new();
                 stdin
                     .lock()
                     .read_to_string(&mut text)
                     .context("read KEY=VALUE lines from stdin")?;
-                pairs.extend(
-                    text.lines()
-                        .filter(|l| !l.trim().is_empty())
-                        .map(str::to_owned),
-                );
+                set.extend(stdin_env(&text)?);
             }
-            let set = parse_pairs(&pairs)?;
+            if set.is_empty() {
+                bail!("nothing to set: give KEY=VALUE arguments (or lines on stdin)");
+            }
             let out = Output::new(id);
             let keys: Vec<&str> = set.keys().map(String::as_str).collect();
             out.start(&format!("Setting {}", keys.join(", ")))?;
@@ -131,6 +133,21 @@ fn parse_pairs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(set)
 }
 
+/// `KEY=VALUE` lines from stdin, read as `slipway env` prints them, so
+/// `slipway env -a one | slipway env set -a two` copies every value exactly: a
+/// `$'…'` value is decoded, blank lines are skipped, a `\r` before a line end
+/// is dropped (an env file with CRLF line ends), a malformed line is refused
+/// by number.
+fn stdin_env(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let text: Vec<&str> = text
+        .split('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line))
+        .collect();
+    let env = slipway_client::types::Env::parse_wire(&text.join("\n"))
+        .context("read KEY=VALUE lines from stdin")?;
+    Ok(env.into_map())
+}
+
 /// A release's env with its exact values.
 fn env_of(release: &Release) -> anyhow::Result<slipway_client::types::Env> {
     release
@@ -164,6 +181,24 @@ mod tests {
         );
         assert!(parse_pairs(&["=x".into()]).is_err());
         assert!(parse_pairs(&[]).is_err());
+    }
+
+    #[test]
+    fn stdin_lines_read_what_env_prints() {
+        let set = stdin_env("A=1\r\n\nPEM=$'l1\\nl2\\n'\r\nB=x=y\n").unwrap();
+        assert_eq!(
+            set,
+            BTreeMap::from([
+                ("A".into(), "1".into()),
+                ("B".into(), "x=y".into()),
+                ("PEM".into(), "l1\nl2\n".into()),
+            ])
+        );
+        let err = stdin_env("A=1\nsecret").unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "read KEY=VALUE lines from stdin: line 2: expected KEY=VALUE"
+        );
     }
 
     #[test]
