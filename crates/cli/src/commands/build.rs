@@ -90,11 +90,16 @@ async fn run_build(
     };
     log.stream(client, out, app, &build.id).await?;
     let started = Instant::now();
+    // The log usually ends as the build does, but its status may be recorded
+    // a moment later: look again soon, then less often (a live stream that
+    // broke leaves a build still running).
+    let mut wait = Duration::from_millis(10);
     let build = loop {
         let current = client.build(app, &build.id).await?;
         match current.status.as_str() {
             "created" | "running" if started.elapsed() < BUILD_TIMEOUT => {
-                tokio::time::sleep(Duration::from_secs(1)).await
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
             }
             "created" | "running" => bail!("build {} timed out after 60 minutes", build.id),
             "complete" => break current,
