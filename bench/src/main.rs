@@ -3,6 +3,7 @@
 //! figure beside the baseline measured in the same run (so results are
 //! ratios against this machine right now, not absolute numbers).
 
+mod deploy;
 mod gateway;
 mod ledger;
 mod rack;
@@ -41,6 +42,9 @@ enum Command {
     /// gateway replicas on the same PostgreSQL (the scale setup), and
     /// Redis event fan-out latency beside a bare Redis round trip.
     Scale(scale::Args),
+    /// The wall time of the real `slipway deploy` (start to exit) of a small
+    /// app already built once, beside the app's own spawn -> first 200.
+    Deploy(deploy::Args),
     /// The app the `rollout` benchmark deploys (and spawns as its baseline):
     /// sleeps `APP_DELAY_MS`, then answers 200 to every request on `$PORT`.
     #[command(hide = true)]
@@ -63,6 +67,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Upload(args) => upload::run(args).await,
                 Command::Gateway(args) => gateway::run(args).await,
                 Command::Scale(args) => scale::run(args).await,
+                Command::Deploy(args) => deploy::run(args).await,
                 Command::ServeApp => unreachable!("handled above"),
             }
         })

@@ -301,7 +301,7 @@ async fn promote(
 }
 
 /// Spawns the app as the runtime does and times it to its first 200.
-async fn baseline(
+pub(crate) async fn baseline(
     command: &str,
     dir: &Path,
     env: &HashMap<String, String>,
