@@ -2,7 +2,7 @@
 //! process's environment → `releases info`, values with newlines, `=`,
 //! quotes, unicode, empty and 64 KiB among them; the `convox` CLI's
 //! read-modify-write (`convox env set OTHER=1` posts back every line it read)
-//! changes none of them; and env text with a malformed line is refused with a
+//! changes none of them (a line of 64 KiB or more it cannot read at all); and env text with a malformed line is refused with a
 //! 400 naming the line, never its value, and creates nothing.
 
 use std::collections::BTreeMap;
@@ -32,7 +32,8 @@ fn awkward() -> BTreeMap<String, String> {
         ("UNICODE", "żółć 日本語 🦀".to_owned()),
         ("EMPTY", String::new()),
         ("SPACES", "  padded  ".to_owned()),
-        ("BIG", "x".repeat(64 * 1024)),
+        // Just under the `convox` CLI's line limit (see `convox_env_set`).
+        ("LARGE", "y".repeat(60 * 1024)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -61,6 +62,12 @@ fn form_value(value: &str) -> String {
 fn convox_env_set(env_text: &str, set: &[(&str, &str)]) -> String {
     let mut vars = BTreeMap::new();
     for line in env_text.split('\n') {
+        // Go's bufio.Scanner, which `Environment.Load` uses, fails on a line of
+        // 64 KiB or more (`token too long`): the real CLI errors, losing nothing.
+        assert!(
+            line.len() < 64 * 1024,
+            "the convox CLI cannot read this env"
+        );
         let line = line.strip_suffix('\r').unwrap_or(line);
         if let Some((key, value)) = line.split_once('=')
             && !key.trim().is_empty()
@@ -218,6 +225,17 @@ async fn env_values_survive_byte_for_byte_to_the_process_and_through_the_convox_
     let created: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(created["description"], "env remove:OTHER");
     want.remove("OTHER");
+    assert_cli_shows(&rack, cwd, "myapp", &want).await;
+
+    // A 64 KiB value (longer than the `convox` CLI reads) through `slipway`.
+    let big = format!("BIG={}", "x".repeat(64 * 1024));
+    ok_stdout(
+        &rack
+            .slipway(cwd, &["env", "set", &big, "-a", "myapp"])
+            .await,
+        "env set BIG",
+    );
+    want.insert("BIG".into(), "x".repeat(64 * 1024));
     assert_cli_shows(&rack, cwd, "myapp", &want).await;
 
     // Deployed, each process gets every value byte for byte.
