@@ -27,12 +27,16 @@ pub struct Cli {
     /// `<data-dir>/gateway/tls/`).
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Timeouts and caps of the API's connections, bodies and streams.
+    #[command(flatten)]
+    pub connections: slipway_gateway::serve::ConnectionArgs,
 }
 
 impl Cli {
     /// Checks everything that can be checked without I/O.
     pub fn validate(&self) -> Result<(), String> {
         self.config.validate()?;
+        self.connections.validate()?;
         self.tls.validate(self.config.listen)
     }
 }

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Cli, Config};
+use slipway_gateway::serve::ConnectionArgs;
 use slipway_gateway::tls::TlsArgs;
 
 /// A running rack.
@@ -43,7 +44,18 @@ impl Rack {
 
     /// [`Rack::start`] with the HTTP API served as `tls` says.
     pub async fn start_with(config: &Config, tls: &TlsArgs) -> anyhow::Result<Self> {
+        Self::start_serving(config, tls, &ConnectionArgs::default()).await
+    }
+
+    /// [`Rack::start_with`], the gateway's connections held to `connections`
+    /// (timeouts and caps; `slipway-rack` takes them as flags).
+    pub async fn start_serving(
+        config: &Config,
+        tls: &TlsArgs,
+        connections: &ConnectionArgs,
+    ) -> anyhow::Result<Self> {
         tls.validate(config.listen).map_err(anyhow::Error::msg)?;
+        connections.validate().map_err(anyhow::Error::msg)?;
         let data = &config.data_dir;
         // Owner-only, created so; keys from an older version tightened.
         slipway_storage::files::create_private_dir(data)
@@ -102,6 +114,7 @@ impl Rack {
             max_upload_bytes: config.max_upload_bytes,
             insecure_no_auth: config.insecure_no_auth,
             tls: tls.clone(),
+            connections: connections.clone(),
             security: security.clone(),
             ..slipway_gateway::Config::with_peers(
                 addr,

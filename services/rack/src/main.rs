@@ -9,7 +9,11 @@ use slipway_rack::{Cli, Config, Rack};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let Cli { config, tls } = match slipway_rpc::load_config(Cli::validate) {
+    let Cli {
+        config,
+        tls,
+        connections,
+    } = match slipway_rpc::load_config(Cli::validate) {
         Ok(cli) => cli,
         Err(code) => return Ok(code),
     };
@@ -24,7 +28,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             config.listen
         );
     }
-    let rack = match Rack::start_with(&config, &tls).await {
+    let rack = match Rack::start_serving(&config, &tls, &connections).await {
         Ok(rack) => rack,
         Err(e) => {
             if let Some(refused) = e.downcast_ref::<slipway_rack::config::ConfigError>() {
