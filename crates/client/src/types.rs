@@ -131,8 +131,8 @@ pub struct Build {
     pub ended: DateTime<Utc>,
 }
 
-/// A release.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// A release. Its `Debug` shows the env's keys only: values are secrets.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct Release {
     /// `R` + 10 letters.
     #[serde(default)]
@@ -159,6 +159,24 @@ pub struct Release {
 }
 
 pub use slipway_domain::{Env, EnvError};
+
+impl std::fmt::Debug for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self
+            .env
+            .split('\n')
+            .filter_map(|line| line.split_once('=').map(|(k, _)| k))
+            .collect();
+        f.debug_struct("Release")
+            .field("id", &self.id)
+            .field("app", &self.app)
+            .field("build", &self.build)
+            .field("env_keys", &keys)
+            .field("description", &self.description)
+            .field("created", &self.created)
+            .finish_non_exhaustive()
+    }
+}
 
 impl Release {
     /// The env's exact values, decoded from [`Release::env`] (the Convox text;
@@ -408,6 +426,20 @@ pub mod go_time {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn release_debug_hides_env_values() {
+        let r = super::Release {
+            env: "PEM=$'s3cret\\nmore'\nTOKEN=abc123".into(),
+            ..Default::default()
+        };
+        let text = format!("{r:?}");
+        assert!(text.contains("PEM") && text.contains("TOKEN"), "{text}");
+        assert!(
+            !text.contains("s3cret") && !text.contains("abc123"),
+            "{text}"
+        );
+    }
+
     use super::*;
 
     #[test]
