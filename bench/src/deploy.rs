@@ -83,19 +83,36 @@ async fn measure(args: &Args, rack: &BenchRack, exe: &Path, slipway: &Path) -> a
             .stderr(std::process::Stdio::piped());
         command
     };
+    // Each stdout line stamped with when it arrived (ms after the start),
+    // so the slowest deploy can show where its time went.
     let run = |args: Vec<String>| {
         let mut command = cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
         async move {
+            use tokio::io::AsyncBufReadExt as _;
             let started = Instant::now();
-            let output = command.output().await.context("run slipway")?;
+            let mut child = command.spawn().context("run slipway")?;
+            let mut lines =
+                tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+            let mut out = String::new();
+            let mut stamped = String::new();
+            while let Some(line) = lines.next_line().await? {
+                let at = started.elapsed().as_secs_f64() * 1000.0;
+                stamped.push_str(&format!("{at:>8.1} ms  {line}\n"));
+                out.push_str(&line);
+                out.push('\n');
+            }
+            let output = child.wait_with_output().await?;
             let took = started.elapsed();
             anyhow::ensure!(
                 output.status.success(),
-                "slipway {args:?} failed: {}{}",
-                String::from_utf8_lossy(&output.stdout),
+                "slipway {args:?} failed: {out}{}",
                 String::from_utf8_lossy(&output.stderr)
             );
-            Ok((took, String::from_utf8_lossy(&output.stdout).into_owned()))
+            stamped.push_str(&format!(
+                "{:>8.1} ms  (exit)\n",
+                took.as_secs_f64() * 1000.0
+            ));
+            Ok((took, out, stamped))
         }
     };
     let owned = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
@@ -109,15 +126,22 @@ async fn measure(args: &Args, rack: &BenchRack, exe: &Path, slipway: &Path) -> a
     let deploy = owned(&["deploy", &dir.to_string_lossy(), "-a", APP]);
     // Built once, unmeasured: every measured deploy is a cached build that
     // replaces a running release, as a redeploy usually is.
-    let (first, _) = run(deploy.clone()).await?;
+    let (first, _, _) = run(deploy.clone()).await?;
 
     let mut deploys = Vec::with_capacity(args.deploys);
     let mut baselines = Vec::with_capacity(args.deploys);
+    let mut slowest: Option<(Duration, String)> = None;
     for _ in 0..args.deploys {
         baselines.push(baseline(&command, &dir, &env).await?);
-        let (took, out) = run(deploy.clone()).await?;
+        let (took, out, stamped) = run(deploy.clone()).await?;
         anyhow::ensure!(out.ends_with("\nOK\n"), "deploy did not end in OK:\n{out}");
+        if slowest.as_ref().is_none_or(|(t, _)| took > *t) {
+            slowest = Some((took, stamped));
+        }
         deploys.push(took);
+    }
+    if let Some((_, stamped)) = &slowest {
+        eprintln!("the slowest deploy, line by line:\n{stamped}");
     }
     let mut overheads: Vec<Duration> = deploys
         .iter()
