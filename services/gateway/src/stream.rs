@@ -265,28 +265,39 @@ async fn typed_frame(
     Ok(serde_json::to_vec(&frame).expect("a frame serialises"))
 }
 
-/// How the promotion ended: as the release service recorded it when it
-/// already has (a promotion cancelled before its rollout ended says so),
-/// else as the finished rollout says, which is what the rollout service
-/// reports to the release service: its phase and reason. Never waits for
-/// the report to land.
+/// How the promotion ended, as the release service records it: the
+/// rollout service reports the finished rollout to the release service a
+/// moment after its last event, so this waits for that record (a few
+/// milliseconds, polled with a doubling pause) before the client is told,
+/// so that a `slipway deploy` that printed OK is followed by a ledger that
+/// shows the release active. Should the report be later than
+/// [`REPORT_WAIT`], the finished rollout's own phase and reason answer.
 async fn promotion_result(state: &AppState, id: &str, rollout: &opb::Rollout) -> PromotionResult {
-    let recorded = state
-        .reads
-        .release
-        .read(
-            rpb::GetPromotionRequest { id: id.to_owned() },
-            |mut c, m| async move { c.get_promotion(m).await },
-        )
-        .await
-        .ok()
-        .and_then(|r| r.promotion)
-        .filter(|p| {
-            !matches!(
-                rpb::PromotionState::try_from(p.state),
-                Ok(rpb::PromotionState::Pending | rpb::PromotionState::RollingOut) | Err(_)
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(2);
+    let recorded = loop {
+        let found = state
+            .reads
+            .release
+            .read(
+                rpb::GetPromotionRequest { id: id.to_owned() },
+                |mut c, m| async move { c.get_promotion(m).await },
             )
-        });
+            .await
+            .ok()
+            .and_then(|r| r.promotion)
+            .filter(|p| {
+                !matches!(
+                    rpb::PromotionState::try_from(p.state),
+                    Ok(rpb::PromotionState::Pending | rpb::PromotionState::RollingOut) | Err(_)
+                )
+            });
+        if found.is_some() || started.elapsed() >= REPORT_WAIT {
+            break found;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    };
     let promotion = recorded.unwrap_or_else(|| rpb::Promotion {
         id: id.to_owned(),
         state: promotion_state(rollout.phase) as i32,
@@ -299,6 +310,10 @@ async fn promotion_result(state: &AppState, id: &str, rollout: &opb::Rollout) ->
         reason: promotion.reason,
     }
 }
+
+/// How long a finished rollout's result waits for the release service's
+/// record of it.
+const REPORT_WAIT: Duration = Duration::from_secs(10);
 
 /// The promotion state a finished rollout's phase stands for (the mapping
 /// the rollout service reports with).
