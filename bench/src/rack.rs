@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
+use slipway_e2e::kill_processes_under;
 use slipway_rpc::Channel;
 
 /// A rack for one benchmark run; app processes die with it.
@@ -95,27 +96,5 @@ impl BenchRack {
 impl Drop for BenchRack {
     fn drop(&mut self) {
         kill_processes_under(self.dir.path());
-    }
-}
-
-/// SIGKILLs every process whose working directory is below `dir`.
-pub(crate) fn kill_processes_under(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
     }
 }
