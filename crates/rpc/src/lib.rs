@@ -1,7 +1,7 @@
 //! How every Slipway service serves gRPC and how every caller connects: one
-//! server stack (request span, timeout, load shedding, concurrency limit),
-//! standard health and reflection services, the shutdown sequence, and one
-//! client channel builder. Services never assemble these themselves, so the
+//! server stack (request span, metrics, timeout, load shedding, concurrency
+//! limit, service auth), standard health and reflection services, the
+//! shutdown sequence, and one client channel builder. Services never assemble these themselves, so the
 //! behaviour under overload and shutdown is the same everywhere.
 
 pub mod auth;
@@ -49,7 +49,8 @@ pub struct ServerOptions {
     /// Methods (`/package.Service/Method`) exempt from `request_timeout`:
     /// client streams that fail on their own when they stop making progress.
     pub untimed_methods: &'static [&'static str],
-    /// In-flight requests per connection before new ones are shed.
+    /// In-flight requests on the server (all connections together) before
+    /// new ones are shed.
     pub concurrency_limit: usize,
     /// How long in-flight calls may take to finish after shutdown starts.
     pub shutdown_grace: Duration,
@@ -139,35 +140,52 @@ pub async fn serve(
         }
     };
     let server = Server::builder()
-        // A span per request, outermost, so every log line below carries
-        // it; its parent is the caller's W3C `traceparent`.
+        // tonic wraps whatever `.layer()` gets in its own per-connection
+        // stack (`MakeSvc::call`): error recovery, then load shed,
+        // concurrency limit and `Server::timeout` when those builder options
+        // are set, then the caller's `grpc-timeout`. We set none of those
+        // options, so the whole documented order is this one `.layer()`;
+        // only a caller's own `grpc-timeout` is still enforced outside it.
+        // Below, outermost first (STYLE §5): every call, shed or timed out
+        // too, gets a span and a metric.
         .layer(
-            tower_http::trace::TraceLayer::new_for_grpc()
-                .make_span_with(slipway_telemetry::RequestSpan::grpc())
-                // A non-OK status is an answer (NotFound, FailedPrecondition),
-                // not an outage; the service logs what needs a human.
-                .on_failure(
-                    tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
-                ),
+            tower::ServiceBuilder::new()
+                // A span per request, outermost, so every log line below
+                // carries it; its parent is the caller's W3C `traceparent`.
+                .layer(
+                    tower_http::trace::TraceLayer::new_for_grpc()
+                        .make_span_with(slipway_telemetry::RequestSpan::grpc())
+                        // A non-OK status is an answer (NotFound,
+                        // FailedPrecondition), not an outage; the service
+                        // logs what needs a human.
+                        .on_failure(
+                            tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                        ),
+                )
+                // Latency by method and code, inside the span, over
+                // everything below, so timed-out and shed calls count too.
+                .layer(ServerMetricsLayer)
+                // Bounds each call but the untimed client streams; above
+                // the limit, so the metrics see its CANCELLED answer.
+                .layer(DeadlineLayer::new(
+                    options.request_timeout,
+                    options.untimed_methods,
+                ))
+                // A shed call becomes RESOURCE_EXHAUSTED here, in tonic's
+                // own words, so the layers above see an answer, not an error.
+                .map_result(answer_shed)
+                // Answers at once instead of queueing when the limit below
+                // is full.
+                .load_shed()
+                // In-flight calls on this server (every connection shares it).
+                .concurrency_limit(options.concurrency_limit)
+                // Service tokens, innermost: only calls that got past the
+                // limits above pay for the HMAC; health checks pass without.
+                .layer(auth::RequireServiceTokenLayer::new(
+                    options.service_auth.clone(),
+                ))
+                .into_inner(),
         )
-        // Latency by method and code, inside the span, over everything below.
-        .layer(ServerMetricsLayer)
-        // Bounds each call but the untimed client streams, inside the
-        // metrics so a timeout is counted (tonic itself still honours a
-        // shorter `grpc-timeout` from callers).
-        .layer(DeadlineLayer::new(
-            options.request_timeout,
-            options.untimed_methods,
-        ))
-        // Service tokens, innermost: only calls that got past the limits
-        // above pay for the HMAC; health checks pass without one.
-        .layer(auth::RequireServiceTokenLayer::new(
-            options.service_auth.clone(),
-        ))
-        // Answers RESOURCE_EXHAUSTED at once instead of queueing when the
-        // concurrency limit below is full.
-        .load_shed(true)
-        .concurrency_limit_per_connection(options.concurrency_limit)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Large fixed HTTP/2 windows and 1 MiB frames: hyper's 64 KiB default
@@ -192,6 +210,20 @@ pub async fn serve(
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight calls outlived the shutdown grace; closing");
             Ok(())
         }
+    }
+}
+
+/// Turns `load_shed`'s `Overloaded` error into the response tonic sends
+/// for it.
+fn answer_shed(
+    result: Result<http::Response<tonic::body::Body>, tower::BoxError>,
+) -> Result<http::Response<tonic::body::Body>, tower::BoxError> {
+    match result {
+        Err(e) if e.is::<tower::load_shed::error::Overloaded>() => Ok(
+            tonic::Status::resource_exhausted("Too many active requests for the connection")
+                .into_http(),
+        ),
+        other => other,
     }
 }
 

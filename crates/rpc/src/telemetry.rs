@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use tonic::body::Body;
 
 /// Records `rpc.server.duration` for every call below it; sits right under
-/// the request span so the latency covers timeouts and shedding too.
+/// the request span and above the deadline and load shedding, so timed-out
+/// and shed calls are counted (with CANCELLED and RESOURCE_EXHAUSTED).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ServerMetricsLayer;
 
