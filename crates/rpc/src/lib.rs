@@ -1,8 +1,9 @@
 //! How every Slipway service serves gRPC and how every caller connects: one
 //! server stack (request span, metrics, timeout, load shedding, concurrency
 //! limit, service auth), standard health and reflection services, the
-//! shutdown sequence, and one client channel builder. Services never assemble these themselves, so the
-//! behaviour under overload and shutdown is the same everywhere.
+//! shutdown sequence, and one client channel builder. Services never
+//! assemble these themselves, so the behaviour under overload and shutdown
+//! is the same everywhere.
 
 pub mod auth;
 mod deadline;
