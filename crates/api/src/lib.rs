@@ -25,6 +25,8 @@ pub mod rollout {
     }
 }
 
+pub mod refusal;
+
 pub mod build {
     //! `slipway.build.v1`
     pub mod v1 {

@@ -4,6 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use slipway_api::refusal::Refusal;
 
 /// An error answer.
 #[derive(Debug)]
@@ -49,11 +50,19 @@ impl From<tonic::Status> for ApiError {
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
             // The Convox rack answers 403 for "app is currently updating"
-            // and 400 for the other promotion refusals.
-            Code::FailedPrecondition if message.contains("currently updating") => {
-                StatusCode::FORBIDDEN
-            }
-            Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+            // and 400 for the other promotion refusals: the release service
+            // names the refusal's kind in the status metadata, never only in
+            // its words.
+            Code::FailedPrecondition => match Refusal::of(&status) {
+                Some(Refusal::AppUpdating) => StatusCode::FORBIDDEN,
+                Some(
+                    Refusal::OlderRelease
+                    | Refusal::EmptyManifest
+                    | Refusal::InvalidManifest
+                    | Refusal::MissingEnv,
+                )
+                | None => StatusCode::BAD_REQUEST,
+            },
             Code::PermissionDenied => StatusCode::FORBIDDEN,
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
             Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
@@ -98,3 +107,29 @@ impl IntoResponse for ApiError {
 
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Status;
+
+    #[test]
+    fn a_refusal_kind_picks_the_status_not_the_words() {
+        let updating = ApiError::from(Refusal::AppUpdating.status("app is currently updating"));
+        assert_eq!(updating.status, StatusCode::FORBIDDEN);
+        assert_eq!(updating.message, "app is currently updating");
+        let reworded = ApiError::from(Refusal::AppUpdating.status("a rollout is in progress"));
+        assert_eq!(reworded.status, StatusCode::FORBIDDEN);
+        for kind in Refusal::ALL {
+            let want = if kind == Refusal::AppUpdating {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            assert_eq!(ApiError::from(kind.status("no")).status, want, "{kind:?}");
+        }
+        // The words alone no longer make a 403.
+        let words = ApiError::from(Status::failed_precondition("app is currently updating"));
+        assert_eq!(words.status, StatusCode::BAD_REQUEST);
+    }
+}

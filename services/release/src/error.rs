@@ -16,10 +16,14 @@ pub enum Error {
     /// The object exists already.
     #[error("{0}")]
     AlreadyExists(String),
-    /// The request is valid but the app's state refuses it (e.g. "app is
-    /// currently updating").
+    /// The request is valid but a record's state refuses it (e.g. a stale
+    /// rollout report).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The app's state refuses a promotion (or deleting the app). Answered
+    /// with its kind as a machine-readable detail, which the gateway maps.
+    #[error(transparent)]
+    Refused(#[from] crate::model::PromotionRefusal),
     /// The rollout service could not be reached.
     #[error("rollout service: {0}")]
     Rollout(String),
@@ -38,6 +42,7 @@ impl From<Error> for Status {
             Error::NotFound(msg) => Status::not_found(msg),
             Error::AlreadyExists(msg) => Status::already_exists(msg),
             Error::FailedPrecondition(msg) => Status::failed_precondition(msg),
+            Error::Refused(refusal) => refusal.kind().status(refusal.to_string()),
             Error::Rollout(msg) => {
                 tracing::warn!("failed to reach the rollout service: {msg}");
                 Status::unavailable(format!("rollout service unavailable: {msg}"))

@@ -409,6 +409,112 @@ pub fn plan(
     Ok(draft)
 }
 
+/// Why a promotion is refused before anything is recorded. The messages are
+/// the Convox rack's words; [`PromotionRefusal::kind`] is what callers branch
+/// on (it travels as [`slipway_api::refusal`] metadata).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PromotionRefusal {
+    /// A promotion of the app is in flight (also refuses deleting the app).
+    #[error("app is currently updating")]
+    AppUpdating,
+    /// The release is older than the active one and the request not forced.
+    #[error("can not promote an older release, try rollback")]
+    OlderRelease,
+    /// The release has no manifest to run.
+    #[error("can not promote a release with an empty manifest")]
+    EmptyManifest,
+    /// The release's manifest does not parse.
+    #[error("release {release} has an invalid manifest: {reason}")]
+    InvalidManifest {
+        /// The release.
+        release: ReleaseId,
+        /// What the parser said, naming the line.
+        reason: String,
+    },
+    /// Env vars the manifest requires without a default are unset.
+    #[error("can not promote {release}: {}; set it with `env set` first", .missing.join(", "))]
+    MissingEnv {
+        /// The release.
+        release: ReleaseId,
+        /// One entry per var and service, as `env KEY is required by service S`.
+        missing: Vec<String>,
+    },
+}
+
+impl PromotionRefusal {
+    /// The refusal's kind on the wire.
+    pub fn kind(&self) -> slipway_api::refusal::Refusal {
+        use slipway_api::refusal::Refusal;
+        match self {
+            PromotionRefusal::AppUpdating => Refusal::AppUpdating,
+            PromotionRefusal::OlderRelease => Refusal::OlderRelease,
+            PromotionRefusal::EmptyManifest => Refusal::EmptyManifest,
+            PromotionRefusal::InvalidManifest { .. } => Refusal::InvalidManifest,
+            PromotionRefusal::MissingEnv { .. } => Refusal::MissingEnv,
+        }
+    }
+}
+
+/// What the promotion checks look at, as the store read it in the
+/// transaction that will record the promotion.
+#[derive(Clone, Copy, Debug)]
+pub struct PromotionFacts<'a> {
+    /// The release asked for.
+    pub target: &'a Release,
+    /// The app's active release, if any.
+    pub active_release: Option<&'a str>,
+    /// The active release's position in the ledger.
+    pub active_seq: Option<i64>,
+    /// A promotion of the app is pending or rolling out.
+    pub promotion_open: bool,
+    /// The request allows promoting an older release.
+    pub force: bool,
+}
+
+/// What a promotion that passed the checks comes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PromotionVerdict {
+    /// Record a pending promotion and hand it to the rollout service.
+    Start,
+    /// The release is active already: record nothing.
+    AlreadyActive,
+}
+
+/// Decides whether `facts` allow a promotion, checking in the order the
+/// Convox rack answers: a promotion in flight, the release already active,
+/// an older release without force, an empty or invalid manifest, env vars
+/// the manifest requires. Pure: the store reads the facts and records the
+/// verdict.
+pub fn check_promotion(facts: &PromotionFacts<'_>) -> Result<PromotionVerdict, PromotionRefusal> {
+    let target = facts.target;
+    if facts.promotion_open {
+        return Err(PromotionRefusal::AppUpdating);
+    }
+    if facts.active_release == Some(target.id.as_str()) {
+        return Ok(PromotionVerdict::AlreadyActive);
+    }
+    if !facts.force && facts.active_seq.is_some_and(|s| target.seq < s) {
+        return Err(PromotionRefusal::OlderRelease);
+    }
+    if target.manifest.trim().is_empty() {
+        return Err(PromotionRefusal::EmptyManifest);
+    }
+    let manifest = slipway_domain::Manifest::parse(&target.manifest).map_err(|e| {
+        PromotionRefusal::InvalidManifest {
+            release: target.id.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    let missing = manifest.missing_env(&target.env);
+    if !missing.is_empty() {
+        return Err(PromotionRefusal::MissingEnv {
+            release: target.id.clone(),
+            missing: missing.iter().map(ToString::to_string).collect(),
+        });
+    }
+    Ok(PromotionVerdict::Start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,5 +733,175 @@ mod tests {
             "{} > {bound}",
             ledger.encoded_len()
         );
+    }
+
+    /// Facts of a promotion of `target` on an app with nothing active.
+    fn facts(target: &Release) -> PromotionFacts<'_> {
+        PromotionFacts {
+            target,
+            active_release: None,
+            active_seq: None,
+            promotion_open: false,
+            force: false,
+        }
+    }
+
+    impl<'a> PromotionFacts<'a> {
+        fn active(self, id: &'a str, seq: i64) -> Self {
+            Self {
+                active_release: Some(id),
+                active_seq: Some(seq),
+                ..self
+            }
+        }
+
+        fn open(self) -> Self {
+            Self {
+                promotion_open: true,
+                ..self
+            }
+        }
+
+        fn forced(self) -> Self {
+            Self {
+                force: true,
+                ..self
+            }
+        }
+    }
+
+    #[test]
+    fn promotion_checks_in_the_racks_order() {
+        use PromotionVerdict::{AlreadyActive, Start};
+        let needy_manifest = "services:\n  web:\n    build: .\n    port: 5000\n    environment:\n      - DATABASE_URL\n      - MODE=prod\n";
+        let mut good = release("RBBBBBBBBBB", Some("BAAAAAAAAAA"), "A=1", "build");
+        good.seq = 2;
+        let mut bare = release("RBBBBBBBBBB", None, "A=1", "");
+        bare.seq = 2;
+        let mut blank = good.clone();
+        blank.manifest = "  \n".into();
+        let mut broken = good.clone();
+        broken.manifest = "services:\n  web:\n    port: abc\n".into();
+        let mut needy = good.clone();
+        needy.manifest = needy_manifest.into();
+        let mut satisfied = needy.clone();
+        satisfied.env = Env::parse_wire("DATABASE_URL=postgres://db").unwrap();
+        let refused = |r: PromotionRefusal| Err::<PromotionVerdict, _>(r);
+        let updating = refused(PromotionRefusal::AppUpdating);
+        let older = refused(PromotionRefusal::OlderRelease);
+        let empty = refused(PromotionRefusal::EmptyManifest);
+        let missing = refused(PromotionRefusal::MissingEnv {
+            release: needy.id.clone(),
+            missing: vec!["env DATABASE_URL is required by service web".into()],
+        });
+        let cases = [
+            ("first promotion", facts(&good), Ok(Start)),
+            (
+                "newer than active",
+                facts(&good).active("RAAAAAAAAAA", 1),
+                Ok(Start),
+            ),
+            ("in flight", facts(&good).open(), updating.clone()),
+            (
+                "in flight, active",
+                facts(&good).active("RBBBBBBBBBB", 2).open(),
+                updating.clone(),
+            ),
+            (
+                "in flight, forced",
+                facts(&good).active("RCCCCCCCCCC", 3).open().forced(),
+                updating,
+            ),
+            (
+                "already active",
+                facts(&good).active("RBBBBBBBBBB", 2),
+                Ok(AlreadyActive),
+            ),
+            (
+                "active even if bare",
+                facts(&bare).active("RBBBBBBBBBB", 2),
+                Ok(AlreadyActive),
+            ),
+            (
+                "older",
+                facts(&good).active("RCCCCCCCCCC", 3),
+                older.clone(),
+            ),
+            (
+                "older and bare",
+                facts(&bare).active("RCCCCCCCCCC", 3),
+                older,
+            ),
+            (
+                "older, forced",
+                facts(&good).active("RCCCCCCCCCC", 3).forced(),
+                Ok(Start),
+            ),
+            (
+                "same seq is not older",
+                facts(&good).active("RCCCCCCCCCC", 2),
+                Ok(Start),
+            ),
+            ("no manifest", facts(&bare), empty.clone()),
+            ("blank manifest", facts(&blank), empty.clone()),
+            (
+                "forced, bare",
+                facts(&bare).active("RCCCCCCCCCC", 3).forced(),
+                empty,
+            ),
+            ("missing env", facts(&needy), missing),
+            ("required env set", facts(&satisfied), Ok(Start)),
+        ];
+        for (case, facts, want) in cases {
+            assert_eq!(check_promotion(&facts), want, "{case}");
+        }
+        let err = check_promotion(&facts(&broken)).unwrap_err();
+        assert_eq!(err.kind(), slipway_api::refusal::Refusal::InvalidManifest);
+        assert!(
+            err.to_string()
+                .starts_with("release RBBBBBBBBBB has an invalid manifest: "),
+            "{err}"
+        );
+        assert!(err.to_string().contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn promotion_refusals_keep_the_racks_words() {
+        let release = ReleaseId::parse("RAAAAAAAAAA").unwrap();
+        let words = [
+            (PromotionRefusal::AppUpdating, "app is currently updating"),
+            (
+                PromotionRefusal::OlderRelease,
+                "can not promote an older release, try rollback",
+            ),
+            (
+                PromotionRefusal::EmptyManifest,
+                "can not promote a release with an empty manifest",
+            ),
+            (
+                PromotionRefusal::InvalidManifest {
+                    release: release.clone(),
+                    reason: "line 3: bad port".into(),
+                },
+                "release RAAAAAAAAAA has an invalid manifest: line 3: bad port",
+            ),
+            (
+                PromotionRefusal::MissingEnv {
+                    release,
+                    missing: vec![
+                        "env A is required by service web".into(),
+                        "env B is required by service worker".into(),
+                    ],
+                },
+                "can not promote RAAAAAAAAAA: env A is required by service web, \
+                 env B is required by service worker; set it with `env set` first",
+            ),
+        ];
+        let mut kinds = Vec::new();
+        for (refusal, message) in words {
+            assert_eq!(refusal.to_string(), message);
+            kinds.push(refusal.kind());
+        }
+        assert_eq!(kinds, slipway_api::refusal::Refusal::ALL, "one kind each");
     }
 }

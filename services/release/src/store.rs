@@ -17,14 +17,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use slipway_domain::{AppName, BuildId, Manifest, PromotionState, ReleaseId};
+use slipway_domain::{AppName, BuildId, PromotionState, ReleaseId};
 use slipway_storage::{Database, Dialect, ErrorClass, classify, now_micros};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row as _, Transaction};
 
 use crate::crypto::EnvCipher;
 use crate::error::{Error, Result};
-use crate::model::{App, AuditEvent, BuildInfo, Promotion, Release, ReleaseRequest, plan};
+use crate::model::{
+    App, AuditEvent, BuildInfo, Promotion, PromotionFacts, PromotionRefusal, PromotionVerdict,
+    Release, ReleaseRequest, check_promotion, plan,
+};
 
 /// Migrations for PostgreSQL.
 pub static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -190,9 +193,7 @@ impl Store {
             .await?
             .try_get("n")?;
             if open > 0 {
-                return Err(Error::FailedPrecondition(
-                    "app is currently updating".into(),
-                ));
+                return Err(PromotionRefusal::AppUpdating.into());
             }
             sqlx::query("UPDATE apps SET deleted_at = $1 WHERE id = $2")
                 .bind(now_micros())
@@ -448,11 +449,9 @@ impl Store {
         Ok((page, false))
     }
 
-    /// Records a pending promotion of `release` after every check that can
-    /// be made without touching a runtime: the release belongs to the app,
-    /// no promotion is in flight, it is not older than the active release
-    /// (unless forced), its manifest is present and valid, and every env var
-    /// the manifest requires is set.
+    /// Records a pending promotion of `release` when the release belongs to
+    /// the app and [`check_promotion`] allows it on the facts read here,
+    /// under the app row's lock (the checks that need no runtime).
     pub async fn start_promotion(
         &self,
         app: &AppName,
@@ -483,32 +482,15 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?
             .try_get("n")?;
-            if open > 0 {
-                return Err(Error::FailedPrecondition("app is currently updating".into()));
-            }
-            if active.as_deref() == Some(target.id.as_str()) {
+            let facts = PromotionFacts {
+                target: &target,
+                active_release: active.as_deref(),
+                active_seq,
+                promotion_open: open > 0,
+                force: options.force,
+            };
+            if check_promotion(&facts)? == PromotionVerdict::AlreadyActive {
                 return Ok(PromotionStart::AlreadyActive(target));
-            }
-            if !options.force && active_seq.is_some_and(|s| target.seq < s) {
-                return Err(Error::FailedPrecondition(
-                    "can not promote an older release, try rollback".into(),
-                ));
-            }
-            if target.manifest.trim().is_empty() {
-                return Err(Error::FailedPrecondition(
-                    "can not promote a release with an empty manifest".into(),
-                ));
-            }
-            let manifest = Manifest::parse(&target.manifest)
-                .map_err(|e| Error::FailedPrecondition(format!("release {} has an invalid manifest: {e}", target.id)))?;
-            let missing = manifest.missing_env(&target.env);
-            if !missing.is_empty() {
-                let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
-                return Err(Error::FailedPrecondition(format!(
-                    "can not promote {}: {}; set it with `env set` first",
-                    target.id,
-                    list.join(", ")
-                )));
             }
             let fallback = match &active {
                 Some(id) => {
@@ -549,7 +531,7 @@ impl Store {
             if let Err(e) = &inserted
                 && matches!(classify(e), ErrorClass::UniqueViolation(_))
             {
-                return Err(Error::FailedPrecondition("app is currently updating".into()));
+                return Err(PromotionRefusal::AppUpdating.into());
             }
             inserted?;
             let detail = format!("release {}, deadline {deadline_secs}s", target.id);

@@ -34,6 +34,11 @@ async fn two_concurrent_promotions_start_exactly_one(backend: Backend) {
         .expect("one refused");
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert_eq!(refused.message(), "app is currently updating");
+    assert_eq!(
+        slipway_api::refusal::Refusal::of(refused),
+        Some(slipway_api::refusal::Refusal::AppUpdating),
+        "the kind travels beside the words: {refused:?}"
+    );
     assert_eq!(t.app("race").await.status, "updating");
 
     let promotion = started[0].promotion.clone().unwrap();
@@ -354,8 +359,14 @@ async fn an_updating_app_cannot_be_deleted(backend: Backend) {
                 .await
         }
     };
+    let refused = delete().await.unwrap_err();
+    assert_eq!(
+        slipway_api::refusal::Refusal::of(&refused),
+        Some(slipway_api::refusal::Refusal::AppUpdating),
+        "{refused:?}"
+    );
     assert_status(
-        delete().await,
+        Err::<(), _>(refused),
         Code::FailedPrecondition,
         "app is currently updating",
     );
