@@ -7,6 +7,13 @@
 //! move (say, reviving a rolled-back promotion) is refused with a clear message.
 
 use std::fmt;
+use std::ops::RangeInclusive;
+
+/// Allowed promotion deadlines, in seconds (30 s to 6 h): what a promotion
+/// request may ask for and what a service's `--default-deadline` may be.
+/// The one definition the release service, the rollout service and the
+/// rack all check against.
+pub const DEADLINE_RANGE: RangeInclusive<u32> = 30..=21_600;
 
 /// Where a promotion is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use slipway_domain::Secret;
+use slipway_domain::promotion::DEADLINE_RANGE;
 use slipway_gateway::tls::TlsArgs;
 
 /// The command line of `slipway-rack`: the rack's settings plus how its
@@ -145,11 +146,52 @@ impl Config {
             ));
         }
         let secs = self.default_deadline.as_secs();
-        if !(30..=21_600).contains(&secs) {
+        let (min, max) = (DEADLINE_RANGE.start(), DEADLINE_RANGE.end());
+        if !(u64::from(*min)..=u64::from(*max)).contains(&secs) {
+            let limit =
+                |secs: &u32| humantime::format_duration(Duration::from_secs(u64::from(*secs)));
             return Err(format!(
-                "--default-deadline must be between 30s and 6h, got {secs}s"
+                "--default-deadline must be between {} and {}, got {secs}s",
+                limit(min),
+                limit(max)
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(default_deadline: Duration) -> Config {
+        Config {
+            data_dir: PathBuf::from("/nonexistent/rack"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            password: None,
+            name: "test".into(),
+            default_deadline,
+            max_upload_bytes: 1 << 20,
+            port_range: None,
+            insecure_no_auth: true,
+            quickstart: false,
+            quickstart_app: PathBuf::new(),
+            stop_apps: false,
+            apps: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_default_deadline_is_checked_against_the_domain_range() {
+        assert_eq!(config(Duration::from_secs(30)).validate(), Ok(()));
+        assert_eq!(config(Duration::from_secs(21_600)).validate(), Ok(()));
+        assert_eq!(
+            config(Duration::from_secs(29)).validate(),
+            Err("--default-deadline must be between 30s and 6h, got 29s".to_owned())
+        );
+        assert_eq!(
+            config(Duration::from_secs(21_601)).validate(),
+            Err("--default-deadline must be between 30s and 6h, got 21601s".to_owned())
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use slipway_domain::Secret;
 
 use crate::runtime::local::{UidRange, default_apps_dir};
-use crate::service::DEADLINE_RANGE;
+use slipway_domain::promotion::DEADLINE_RANGE;
 
 /// The rollout service's settings.
 #[derive(Clone, Debug, clap::Parser)]

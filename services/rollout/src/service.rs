@@ -2,7 +2,6 @@
 //! start (idempotent per promotion), read, cancel, watch, and what the
 //! runtime runs.
 
-use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +16,7 @@ use crate::model::{Phase, Rollout, Spec, SpecRecord};
 use crate::runtime::{DynRuntime, ProcessInfo, ServiceInfo};
 use crate::store::{NewRollout, Store, StoredEvent};
 
-/// Allowed rollout deadlines, in seconds.
-pub const DEADLINE_RANGE: RangeInclusive<u32> = 30..=21_600;
+use slipway_domain::promotion::DEADLINE_RANGE;
 /// Events read from the database per query while replaying.
 const PAGE: u32 = 500;
 /// How often a watcher looks at the database even without a bus wake-up
