@@ -1,0 +1,153 @@
+//! The ledger's storage: one implementation over sqlx's `Any` driver that
+//! runs on SQLite (embedded rack) and PostgreSQL (scale). Where the dialects
+//! differ (write locks, DDL) `Dialect` says so; the conformance suite in
+//! `tests/` runs every operation against both databases.
+//!
+//! Concurrency rules:
+//! - every write takes the app row first (`UPDATE … RETURNING` or
+//!   `SELECT … FOR UPDATE` on PostgreSQL; `BEGIN IMMEDIATE` on SQLite), so
+//!   forks of the newest release are serialised per app and no update is lost;
+//! - `promotions_one_open_per_app` (a partial unique index) is the last word
+//!   on "one promotion per app at a time";
+//! - releases are never updated or deleted (triggers refuse it).
+//!
+//! The store is split by what it records: `apps` (apps and the audit log),
+//! `ledger` (the release append, with its head cache), `promotions`
+//! (recording what `model::check_promotion` decided, and outcomes) and
+//! `rows` (row mapping). Each holds its own `impl Store` block.
+
+mod apps;
+mod ledger;
+mod promotions;
+mod rows;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use slipway_domain::{AppName, ReleaseId};
+use slipway_storage::{Database, ErrorClass, classify, now_micros};
+use sqlx::{Any, Row as _, Transaction};
+
+use crate::crypto::EnvCipher;
+use crate::error::{Error, Result};
+
+pub use promotions::{PromoteOptions, PromotionStart};
+
+/// Migrations for PostgreSQL.
+pub static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// Migrations for SQLite.
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The states of a promotion in flight, as SQL.
+const OPEN_STATES: &str = "('pending', 'rolling_out')";
+
+/// The ledger on a SQL database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Database,
+    cipher: EnvCipher,
+    /// The newest release of recently written apps: a hint that lets a
+    /// PostgreSQL append skip reading it (see [`Store::append_optimistic`]).
+    heads: Arc<Mutex<HashMap<String, ledger::Head>>>,
+}
+
+impl Store {
+    /// A store over a migrated database.
+    pub fn new(db: Database, cipher: EnvCipher) -> Self {
+        Self {
+            db,
+            cipher,
+            heads: Arc::default(),
+        }
+    }
+
+    /// Runs the migrations of the database's dialect.
+    pub async fn migrate(&self) -> Result<(), slipway_storage::Error> {
+        self.db.migrate(&POSTGRES_MIGRATOR, &SQLITE_MIGRATOR).await
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Any>> {
+        Ok(self
+            .db
+            .pool
+            .begin_with(self.db.dialect.begin_write())
+            .await?)
+    }
+}
+
+/// Retries a whole transaction when the database reports a transient
+/// conflict (deadlock, serialisation failure, SQLite busy).
+async fn retry<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(Error::Store(e)) if tries < 8 && classify(&e) == ErrorClass::Retryable => {
+                tries += 1;
+                tracing::debug!(
+                    tries,
+                    "retrying a transaction after a transient conflict: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(5 << tries.min(6))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn lock_app(
+    tx: &mut Transaction<'static, Any>,
+    for_update: &str,
+    name: &AppName,
+) -> Result<i64> {
+    let row = sqlx::query(&format!(
+        "SELECT id FROM apps WHERE name = $1 AND deleted_at IS NULL{for_update}"
+    ))
+    .bind(name.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| app_not_found(name))?;
+    Ok(row.try_get("id")?)
+}
+
+async fn app_id(conn: &mut sqlx::AnyConnection, name: &AppName) -> Result<i64> {
+    let row = sqlx::query("SELECT id FROM apps WHERE name = $1 AND deleted_at IS NULL")
+        .bind(name.as_str())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| app_not_found(name))?;
+    Ok(row.try_get("id")?)
+}
+
+async fn audit(
+    tx: &mut Transaction<'static, Any>,
+    actor: &str,
+    action: &str,
+    app: &str,
+    subject: &str,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO audit_events (at, actor, action, app, subject, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(now_micros())
+        .bind(actor)
+        .bind(action)
+        .bind(app)
+        .bind(subject)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn app_not_found(name: &AppName) -> Error {
+    Error::NotFound(format!("app not found: {name}"))
+}
+
+fn release_not_found(app: &AppName, id: &ReleaseId) -> Error {
+    Error::NotFound(format!("release not found: {id} (app {app})"))
+}
