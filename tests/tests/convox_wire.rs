@@ -127,7 +127,31 @@ async fn the_rack_api_answers_like_a_convox_rack() {
     let (status, body) = rack
         .raw("POST", "/apps/myapp/objects/tmp/../x.tgz?", none, b"x", &pw)
         .await;
-    assert_eq!((status, body.as_str()), (400, "invalid object key\n"));
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            400,
+            "invalid object key \"tmp/../x.tgz\": '.' and '..' segments are not allowed\n"
+        )
+    );
+    // The build service's rule, now the gateway's too: a backslash (sent
+    // percent-encoded) was let through to the build service before.
+    let (status, body) = rack
+        .raw(
+            "POST",
+            "/apps/myapp/objects/tmp/a%5Cb.tgz?",
+            none,
+            b"x",
+            &pw,
+        )
+        .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            400,
+            "invalid object key \"tmp/a\\\\b.tgz\": control characters and backslashes are not allowed\n"
+        )
+    );
     let (status, _) = rack
         .raw("POST", "/apps?", form, &vec![b'a'; 2 * 1024 * 1024], &pw)
         .await;

@@ -10,12 +10,14 @@ pub mod app;
 pub mod env;
 pub mod ids;
 pub mod manifest;
+pub mod object_key;
 pub mod promotion;
 
 pub use app::{AppName, AppNameError};
 pub use env::{Env, EnvDiff, EnvError};
 pub use ids::{BuildId, IdError, ReleaseId};
 pub use manifest::{Manifest, ManifestError};
+pub use object_key::{ObjectKeyError, validate_object_key};
 pub use promotion::{PromotionState, TransitionError};
 
 pub mod secret;

@@ -38,7 +38,7 @@ pub enum Error {
 impl From<objects::Error> for Error {
     fn from(err: objects::Error) -> Self {
         match err {
-            objects::Error::InvalidUrl(_) | objects::Error::InvalidKey { .. } => {
+            objects::Error::InvalidUrl(_) | objects::Error::InvalidKey(_) => {
                 Self::InvalidArgument(err.to_string())
             }
             objects::Error::NotFound(_) => Self::NotFound(err.to_string()),

@@ -63,8 +63,9 @@ impl BuildRpc for Grpc {
         } else {
             req.manifest_path
         };
-        // The same rules as object keys: relative, no `..`.
-        objects::validate_key(&manifest_path).map_err(|e| field("manifest_path", e))?;
+        // The same rule as object keys: relative, no `..`.
+        slipway_domain::validate_object_key(&manifest_path)
+            .map_err(|e| field("manifest_path", e))?;
         for (name, value) in [("description", &req.description), ("git_sha", &req.git_sha)] {
             if value.len() > MAX_TEXT || value.chars().any(|c| c.is_control() && c != '\t') {
                 return Err(Status::invalid_argument(format!(

@@ -533,14 +533,9 @@ pub(crate) async fn upload_object(
     Path((app, key)): Path<(String, String)>,
     body: axum::body::Body,
 ) -> ApiResult<Json<types::Object>> {
-    if key
-        .split('/')
-        .any(|segment| segment == ".." || segment == ".")
-        || key.starts_with('/')
-        || key.is_empty()
-    {
-        return Err(ApiError::bad_request("invalid object key"));
-    }
+    // The build service's own rule, checked before the body is read; the
+    // message says which key and why.
+    slipway_domain::validate_object_key(&key).map_err(|e| ApiError::bad_request(e.to_string()))?;
     state
         .reads
         .release
