@@ -1,7 +1,8 @@
 //! The Slipway wire types: tonic/prost code generated from `proto/`, the
 //! descriptor set for reflection, and small conversions shared by servers and
 //! clients. Generated types stop at the RPC edge; services convert them into
-//! `slipway-domain` types in their `grpc.rs`.
+//! `slipway-domain` types in their `grpc.rs`, with the promotion state and
+//! outcome conversions in [`promotion`] (mapped once, for every service).
 
 use std::fmt;
 
@@ -25,6 +26,7 @@ pub mod rollout {
     }
 }
 
+pub mod promotion;
 pub mod refusal;
 
 pub mod build {

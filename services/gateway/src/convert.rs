@@ -70,15 +70,8 @@ pub(crate) fn build(build: bpb::Build) -> types::Build {
 
 /// A Slipway promotion.
 pub(crate) fn promotion(p: rpb::Promotion) -> types::Promotion {
-    let state = match rpb::PromotionState::try_from(p.state) {
-        Ok(rpb::PromotionState::Pending) => "pending",
-        Ok(rpb::PromotionState::RollingOut) => "rolling_out",
-        Ok(rpb::PromotionState::Succeeded) => "succeeded",
-        Ok(rpb::PromotionState::RolledBack) => "rolled_back",
-        Ok(rpb::PromotionState::Failed) => "failed",
-        Ok(rpb::PromotionState::Cancelled) => "cancelled",
-        _ => "unknown",
-    };
+    let state = slipway_api::promotion::promotion_state(p.state)
+        .map_or("unknown", slipway_domain::PromotionState::as_str);
     types::Promotion {
         id: p.id,
         app: p.app,

@@ -528,11 +528,6 @@ impl Drivers {
 
 /// The `outcome` attribute of the rollout duration metric.
 fn outcome_name(outcome: slipway_api::release::v1::PromotionOutcome) -> &'static str {
-    use slipway_api::release::v1::PromotionOutcome;
-    match outcome {
-        PromotionOutcome::Succeeded => "succeeded",
-        PromotionOutcome::RolledBack => "rolled_back",
-        PromotionOutcome::Failed => "failed",
-        PromotionOutcome::Unspecified => "unspecified",
-    }
+    slipway_domain::promotion::PromotionOutcome::try_from(outcome)
+        .map_or("unspecified", |o| o.into_state().as_str())
 }
