@@ -28,36 +28,28 @@ pub(crate) async fn build_logs(
     caller: SocketCaller,
     ws: WebSocketUpgrade,
 ) -> Response {
-    // The upgraded socket runs in a task of its own: keep the request span.
-    let span = tracing::Span::current();
-    ws.on_upgrade(move |socket| {
-        async move {
-            let authorised = caller.authorised();
-            let source = async move {
-                let request = bpb::WatchBuildLogsRequest {
-                    app,
-                    id: id.to_uppercase(),
-                    from_offset: 0,
-                };
-                state
-                    .build
-                    .clone()
-                    .watch_build_logs(request)
-                    .await
-                    .map(|r| {
-                        r.into_inner()
-                            .map(|m| {
-                                m.map(|m| m.chunk.to_vec())
-                                    .map_err(|s| s.message().to_owned())
-                            })
-                            .boxed()
+    let source = async move {
+        let request = bpb::WatchBuildLogsRequest {
+            app,
+            id: id.to_uppercase(),
+            from_offset: 0,
+        };
+        state
+            .build
+            .clone()
+            .watch_build_logs(request)
+            .await
+            .map(|r| {
+                r.into_inner()
+                    .map(|m| {
+                        m.map(|m| m.chunk.to_vec())
+                            .map_err(|s| s.message().to_owned())
                     })
-                    .map_err(|s| s.message().to_owned())
-            };
-            serve(socket, authorised, source).await;
-        }
-        .instrument(span)
-    })
+                    .boxed()
+            })
+            .map_err(|s| s.message().to_owned())
+    };
+    upgrade(ws, caller, source)
 }
 
 /// `GET /apps/{app}/logs` and `GET /apps/{app}/services/{service}/logs`: the
@@ -80,45 +72,37 @@ pub(crate) async fn app_logs(
             .map(|(_, v)| v.clone())
     };
     let (app, service) = (param("app").unwrap_or_default(), param("service"));
-    // The upgraded socket runs in a task of its own: keep the request span.
-    let span = tracing::Span::current();
-    ws.on_upgrade(move |socket| {
-        async move {
-            let authorised = caller.authorised();
-            let source = async move {
-                let request = log_request(app, service, &headers)?;
-                // An unknown app is an error, not an empty log.
-                state
-                    .reads
-                    .release
-                    .read(
-                        rpb::GetAppRequest {
-                            name: request.app.clone(),
-                        },
-                        |mut c, m| async move { c.get_app(m).await },
-                    )
-                    .await
-                    .map_err(|s| s.message().to_owned())?;
-                let stream = state
-                    .rollout
-                    .clone()
-                    .stream_app_logs(request)
-                    .await
-                    .map_err(|s| s.message().to_owned())?
-                    .into_inner();
-                Ok(stream
-                    .filter_map(|m| async move {
-                        match m {
-                            Ok(m) => m.event.map(|e| Ok(convert::event_line(&e).into_bytes())),
-                            Err(s) => Some(Err(s.message().to_owned())),
-                        }
-                    })
-                    .boxed())
-            };
-            serve(socket, authorised, source).await;
-        }
-        .instrument(span)
-    })
+    let source = async move {
+        let request = log_request(app, service, &headers)?;
+        // An unknown app is an error, not an empty log.
+        state
+            .reads
+            .release
+            .read(
+                rpb::GetAppRequest {
+                    name: request.app.clone(),
+                },
+                |mut c, m| async move { c.get_app(m).await },
+            )
+            .await
+            .map_err(|s| s.message().to_owned())?;
+        let stream = state
+            .rollout
+            .clone()
+            .stream_app_logs(request)
+            .await
+            .map_err(|s| s.message().to_owned())?
+            .into_inner();
+        Ok(stream
+            .filter_map(|m| async move {
+                match m {
+                    Ok(m) => m.event.map(|e| Ok(convert::event_line(&e).into_bytes())),
+                    Err(s) => Some(Err(s.message().to_owned())),
+                }
+            })
+            .boxed())
+    };
+    upgrade(ws, caller, source)
 }
 
 /// The `StreamAppLogs` request the option headers of a log socket ask for.
@@ -206,36 +190,28 @@ pub(crate) async fn promotion_events(
 ) -> Response {
     let typed = header(&headers, TYPED_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let after = header(&headers, AFTER_HEADER).unwrap_or_default();
-    // The upgraded socket runs in a task of its own: keep the request span.
-    let span = tracing::Span::current();
-    ws.on_upgrade(move |socket| {
-        async move {
-            let authorised = caller.authorised();
-            let source = async move {
-                promotion_of_app(&state, &app, &id).await?;
-                let watched = rollout_events(&state, id.clone(), after).await?;
-                Ok(if typed {
-                    watched
-                        .then(move |item| typed_frame(state.clone(), id.clone(), item))
-                        .boxed()
-                } else {
-                    watched
-                        .filter_map(|item| async move {
-                            match item {
-                                Ok(Watched::Event(event)) => {
-                                    Some(Ok(convert::event_line(&event).into_bytes()))
-                                }
-                                Ok(Watched::Finished(_)) => None,
-                                Err(message) => Some(Err(message)),
-                            }
-                        })
-                        .boxed()
+    let source = async move {
+        promotion_of_app(&state, &app, &id).await?;
+        let watched = rollout_events(&state, id.clone(), after).await?;
+        Ok(if typed {
+            watched
+                .then(move |item| typed_frame(state.clone(), id.clone(), item))
+                .boxed()
+        } else {
+            watched
+                .filter_map(|item| async move {
+                    match item {
+                        Ok(Watched::Event(event)) => {
+                            Some(Ok(convert::event_line(&event).into_bytes()))
+                        }
+                        Ok(Watched::Finished(_)) => None,
+                        Err(message) => Some(Err(message)),
+                    }
                 })
-            };
-            serve(socket, authorised, source).await;
-        }
-        .instrument(span)
-    })
+                .boxed()
+        })
+    };
+    upgrade(ws, caller, source)
 }
 
 /// Refuses a promotion that is not `app`'s, as `GET .../promotions/{id}`
@@ -430,6 +406,24 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+/// The prologue of every SOCKET route, in one place because its order is
+/// the contract: upgrade first and check the login inside the stream (as
+/// the real rack does, so the `convox` CLI prints a failed login as an
+/// `ERROR:` line instead of a handshake failure), run the socket in a task
+/// of its own that keeps the request span, and only then, if the caller is
+/// authorised, open `source` (an unauthorised caller never reaches the
+/// services behind it).
+fn upgrade<S, F>(ws: WebSocketUpgrade, caller: SocketCaller, source: F) -> Response
+where
+    F: std::future::Future<Output = Result<S, String>> + Send + 'static,
+    S: Stream<Item = Result<Vec<u8>, String>> + Unpin + Send + 'static,
+{
+    let span = tracing::Span::current();
+    ws.on_upgrade(move |socket| {
+        async move { serve(socket, caller.authorised(), source).await }.instrument(span)
+    })
 }
 
 /// Runs one socket: auth failure or upstream error as `ERROR: …` text, the
