@@ -499,6 +499,8 @@ mod tests {
         for i in 0..50 {
             log.write(format!("line {i}\n").as_bytes());
             if i % 10 == 0 {
+                // Part of the test: the log is written over time, so the
+                // publisher sends it in several pieces.
                 tokio::time::sleep(Duration::from_millis(60)).await;
             }
         }
@@ -535,6 +537,7 @@ mod tests {
         let app = AppName::parse("myapp").unwrap();
         logs.publish(build.clone(), app.clone(), log.clone());
         log.line("one");
+        // Part of the test: the two lines reach the bus as separate entries.
         tokio::time::sleep(Duration::from_millis(100)).await;
         log.line("two");
         // The replica "stops": the log is never closed; wait for the bus.

@@ -163,8 +163,18 @@ async fn with_the_bus_unreachable_another_replica_serves_the_whole_log_at_the_en
     let build = a.create("myapp", &url, "").await;
     let on_b = watch(&b, &build.id, 0).await;
     let from_offset_on_b = watch(&b, &build.id, 3).await;
-    // The build goes on with the bus down.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The build goes on with the bus down: A, which runs it, has its first
+    // line (the rest waits for the gate).
+    let mut on_a = watch(&a, &build.id, 0).await;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("before") {
+            seen.extend(on_a.next().await.expect("A's log ends only with the build"));
+        }
+    })
+    .await
+    .expect("the build starts with the bus down");
+    drop(on_a);
     std::fs::write(&gate, "").unwrap();
     let got = rest(on_b).await;
     let got_from_offset = rest(from_offset_on_b).await;

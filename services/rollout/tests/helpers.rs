@@ -526,36 +526,55 @@ pub(crate) async fn get(address: &str) -> Result<String, String> {
 /// Requests in a loop against `address` until stopped.
 pub(crate) struct Load {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(u64, Vec<String>)>,
+    /// Requests answered so far.
+    ok: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Vec<String>>,
 }
 
 impl Load {
     pub(crate) fn start(address: String) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn({
-            let stop = stop.clone();
+            let (stop, ok) = (stop.clone(), ok.clone());
             async move {
-                let (mut ok, mut failures) = (0u64, Vec::new());
+                let mut failures = Vec::new();
                 let started = Instant::now();
                 // Bounded in time, whatever happens to the test.
                 while !stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(120)
                 {
                     match get(&address).await {
-                        Ok(_) => ok += 1,
+                        Ok(_) => {
+                            ok.fetch_add(1, Ordering::AcqRel);
+                        }
                         Err(e) => failures.push(e),
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                (ok, failures)
+                failures
             }
         });
-        Self { stop, task }
+        Self { stop, ok, task }
+    }
+
+    /// Waits until `n` requests have been answered: the loop is running.
+    pub(crate) async fn until_answered(&self, n: u64) {
+        eventually(
+            Duration::from_secs(30),
+            "the load loop's first answers",
+            || {
+                let ok = self.ok.clone();
+                async move { ok.load(Ordering::Acquire) >= n }
+            },
+        )
+        .await;
     }
 
     /// Stops; returns (successes, failures).
     pub(crate) async fn stop(self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Release);
-        self.task.await.unwrap()
+        let failures = self.task.await.unwrap();
+        (self.ok.load(Ordering::Acquire), failures)
     }
 }
 

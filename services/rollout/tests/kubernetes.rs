@@ -357,6 +357,8 @@ async fn events_are_printed_once_despite_dedup_bumps() {
         "Started container web",
     );
     eventually("two events", || events.lines().len() >= 2).await;
+    // An absence check, not a settle: the dedup bumps must not arrive as
+    // extra lines in the next 200 ms.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         events.lines(),
@@ -421,6 +423,8 @@ async fn the_event_watch_survives_a_dropped_connection_and_410_gone() {
         "four",
     );
     eventually("event four", || events.lines().len() == 4).await;
+    // An absence check, not a settle: the relist after the 410 prints
+    // nothing twice in the next 200 ms.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let messages: Vec<String> = events.lines();
     assert_eq!(

@@ -42,7 +42,8 @@ async fn a_good_release_rolls_out_without_a_failed_request() {
         .collect();
 
     let load = Load::start(address.clone());
-    tokio::time::sleep(Duration::from_millis(200)).await; // let the loop warm up before the rollout
+    // The loop is under way before the rollout starts.
+    load.until_answered(5).await;
     let r2 = spec(&app, "RBBBBBBBBBB", &App::healthy(2));
     let promotion = format!("{app}-p2");
     let started = start(&mut service.client, &promotion, r2, Some(r1), 0).await;
