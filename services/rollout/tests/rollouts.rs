@@ -49,6 +49,9 @@ async fn a_good_release_rolls_out_without_a_failed_request() {
     let started = start(&mut service.client, &promotion, r2, Some(r1), 0).await;
     assert_eq!(started.id, promotion);
     let (done, events) = finish(&mut service.client, &promotion, LIMIT).await;
+    // A fast rollout can end within a few requests: keep the load on the
+    // new processes until it has made enough to mean something.
+    load.until_answered(25).await;
     let (ok, failures) = load.stop().await;
 
     assert_eq!(done.phase(), pb::RolloutPhase::Running, "{done:?}");
