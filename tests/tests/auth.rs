@@ -294,16 +294,7 @@ async fn victim(rack: &TestRack) -> (String, String, String) {
     let promotion: serde_json::Value = serde_json::from_str(&body).expect("promotion JSON");
     let promotion = promotion["id"].as_str().expect("promotion id").to_owned();
     // Follow the rollout to its end, so nothing moves while probes run.
-    let right = basic(&rack.password);
-    let events = probe(
-        (rack.addr, source(0xfff0)),
-        "GET",
-        &format!("/apps/victim/promotions/{promotion}/events"),
-        &right,
-        true,
-        b"",
-    )
-    .await;
+    let events = events(rack, "victim", &promotion, 0xfff0).await;
     assert!(events.frames.contains("is running"), "{events:?}");
     // The ledger records the outcome just after the last event.
     let active = format!("\"release\":\"{release}\"");
@@ -319,6 +310,20 @@ async fn victim(rack: &TestRack) -> (String, String, String) {
     )
     .await;
     (build, release, promotion)
+}
+
+/// The promotion's event stream on `app`'s route, with the rack password,
+/// from the `n`-th source, read to its end.
+async fn events(rack: &TestRack, app: &str, promotion: &str, n: u32) -> Answer {
+    probe(
+        (rack.addr, source(n)),
+        "GET",
+        &format!("/apps/{app}/promotions/{promotion}/events"),
+        &basic(&rack.password),
+        true,
+        b"",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -512,31 +517,14 @@ async fn promotion_events_belong_to_the_app_in_the_route() {
         )
         .await;
     assert_eq!(created.0, 200, "{created:?}");
-    let right = basic(&rack.password);
-    let answer = probe(
-        (rack.addr, source(1)),
-        "GET",
-        &format!("/apps/other/promotions/{promotion}/events"),
-        &right,
-        true,
-        b"",
-    )
-    .await;
+    let answer = events(&rack, "other", &promotion, 1).await;
     assert_eq!(answer.status, 101, "{answer:?}");
     assert_eq!(
         answer.frames,
         format!("ERROR: promotion not found: {promotion}\n")
     );
     // Its own app's route streams it, to the end of the rollout.
-    let answer = probe(
-        (rack.addr, source(2)),
-        "GET",
-        &format!("/apps/victim/promotions/{promotion}/events"),
-        &right,
-        true,
-        b"",
-    )
-    .await;
+    let answer = events(&rack, "victim", &promotion, 2).await;
     assert_eq!(answer.status, 101, "{answer:?}");
     assert!(
         answer.frames.contains("Status: Running => Pending")
