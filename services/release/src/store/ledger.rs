@@ -9,7 +9,7 @@ use sqlx::{Any, Row as _, Transaction};
 use super::rows::{RELEASE_COLUMNS, artifacts_from_json, time};
 use super::{Store, app_id, app_not_found, audit, release_not_found, retry};
 use crate::error::{Error, Result};
-use crate::model::{BuildInfo, Release, ReleaseRequest, plan};
+use crate::model::{BuildInfo, Draft, Release, ReleaseRequest, plan};
 
 /// An app's newest release as this replica last wrote or read it.
 #[derive(Clone, Debug)]
@@ -81,7 +81,8 @@ impl Store {
         let now = now_micros();
         let sealed = self.cipher.seal(id.as_str(), &draft.env);
         let detail = draft.audit_detail();
-        let inserted: i64 = sqlx::query(
+        let inserted: i64 = bind_release(
+            sqlx::query(
             "WITH bump AS ( \
                  UPDATE apps SET release_count = $3 \
                  WHERE id = $2 AND release_count = $3 - 1 AND deleted_at IS NULL RETURNING id \
@@ -93,20 +94,15 @@ impl Store {
                  INSERT INTO audit_events (at, actor, action, app, subject, detail) \
                  SELECT $13, $12, 'release.create', $14, id, $15 FROM ins \
              ) SELECT COUNT(*) AS n FROM ins",
+            ),
+            &id,
+            head.app_id,
+            seq,
+            &draft,
+            sealed,
+            actor,
+            now,
         )
-        .bind(id.as_str())
-        .bind(head.app_id)
-        .bind(seq)
-        .bind(draft.build.as_ref().map(BuildId::as_str).unwrap_or_default())
-        .bind(&draft.manifest)
-        .bind(serde_json::to_string(&draft.artifacts).expect("a string map always serialises"))
-        .bind(&draft.build_description)
-        .bind(sealed)
-        .bind(&draft.description)
-        .bind(draft.parent.as_ref().map(|p| p.as_str().to_owned()))
-        .bind(draft.rollback_of.as_ref().map(|p| p.as_str().to_owned()))
-        .bind(actor)
-        .bind(now)
         .bind(app.as_str())
         .bind(&detail)
         .fetch_one(&self.db.pool)
@@ -173,24 +169,20 @@ impl Store {
             let id = ReleaseId::generate();
             let now = now_micros();
             let sealed = self.cipher.seal(id.as_str(), &draft.env);
-            sqlx::query(
-                "INSERT INTO releases (id, app_id, seq, build, manifest, artifacts, build_description, \
-                 env_sealed, description, parent, rollback_of, actor, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            bind_release(
+                sqlx::query(
+                    "INSERT INTO releases (id, app_id, seq, build, manifest, artifacts, build_description, \
+                     env_sealed, description, parent, rollback_of, actor, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                ),
+                &id,
+                app_id,
+                seq,
+                &draft,
+                sealed,
+                actor,
+                now,
             )
-            .bind(id.as_str())
-            .bind(app_id)
-            .bind(seq)
-            .bind(draft.build.as_ref().map(BuildId::as_str).unwrap_or_default())
-            .bind(&draft.manifest)
-            .bind(serde_json::to_string(&draft.artifacts).expect("a string map always serialises"))
-            .bind(&draft.build_description)
-            .bind(sealed)
-            .bind(&draft.description)
-            .bind(draft.parent.as_ref().map(|p| p.as_str().to_owned()))
-            .bind(draft.rollback_of.as_ref().map(|p| p.as_str().to_owned()))
-            .bind(actor)
-            .bind(now)
             .execute(&mut *tx)
             .await?;
             audit(&mut tx, actor, "release.create", app.as_str(), id.as_str(), &draft.audit_detail()).await?;
@@ -319,4 +311,40 @@ impl Store {
         })
         .transpose()
     }
+}
+
+/// Binds `$1`–`$13` of a release insert, in the order both inserts name
+/// their columns: id, app, sequence, build, manifest, artifacts, build
+/// description, sealed env, description, parent, rollback of, actor, time.
+#[allow(clippy::too_many_arguments)]
+fn bind_release<'q>(
+    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    id: &'q ReleaseId,
+    app_id: i64,
+    seq: i64,
+    draft: &'q Draft,
+    sealed: Vec<u8>,
+    actor: &'q str,
+    now: i64,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(id.as_str())
+        .bind(app_id)
+        .bind(seq)
+        .bind(
+            draft
+                .build
+                .as_ref()
+                .map(BuildId::as_str)
+                .unwrap_or_default(),
+        )
+        .bind(&draft.manifest)
+        .bind(serde_json::to_string(&draft.artifacts).expect("a string map always serialises"))
+        .bind(&draft.build_description)
+        .bind(sealed)
+        .bind(&draft.description)
+        .bind(draft.parent.as_ref().map(|p| p.as_str().to_owned()))
+        .bind(draft.rollback_of.as_ref().map(|p| p.as_str().to_owned()))
+        .bind(actor)
+        .bind(now)
 }
