@@ -74,15 +74,24 @@ impl SocketCaller {
     }
 }
 
+/// The mark [`authenticate_first`] leaves on a socket upgrade whose login
+/// failed, for its handler to report inside the stream.
+#[derive(Clone, Copy, Debug)]
+struct LoginRefused;
+
 impl<S: Send + Sync> FromRequestParts<S> for SocketCaller {
     type Rejection = ApiError;
 
+    /// The [`Caller`] the middleware vouched for, else its refusal mark,
+    /// else 401.
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        parts
-            .extensions
-            .get::<SocketCaller>()
-            .cloned()
-            .ok_or_else(ApiError::unauthorized)
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(Self::Authenticated(caller.clone()));
+        }
+        if parts.extensions.get::<LoginRefused>().is_some() {
+            return Ok(Self::Refused);
+        }
+        Err(ApiError::unauthorized())
     }
 }
 
@@ -114,15 +123,13 @@ pub async fn authenticate_first(
     }
     match authenticate(&state, request.headers()) {
         Ok(caller) => {
-            let extensions = request.extensions_mut();
-            extensions.insert(SocketCaller::Authenticated(caller.clone()));
-            extensions.insert(caller);
+            request.extensions_mut().insert(caller);
             next.run(request).await
         }
         Err(failure) => {
             state.logins.failed(peer, failure);
             if is_socket_upgrade(&request) {
-                request.extensions_mut().insert(SocketCaller::Refused);
+                request.extensions_mut().insert(LoginRefused);
                 next.run(request).await
             } else {
                 ApiError::unauthorized().into_response()
