@@ -362,7 +362,20 @@ pub(crate) async fn promotion_of_app(
     app: &str,
     id: &str,
 ) -> ApiResult<rpb::Promotion> {
-    let promotion = state
+    let promotion = read_promotion(state, id).await?;
+    if promotion.app != app {
+        return Err(ApiError::not_found(format!("promotion not found: {id}")));
+    }
+    Ok(promotion)
+}
+
+/// Promotion `id` as the release service has it (a read, retried on the
+/// next replica).
+pub(crate) async fn read_promotion(
+    state: &AppState,
+    id: &str,
+) -> Result<rpb::Promotion, tonic::Status> {
+    Ok(state
         .reads
         .release
         .read(
@@ -371,11 +384,7 @@ pub(crate) async fn promotion_of_app(
         )
         .await?
         .promotion
-        .unwrap_or_default();
-    if promotion.app != app {
-        return Err(ApiError::not_found(format!("promotion not found: {id}")));
-    }
-    Ok(promotion)
+        .unwrap_or_default())
 }
 
 pub(crate) async fn list_builds(

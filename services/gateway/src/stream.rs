@@ -252,20 +252,16 @@ async fn promotion_result(state: &AppState, id: &str, rollout: &opb::Rollout) ->
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(2);
     let recorded = loop {
-        let found = state
-            .reads
-            .release
-            .read(
-                rpb::GetPromotionRequest { id: id.to_owned() },
-                |mut c, m| async move { c.get_promotion(m).await },
-            )
+        let found = crate::routes::read_promotion(state, id)
             .await
             .ok()
-            .and_then(|r| r.promotion)
             .filter(|p| {
                 !matches!(
                     rpb::PromotionState::try_from(p.state),
-                    Ok(rpb::PromotionState::Pending | rpb::PromotionState::RollingOut) | Err(_)
+                    Ok(rpb::PromotionState::Unspecified
+                        | rpb::PromotionState::Pending
+                        | rpb::PromotionState::RollingOut)
+                        | Err(_)
                 )
             });
         if found.is_some() || started.elapsed() >= REPORT_WAIT {
