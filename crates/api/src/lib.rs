@@ -26,6 +26,7 @@ pub mod rollout {
     }
 }
 
+pub mod events;
 pub mod promotion;
 pub mod refusal;
 

@@ -1,6 +1,6 @@
 //! Proto messages into the Convox JSON shapes of `slipway_client::types`.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use slipway_api::build::v1 as bpb;
 use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
@@ -103,8 +103,8 @@ pub(crate) fn process(app: &str, p: opb::Process) -> types::Process {
     }
 }
 
-/// One event line in the seed's form: `<time> <source> <message>\n`.
+/// One event line in the seed's form: `<time> <source> <message>\n`
+/// (shared with the console and the CLI's output, `slipway_api::events`).
 pub(crate) fn event_line(event: &opb::Event) -> String {
-    let at = time(event.time.as_ref()).to_rfc3339_opts(SecondsFormat::Secs, true);
-    format!("{at} {} {}\n", event.source, event.message)
+    slipway_api::events::event_line(event)
 }
