@@ -6,6 +6,7 @@
 
 mod auth;
 mod bounds;
+mod builds;
 mod convox_wire;
 mod deploy_stream;
 mod env_values;

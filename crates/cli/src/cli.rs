@@ -56,6 +56,15 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<ReleasesCommand>,
     },
+    /// List builds (newest first), or inspect one.
+    Builds {
+        /// How many to list.
+        #[arg(short, long)]
+        limit: Option<u32>,
+        /// What to do (default: list).
+        #[command(subcommand)]
+        command: Option<BuildsCommand>,
+    },
     /// Show the environment of the newest release, or change it.
     Env {
         /// What to do (default: print every KEY=VALUE).
@@ -164,6 +173,21 @@ pub enum ReleasesCommand {
         /// Print only the new release's id on stdout.
         #[arg(long = "id")]
         id_only: bool,
+    },
+}
+
+/// `builds` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BuildsCommand {
+    /// Show a build.
+    Info {
+        /// The build id.
+        id: String,
+    },
+    /// Print a build's log (live while it runs).
+    Logs {
+        /// The build id.
+        id: String,
     },
 }
 

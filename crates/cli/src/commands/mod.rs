@@ -2,6 +2,7 @@
 
 mod apps;
 mod build;
+mod builds;
 mod env;
 mod promote;
 mod rack;
@@ -17,6 +18,7 @@ pub(crate) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Apps { command } => apps::run(ctx, command).await,
         Command::Build(args) => build::build(ctx, &args).await,
         Command::Deploy(args) => build::deploy(ctx, &args).await,
+        Command::Builds { limit, command } => builds::run(ctx, limit, command).await,
         Command::Releases { limit, command } => releases::run(ctx, limit, command).await,
         Command::Env { command } => env::run(ctx, command).await,
         Command::Logs(args) => runtime::logs(ctx, &args).await,
