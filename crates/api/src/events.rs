@@ -42,6 +42,9 @@ mod tests {
             time: None,
             ..event
         };
-        assert!(event_line(&unset).ends_with(" system/local/web Process web-a0e812b7 exited with status 3\n"));
+        assert!(
+            event_line(&unset)
+                .ends_with(" system/local/web Process web-a0e812b7 exited with status 3\n")
+        );
     }
 }

@@ -10,6 +10,7 @@ pub mod logins;
 mod objects;
 mod reads;
 mod routes;
+mod scale;
 pub mod serve;
 mod stream;
 mod streams;
@@ -24,6 +25,7 @@ use axum::extract::Request;
 use slipway_api::build::v1::build_service_client::BuildServiceClient;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
+use slipway_api::rollout::v1::scale_service_client::ScaleServiceClient;
 use slipway_rpc::{Channel, MessageLimits as _};
 use tokio::net::TcpListener;
 use tower::Layer as _;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub build: BuildServiceClient<Channel>,
     /// Rollout service client.
     pub rollout: RolloutServiceClient<Channel>,
+    /// The rollout service's scale and restart client.
+    pub scale: ScaleServiceClient<Channel>,
     /// Clients for idempotent reads, which are retried (see [`Replicas`]).
     pub reads: Reads,
     /// How callers prove who they are.
@@ -97,6 +101,12 @@ impl AppState {
                 &options,
             )?)
             .with_message_limits(),
+            scale: ScaleServiceClient::new(slipway_rpc::channel(
+                "rollout",
+                &config.rollout_endpoints,
+                &options,
+            )?)
+            .with_message_limits(),
             reads: Reads {
                 release: Replicas::connect("release", &config.release_endpoints, &options, |c| {
                     ReleaseServiceClient::new(c).with_message_limits()
@@ -130,7 +140,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .with_state(state.clone());
     // Authentication wraps the routing itself: an unknown path, a wrong
     // method, a rejected extractor all need credentials first.
-    Router::new()
+    let api = Router::new()
         .fallback_service(routes)
         // Streams per credential, after authentication (see streams.rs).
         .layer(axum::middleware::from_fn_with_state(
@@ -138,15 +148,39 @@ pub fn router(state: AppState, config: &Config) -> Router {
             streams::limit,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state,
+            state.clone(),
             auth::authenticate_first,
-        ))
+        ));
+    // The web console under /console/ is the one exception: it ignores
+    // HTTP Basic and has its own login, session cookie and CSRF checks
+    // (slipway_console). Everything else falls through to the API.
+    Router::new()
+        .merge(slipway_console::router(console(&state, config)))
+        .fallback_service(api)
         // The request span, parented by the caller's W3C `traceparent` (the
         // CLI sends one per command), so one deploy is one trace.
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(slipway_telemetry::RequestSpan::http()),
         )
+}
+
+/// The web console over the gateway's clients and password.
+fn console(state: &AppState, config: &Config) -> slipway_console::Console {
+    slipway_console::Console::new(slipway_console::Options {
+        release: state.release.clone(),
+        rollout: state.rollout.clone(),
+        build: state.build.clone(),
+        password: match &state.authentication {
+            auth::Authentication::Password(password) => Some(password.clone()),
+            auth::Authentication::Disabled => None,
+        },
+        // Over TLS, or behind a TLS-terminating proxy (--insecure-http).
+        secure_cookies: config.tls.enabled() || config.tls.insecure_http,
+        lifetimes: slipway_console::Lifetimes::default(),
+        sessions: std::sync::Arc::new(slipway_console::MemoryStore::new()),
+        read_only: false,
+    })
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes.
