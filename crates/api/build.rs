@@ -7,6 +7,7 @@ use prost::Message as _;
 const PROTOS: &[&str] = &[
     "slipway/release/v1/release.proto",
     "slipway/rollout/v1/rollout.proto",
+    "slipway/rollout/v1/processes.proto",
     "slipway/build/v1/build.proto",
 ];
 
@@ -29,6 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_debug(REDACTED)
         // Upload chunks and log chunks pass through without copies.
         .bytes(".slipway.build.v1")
+        .bytes(".slipway.rollout.v1.ExecProcessRequest")
+        .bytes(".slipway.rollout.v1.ExecProcessResponse")
         .compile_fds(fds)?;
     Ok(())
 }

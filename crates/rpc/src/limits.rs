@@ -16,6 +16,8 @@ use slipway_api::build::v1::build_service_client::BuildServiceClient;
 use slipway_api::build::v1::build_service_server::{BuildService, BuildServiceServer};
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_api::release::v1::release_service_server::{ReleaseService, ReleaseServiceServer};
+use slipway_api::rollout::v1::process_service_client::ProcessServiceClient;
+use slipway_api::rollout::v1::process_service_server::{ProcessService, ProcessServiceServer};
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
 use slipway_api::rollout::v1::rollout_service_server::{RolloutService, RolloutServiceServer};
 
@@ -59,10 +61,11 @@ macro_rules! message_limits {
 }
 
 message_limits!(
-    clients: BuildServiceClient, ReleaseServiceClient, RolloutServiceClient;
+    clients: BuildServiceClient, ReleaseServiceClient, RolloutServiceClient, ProcessServiceClient;
     servers: BuildServiceServer: BuildService,
         ReleaseServiceServer: ReleaseService,
-        RolloutServiceServer: RolloutService
+        RolloutServiceServer: RolloutService,
+        ProcessServiceServer: ProcessService
 );
 
 /// What one element of a repeated message field adds to the encoding: its

@@ -13,6 +13,7 @@ pub mod error;
 pub mod grpc;
 pub mod logs;
 pub mod model;
+pub mod processes;
 pub mod recorder;
 pub mod report;
 pub mod runtime;
@@ -24,6 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use slipway_api::rollout::v1::process_service_server::{
+    ProcessServiceServer, SERVICE_NAME as PROCESS_SERVICE_NAME,
+};
 use slipway_api::rollout::v1::rollout_service_server::{RolloutServiceServer, SERVICE_NAME};
 use slipway_events::{EventBus, InProcessBus, RedisBus};
 use slipway_rpc::MessageLimits as _;
@@ -140,7 +144,8 @@ pub async fn run_with_bus(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (routes, health) = slipway_rpc::standard_routes(&[SERVICE_NAME]).await;
+    let (routes, health) =
+        slipway_rpc::standard_routes(&[SERVICE_NAME, PROCESS_SERVICE_NAME]).await;
     let store = open_store(&config)
         .await
         .context("open the rollout store")?;
@@ -176,6 +181,7 @@ pub async fn run_with_bus(
         background.clone(),
     );
     tokio::spawn(drivers.clone().takeover_loop());
+    let processes = processes::Processes::new(runtime.clone());
     let service = Arc::new(Rollouts::new(
         store,
         runtime,
@@ -184,7 +190,8 @@ pub async fn run_with_bus(
         config.default_deadline.as_secs() as u32,
     ));
     let routes = routes
-        .add_service(RolloutServiceServer::new(grpc::Grpc::new(service)).with_message_limits());
+        .add_service(RolloutServiceServer::new(grpc::Grpc::new(service)).with_message_limits())
+        .add_service(ProcessServiceServer::new(processes).with_message_limits());
     health.serving().await;
     tracing::info!(addr = %listener.local_addr()?, replica, "rollout service serving");
     let options = slipway_rpc::ServerOptions {

@@ -38,4 +38,7 @@ async fn the_local_runtime_passes_the_conformance_suite() {
     let app = app_name("conformance");
     let _guard = AppGuard(app.clone());
     slipway_rollout::runtime::conformance::run(&runtime, &TestAppFixture, &app).await;
+    let app = app_name("oneoffs");
+    let _guard = AppGuard(app.clone());
+    slipway_rollout::runtime::conformance::oneoffs::run(&runtime, &TestAppFixture, &app).await;
 }

@@ -4,6 +4,8 @@
 //! into a spec the backend can run (a command for local, an image for
 //! Kubernetes); the checks themselves only speak the trait.
 
+pub mod oneoffs;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

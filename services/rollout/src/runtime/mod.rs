@@ -27,6 +27,7 @@
 pub mod conformance;
 pub mod kubernetes;
 pub mod local;
+pub mod oneoff;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use slipway_events::NewEvent;
 
+pub use self::oneoff::{OneOffInfo, OneOffStatus, RunRequest, Session, SessionKind, SessionOutput};
 pub use crate::model::Spec;
 
 /// Failures of a runtime call (not of the rollout: those are [`Progress::Failed`]).
@@ -48,6 +50,10 @@ pub enum RuntimeError {
     /// The runtime's backend (an API server, the OS) refused or failed.
     #[error("runtime backend: {0}")]
     Backend(String),
+    /// The request cannot be carried out as asked (a service the release
+    /// does not have, an artifact that is not there); the text says why.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// How far an app is towards a release.
@@ -124,6 +130,8 @@ pub struct ProcessInfo {
     pub pid: Option<u32>,
     /// The port the process listens on, if any.
     pub port: Option<u16>,
+    /// A one-off's command; empty for a service process.
+    pub command: String,
 }
 
 /// A service of an app and where clients reach it.
@@ -179,6 +187,41 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// The app's services and their stable addresses.
     async fn services(&self, app: &str) -> Result<Vec<ServiceInfo>, RuntimeError>;
+
+    /// Starts a one-off process of `spec` (see [`oneoff`]); returns once it
+    /// is started (or, where it must be pulled first, pending).
+    async fn run(&self, spec: Arc<Spec>, request: RunRequest) -> Result<OneOffInfo, RuntimeError> {
+        let _ = (spec, request);
+        Err(RuntimeError::Refused(format!(
+            "the {} runtime does not run one-off processes",
+            self.name()
+        )))
+    }
+
+    /// A process of `app` by id: a one-off (also for a while after it
+    /// ended) or a service process.
+    async fn process(&self, app: &str, id: &str) -> Result<OneOffInfo, RuntimeError> {
+        let _ = app;
+        Err(RuntimeError::NotFound(format!("process not found: {id}")))
+    }
+
+    /// Stops a process: a one-off ends (its status says how), a service
+    /// process is replaced by its service.
+    async fn stop(&self, app: &str, id: &str) -> Result<(), RuntimeError> {
+        let _ = app;
+        Err(RuntimeError::NotFound(format!("process not found: {id}")))
+    }
+
+    /// Opens a session with a running process (see [`oneoff::Session`]).
+    async fn session(
+        &self,
+        app: &str,
+        id: &str,
+        kind: SessionKind,
+    ) -> Result<Session, RuntimeError> {
+        let _ = (app, kind);
+        Err(RuntimeError::NotFound(format!("process not found: {id}")))
+    }
 }
 
 /// A shared runtime handle.

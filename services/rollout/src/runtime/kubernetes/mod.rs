@@ -592,5 +592,6 @@ fn process_info(pod: &Pod) -> ProcessInfo {
         started,
         pid: None,
         port,
+        command: String::new(),
     }
 }

@@ -32,6 +32,7 @@ mod adopt;
 mod error;
 mod health;
 mod isolation;
+mod oneoff;
 mod plan;
 mod ports;
 mod process;
@@ -57,7 +58,10 @@ use tokio::time::Instant;
 use self::isolation::Isolation;
 use self::process::Status;
 use self::state::{Action, App, AppState, Target};
-use super::{EventSink, ProcessInfo, Progress, Runtime, RuntimeError, ServiceInfo, Spec};
+use super::{
+    EventSink, OneOffInfo, ProcessInfo, Progress, RunRequest, Runtime, RuntimeError, ServiceInfo,
+    Session, SessionKind, Spec,
+};
 use crate::store::Store;
 
 /// Settings of the local runtime.
@@ -90,6 +94,8 @@ struct Inner {
     config: LocalConfig,
     isolation: Isolation,
     apps: Mutex<BTreeMap<String, Arc<App>>>,
+    /// One-off processes (`oneoff`).
+    oneoffs: oneoff::OneOffs,
     /// Serialises stable-port assignment.
     ports: tokio::sync::Mutex<()>,
 }
@@ -113,6 +119,7 @@ impl LocalRuntime {
                 config,
                 isolation,
                 apps: Mutex::new(BTreeMap::new()),
+                oneoffs: oneoff::OneOffs::default(),
                 ports: tokio::sync::Mutex::new(()),
             }),
         };
@@ -328,8 +335,9 @@ impl Runtime for LocalRuntime {
     }
 
     async fn processes(&self, app: &str) -> Result<Vec<ProcessInfo>, RuntimeError> {
+        let oneoffs = self.oneoff_processes(app);
         let Ok(app) = self.existing(app) else {
-            return Ok(Vec::new());
+            return Ok(oneoffs);
         };
         let st = app.lock();
         Ok(st
@@ -344,7 +352,9 @@ impl Runtime for LocalRuntime {
                 started: p.started,
                 pid: Some(p.pid),
                 port: Some(p.port),
+                command: String::new(),
             })
+            .chain(oneoffs)
             .collect())
     }
 
@@ -371,5 +381,26 @@ impl Runtime for LocalRuntime {
                     .count() as u32,
             })
             .collect())
+    }
+
+    async fn run(&self, spec: Arc<Spec>, request: RunRequest) -> Result<OneOffInfo, RuntimeError> {
+        self.run_oneoff(spec, request).await
+    }
+
+    async fn process(&self, app: &str, id: &str) -> Result<OneOffInfo, RuntimeError> {
+        self.oneoff_info(app, id)
+    }
+
+    async fn stop(&self, app: &str, id: &str) -> Result<(), RuntimeError> {
+        self.stop_process_by_id(app, id).await
+    }
+
+    async fn session(
+        &self,
+        app: &str,
+        id: &str,
+        kind: SessionKind,
+    ) -> Result<Session, RuntimeError> {
+        self.open(app, id, kind).await
     }
 }

@@ -21,7 +21,7 @@ const FIRST_HEALTH_POLL: Duration = Duration::from_millis(100);
 /// Health-check failures in a row that make a process unhealthy.
 const HEALTH_FAILURES: u32 = 3;
 /// Env vars of the rollout service that app processes inherit.
-const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+pub(super) const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 /// How often output is forwarded while a process runs.
 const OUTPUT_POLL: Duration = Duration::from_millis(200);
 

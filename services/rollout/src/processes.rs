@@ -1,0 +1,219 @@
+//! gRPC face of one-off processes and exec sessions
+//! (`slipway.rollout.v1.ProcessService`): requests checked and turned into
+//! runtime calls, runtime answers into wire messages. The runtime does the
+//! work (see [`crate::runtime::oneoff`]).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use slipway_api::rollout::v1 as pb;
+use slipway_api::rollout::v1::process_service_server::ProcessService;
+use slipway_api::timestamp;
+use tokio_stream::Stream;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::model::{Spec, SpecRecord};
+use crate::runtime::oneoff::{DEFAULT_TIMEOUT, MAX_TIMEOUT};
+use crate::runtime::{
+    DynRuntime, OneOffInfo, RunRequest, RuntimeError, SessionKind, SessionOutput,
+};
+
+/// The process service over a runtime.
+pub struct Processes {
+    runtime: DynRuntime,
+}
+
+impl Processes {
+    /// Serves one-off processes of `runtime`.
+    pub fn new(runtime: DynRuntime) -> Self {
+        Self { runtime }
+    }
+}
+
+/// One place where runtime failures become gRPC codes: what the caller got
+/// wrong is said as is, the runtime's own trouble is logged and kept out of
+/// the answer.
+fn status(err: RuntimeError) -> Status {
+    match err {
+        RuntimeError::NotFound(msg) => Status::not_found(msg),
+        RuntimeError::Refused(msg) => Status::failed_precondition(msg),
+        RuntimeError::Store(_) | RuntimeError::Backend(_) => {
+            tracing::error!(error = %err, "process request failed");
+            Status::internal("internal error")
+        }
+    }
+}
+
+fn required(value: &str, field: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    Ok(())
+}
+
+/// The wire form of a process.
+pub fn process(info: OneOffInfo) -> pb::OneOffProcess {
+    pb::OneOffProcess {
+        id: info.id,
+        app: info.app,
+        service: info.service,
+        release: info.release,
+        command: info.command,
+        status: info.status.as_str().to_owned(),
+        started: Some(timestamp(info.started)),
+        exit_code: info.exit_code,
+        deadline: info.deadline.map(timestamp),
+    }
+}
+
+/// The run request a wire request stands for, or what is wrong with it.
+fn run_request(request: pb::RunProcessRequest) -> Result<(Spec, RunRequest), Status> {
+    let spec = request
+        .release
+        .ok_or_else(|| Status::invalid_argument("release is required"))?;
+    required(&request.service, "service")?;
+    let timeout = match request.timeout_seconds {
+        0 => DEFAULT_TIMEOUT,
+        secs => Duration::from_secs(u64::from(secs)),
+    };
+    if timeout > MAX_TIMEOUT {
+        return Err(Status::invalid_argument(format!(
+            "timeout {}s out of range: 1 to {}s",
+            timeout.as_secs(),
+            MAX_TIMEOUT.as_secs()
+        )));
+    }
+    let record = SpecRecord {
+        app: spec.app,
+        release: spec.release,
+        build: spec.build,
+        manifest: spec.manifest,
+        env: spec.env.into_iter().collect(),
+        artifacts: spec.artifacts.into_iter().collect(),
+    };
+    let spec = Spec::from_record(record)
+        .map_err(|e| Status::failed_precondition(format!("release cannot run: {e}")))?;
+    Ok((
+        spec,
+        RunRequest {
+            service: request.service,
+            command: Some(request.command).filter(|c| !c.trim().is_empty()),
+            timeout,
+            attach: request.attach,
+        },
+    ))
+}
+
+type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecProcessResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ProcessService for Processes {
+    #[tracing::instrument(skip_all, fields(app, service))]
+    async fn run_process(
+        &self,
+        request: Request<pb::RunProcessRequest>,
+    ) -> Result<Response<pb::RunProcessResponse>, Status> {
+        let (spec, run) = run_request(request.into_inner())?;
+        let span = tracing::Span::current();
+        span.record("app", tracing::field::display(&spec.app));
+        span.record("service", run.service.as_str());
+        let info = self
+            .runtime
+            .run(Arc::new(spec), run)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RunProcessResponse {
+            process: Some(process(info)),
+        }))
+    }
+
+    async fn get_process(
+        &self,
+        request: Request<pb::GetProcessRequest>,
+    ) -> Result<Response<pb::GetProcessResponse>, Status> {
+        let request = request.into_inner();
+        required(&request.app, "app")?;
+        required(&request.id, "id")?;
+        let info = self
+            .runtime
+            .process(&request.app, &request.id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetProcessResponse {
+            process: Some(process(info)),
+        }))
+    }
+
+    async fn stop_process(
+        &self,
+        request: Request<pb::StopProcessRequest>,
+    ) -> Result<Response<pb::StopProcessResponse>, Status> {
+        let request = request.into_inner();
+        required(&request.app, "app")?;
+        required(&request.id, "id")?;
+        self.runtime
+            .stop(&request.app, &request.id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::StopProcessResponse {}))
+    }
+
+    type ExecProcessStream = ExecStream;
+
+    async fn exec_process(
+        &self,
+        request: Request<Streaming<pb::ExecProcessRequest>>,
+    ) -> Result<Response<ExecStream>, Status> {
+        let mut input = request.into_inner();
+        let start = match input.message().await? {
+            Some(pb::ExecProcessRequest {
+                input: Some(pb::exec_process_request::Input::Start(start)),
+            }) => start,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be the start of the session",
+                ));
+            }
+        };
+        required(&start.app, "app")?;
+        required(&start.process, "process")?;
+        let kind = if start.attach {
+            SessionKind::Attach
+        } else {
+            required(start.command.trim(), "command")?;
+            SessionKind::Exec(start.command)
+        };
+        let session = self
+            .runtime
+            .session(&start.app, &start.process, kind)
+            .await
+            .map_err(status)?;
+        let stdin = session.stdin;
+        tokio::spawn(async move {
+            use pb::exec_process_request::Input;
+            while let Some(Ok(message)) = input.next().await {
+                match message.input {
+                    Some(Input::Stdin(bytes)) if stdin.send(bytes.to_vec()).await.is_err() => {
+                        return;
+                    }
+                    // Dropping the sender closes the command's stdin.
+                    Some(Input::StdinEnd(true)) => return,
+                    _ => {}
+                }
+            }
+        });
+        let output = ReceiverStream::new(session.output).map(|item| {
+            use pb::exec_process_response::Output;
+            Ok(pb::ExecProcessResponse {
+                output: Some(match item {
+                    SessionOutput::Data(bytes) => Output::Data(bytes.into()),
+                    SessionOutput::Exit(code) => Output::ExitCode(code),
+                }),
+            })
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
+}

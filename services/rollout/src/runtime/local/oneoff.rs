@@ -1,0 +1,704 @@
+//! One-off processes on the local runtime (see [`crate::runtime::oneoff`]):
+//! `sh -c <command>` in the release's working copy, as the app's user, with
+//! the release env of the service, in a process group of its own that is
+//! killed at the timeout and reaped when it ends. Detached, its output goes
+//! to a log file and the app's log like a service process's; attached, its
+//! stdin and merged output wait in pipes for the one session that attaches.
+//!
+//! Exec sessions run another command the same way inside a running
+//! process's release (a one-off's, or a service process's while its release
+//! is the app's target), and die with that process.
+//!
+//! One-offs are not re-adopted after a restart of the rollout service:
+//! their sessions went through it. Ended ones stay listed by id for
+//! [`KEEP_ENDED`], so a client can read how they ended.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use nix::sys::signal::Signal;
+use slipway_domain::Env;
+use slipway_events::NewEvent;
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::LocalRuntime;
+use super::isolation::Launch;
+use super::process::{self, Proc};
+use super::supervise;
+use crate::runtime::oneoff::{self, MAX_TIMEOUT};
+use crate::runtime::{
+    OneOffInfo, OneOffStatus, ProcessInfo, RunRequest, RuntimeError, Session, SessionKind,
+    SessionOutput, Spec,
+};
+
+/// How long an ended one-off can still be looked up.
+pub(super) const KEEP_ENDED: Duration = Duration::from_secs(600);
+/// How much output one read hands to a session.
+const CHUNK: usize = 64 * 1024;
+/// How long the output of an ended command may still drain (a descendant
+/// that left the process group can hold the pipe open).
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The one-offs of every app, by `(app, id)`.
+#[derive(Default)]
+pub(super) struct OneOffs {
+    map: Mutex<BTreeMap<(String, String), Arc<OneOff>>>,
+}
+
+impl OneOffs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Arc<OneOff>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, app: &str, id: &str) -> Option<Arc<OneOff>> {
+        self.lock().get(&(app.to_owned(), id.to_owned())).cloned()
+    }
+
+    /// Drops the ones that ended more than [`KEEP_ENDED`] ago.
+    fn prune(&self) {
+        let now = Instant::now();
+        self.lock().retain(|_, o| {
+            o.lock()
+                .ended
+                .is_none_or(|at| now.duration_since(at) < KEEP_ENDED)
+        });
+    }
+}
+
+/// Where and how a command of a release runs: shared by a one-off and the
+/// exec sessions into it.
+struct Context {
+    app: String,
+    service: String,
+    release: String,
+    /// The artifact directory (each session counts as a user of its copy).
+    artifact: PathBuf,
+    /// The env of the service in the release.
+    env: Env,
+    /// SIGTERM to SIGKILL.
+    grace: Duration,
+}
+
+struct OneOff {
+    ctx: Arc<Context>,
+    proc: Arc<Proc>,
+    state: Mutex<OneOffState>,
+    /// Stdin and output of an attached one-off, until a session takes them.
+    pipes: Mutex<Option<Pipes>>,
+}
+
+struct OneOffState {
+    info: OneOffInfo,
+    /// When it ended, on the monotonic clock.
+    ended: Option<Instant>,
+    /// Why it is being stopped (`stopped`, `timed out after 5s`).
+    stopping: Option<String>,
+}
+
+impl OneOff {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OneOffState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct Pipes {
+    stdin: Option<tokio::process::ChildStdin>,
+    output: std::io::PipeReader,
+}
+
+/// A command ready to spawn, with its pipes when it has a session.
+struct Prepared {
+    cmd: tokio::process::Command,
+    output: Option<std::io::PipeReader>,
+}
+
+fn refused(message: impl Into<String>) -> RuntimeError {
+    RuntimeError::Refused(message.into())
+}
+
+/// `sh -c <text>` in `launch`'s directory with the context's env, in a
+/// process group of its own; with `session`, stdin piped and stdout and
+/// stderr merged into one pipe, else stdin empty and output appended to
+/// `log`.
+fn prepare(
+    ctx: &Context,
+    launch: &Launch,
+    text: &str,
+    marker: (&str, &str),
+    log: Option<&std::path::Path>,
+) -> std::io::Result<Prepared> {
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c").arg(text).env_clear();
+    for key in supervise::INHERITED_ENV {
+        if let Some(value) = std::env::var_os(key) {
+            cmd.env(key, value);
+        }
+    }
+    cmd.envs(ctx.env.iter())
+        .env("SLIPWAY_APP", &ctx.app)
+        .env("SLIPWAY_SERVICE", &ctx.service)
+        .env("SLIPWAY_RELEASE", &ctx.release)
+        .env(marker.0, marker.1)
+        .process_group(0)
+        .kill_on_drop(false);
+    let output = match log {
+        Some(log) => {
+            if let Some(parent) = log.parent() {
+                slipway_storage::files::create_private_dir_all(parent)?;
+            }
+            let out = slipway_storage::files::private_file_options()
+                .create(true)
+                .append(true)
+                .open(log)?;
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out);
+            None
+        }
+        None => {
+            let (reader, writer) = std::io::pipe()?;
+            cmd.stdin(std::process::Stdio::piped())
+                .stdout(writer.try_clone()?)
+                .stderr(writer);
+            Some(reader)
+        }
+    };
+    launch.apply(&mut cmd);
+    Ok(Prepared { cmd, output })
+}
+
+/// Spawns a prepared command; the parent's copies of the pipe's write end
+/// are closed with the `Command`, so the reader sees the end of output.
+fn spawn(prepared: Prepared) -> std::io::Result<(tokio::process::Child, Option<Pipes>)> {
+    let Prepared { mut cmd, output } = prepared;
+    let mut child = cmd.spawn()?;
+    drop(cmd);
+    let pipes = output.map(|output| Pipes {
+        stdin: child.stdin.take(),
+        output,
+    });
+    Ok((child, pipes))
+}
+
+/// Wires a command's pipes to a [`Session`]: stdin from the session, output
+/// to it, then `exit`'s status. If the session is dropped first,
+/// `abandon` runs (it kills the command).
+fn open_session(
+    pipes: Pipes,
+    exit: impl std::future::Future<Output = i32> + Send + 'static,
+    abandon: impl FnOnce() + Send + 'static,
+) -> Session {
+    let (stdin_tx, mut stdin_rx) = mpsc::channel::<Vec<u8>>(16);
+    let (out_tx, out_rx) = mpsc::channel(16);
+    let Pipes { stdin, mut output } = pipes;
+    tokio::spawn(async move {
+        let Some(mut stdin) = stdin else { return };
+        while let Some(bytes) = stdin_rx.recv().await {
+            if stdin.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        // The session closed its stdin: so does the command's (dropped).
+    });
+    let reader_tx = out_tx.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0; CHUNK];
+        loop {
+            match output.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let data = SessionOutput::Data(buf[..n].to_vec());
+                    if reader_tx.blocking_send(data).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    });
+    // Its own task, so that an abandoned session still reaps the command.
+    let exit = tokio::spawn(exit);
+    tokio::spawn(async move {
+        let finished = async {
+            let code = exit.await.unwrap_or(1);
+            let _ = tokio::time::timeout(DRAIN, reader).await;
+            code
+        };
+        tokio::select! {
+            code = finished => {
+                let _ = out_tx.send(SessionOutput::Exit(code)).await;
+            }
+            () = out_tx.closed() => abandon(),
+        }
+    });
+    Session {
+        stdin: stdin_tx,
+        output: out_rx,
+    }
+}
+
+impl LocalRuntime {
+    /// Starts a one-off process (see the module docs).
+    pub(super) async fn run_oneoff(
+        &self,
+        spec: Arc<Spec>,
+        request: RunRequest,
+    ) -> Result<OneOffInfo, RuntimeError> {
+        let (app, release) = (spec.app.to_string(), spec.release.to_string());
+        let service = spec.manifest.service(&request.service).ok_or_else(|| {
+            let known: Vec<&str> = spec.manifest.services.keys().map(String::as_str).collect();
+            refused(format!(
+                "no such service: {} (release {release} has {})",
+                request.service,
+                known.join(", ")
+            ))
+        })?;
+        let command = request
+            .command
+            .clone()
+            .filter(|c| !c.trim().is_empty())
+            .or_else(|| service.command.clone())
+            .ok_or_else(|| {
+                refused(format!(
+                    "empty command: service {} has no command of its own",
+                    request.service
+                ))
+            })?;
+        if request.timeout.is_zero() || request.timeout > MAX_TIMEOUT {
+            return Err(refused(format!(
+                "timeout {}s out of range: 1 to {}s",
+                request.timeout.as_secs(),
+                MAX_TIMEOUT.as_secs()
+            )));
+        }
+        let artifact = spec
+            .artifacts
+            .get(&request.service)
+            .and_then(|a| process::artifact_dir(a))
+            .ok_or_else(|| {
+                refused(format!(
+                    "release {release} has no build of service {} to run",
+                    request.service
+                ))
+            })?;
+        let ctx = Arc::new(Context {
+            app: app.clone(),
+            service: request.service.clone(),
+            release: release.clone(),
+            artifact,
+            env: spec.manifest.env_for(&request.service, &spec.env),
+            grace: Duration::from_secs(u64::from(service.termination_grace_secs.max(1))),
+        });
+        let id = loop {
+            let id = oneoff::new_id(&request.service);
+            if self.inner.oneoffs.get(&app, &id).is_none() {
+                break id;
+            }
+        };
+        let launch = self
+            .inner
+            .isolation
+            .prepare(&app, &release, &ctx.artifact)
+            .await
+            .map_err(|e| RuntimeError::Backend(e.to_string()))?;
+        let log = (!request.attach).then(|| self.log_path(&app, &id));
+        let spawned = prepare(
+            &ctx,
+            &launch,
+            &command,
+            (process::MARKER, &id),
+            log.as_deref(),
+        )
+        .and_then(spawn);
+        let (child, pipes) = match spawned {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                self.inner.isolation.release(&app, &release).await;
+                return Err(RuntimeError::Backend(format!(
+                    "could not start a process of service {}: {e}",
+                    request.service
+                )));
+            }
+        };
+        let pid = child.id().unwrap_or_default();
+        let started = Utc::now();
+        let log_path = log.unwrap_or_else(|| self.log_path(&app, &id));
+        let proc = Arc::new(Proc::new(
+            id.clone(),
+            request.service.clone(),
+            release.clone(),
+            pid,
+            0,
+            started,
+            log_path,
+        ));
+        let deadline = chrono::Duration::from_std(request.timeout)
+            .ok()
+            .map(|d| started + d);
+        let oneoff = Arc::new(OneOff {
+            ctx: ctx.clone(),
+            proc: proc.clone(),
+            state: Mutex::new(OneOffState {
+                info: OneOffInfo {
+                    id: id.clone(),
+                    app: app.clone(),
+                    service: request.service.clone(),
+                    release: release.clone(),
+                    command,
+                    status: OneOffStatus::Running,
+                    started,
+                    deadline,
+                    exit_code: None,
+                },
+                ended: None,
+                stopping: None,
+            }),
+            pipes: Mutex::new(pipes),
+        });
+        self.inner.oneoffs.prune();
+        self.inner
+            .oneoffs
+            .lock()
+            .insert((app.clone(), id.clone()), oneoff.clone());
+        self.emit_oneoff(
+            &ctx,
+            format!("Started one-off process {id} (pid {pid}) of {release}"),
+        );
+        self.supervise_oneoff(oneoff.clone(), child, request.timeout, !request.attach);
+        let info = oneoff.lock().info.clone();
+        Ok(info)
+    }
+
+    fn emit_oneoff(&self, ctx: &Context, message: String) {
+        self.inner.events.emit(NewEvent::now(
+            &ctx.app,
+            format!("system/local/{}", ctx.service),
+            message,
+        ));
+    }
+
+    /// Waits for the one-off's exit, stops it at its timeout, forwards a
+    /// detached one's output, and records how it ended.
+    fn supervise_oneoff(
+        &self,
+        oneoff: Arc<OneOff>,
+        mut child: tokio::process::Child,
+        timeout: Duration,
+        detached: bool,
+    ) {
+        let proc = oneoff.proc.clone();
+        if detached {
+            let (events, ctx, proc) = (self.inner.events.clone(), oneoff.ctx.clone(), proc.clone());
+            tokio::spawn(async move {
+                let source = format!("service/{}/{}", ctx.service, proc.id);
+                supervise::forward_output(&proc, |line| {
+                    events.emit(NewEvent::now(&ctx.app, source.clone(), line));
+                })
+                .await;
+            });
+        }
+        tokio::spawn({
+            let (runtime, oneoff) = (self.clone(), oneoff.clone());
+            async move {
+                tokio::select! {
+                    () = tokio::time::sleep(timeout) => {}
+                    () = oneoff.proc.gone.cancelled() => return,
+                }
+                let why = format!("timed out after {}s", timeout.as_secs());
+                runtime.emit_oneoff(
+                    &oneoff.ctx,
+                    format!("One-off process {} {why}, stopping it", oneoff.proc.id),
+                );
+                runtime.stop_oneoff(&oneoff, why).await;
+            }
+        });
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            let code = match child.wait().await {
+                Ok(status) => oneoff::exit_code(status),
+                Err(e) => {
+                    tracing::warn!(process = %proc.id, "failed to wait for a one-off process: {e}");
+                    process::wait_adopted(proc.pid).await;
+                    1
+                }
+            };
+            // Whatever it left running in its group goes with it.
+            proc.signal(Signal::SIGKILL);
+            let ctx = oneoff.ctx.clone();
+            if detached {
+                let lines = proc.tail.lock().await.pump(true).await;
+                let source = format!("service/{}/{}", ctx.service, proc.id);
+                for line in lines {
+                    runtime
+                        .inner
+                        .events
+                        .emit(NewEvent::now(&ctx.app, source.clone(), line));
+                }
+                let _ = tokio::fs::remove_file(runtime.log_path(&ctx.app, &proc.id)).await;
+            }
+            let how = {
+                let mut st = oneoff.lock();
+                st.info.exit_code = Some(code);
+                st.info.status = if code == 0 {
+                    OneOffStatus::Complete
+                } else {
+                    OneOffStatus::Failed
+                };
+                st.ended = Some(Instant::now());
+                match &st.stopping {
+                    Some(why) => format!("{why}, ended with status {code}"),
+                    None => format!("exited with status {code}"),
+                }
+            };
+            proc.gone.cancel();
+            runtime
+                .inner
+                .isolation
+                .release(&ctx.app, &ctx.release)
+                .await;
+            runtime.emit_oneoff(&ctx, format!("One-off process {} {how}", proc.id));
+        });
+    }
+
+    /// SIGTERM, then SIGKILL after the service's grace; `why` is how its
+    /// end is told.
+    async fn stop_oneoff(&self, oneoff: &OneOff, why: String) {
+        {
+            let mut st = oneoff.lock();
+            if st.info.status.is_over() || st.stopping.is_some() {
+                return;
+            }
+            st.stopping = Some(why);
+            st.info.status = OneOffStatus::Stopping;
+        }
+        supervise::terminate(&oneoff.proc, oneoff.ctx.grace, || {}).await;
+    }
+
+    /// A process of `app` by id (see [`crate::runtime::Runtime::process`]).
+    pub(super) fn oneoff_info(&self, app: &str, id: &str) -> Result<OneOffInfo, RuntimeError> {
+        if let Some(oneoff) = self.inner.oneoffs.get(app, id) {
+            return Ok(oneoff.lock().info.clone());
+        }
+        let (proc, _) = self.service_process(app, id)?;
+        let status = match proc.status() {
+            process::Status::Starting => OneOffStatus::Pending,
+            process::Status::Stopping => OneOffStatus::Stopping,
+            process::Status::Healthy | process::Status::Unhealthy => OneOffStatus::Running,
+        };
+        Ok(OneOffInfo {
+            id: proc.id.clone(),
+            app: app.to_owned(),
+            service: proc.service.clone(),
+            release: proc.release.clone(),
+            command: String::new(),
+            status,
+            started: proc.started,
+            deadline: None,
+            exit_code: None,
+        })
+    }
+
+    /// The live one-offs of `app`, for the process list.
+    pub(super) fn oneoff_processes(&self, app: &str) -> Vec<ProcessInfo> {
+        self.inner.oneoffs.prune();
+        self.inner
+            .oneoffs
+            .lock()
+            .iter()
+            .filter(|((a, _), _)| a == app)
+            .filter_map(|(_, o)| {
+                let st = o.lock();
+                (!st.info.status.is_over()).then(|| ProcessInfo {
+                    id: st.info.id.clone(),
+                    service: st.info.service.clone(),
+                    release: st.info.release.clone(),
+                    status: st.info.status.as_str().to_owned(),
+                    started: st.info.started,
+                    pid: Some(o.proc.pid),
+                    port: None,
+                    command: st.info.command.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Stops a one-off, or signals a service process (its service replaces it).
+    pub(super) async fn stop_process_by_id(&self, app: &str, id: &str) -> Result<(), RuntimeError> {
+        if let Some(oneoff) = self.inner.oneoffs.get(app, id) {
+            if !oneoff.lock().info.status.is_over() {
+                let runtime = self.clone();
+                tokio::spawn(async move { runtime.stop_oneoff(&oneoff, "stopped".into()).await });
+            }
+            return Ok(());
+        }
+        let (proc, _) = self.service_process(app, id)?;
+        proc.signal(Signal::SIGTERM);
+        Ok(())
+    }
+
+    /// A running service process of `app`, with the spec of its release
+    /// when that is the app's target (what an exec into it runs with).
+    fn service_process(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> Result<(Arc<Proc>, Option<Arc<Spec>>), RuntimeError> {
+        let not_found = || RuntimeError::NotFound(format!("process not found: {id}"));
+        let app = self.existing(app).map_err(|_| not_found())?;
+        let st = app.lock();
+        let proc = st
+            .services
+            .values()
+            .flat_map(|s| s.procs.iter())
+            .find(|p| p.id == id)
+            .cloned()
+            .ok_or_else(not_found)?;
+        let spec = st
+            .target
+            .as_ref()
+            .filter(|t| t.spec.release.as_str() == proc.release)
+            .map(|t| t.spec.clone());
+        Ok((proc, spec))
+    }
+
+    /// Opens a session with a process (see [`crate::runtime::Runtime::session`]).
+    pub(super) async fn open(
+        &self,
+        app: &str,
+        id: &str,
+        kind: SessionKind,
+    ) -> Result<Session, RuntimeError> {
+        let oneoff = self.inner.oneoffs.get(app, id);
+        if let Some(oneoff) = &oneoff
+            && oneoff.lock().info.status.is_over()
+        {
+            return Err(refused(format!("process {id} has ended")));
+        }
+        let text = match kind {
+            SessionKind::Attach => {
+                let oneoff = oneoff
+                    .ok_or_else(|| RuntimeError::NotFound(format!("process not found: {id}")))?;
+                return self.attach(oneoff);
+            }
+            SessionKind::Exec(text) if text.trim().is_empty() => {
+                return Err(refused("empty command"));
+            }
+            SessionKind::Exec(text) => text,
+        };
+        let (ctx, target) = match oneoff {
+            Some(oneoff) => (oneoff.ctx.clone(), oneoff.proc.clone()),
+            None => {
+                let (proc, spec) = self.service_process(app, id)?;
+                let spec = spec.ok_or_else(|| {
+                    refused(format!(
+                        "process {id} runs {}, which the app is no longer moving to",
+                        proc.release
+                    ))
+                })?;
+                let artifact = spec
+                    .artifacts
+                    .get(&proc.service)
+                    .and_then(|a| process::artifact_dir(a))
+                    .ok_or_else(|| refused(format!("process {id} has no artifact to run in")))?;
+                let ctx = Context {
+                    app: app.to_owned(),
+                    service: proc.service.clone(),
+                    release: proc.release.clone(),
+                    artifact,
+                    env: spec.manifest.env_for(&proc.service, &spec.env),
+                    grace: Duration::from_secs(1),
+                };
+                (Arc::new(ctx), proc)
+            }
+        };
+        self.exec(ctx, target, &text).await
+    }
+
+    fn attach(&self, oneoff: Arc<OneOff>) -> Result<Session, RuntimeError> {
+        let id = oneoff.proc.id.clone();
+        let pipes = oneoff
+            .pipes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| {
+                refused(format!(
+                    "process {id} cannot be attached to: it was started detached, or another \
+                     session attached to it"
+                ))
+            })?;
+        let exit = {
+            let oneoff = oneoff.clone();
+            async move {
+                oneoff.proc.gone.cancelled().await;
+                oneoff.lock().info.exit_code.unwrap_or(1)
+            }
+        };
+        let runtime = self.clone();
+        let abandon = move || {
+            tokio::spawn(async move {
+                runtime
+                    .stop_oneoff(&oneoff, "stopped (its session went away)".into())
+                    .await;
+            });
+        };
+        Ok(open_session(pipes, exit, abandon))
+    }
+
+    /// Runs `text` in `ctx` for as long as `target` lives.
+    async fn exec(
+        &self,
+        ctx: Arc<Context>,
+        target: Arc<Proc>,
+        text: &str,
+    ) -> Result<Session, RuntimeError> {
+        let launch = self
+            .inner
+            .isolation
+            .prepare(&ctx.app, &ctx.release, &ctx.artifact)
+            .await
+            .map_err(|e| RuntimeError::Backend(e.to_string()))?;
+        let spawned =
+            prepare(&ctx, &launch, text, ("SLIPWAY_EXEC_OF", &target.id), None).and_then(spawn);
+        let (mut child, pipes) = match spawned {
+            Ok((child, Some(pipes))) => (child, pipes),
+            Ok((_, None)) => unreachable!("a session command has pipes"),
+            Err(e) => {
+                self.inner.isolation.release(&ctx.app, &ctx.release).await;
+                return Err(RuntimeError::Backend(format!(
+                    "could not start the command: {e}"
+                )));
+            }
+        };
+        let pid = child.id().unwrap_or_default();
+        let group = move |signal| {
+            let pgid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::killpg(pgid, signal);
+        };
+        let runtime = self.clone();
+        let exit = async move {
+            let status = tokio::select! {
+                status = child.wait() => status,
+                () = target.gone.cancelled() => {
+                    group(Signal::SIGKILL);
+                    child.wait().await
+                }
+            };
+            group(Signal::SIGKILL);
+            runtime
+                .inner
+                .isolation
+                .release(&ctx.app, &ctx.release)
+                .await;
+            status.map(oneoff::exit_code).unwrap_or(1)
+        };
+        Ok(open_session(pipes, exit, move || group(Signal::SIGKILL)))
+    }
+}
