@@ -36,6 +36,14 @@ pub struct Rack {
 }
 
 impl Rack {
+    /// The web console's address: the gateway's, without the password
+    /// (a browser logs in with a form, never with URL credentials).
+    pub fn console_url(&self) -> String {
+        let (scheme, rest) = self.rack_url.split_once("://").unwrap_or(("http", ""));
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        format!("{scheme}://{host}/console/")
+    }
+
     /// Binds every listener, starts every service, and returns once the
     /// gateway answers and the services are ready.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {

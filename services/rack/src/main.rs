@@ -43,6 +43,10 @@ async fn main() -> anyhow::Result<ExitCode> {
     if let Some(ca) = &rack.ca_file {
         println!("  export SLIPWAY_CA_FILE={}", ca.display());
     }
+    println!(
+        "Console: {} (log in with the rack password)",
+        rack.console_url()
+    );
     // Listening from here on: a Ctrl-C during the quick start's deploy
     // still stops what it started.
     let mut shutdown = std::pin::pin!(slipway_rpc::shutdown_signal());
