@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "slipway/release/v1/release.proto",
     "slipway/rollout/v1/rollout.proto",
     "slipway/rollout/v1/processes.proto",
+    "slipway/rollout/v1/scale.proto",
     "slipway/build/v1/build.proto",
 ];
 

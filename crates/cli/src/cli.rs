@@ -75,8 +75,16 @@ pub enum Command {
     Logs(LogsArgs),
     /// List the app's processes.
     Ps,
-    /// List the app's services and where to reach them.
-    Services,
+    /// List the app's services and where to reach them, or restart one.
+    Services {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        command: Option<ServicesCommand>,
+    },
+    /// List the services' scale, or change one service's.
+    Scale(ScaleArgs),
+    /// Restart every service of the app, rolling (new processes healthy before old ones stop).
+    Restart,
     /// Show the rack.
     Rack,
     /// Check a rack URL and store it for commands run without RACK_URL.
@@ -189,6 +197,32 @@ pub enum BuildsCommand {
         /// The build id.
         id: String,
     },
+}
+
+/// `services` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ServicesCommand {
+    /// Replace the service's processes, rolling.
+    Restart {
+        /// The service.
+        service: String,
+    },
+}
+
+/// The flags of `scale`.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// The service (all of them when listing without it).
+    pub service: Option<String>,
+    /// How many processes to run.
+    #[arg(long)]
+    pub count: Option<u32>,
+    /// CPU in millicores.
+    #[arg(long)]
+    pub cpu: Option<u32>,
+    /// Memory in MiB.
+    #[arg(long)]
+    pub memory: Option<u32>,
 }
 
 /// `env` subcommands.

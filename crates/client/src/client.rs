@@ -407,6 +407,36 @@ impl Client {
             .await
     }
 
+    /// `PUT /apps/{app}/services/{service}` (form `count`, `cpu`,
+    /// `memory`): changes a service's scale; it rolls out in the background.
+    pub async fn service_update(
+        &self,
+        app: &str,
+        service: &str,
+        form: &[(&'static str, String)],
+    ) -> Result<(), Error> {
+        self.call(
+            Method::PUT,
+            &["apps", app, "services", service],
+            &[],
+            Body::Form(form.to_vec()),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST /apps/{app}/services/{service}/restart`: a rolling restart.
+    pub async fn service_restart(&self, app: &str, service: &str) -> Result<(), Error> {
+        self.call(
+            Method::POST,
+            &["apps", app, "services", service, "restart"],
+            &[],
+            Body::Empty,
+        )
+        .await
+        .map(drop)
+    }
+
     /// The app's logs (websocket), with options as headers.
     pub async fn app_logs(&self, app: &str, options: &LogOptions) -> Result<LogStream, Error> {
         let mut headers = vec![("Prefix", "true".to_owned())];

@@ -256,13 +256,13 @@ pub struct Service {
     /// Where clients reach it (`127.0.0.1:PORT` on the local runtime).
     #[serde(default)]
     pub domain: String,
-    /// Healthy processes.
+    /// Desired processes.
     #[serde(default)]
     pub count: i64,
-    /// CPU (unused).
+    /// CPU in millicores (0 when not set).
     #[serde(default)]
     pub cpu: i64,
-    /// Memory (unused).
+    /// Memory in MiB (0 when not set).
     #[serde(default)]
     pub memory: i64,
     /// GPUs (unused).
@@ -274,6 +274,14 @@ pub struct Service {
     /// Ports.
     #[serde(default)]
     pub ports: Vec<ServicePort>,
+    /// Slipway: why cpu and memory are not enforced, when they are set
+    /// and the runtime does not enforce them (absent otherwise).
+    #[serde(
+        default,
+        rename = "limits-note",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub limits_note: String,
 }
 
 /// A promotion, as Slipway's own routes report it.

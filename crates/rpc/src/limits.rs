@@ -20,6 +20,8 @@ use slipway_api::rollout::v1::process_service_client::ProcessServiceClient;
 use slipway_api::rollout::v1::process_service_server::{ProcessService, ProcessServiceServer};
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
 use slipway_api::rollout::v1::rollout_service_server::{RolloutService, RolloutServiceServer};
+use slipway_api::rollout::v1::scale_service_client::ScaleServiceClient;
+use slipway_api::rollout::v1::scale_service_server::{ScaleService, ScaleServiceServer};
 
 use crate::Channel;
 
@@ -61,11 +63,13 @@ macro_rules! message_limits {
 }
 
 message_limits!(
-    clients: BuildServiceClient, ReleaseServiceClient, RolloutServiceClient, ProcessServiceClient;
+    clients: BuildServiceClient, ReleaseServiceClient, RolloutServiceClient, ProcessServiceClient,
+        ScaleServiceClient;
     servers: BuildServiceServer: BuildService,
         ReleaseServiceServer: ReleaseService,
         RolloutServiceServer: RolloutService,
-        ProcessServiceServer: ProcessService
+        ProcessServiceServer: ProcessService,
+        ScaleServiceServer: ScaleService
 );
 
 /// What one element of a repeated message field adds to the encoding: its

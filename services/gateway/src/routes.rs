@@ -480,47 +480,6 @@ pub(crate) async fn list_processes(
     ))
 }
 
-pub(crate) async fn list_services(
-    State(state): State<AppState>,
-    Path(app): Path<String>,
-) -> ApiResult<Json<Vec<types::Service>>> {
-    let services = state
-        .reads
-        .rollout
-        .read(opb::ListServicesRequest { app }, |mut c, m| async move {
-            c.list_services(m).await
-        })
-        .await?
-        .services;
-    Ok(Json(
-        services
-            .into_iter()
-            .map(|s| {
-                let port = s
-                    .address
-                    .rsplit_once(':')
-                    .and_then(|(_, p)| p.parse().ok())
-                    .unwrap_or(0);
-                types::Service {
-                    name: s.name,
-                    domain: s.address,
-                    count: i64::from(s.count),
-                    ports: if port > 0 {
-                        vec![types::ServicePort {
-                            balancer: 0,
-                            certificate: String::new(),
-                            container: port,
-                        }]
-                    } else {
-                        Vec::new()
-                    },
-                    ..Default::default()
-                }
-            })
-            .collect(),
-    ))
-}
-
 pub(crate) async fn budget() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "config": null, "state": null }))
 }

@@ -12,7 +12,7 @@ use axum::routing::{MethodFilter, on};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::auth::SOCKET_ROUTES;
-use crate::{AppState, Config, routes, stream};
+use crate::{AppState, Config, routes, scale, stream};
 
 /// What kind of request a route serves, which decides its limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +100,11 @@ fn table(config: &Config) -> Table<'_> {
     t.add(M::POST, "/apps/{app}/env", Api, change_env);
     t.add(M::GET, "/apps/{app}/promotions/{id}", Api, get_promotion);
     t.add(M::GET, "/apps/{app}/processes", Api, list_processes);
-    t.add(M::GET, "/apps/{app}/services", Api, list_services);
+    t.add(M::GET, "/apps/{app}/services", Api, scale::list_services);
+    let service = "/apps/{app}/services/{service}";
+    t.add(M::PUT, service, Api, scale::update_service);
+    let restart = "/apps/{app}/services/{service}/restart";
+    t.add(M::POST, restart, Api, scale::restart_service);
     t.add(M::GET, "/apps/{app}/budget", Api, budget);
     t.add(M::GET, "/apps/{app}/configs/{name}", Api, get_config);
     t.add(M::GET, "/auth", Api, auth_check);

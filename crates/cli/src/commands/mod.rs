@@ -8,9 +8,10 @@ mod promote;
 mod rack;
 mod releases;
 mod runtime;
+mod scale;
 
 use crate::Context;
-use crate::cli::Command;
+use crate::cli::{Command, ServicesCommand};
 
 /// Runs a parsed command.
 pub(crate) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
@@ -23,7 +24,12 @@ pub(crate) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Env { command } => env::run(ctx, command).await,
         Command::Logs(args) => runtime::logs(ctx, &args).await,
         Command::Ps => runtime::ps(ctx).await,
-        Command::Services => runtime::services(ctx).await,
+        Command::Services { command: None } => runtime::services(ctx).await,
+        Command::Services {
+            command: Some(ServicesCommand::Restart { service }),
+        } => scale::restart_one(ctx, &service).await,
+        Command::Scale(args) => scale::scale(ctx, &args).await,
+        Command::Restart => scale::restart_all(ctx).await,
         Command::Rack => rack::rack(ctx).await,
         Command::Login { url } => rack::login(ctx, &url).await,
     }
