@@ -13,5 +13,6 @@ mod env_values;
 mod isolation;
 mod logs;
 mod scale;
+mod scaling;
 mod telemetry;
 mod workflow;

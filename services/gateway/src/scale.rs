@@ -26,15 +26,7 @@ pub(crate) async fn list_services(
     State(state): State<AppState>,
     Path(app): Path<String>,
 ) -> ApiResult<Json<Vec<types::Service>>> {
-    // An unknown app is a 404 in the rack's words, not an empty list.
-    state
-        .reads
-        .release
-        .read(
-            rpb::GetAppRequest { name: app.clone() },
-            |mut c, m| async move { c.get_app(m).await },
-        )
-        .await?;
+    known(&state, &app).await?;
     let (scales, running) = tokio::try_join!(
         async {
             state
@@ -74,6 +66,22 @@ pub(crate) async fn list_services(
         }
     }
     Ok(Json(services))
+}
+
+/// An unknown app is a 404 in the rack's words (`app not found: X`), not
+/// an empty list or "runs no release".
+async fn known(state: &AppState, app: &str) -> ApiResult<()> {
+    state
+        .reads
+        .release
+        .read(
+            rpb::GetAppRequest {
+                name: app.to_owned(),
+            },
+            |mut c, m| async move { c.get_app(m).await },
+        )
+        .await?;
+    Ok(())
 }
 
 fn service(
@@ -144,6 +152,7 @@ pub(crate) async fn update_service(
             "--min/--max: this rack does not autoscale; use --count",
         ));
     }
+    known(&state, &app).await?;
     state
         .scale
         .clone()
@@ -168,6 +177,7 @@ pub(crate) async fn restart_service(
     caller: Caller,
     Path((app, service)): Path<(String, String)>,
 ) -> ApiResult<Response> {
+    known(&state, &app).await?;
     state
         .scale
         .clone()

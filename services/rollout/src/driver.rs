@@ -298,6 +298,8 @@ impl Drivers {
                     let watched = if cancel.load(Ordering::Acquire) {
                         Watched::Failed("cancelled".to_owned())
                     } else {
+                        // With the scale set by hand (scale.rs).
+                        let target = crate::scale::overlay(&self.store, target.clone()).await?;
                         self.runtime.apply(id, target.clone(), deadline).await?;
                         self.watch(
                             app,
@@ -356,6 +358,7 @@ impl Drivers {
                 }
                 Phase::Reverting => match &fallback {
                     Some(fallback) => {
+                        let fallback = crate::scale::overlay(&self.store, fallback.clone()).await?;
                         self.runtime.apply(id, fallback.clone(), deadline).await?;
                         match self
                             .watch(

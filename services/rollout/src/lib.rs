@@ -13,10 +13,13 @@ pub mod error;
 pub mod grpc;
 pub mod logs;
 pub mod model;
+pub mod overrides;
 pub mod processes;
 pub mod recorder;
 pub mod report;
 pub mod runtime;
+pub mod scale;
+pub mod scale_grpc;
 pub mod service;
 pub mod store;
 
@@ -29,6 +32,9 @@ use slipway_api::rollout::v1::process_service_server::{
     ProcessServiceServer, SERVICE_NAME as PROCESS_SERVICE_NAME,
 };
 use slipway_api::rollout::v1::rollout_service_server::{RolloutServiceServer, SERVICE_NAME};
+use slipway_api::rollout::v1::scale_service_server::{
+    ScaleServiceServer, SERVICE_NAME as SCALE_SERVICE_NAME,
+};
 use slipway_events::{EventBus, InProcessBus, RedisBus};
 use slipway_rpc::MessageLimits as _;
 use tokio::net::TcpListener;
@@ -145,7 +151,8 @@ pub async fn run_with_bus(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (routes, health) =
-        slipway_rpc::standard_routes(&[SERVICE_NAME, PROCESS_SERVICE_NAME]).await;
+        slipway_rpc::standard_routes(&[SERVICE_NAME, PROCESS_SERVICE_NAME, SCALE_SERVICE_NAME])
+            .await;
     let store = open_store(&config)
         .await
         .context("open the rollout store")?;
@@ -171,6 +178,7 @@ pub async fn run_with_bus(
         .replica_id
         .clone()
         .unwrap_or_else(|| format!("rollout-{}", uuid::Uuid::new_v4().simple()));
+    let scales = scale::Scales::new(store.clone(), runtime.clone(), recorder.clone());
     let drivers = Drivers::new(
         store.clone(),
         runtime.clone(),
@@ -191,7 +199,10 @@ pub async fn run_with_bus(
     ));
     let routes = routes
         .add_service(RolloutServiceServer::new(grpc::Grpc::new(service)).with_message_limits())
-        .add_service(ProcessServiceServer::new(processes).with_message_limits());
+        .add_service(ProcessServiceServer::new(processes).with_message_limits())
+        .add_service(
+            ScaleServiceServer::new(scale_grpc::ScaleGrpc::new(scales)).with_message_limits(),
+        );
     health.serving().await;
     tracing::info!(addr = %listener.local_addr()?, replica, "rollout service serving");
     let options = slipway_rpc::ServerOptions {

@@ -137,6 +137,9 @@ pub struct Spec {
     /// Artifact per service: a `file://` URL or path of a directory (local
     /// runtime) or an image reference (Kubernetes).
     pub artifacts: BTreeMap<String, String>,
+    /// Scale set by hand and restarts (see `overrides.rs`); kept in the
+    /// stored JSON beside the record, not on the wire.
+    pub overrides: crate::overrides::Overrides,
 }
 
 /// Why a spec was refused.
@@ -192,6 +195,16 @@ impl fmt::Debug for SpecRecord {
     }
 }
 
+/// The database's form of a spec: the record, and beside it what was
+/// set by hand (absent when nothing was, so older rows read unchanged).
+#[derive(Serialize, Deserialize)]
+struct StoredSpec {
+    #[serde(flatten)]
+    record: SpecRecord,
+    #[serde(default, skip_serializing_if = "crate::overrides::Overrides::is_empty")]
+    overrides: crate::overrides::Overrides,
+}
+
 impl Spec {
     /// Validates a record: names present, manifest parses, required env set.
     pub fn from_record(record: SpecRecord) -> Result<Self, SpecError> {
@@ -213,6 +226,7 @@ impl Spec {
             manifest,
             env,
             artifacts: record.artifacts,
+            overrides: Default::default(),
         })
     }
 
@@ -228,14 +242,21 @@ impl Spec {
         }
     }
 
-    /// JSON for the database.
+    /// JSON for the database: the record and the overrides.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.to_record()).expect("a spec record always serialises")
+        serde_json::to_string(&StoredSpec {
+            record: self.to_record(),
+            overrides: self.overrides.clone(),
+        })
+        .expect("a spec record always serialises")
     }
 
     /// Reads the database's JSON.
     pub fn from_json(json: &str) -> Result<Self, SpecError> {
-        Self::from_record(serde_json::from_str(json)?)
+        let stored: StoredSpec = serde_json::from_str(json)?;
+        let mut spec = Self::from_record(stored.record)?;
+        spec.overrides = stored.overrides;
+        Ok(spec)
     }
 }
 

@@ -58,8 +58,14 @@ pub(super) fn plan(st: &mut AppState, now: Instant) -> (Vec<Action>, Duration) {
         let service = target
             .as_ref()
             .and_then(|t| t.spec.manifest.service(&name).map(|s| (t, s)));
-        let desired = service.map_or(0, |(_, s)| s.scale.count);
+        let desired = service.map_or(0, |(t, _)| t.spec.count(&name));
         let release = target.as_ref().map(|t| t.spec.release.as_str());
+        // Processes started before the service's restart go like old ones.
+        let restarted = |p: &Arc<Proc>| {
+            target
+                .as_ref()
+                .is_some_and(|t| t.spec.restarted_since(&name, p.started))
+        };
         let failed = target.as_ref().is_some_and(|t| t.failed.is_some());
         let live: Vec<Arc<Proc>> = svc
             .procs
@@ -70,7 +76,7 @@ pub(super) fn plan(st: &mut AppState, now: Instant) -> (Vec<Action>, Duration) {
         let (new, mut old): (Vec<_>, Vec<_>) = live
             .iter()
             .cloned()
-            .partition(|p| Some(p.release.as_str()) == release);
+            .partition(|p| Some(p.release.as_str()) == release && !restarted(p));
         let healthy = |p: &Arc<Proc>| p.status() == Status::Healthy;
         let (minimum, maximum) = service.map_or((100, 200), |(_, s)| {
             (s.deployment.minimum, s.deployment.maximum)
@@ -153,9 +159,13 @@ pub(super) fn completeness(st: &AppState) -> (bool, Vec<ServiceProgress>) {
             .unwrap_or_default();
         let healthy = procs
             .iter()
-            .filter(|p| p.release == target.spec.release && p.status() == Status::Healthy)
+            .filter(|p| {
+                p.release == target.spec.release
+                    && p.status() == Status::Healthy
+                    && !target.spec.restarted_since(name, p.started)
+            })
             .count() as u32;
-        let desired = service.scale.count;
+        let desired = target.spec.count(name);
         if healthy != desired || procs.len() as u32 != desired {
             complete = false;
         }

@@ -30,6 +30,7 @@ fn spec(release: &str, count: u32, minimum: u32, maximum: u32) -> Arc<Spec> {
         manifest: Manifest::parse(&yaml).unwrap_or_else(|e| panic!("{e}")),
         env: Env::default(),
         artifacts: BTreeMap::new(),
+        overrides: Default::default(),
     })
 }
 

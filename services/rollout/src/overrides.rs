@@ -1,0 +1,104 @@
+//! What a spec carries beside its release: the scale set by hand per
+//! service (`convox scale`), which wins over the manifest's `scale.count`,
+//! and when each service was last restarted, so a runtime replaces the
+//! processes started before that (a rolling restart). Pure types: the
+//! records are in `scale.rs`, the runtimes read [`Spec::count`] and
+//! [`Spec::restarted_since`].
+//!
+//! The rule a promotion follows: a release's `scale.count` applies to a
+//! service that is new or was never scaled by hand; once `scale` set a
+//! count, every later rollout of the app (promotions, rollbacks, restarts)
+//! runs that count until it is set again. cpu and memory set by hand are
+//! kept the same way.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::Spec;
+
+/// Per service, what the release alone does not say.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overrides {
+    /// Scale set by hand, by service.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scale: BTreeMap<String, ServiceScale>,
+    /// When a restart of the service was asked for: its processes started
+    /// before are replaced.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub restarted: BTreeMap<String, DateTime<Utc>>,
+}
+
+impl Overrides {
+    /// Whether there is nothing to override.
+    pub fn is_empty(&self) -> bool {
+        self.scale.is_empty() && self.restarted.is_empty()
+    }
+}
+
+/// One service's scale as set by hand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceScale {
+    /// Processes; `None` keeps the manifest's count.
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// Millicores; 0 is unset.
+    #[serde(default)]
+    pub cpu: u32,
+    /// MiB; 0 is unset.
+    #[serde(default)]
+    pub memory: u32,
+}
+
+impl Spec {
+    /// The desired processes of `service`: the count set by hand, else the
+    /// manifest's (0 for a service the manifest does not have).
+    pub fn count(&self, service: &str) -> u32 {
+        let manifest = self.manifest.service(service).map_or(0, |s| s.scale.count);
+        self.overrides
+            .scale
+            .get(service)
+            .and_then(|s| s.count)
+            .unwrap_or(manifest)
+    }
+
+    /// cpu (millicores) and memory (MiB) set by hand for `service`; 0 when unset.
+    pub fn resources(&self, service: &str) -> (u32, u32) {
+        self.overrides
+            .scale
+            .get(service)
+            .map_or((0, 0), |s| (s.cpu, s.memory))
+    }
+
+    /// Whether a process of `service` started at `started` predates the
+    /// service's last restart (and so is replaced like an old release's).
+    pub fn restarted_since(&self, service: &str, started: DateTime<Utc>) -> bool {
+        self.overrides
+            .restarted
+            .get(service)
+            .is_some_and(|at| started < *at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_round_trip_and_stay_out_of_plain_specs() {
+        let mut o = Overrides::default();
+        assert_eq!(serde_json::to_string(&o).unwrap(), "{}");
+        o.scale.insert(
+            "web".into(),
+            ServiceScale {
+                count: Some(3),
+                cpu: 0,
+                memory: 512,
+            },
+        );
+        o.restarted.insert("web".into(), DateTime::UNIX_EPOCH);
+        let json = serde_json::to_string(&o).unwrap();
+        assert_eq!(serde_json::from_str::<Overrides>(&json).unwrap(), o);
+    }
+}
