@@ -5,6 +5,22 @@
 use slipway_domain::promotion::{PromotionOutcome, PromotionState};
 
 use crate::release::v1 as pb;
+use crate::rollout::v1::RolloutPhase;
+
+/// The outcome a rollout that ended in `phase` stands for (what the rollout
+/// service reports and the gateway's result frame shows); `None` while the
+/// rollout has not ended.
+pub fn rollout_outcome(phase: RolloutPhase) -> Option<PromotionOutcome> {
+    match phase {
+        RolloutPhase::Running => Some(PromotionOutcome::Succeeded),
+        RolloutPhase::Reverted => Some(PromotionOutcome::RolledBack),
+        RolloutPhase::Failure => Some(PromotionOutcome::Failed),
+        RolloutPhase::Unspecified
+        | RolloutPhase::Pending
+        | RolloutPhase::Updating
+        | RolloutPhase::Reverting => None,
+    }
+}
 
 impl From<PromotionState> for pb::PromotionState {
     fn from(state: PromotionState) -> Self {
@@ -117,6 +133,30 @@ mod tests {
         }
         assert!(promotion_state(pb::PromotionState::Unspecified as i32).is_err());
         assert!(promotion_state(99).is_err());
+    }
+
+    #[test]
+    fn only_the_terminal_rollout_phases_have_an_outcome() {
+        assert_eq!(
+            rollout_outcome(RolloutPhase::Running),
+            Some(PromotionOutcome::Succeeded)
+        );
+        assert_eq!(
+            rollout_outcome(RolloutPhase::Reverted),
+            Some(PromotionOutcome::RolledBack)
+        );
+        assert_eq!(
+            rollout_outcome(RolloutPhase::Failure),
+            Some(PromotionOutcome::Failed)
+        );
+        for running in [
+            RolloutPhase::Unspecified,
+            RolloutPhase::Pending,
+            RolloutPhase::Updating,
+            RolloutPhase::Reverting,
+        ] {
+            assert_eq!(rollout_outcome(running), None, "{running:?}");
+        }
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub enum IdError {
         /// The rejected input (shortened if very long).
         input: String,
     },
+    /// The text is not `P` followed by 32 hexadecimal digits.
+    #[error("invalid promotion id {input:?}: expected P followed by 32 hexadecimal digits")]
+    InvalidPromotionId {
+        /// The rejected input (shortened if very long).
+        input: String,
+    },
 }
 
 /// Shortens `input` for an error message so a huge bogus id cannot flood a log line.
@@ -160,6 +166,82 @@ define_id!(
     /// Identifies a build: `B` followed by ten capital letters, e.g. `BNWASACYDUC`.
     BuildId, 'B', InvalidBuildId, "build"
 );
+
+/// Number of hexadecimal digits after a promotion id's `P`.
+const PROMOTION_HEX_LEN: usize = 32;
+
+/// Identifies a promotion (and the rollout that carries it out): `P`
+/// followed by 32 lower-case hexadecimal digits, 128 random bits, e.g.
+/// `P3f1c9e0a4b7d42c8a1e5f60b9c2d7e31`. Promotions are not typed back by
+/// hand the way releases are, so the id is long rather than short; parsing
+/// accepts either case and normalises to `P` plus lower case.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PromotionId(String);
+
+impl PromotionId {
+    /// Creates a fresh id from the thread-local CSPRNG.
+    pub fn generate() -> Self {
+        let bits: u128 = rand::rng().random();
+        Self(format!("P{bits:032x}"))
+    }
+
+    /// Parses a promotion id.
+    pub fn parse(input: &str) -> Result<Self, IdError> {
+        let bytes = input.as_bytes();
+        let shaped = bytes.len() == 1 + PROMOTION_HEX_LEN
+            && bytes[0].eq_ignore_ascii_case(&b'P')
+            && bytes[1..].iter().all(u8::is_ascii_hexdigit);
+        if !shaped {
+            return Err(IdError::InvalidPromotionId { input: echo(input) });
+        }
+        Ok(Self(format!("P{}", input[1..].to_ascii_lowercase())))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Consumes the id and returns its text.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for PromotionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for PromotionId {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl TryFrom<String> for PromotionId {
+    type Error = IdError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<PromotionId> for String {
+    fn from(id: PromotionId) -> String {
+        id.0
+    }
+}
+
+impl AsRef<str> for PromotionId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -303,5 +385,34 @@ mod tests {
         assert_eq!(s, "BABCDEFGHIJ");
         assert_eq!(BuildId::try_from(s).unwrap(), id);
         assert_eq!(id.as_ref(), "BABCDEFGHIJ");
+    }
+
+    #[test]
+    fn promotion_ids_are_p_and_32_hex_digits_and_parse_back() {
+        let id = PromotionId::generate();
+        assert_eq!(id.as_str().len(), 33, "{id}");
+        assert!(id.as_str().starts_with('P'), "{id}");
+        assert_eq!(PromotionId::parse(id.as_str()).unwrap(), id);
+        assert_ne!(PromotionId::generate(), id);
+        let upper = format!("p{}", id.as_str()[1..].to_ascii_uppercase());
+        assert_eq!(PromotionId::parse(&upper).unwrap(), id);
+    }
+
+    #[test]
+    fn malformed_promotion_ids_are_refused_with_the_shape() {
+        for bad in [
+            "",
+            "P",
+            "Pxyz",
+            "myapp-p1",
+            "RIISQQWMSOI",
+            &format!("P{}", "0".repeat(33)),
+        ] {
+            let err = PromotionId::parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("P followed by 32 hexadecimal digits"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

@@ -15,7 +15,7 @@ pub mod promotion;
 
 pub use app::{AppName, AppNameError};
 pub use env::{Env, EnvDiff, EnvError};
-pub use ids::{BuildId, IdError, ReleaseId};
+pub use ids::{BuildId, IdError, PromotionId, ReleaseId};
 pub use manifest::{Manifest, ManifestError};
 pub use object_key::{ObjectKeyError, validate_object_key};
 pub use promotion::{PromotionState, TransitionError};

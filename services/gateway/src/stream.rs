@@ -290,12 +290,12 @@ const REPORT_WAIT: Duration = Duration::from_secs(10);
 /// The promotion state a finished rollout's phase stands for (the mapping
 /// the rollout service reports with).
 fn promotion_state(phase: i32) -> rpb::PromotionState {
-    match opb::RolloutPhase::try_from(phase) {
-        Ok(opb::RolloutPhase::Running) => rpb::PromotionState::Succeeded,
-        Ok(opb::RolloutPhase::Reverted) => rpb::PromotionState::RolledBack,
-        Ok(opb::RolloutPhase::Failure) => rpb::PromotionState::Failed,
-        _ => rpb::PromotionState::Unspecified,
-    }
+    opb::RolloutPhase::try_from(phase)
+        .ok()
+        .and_then(slipway_api::promotion::rollout_outcome)
+        .map_or(rpb::PromotionState::Unspecified, |outcome| {
+            outcome.into_state().into()
+        })
 }
 
 /// One item of a watched rollout.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use slipway_domain::Secret;
 
-use crate::service::DEADLINE_RANGE;
+use slipway_domain::promotion::DEADLINE_RANGE;
 
 /// The release service's settings.
 #[derive(Clone, Debug, clap::Parser)]

@@ -8,7 +8,7 @@ use slipway_api::release::v1 as pb;
 use slipway_api::release::v1::release_service_server::ReleaseService as ReleaseRpc;
 use slipway_api::timestamp;
 use slipway_domain::promotion::PromotionOutcome;
-use slipway_domain::{AppName, BuildId, Env, PromotionState, ReleaseId};
+use slipway_domain::{AppName, BuildId, Env, PromotionId, ReleaseId};
 use tonic::{Request, Response, Status};
 
 use crate::model::{App, AuditEvent, EnvInput, Promotion, Release, ReleaseRequest};
@@ -251,11 +251,8 @@ impl ReleaseRpc for Grpc {
         &self,
         request: Request<pb::GetPromotionRequest>,
     ) -> Result<Response<pb::GetPromotionResponse>, Status> {
-        let promotion = self
-            .service
-            .store()
-            .get_promotion(&request.get_ref().id)
-            .await?;
+        let id = promotion_id(&request.get_ref().id)?;
+        let promotion = self.service.store().get_promotion(&id).await?;
         Ok(Response::new(pb::GetPromotionResponse {
             promotion: Some(promotion_pb(promotion)),
         }))
@@ -285,22 +282,14 @@ impl ReleaseRpc for Grpc {
         request: Request<pb::CompletePromotionRequest>,
     ) -> Result<Response<pb::CompletePromotionResponse>, Status> {
         let req = request.into_inner();
-        let outcome = match pb::PromotionOutcome::try_from(req.outcome) {
-            Ok(pb::PromotionOutcome::Succeeded) => PromotionOutcome::Succeeded,
-            Ok(pb::PromotionOutcome::RolledBack) => PromotionOutcome::RolledBack,
-            Ok(pb::PromotionOutcome::Failed) => PromotionOutcome::Failed,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "outcome must be SUCCEEDED, ROLLED_BACK or FAILED",
-                ));
-            }
-        };
-        if req.promotion.is_empty() {
-            return Err(Status::invalid_argument("promotion is required"));
-        }
+        let outcome: PromotionOutcome = slipway_api::promotion::promotion_outcome(req.outcome)
+            .map_err(|_| {
+                Status::invalid_argument("outcome must be SUCCEEDED, ROLLED_BACK or FAILED")
+            })?;
+        let promotion = promotion_id(&req.promotion)?;
         let promotion = self
             .service
-            .complete(&req.promotion, outcome, &req.reason, req.lease_epoch)
+            .complete(&promotion, outcome, &req.reason, req.lease_epoch)
             .await?;
         Ok(Response::new(pb::CompletePromotionResponse {
             promotion: Some(promotion_pb(promotion)),
@@ -439,24 +428,24 @@ pub fn release_pb(release: Release) -> pb::Release {
     }
 }
 
+/// Parses a promotion id at the edge; a malformed one is an invalid argument.
+fn promotion_id(text: &str) -> Result<PromotionId, Status> {
+    if text.is_empty() {
+        return Err(Status::invalid_argument("promotion id is required"));
+    }
+    PromotionId::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
 fn promotion_pb(promotion: Promotion) -> pb::Promotion {
-    let state = match promotion.state {
-        PromotionState::Pending => pb::PromotionState::Pending,
-        PromotionState::RollingOut => pb::PromotionState::RollingOut,
-        PromotionState::Succeeded => pb::PromotionState::Succeeded,
-        PromotionState::RolledBack => pb::PromotionState::RolledBack,
-        PromotionState::Failed => pb::PromotionState::Failed,
-        PromotionState::Cancelled => pb::PromotionState::Cancelled,
-    };
     pb::Promotion {
-        id: promotion.id,
+        id: promotion.id.into_string(),
         app: promotion.app.to_string(),
         release: promotion.release.to_string(),
         fallback_release: promotion
             .fallback_release
             .map(|r| r.to_string())
             .unwrap_or_default(),
-        state: state as i32,
+        state: pb::PromotionState::from(promotion.state) as i32,
         reason: promotion.reason,
         deadline_seconds: promotion.deadline_secs,
         created: Some(timestamp(promotion.created)),

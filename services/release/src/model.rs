@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use slipway_domain::env::MAX_ENV_BYTES;
 use slipway_domain::manifest::MAX_MANIFEST_BYTES;
-use slipway_domain::{AppName, BuildId, Env, EnvDiff, PromotionState, ReleaseId};
+use slipway_domain::{AppName, BuildId, Env, EnvDiff, PromotionId, PromotionState, ReleaseId};
 use slipway_rpc::{MAX_MESSAGE_BYTES, PAGE_BYTES};
 use std::collections::BTreeMap;
 
@@ -121,7 +121,7 @@ impl Release {
 #[derive(Clone, Debug)]
 pub struct Promotion {
     /// Unique id (also the id of the rollout that carries it out).
-    pub id: String,
+    pub id: PromotionId,
     /// The app.
     pub app: AppName,
     /// The release being promoted.

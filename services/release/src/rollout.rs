@@ -4,6 +4,7 @@
 
 use slipway_api::rollout::v1 as pb;
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
+use slipway_domain::PromotionId;
 use slipway_rpc::Channel;
 
 use crate::model::{Promotion, Release};
@@ -33,7 +34,7 @@ impl Rollouts {
             return Ok(false);
         };
         let request = pb::StartRolloutRequest {
-            promotion: promotion.id.clone(),
+            promotion: promotion.id.to_string(),
             target: Some(spec(target)),
             fallback: fallback.map(spec),
             deadline_seconds: promotion.deadline_secs,
@@ -44,14 +45,14 @@ impl Rollouts {
 
     /// Asks the rollout service to stop the rollout of `promotion` and
     /// revert. A rollout it never heard of is not an error.
-    pub async fn cancel(&self, promotion: &str) -> Result<(), tonic::Status> {
+    pub async fn cancel(&self, promotion: &PromotionId) -> Result<(), tonic::Status> {
         let Self::Grpc(client) = self else {
             return Ok(());
         };
         match client
             .clone()
             .cancel_rollout(pb::CancelRolloutRequest {
-                id: promotion.to_owned(),
+                id: promotion.to_string(),
             })
             .await
         {

@@ -5,16 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use slipway_domain::{AppName, PromotionState, ReleaseId};
+use slipway_domain::promotion::DEADLINE_RANGE;
+use slipway_domain::{AppName, PromotionId, PromotionState, ReleaseId};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::model::{App, Promotion, Release, ReleaseRequest};
 use crate::rollout::Rollouts;
 use crate::store::{PromoteOptions, PromotionStart, Store};
-
-/// Rollout deadlines accepted, in seconds (30 s to 6 h).
-pub const DEADLINE_RANGE: std::ops::RangeInclusive<u32> = 30..=21_600;
 
 /// What a promotion request led to.
 #[derive(Debug)]
@@ -169,7 +167,7 @@ impl ReleaseService {
     /// Records the outcome a rollout reported.
     pub async fn complete(
         &self,
-        promotion: &str,
+        promotion: &PromotionId,
         outcome: slipway_domain::promotion::PromotionOutcome,
         reason: &str,
         lease_epoch: u64,
@@ -192,7 +190,7 @@ impl ReleaseService {
                 "rollout",
             )
             .await?;
-        tracing::info!(promotion, app = %done.app, state = done.state.as_str(), "promotion finished");
+        tracing::info!(%promotion, app = %done.app, state = done.state.as_str(), "promotion finished");
         if before != Some(done.state) {
             slipway_telemetry::metrics::promotion(done.state.as_str());
         }

@@ -169,11 +169,18 @@ async fn stale_or_conflicting_reports_are_refused(backend: Backend) {
         Code::InvalidArgument,
         "outcome",
     );
+    let unknown = "P0123456789abcdef0123456789abcdef";
+    assert_status(
+        t.complete(unknown, pb::PromotionOutcome::Succeeded, "")
+            .await,
+        Code::NotFound,
+        &format!("promotion not found: {unknown}"),
+    );
     assert_status(
         t.complete("Pnope", pb::PromotionOutcome::Succeeded, "")
             .await,
-        Code::NotFound,
-        "promotion not found: Pnope",
+        Code::InvalidArgument,
+        "invalid promotion id \"Pnope\": expected P followed by 32 hexadecimal digits",
     );
     assert_eq!(t.app("fence").await.release, release.id);
 }

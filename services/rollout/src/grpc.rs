@@ -7,6 +7,7 @@ use std::sync::Arc;
 use slipway_api::rollout::v1 as pb;
 use slipway_api::rollout::v1::rollout_service_server::RolloutService;
 use slipway_api::timestamp;
+use slipway_domain::{AppName, PromotionId, ReleaseId};
 use tokio_stream::Stream;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
@@ -40,7 +41,8 @@ fn spec_record(spec: pb::ReleaseSpec) -> SpecRecord {
     }
 }
 
-fn phase(p: Phase) -> pb::RolloutPhase {
+/// The wire form of a phase.
+pub(crate) fn phase(p: Phase) -> pb::RolloutPhase {
     match p {
         Phase::Pending => pb::RolloutPhase::Pending,
         Phase::Updating => pb::RolloutPhase::Updating,
@@ -54,11 +56,14 @@ fn phase(p: Phase) -> pb::RolloutPhase {
 /// The wire form of a rollout.
 pub fn rollout(r: Rollout) -> pb::Rollout {
     pb::Rollout {
-        promotion: r.id.clone(),
-        id: r.id,
-        app: r.app,
-        release: r.release,
-        fallback_release: r.fallback_release.unwrap_or_default(),
+        promotion: r.id.to_string(),
+        id: r.id.into_string(),
+        app: r.app.into_string(),
+        release: r.release.into_string(),
+        fallback_release: r
+            .fallback_release
+            .map(ReleaseId::into_string)
+            .unwrap_or_default(),
         phase: phase(r.phase) as i32,
         reason: r.reason,
         deadline: Some(timestamp(r.deadline_at)),
@@ -73,6 +78,18 @@ fn required(value: &str, field: &str) -> Result<(), Status> {
         return Err(Error::InvalidArgument(format!("{field} is required")).into());
     }
     Ok(())
+}
+
+/// Parses a promotion (rollout) id at the edge.
+fn promotion_id(value: &str, field: &str) -> Result<PromotionId, Status> {
+    required(value, field)?;
+    PromotionId::parse(value).map_err(|e| Error::InvalidArgument(format!("{field}: {e}")).into())
+}
+
+/// Parses an app name at the edge.
+fn app_name(value: &str) -> Result<AppName, Status> {
+    required(value, "app")?;
+    AppName::parse(value).map_err(|e| Error::InvalidArgument(format!("app: {e}")).into())
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchRolloutResponse, Status>> + Send>>;
@@ -91,7 +108,7 @@ impl RolloutService for Grpc {
         let started = self
             .service
             .start(StartRequest {
-                promotion: req.promotion,
+                promotion: promotion_id(&req.promotion, "promotion")?,
                 target: spec_record(target),
                 fallback: req
                     .fallback
@@ -109,8 +126,7 @@ impl RolloutService for Grpc {
         &self,
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::GetRolloutResponse>, Status> {
-        let id = request.into_inner().id;
-        required(&id, "id")?;
+        let id = promotion_id(&request.into_inner().id, "id")?;
         let found = self.service.get(&id).await?;
         Ok(Response::new(pb::GetRolloutResponse {
             rollout: Some(rollout(found)),
@@ -124,7 +140,7 @@ impl RolloutService for Grpc {
         request: Request<pb::WatchRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
         let req = request.into_inner();
-        required(&req.id, "id")?;
+        let id = promotion_id(&req.id, "id")?;
         let after = match req.after_event_id.as_str() {
             "" => 0,
             text => text.parse::<u64>().map_err(|_| {
@@ -133,8 +149,8 @@ impl RolloutService for Grpc {
                 ))
             })?,
         };
-        let app = self.service.get(&req.id).await?.app;
-        let rx = self.service.watch(&req.id, after).await?;
+        let app = self.service.get(&id).await?.app.into_string();
+        let rx = self.service.watch(&id, after).await?;
         let stream = ReceiverStream::new(rx).map(move |item| match item {
             Ok(WatchItem::Event(e)) => Ok(pb::WatchRolloutResponse {
                 event: Some(pb::Event {
@@ -159,8 +175,7 @@ impl RolloutService for Grpc {
         &self,
         request: Request<pb::CancelRolloutRequest>,
     ) -> Result<Response<pb::CancelRolloutResponse>, Status> {
-        let id = request.into_inner().id;
-        required(&id, "id")?;
+        let id = promotion_id(&request.into_inner().id, "id")?;
         let cancelled = self.service.cancel(&id).await?;
         Ok(Response::new(pb::CancelRolloutResponse {
             rollout: Some(rollout(cancelled)),
@@ -171,8 +186,7 @@ impl RolloutService for Grpc {
         &self,
         request: Request<pb::ListProcessesRequest>,
     ) -> Result<Response<pb::ListProcessesResponse>, Status> {
-        let app = request.into_inner().app;
-        required(&app, "app")?;
+        let app = app_name(&request.into_inner().app)?;
         let processes = self
             .service
             .processes(&app)
@@ -195,8 +209,7 @@ impl RolloutService for Grpc {
         &self,
         request: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
-        let app = request.into_inner().app;
-        required(&app, "app")?;
+        let app = app_name(&request.into_inner().app)?;
         let services = self
             .service
             .services(&app)
@@ -218,10 +231,10 @@ impl RolloutService for Grpc {
         request: Request<pb::StreamAppLogsRequest>,
     ) -> Result<Response<Self::StreamAppLogsStream>, Status> {
         let req = request.into_inner();
-        required(&req.app, "app")?;
-        let app = req.app.clone();
+        let app_id = app_name(&req.app)?;
+        let app = req.app;
         let query = LogQuery {
-            app: req.app,
+            app: app_id,
             since: std::time::Duration::from_secs(u64::from(req.since_seconds)),
             follow: req.follow,
             service: req.service.filter(|s| !s.is_empty()),

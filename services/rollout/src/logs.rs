@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use slipway_domain::AppName;
 use slipway_events::{Error as BusError, Event, EventBus, EventStream, Topic};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
@@ -34,10 +35,10 @@ const MAX_DURABLE: u32 = 10_000;
 const DURABLE_POLL: Duration = Duration::from_secs(2);
 
 /// What a caller of `StreamAppLogs` asked for, validated.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LogQuery {
     /// The app.
-    pub app: String,
+    pub app: AppName,
     /// How far back the backlog starts; zero sends none.
     pub since: Duration,
     /// Keep streaming live events after the backlog.
@@ -170,7 +171,7 @@ pub async fn stream(
     let started = Utc::now();
     let cutoff = started - chrono::Duration::from_std(query.since).unwrap_or_default();
     let subscription = match bus
-        .subscribe_with_backlog(Topic::App(query.app.clone()), None)
+        .subscribe_with_backlog(Topic::App(query.app.to_string()), None)
         .await
     {
         Ok(subscription) => Some(subscription),
@@ -183,7 +184,7 @@ pub async fn stream(
         Vec::new()
     } else {
         store
-            .app_events_since(&query.app, cutoff, MAX_DURABLE)
+            .app_events_since(query.app.as_str(), cutoff, MAX_DURABLE)
             .await?
     };
     let (tx, rx) = mpsc::channel(256);
@@ -255,7 +256,7 @@ pub async fn stream(
             };
             let Some(item) = item else {
                 match store
-                    .app_events_since(&query.app, durable_log.newest, MAX_DURABLE)
+                    .app_events_since(query.app.as_str(), durable_log.newest, MAX_DURABLE)
                     .await
                 {
                     Ok(events) => {
@@ -274,7 +275,7 @@ pub async fn stream(
                 }
                 if live.is_none()
                     && let Ok(subscription) = bus
-                        .subscribe_with_backlog(Topic::App(query.app.clone()), None)
+                        .subscribe_with_backlog(Topic::App(query.app.to_string()), None)
                         .await
                 {
                     tracing::info!(app = %query.app, "app log: event bus is back");
@@ -397,17 +398,28 @@ mod tests {
         assert!(!from_service("system/k8s/pod/webber-1", "web"));
     }
 
+    fn base_query() -> LogQuery {
+        LogQuery {
+            app: AppName::parse("myapp").unwrap(),
+            since: Duration::ZERO,
+            follow: false,
+            service: None,
+            tail: 0,
+            filter: String::new(),
+        }
+    }
+
     #[test]
     fn text_filter_looks_at_source_and_message() {
         let query = LogQuery {
             filter: "GET /".into(),
-            ..Default::default()
+            ..base_query()
         };
         assert!(query.matches("service/web/web-1", "GET / HTTP/1.1"));
         assert!(!query.matches("service/web/web-1", "POST /x"));
         let query = LogQuery {
             filter: "web-1 GET".into(),
-            ..Default::default()
+            ..base_query()
         };
         assert!(query.matches("service/web/web-1", "GET /"));
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use slipway_domain::{Env, Manifest};
+use slipway_domain::{AppName, Env, Manifest, PromotionId, ReleaseId};
 
 /// Where a rollout is. `Running`, `Reverted` and `Failure` are terminal.
 ///
@@ -83,13 +83,13 @@ impl fmt::Display for Phase {
 #[derive(Clone, Debug)]
 pub struct Rollout {
     /// The promotion id.
-    pub id: String,
+    pub id: PromotionId,
     /// The app.
-    pub app: String,
+    pub app: AppName,
     /// The release being rolled out.
-    pub release: String,
+    pub release: ReleaseId,
     /// The release to return to; `None` on an app's first deploy.
-    pub fallback_release: Option<String>,
+    pub fallback_release: Option<ReleaseId>,
     /// The current phase.
     pub phase: Phase,
     /// Why it failed or was reverted; empty otherwise.
@@ -124,9 +124,9 @@ pub struct RolloutPlan {
 /// Everything a runtime needs to run one release of an app.
 #[derive(Clone, Debug)]
 pub struct Spec {
-    /// The app.
+    /// The app (a valid app name: checked by [`Spec::from_record`]).
     pub app: String,
-    /// The release id.
+    /// The release id (a valid one, upper case: checked by [`Spec::from_record`]).
     pub release: String,
     /// The build id (may be empty).
     pub build: String,
@@ -148,6 +148,12 @@ pub enum SpecError {
     /// A required field is empty.
     #[error("{0} is required")]
     Missing(&'static str),
+    /// The app name is not one.
+    #[error("app: {0}")]
+    App(#[from] slipway_domain::AppNameError),
+    /// The release id is not one.
+    #[error("release: {0}")]
+    Release(#[from] slipway_domain::IdError),
     /// The manifest does not parse.
     #[error("manifest: {0}")]
     Manifest(#[from] slipway_domain::ManifestError),
@@ -214,14 +220,16 @@ impl Spec {
         if record.release.is_empty() {
             return Err(SpecError::Missing("release"));
         }
+        let app = AppName::parse(&record.app)?;
+        let release = ReleaseId::parse(&record.release)?;
         let manifest = Manifest::parse(&record.manifest)?;
         let env = Env::from_map(record.env)?;
         if let Some(missing) = manifest.missing_env(&env).first() {
             return Err(SpecError::MissingEnv(missing.to_string()));
         }
         Ok(Self {
-            app: record.app,
-            release: record.release,
+            app: app.into_string(),
+            release: release.into_string(),
             build: record.build,
             manifest,
             env,

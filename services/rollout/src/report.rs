@@ -15,12 +15,7 @@ use crate::model::{Phase, Rollout};
 
 /// The outcome of a terminal rollout, as the release service names it.
 pub fn outcome(phase: Phase) -> Option<PromotionOutcome> {
-    match phase {
-        Phase::Running => Some(PromotionOutcome::Succeeded),
-        Phase::Reverted => Some(PromotionOutcome::RolledBack),
-        Phase::Failure => Some(PromotionOutcome::Failed),
-        Phase::Pending | Phase::Updating | Phase::Reverting => None,
-    }
+    slipway_api::promotion::rollout_outcome(crate::grpc::phase(phase)).map(PromotionOutcome::from)
 }
 
 /// Sends outcomes to the release service (or nowhere, when none is configured).
@@ -50,7 +45,7 @@ impl Reporter {
             return true;
         };
         let request = CompletePromotionRequest {
-            promotion: rollout.id.clone(),
+            promotion: rollout.id.to_string(),
             outcome: outcome as i32,
             reason: rollout.reason.clone(),
             lease_epoch: rollout.epoch,

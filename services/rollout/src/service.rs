@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use slipway_domain::promotion::DEADLINE_RANGE;
+use slipway_domain::{AppName, PromotionId};
 use slipway_events::{EventBus, Topic};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
@@ -16,7 +18,6 @@ use crate::model::{Phase, Rollout, Spec, SpecRecord};
 use crate::runtime::{DynRuntime, ProcessInfo, ServiceInfo};
 use crate::store::{NewRollout, Store, StoredEvent};
 
-use slipway_domain::promotion::DEADLINE_RANGE;
 /// Events read from the database per query while replaying.
 const PAGE: u32 = 500;
 /// How often a watcher looks at the database even without a bus wake-up
@@ -28,7 +29,7 @@ const WATCH_POLL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct StartRequest {
     /// The promotion id.
-    pub promotion: String,
+    pub promotion: PromotionId,
     /// The release to roll out.
     pub target: SpecRecord,
     /// The release to return to, if any.
@@ -75,9 +76,6 @@ impl Rollouts {
 
     /// Starts the rollout of a promotion, or returns the one already started.
     pub async fn start(&self, request: StartRequest) -> Result<Rollout> {
-        if request.promotion.is_empty() {
-            return Err(Error::InvalidArgument("promotion is required".into()));
-        }
         let target = Spec::from_record(request.target)
             .map_err(|e| Error::InvalidArgument(format!("target: {e}")))?;
         let fallback = request
@@ -116,29 +114,36 @@ impl Rollouts {
             .await?;
         if created {
             tracing::info!(rollout = %new.id, app = %new.target.app, release = %new.target.release, "rollout started");
-            self.drivers.hold(&new.id, plan.rollout.epoch);
-            self.drivers
-                .status_event(&new.target.app, &new.id, "Running", Phase::Pending);
-            self.drivers.spawn(new.id.clone(), plan.rollout.epoch);
+            self.drivers.hold(new.id.as_str(), plan.rollout.epoch);
+            self.drivers.status_event(
+                new.target.app.as_str(),
+                new.id.as_str(),
+                "Running",
+                Phase::Pending,
+            );
+            self.drivers.spawn(new.id.to_string(), plan.rollout.epoch);
         }
         Ok(plan.rollout)
     }
 
     /// Reads a rollout.
-    pub async fn get(&self, id: &str) -> Result<Rollout> {
-        self.store.get(id).await?.ok_or_else(|| not_found(id))
+    pub async fn get(&self, id: &PromotionId) -> Result<Rollout> {
+        self.store
+            .get(id.as_str())
+            .await?
+            .ok_or_else(|| not_found(id))
     }
 
     /// Asks a rollout to stop and roll back; a finished one is returned as is.
-    pub async fn cancel(&self, id: &str) -> Result<Rollout> {
+    pub async fn cancel(&self, id: &PromotionId) -> Result<Rollout> {
         let rollout = self
             .store
-            .request_cancel(id)
+            .request_cancel(id.as_str())
             .await?
             .ok_or_else(|| not_found(id))?;
         if !rollout.phase.is_terminal() {
             tracing::info!(rollout = %id, "cancel requested");
-            self.drivers.wake(id);
+            self.drivers.wake(id.as_str());
         }
         Ok(rollout)
     }
@@ -147,11 +152,15 @@ impl Rollouts {
     /// live), ending with the finished rollout once it is terminal. The bus
     /// only wakes the watcher up: without it (Redis down) the watcher polls
     /// the durable log, which holds every event anyway.
-    pub async fn watch(&self, id: &str, after: u64) -> Result<mpsc::Receiver<Result<WatchItem>>> {
+    pub async fn watch(
+        &self,
+        id: &PromotionId,
+        after: u64,
+    ) -> Result<mpsc::Receiver<Result<WatchItem>>> {
         self.get(id).await?;
         let mut wakeups = match self
             .bus
-            .subscribe(Topic::Rollout(id.to_owned()), None)
+            .subscribe(Topic::Rollout(id.to_string()), None)
             .await
         {
             Ok(wakeups) => wakeups,
@@ -162,7 +171,7 @@ impl Rollouts {
         };
         let (tx, rx) = mpsc::channel(64);
         let store = self.store.clone();
-        let id = id.to_owned();
+        let id = id.to_string();
         tokio::spawn(async move {
             let mut last = after;
             loop {
@@ -232,16 +241,16 @@ impl Rollouts {
     }
 
     /// The app's processes.
-    pub async fn processes(&self, app: &str) -> Result<Vec<ProcessInfo>> {
-        Ok(self.runtime.processes(app).await?)
+    pub async fn processes(&self, app: &AppName) -> Result<Vec<ProcessInfo>> {
+        Ok(self.runtime.processes(app.as_str()).await?)
     }
 
     /// The app's services.
-    pub async fn services(&self, app: &str) -> Result<Vec<ServiceInfo>> {
-        Ok(self.runtime.services(app).await?)
+    pub async fn services(&self, app: &AppName) -> Result<Vec<ServiceInfo>> {
+        Ok(self.runtime.services(app.as_str()).await?)
     }
 }
 
-fn not_found(id: &str) -> Error {
+fn not_found(id: &PromotionId) -> Error {
     Error::NotFound(format!("rollout {id} not found"))
 }

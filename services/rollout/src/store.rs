@@ -13,6 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use slipway_domain::{AppName, PromotionId, ReleaseId};
 use slipway_storage::{Database, ErrorClass, classify, now_micros};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
@@ -33,7 +34,7 @@ const ROLLOUT_COLUMNS: &str = "id, app, release_id, fallback_release, phase, rea
 #[derive(Clone, Debug)]
 pub struct NewRollout {
     /// The promotion id.
-    pub id: String,
+    pub id: PromotionId,
     /// What to run.
     pub target: Spec,
     /// What to return to.
@@ -119,7 +120,7 @@ impl Store {
         owner: &str,
         ttl: Duration,
     ) -> Result<(RolloutPlan, bool)> {
-        if let Some(existing) = self.plan(&new.id).await? {
+        if let Some(existing) = self.plan(new.id.as_str()).await? {
             return Ok((existing, false));
         }
         let now = now_micros();
@@ -135,7 +136,7 @@ impl Store {
                  deadline_secs, deadline_at, owner, lease_expires, epoch, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12)",
             )
-            .bind(&new.id)
+            .bind(new.id.as_str())
             .bind(&new.target.app)
             .bind(&new.target.release)
             .bind(new.fallback.as_ref().map(|f| f.release.clone()))
@@ -155,7 +156,7 @@ impl Store {
             Err(e) if matches!(classify(&e), ErrorClass::UniqueViolation(_)) => {
                 // Either the same promotion raced us in, or another rollout
                 // of the app is open.
-                if let Some(existing) = self.plan(&new.id).await? {
+                if let Some(existing) = self.plan(new.id.as_str()).await? {
                     return Ok((existing, false));
                 }
                 let open = self.open_for_app(&new.target.app).await?;
@@ -168,7 +169,7 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         let plan = self
-            .plan(&new.id)
+            .plan(new.id.as_str())
             .await?
             .ok_or_else(|| Error::Corrupt(format!("rollout {} vanished after insert", new.id)))?;
         Ok((plan, true))
@@ -204,7 +205,7 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let rollout = rollout_from_row(&row)?;
         let spec = |stored: String| {
-            let json = self.open_spec(&rollout.app, &stored)?;
+            let json = self.open_spec(rollout.app.as_str(), &stored)?;
             Spec::from_json(&json).map_err(|e| Error::Corrupt(format!("rollout {id}: {e}")))
         };
         let target = spec(row.try_get("target_spec")?)?;
@@ -482,12 +483,22 @@ impl Store {
 fn rollout_from_row(row: &AnyRow) -> Result<Rollout> {
     let phase: String = row.try_get("phase")?;
     let id: String = row.try_get("id")?;
+    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Corrupt(format!("rollout {id}: stored {what} is invalid: {e}"))
+    };
+    let app: String = row.try_get("app")?;
+    let release: String = row.try_get("release_id")?;
+    let fallback: Option<String> = row.try_get("fallback_release")?;
     Ok(Rollout {
         phase: Phase::parse(&phase)
             .ok_or_else(|| Error::Corrupt(format!("rollout {id}: phase {phase:?}")))?,
-        app: row.try_get("app")?,
-        release: row.try_get("release_id")?,
-        fallback_release: row.try_get("fallback_release")?,
+        app: AppName::parse(&app).map_err(|e| corrupt("app", &e))?,
+        release: ReleaseId::parse(&release).map_err(|e| corrupt("release", &e))?,
+        fallback_release: fallback
+            .filter(|f| !f.is_empty())
+            .map(|f| ReleaseId::parse(&f))
+            .transpose()
+            .map_err(|e| corrupt("fallback release", &e))?,
         reason: row.try_get("reason")?,
         deadline_secs: u32::try_from(row.try_get::<i64, _>("deadline_secs")?).unwrap_or(u32::MAX),
         deadline_at: time(row.try_get("deadline_at")?),
@@ -496,7 +507,7 @@ fn rollout_from_row(row: &AnyRow) -> Result<Rollout> {
         reported: row.try_get::<i64, _>("reported")? != 0,
         created: time(row.try_get("created_at")?),
         finished: row.try_get::<Option<i64>, _>("finished_at")?.map(time),
-        id,
+        id: PromotionId::parse(&id).map_err(|e| corrupt("id", &e))?,
     })
 }
 

@@ -81,7 +81,7 @@ async fn with_redis_unreachable_rollouts_complete_and_events_come_from_the_datab
     // Nothing listens on port 1: every publish fails at once.
     let replica = Replica::spawn("redis://127.0.0.1:1", &unique_prefix()).await;
     let mut client = connect(replica.addr).await;
-    let promotion = format!("{app}-p1");
+    let promotion = promotion_id(&app, 1);
     start(
         &mut client,
         &promotion,
@@ -139,7 +139,7 @@ async fn a_replica_streams_a_rollout_another_replica_drove() {
         .into_inner();
 
     let mut a_client = connect(a.addr).await;
-    let promotion = format!("{app}-p1");
+    let promotion = promotion_id(&app, 1);
     start(
         &mut a_client,
         &promotion,
@@ -234,7 +234,7 @@ async fn a_followed_app_log_goes_on_across_a_redis_restart() {
             2 => redis.restart().await,
             _ => {}
         }
-        let promotion = format!("{app}-p{i}");
+        let promotion = promotion_id(&app, i);
         start(
             &mut client,
             &promotion,

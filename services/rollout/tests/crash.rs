@@ -74,13 +74,13 @@ async fn kill_9_mid_rollout_then_restart_completes_without_double_starts() {
     let (mut child, addr) = spawn_binary(&data, &url, &release_addr).await;
     let mut client = connect(addr).await;
     let r1 = spec(&app, "RAAAAAAAAAA", &App::healthy(2));
-    start(&mut client, &format!("{app}-p1"), r1.clone(), None, 0).await;
-    let (done, _) = finish(&mut client, &format!("{app}-p1"), Duration::from_secs(60)).await;
+    start(&mut client, &promotion_id(&app, 1), r1.clone(), None, 0).await;
+    let (done, _) = finish(&mut client, &promotion_id(&app, 1), Duration::from_secs(60)).await;
     assert_eq!(done.phase(), pb::RolloutPhase::Running);
     let address = web_address(&mut client, &app).await;
 
     // The new release listens after 3 s: kill the service while it starts.
-    let promotion = format!("{app}-p2");
+    let promotion = promotion_id(&app, 2);
     let mut slow = App::slow(3_000, 30);
     slow.count = 2;
     start(

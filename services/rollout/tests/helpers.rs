@@ -428,6 +428,18 @@ pub(crate) async fn connect(addr: SocketAddr) -> RolloutServiceClient<Channel> {
     RolloutServiceClient::new(channel)
 }
 
+/// The id of `app`'s promotion number `n` in a test: the same on every
+/// call, shaped as the service requires (`P` and 32 hex digits).
+pub(crate) fn promotion_id(app: &str, n: usize) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let half = |salt: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (app, n, salt).hash(&mut h);
+        h.finish()
+    };
+    format!("P{:016x}{:016x}", half(0), half(1))
+}
+
 /// Starts a rollout.
 pub(crate) async fn start(
     client: &mut RolloutServiceClient<Channel>,

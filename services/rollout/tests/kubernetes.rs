@@ -92,7 +92,7 @@ async fn the_exact_objects_are_applied_server_side() {
     let (rt, _) = runtime(&fake);
     rt.apply(
         "PROMO1",
-        spec("shop", "RAAAAAAAAA"),
+        spec("shop", "RAAAAAAAAAA"),
         Duration::from_secs(120),
     )
     .await
@@ -108,7 +108,7 @@ async fn the_exact_objects_are_applied_server_side() {
         [
             "/api/v1/namespaces/test-shop",
             "/apis/networking.k8s.io/v1/namespaces/test-shop/networkpolicies/slipway-app-egress",
-            "/api/v1/namespaces/test-shop/secrets/web-env-raaaaaaaaa",
+            "/api/v1/namespaces/test-shop/secrets/web-env-raaaaaaaaaa",
             "/api/v1/namespaces/test-shop/services/web",
             "/apis/apps/v1/namespaces/test-shop/deployments/web",
         ]
@@ -150,8 +150,8 @@ async fn the_exact_objects_are_applied_server_side() {
     assert_eq!(
         patches[2].body,
         json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-               "metadata": {"name": "web-env-raaaaaaaaa", "namespace": "test-shop",
-                            "labels": {"rack": "test", "app": "shop", "service": "web", "release": "RAAAAAAAAA"}},
+               "metadata": {"name": "web-env-raaaaaaaaaa", "namespace": "test-shop",
+                            "labels": {"rack": "test", "app": "shop", "service": "web", "release": "RAAAAAAAAAA"}},
                "data": {"FOO": "YmFy"}})
     );
     assert_eq!(
@@ -165,7 +165,7 @@ async fn the_exact_objects_are_applied_server_side() {
                 "progressDeadlineSeconds": 120,
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "50%", "maxUnavailable": "50%"}},
                 "template": {
-                    "metadata": {"labels": {"app": "shop", "service": "web", "release": "RAAAAAAAAA"}},
+                    "metadata": {"labels": {"app": "shop", "service": "web", "release": "RAAAAAAAAAA"}},
                     "spec": {
                         "terminationGracePeriodSeconds": 20,
                         // No API token, no privilege escalation.
@@ -173,7 +173,7 @@ async fn the_exact_objects_are_applied_server_side() {
                         "containers": [{
                             "name": "web",
                             "image": "registry.test/shop/web:1",
-                            "envFrom": [{"secretRef": {"name": "web-env-raaaaaaaaa"}}],
+                            "envFrom": [{"secretRef": {"name": "web-env-raaaaaaaaaa"}}],
                             "securityContext": {
                                 "allowPrivilegeEscalation": false,
                                 "seccompProfile": {"type": "RuntimeDefault"},
@@ -196,7 +196,7 @@ async fn the_exact_objects_are_applied_server_side() {
     assert_eq!(before["metadata"]["generation"], json!(1));
     rt.apply(
         "PROMO1",
-        spec("shop", "RAAAAAAAAA"),
+        spec("shop", "RAAAAAAAAAA"),
         Duration::from_secs(120),
     )
     .await
@@ -210,7 +210,7 @@ async fn the_exact_objects_are_applied_server_side() {
     // the generation moves, the selector does not.
     rt.apply(
         "PROMO2",
-        spec("shop", "RBBBBBBBBB"),
+        spec("shop", "RBBBBBBBBBB"),
         Duration::from_secs(120),
     )
     .await
@@ -220,14 +220,14 @@ async fn the_exact_objects_are_applied_server_side() {
     assert_eq!(after["spec"]["selector"], before["spec"]["selector"]);
     assert_eq!(
         after["spec"]["template"]["metadata"]["labels"]["release"],
-        json!("RBBBBBBBBB")
+        json!("RBBBBBBBBBB")
     );
     assert!(
-        fake.object("secrets", "test-shop", "web-env-raaaaaaaaa")
+        fake.object("secrets", "test-shop", "web-env-raaaaaaaaaa")
             .is_some()
     );
     assert!(
-        fake.object("secrets", "test-shop", "web-env-rbbbbbbbbb")
+        fake.object("secrets", "test-shop", "web-env-rbbbbbbbbbb")
             .is_some()
     );
 }
@@ -238,27 +238,27 @@ async fn success_is_read_from_deployment_status() {
     let (rt, _) = runtime(&fake);
     rt.apply(
         "PROMO1",
-        spec("shop", "RAAAAAAAAA"),
+        spec("shop", "RAAAAAAAAAA"),
         Duration::from_secs(120),
     )
     .await
     .unwrap();
     let wait = Duration::from_millis(10);
     // Not observed yet.
-    let p = rt.progress("shop", "RAAAAAAAAA", wait).await.unwrap();
+    let p = rt.progress("shop", "RAAAAAAAAAA", wait).await.unwrap();
     assert!(
         matches!(&p, Progress::Progressing { services } if services[0].healthy == 0),
         "{p:?}"
     );
     fake.progress_deployment("test-shop", "web", 1, 0, 0, PodFate::NotReady);
-    let p = rt.progress("shop", "RAAAAAAAAA", wait).await.unwrap();
+    let p = rt.progress("shop", "RAAAAAAAAAA", wait).await.unwrap();
     assert_eq!(p.shortfall(), "service web has 0/2 healthy");
     fake.progress_deployment("test-shop", "web", 2, 1, 0, PodFate::Ready);
-    let p = rt.progress("shop", "RAAAAAAAAA", wait).await.unwrap();
+    let p = rt.progress("shop", "RAAAAAAAAAA", wait).await.unwrap();
     assert_eq!(p.shortfall(), "service web has 1/2 healthy");
     fake.complete_deployment("test-shop", "web");
     assert_eq!(
-        rt.progress("shop", "RAAAAAAAAA", wait).await.unwrap(),
+        rt.progress("shop", "RAAAAAAAAAA", wait).await.unwrap(),
         Progress::Complete
     );
     let procs = rt.processes("shop").await.unwrap();
@@ -266,7 +266,7 @@ async fn success_is_read_from_deployment_status() {
     assert!(
         procs
             .iter()
-            .all(|p| p.status == "running" && p.release == "RAAAAAAAAA" && p.port == Some(3000))
+            .all(|p| p.status == "running" && p.release == "RAAAAAAAAAA" && p.port == Some(3000))
     );
     let services = rt.services("shop").await.unwrap();
     assert_eq!(services[0].address, "web.test-shop.svc.cluster.local:3000");
@@ -279,14 +279,14 @@ async fn a_crash_looping_pod_fails_fast_naming_service_and_check() {
     let (rt, _) = runtime(&fake);
     rt.apply(
         "PROMO1",
-        spec("shop", "RAAAAAAAAA"),
+        spec("shop", "RAAAAAAAAAA"),
         Duration::from_secs(600),
     )
     .await
     .unwrap();
     fake.progress_deployment("test-shop", "web", 2, 0, 0, PodFate::CrashLoop);
     match rt
-        .progress("shop", "RAAAAAAAAA", Duration::from_millis(10))
+        .progress("shop", "RAAAAAAAAAA", Duration::from_millis(10))
         .await
         .unwrap()
     {
@@ -306,7 +306,7 @@ async fn progress_deadline_exceeded_fails_with_deadline_exceeded() {
     let (rt, _) = runtime(&fake);
     rt.apply(
         "PROMO1",
-        spec("shop", "RAAAAAAAAA"),
+        spec("shop", "RAAAAAAAAAA"),
         Duration::from_secs(30),
     )
     .await
@@ -314,7 +314,7 @@ async fn progress_deadline_exceeded_fails_with_deadline_exceeded() {
     fake.progress_deployment("test-shop", "web", 1, 0, 0, PodFate::NotReady);
     fake.exceed_deadline("test-shop", "web");
     match rt
-        .progress("shop", "RAAAAAAAAA", Duration::from_millis(10))
+        .progress("shop", "RAAAAAAAAAA", Duration::from_millis(10))
         .await
         .unwrap()
     {
@@ -335,7 +335,7 @@ async fn events_are_printed_once_despite_dedup_bumps() {
     // An event from before the rollout is history, not news.
     rt.apply(
         "PROMO1",
-        spec("shop", "RAAAAAAAAA"),
+        spec("shop", "RAAAAAAAAAA"),
         Duration::from_secs(60),
     )
     .await
@@ -380,7 +380,7 @@ async fn the_event_watch_survives_a_dropped_connection_and_410_gone() {
     let (rt, events) = runtime(&fake);
     rt.apply(
         "PROMO1",
-        spec("shop", "RAAAAAAAAA"),
+        spec("shop", "RAAAAAAAAAA"),
         Duration::from_secs(60),
     )
     .await
@@ -452,7 +452,7 @@ async fn rbac_refusals_say_which_verb_on_which_resource() {
     let err = rt
         .apply(
             "PROMO1",
-            spec("shop", "RAAAAAAAAA"),
+            spec("shop", "RAAAAAAAAAA"),
             Duration::from_secs(60),
         )
         .await
@@ -474,7 +474,7 @@ async fn transient_errors_are_retried_and_invalid_objects_name_the_field() {
     fake.fail_next(429, 1);
     rt.apply(
         "PROMO1",
-        spec("shop", "RAAAAAAAAA"),
+        spec("shop", "RAAAAAAAAAA"),
         Duration::from_secs(60),
     )
     .await
@@ -490,7 +490,7 @@ async fn transient_errors_are_retried_and_invalid_objects_name_the_field() {
     let err = rt
         .apply(
             "PROMO2",
-            spec("shop", "RBBBBBBBBB"),
+            spec("shop", "RBBBBBBBBBB"),
             Duration::from_secs(60),
         )
         .await
@@ -549,7 +549,7 @@ async fn the_fake_keeps_the_real_apis_write_semantics() {
     let (rt, _) = runtime(&fake);
     rt.apply(
         "PROMO1",
-        spec("shop", "RAAAAAAAAA"),
+        spec("shop", "RAAAAAAAAAA"),
         Duration::from_secs(60),
     )
     .await

@@ -54,7 +54,7 @@ async fn process_output_and_runtime_events_stream_with_since_follow_and_tail() {
     let _guard = AppGuard(app.clone());
     let mut service = TestService::spawn().await;
     let r1 = spec(&app, "RAAAAAAAAAA", &App::healthy(1));
-    let p1 = format!("{app}-p1");
+    let p1 = promotion_id(&app, 1);
     start(&mut service.client, &p1, r1.clone(), None, 0).await;
     let (done, _) = finish(&mut service.client, &p1, LIMIT).await;
     assert_eq!(done.phase(), pb::RolloutPhase::Running, "{done:?}");
@@ -160,7 +160,7 @@ async fn process_output_and_runtime_events_stream_with_since_follow_and_tail() {
         .unwrap()
         .into_inner();
     let r2 = spec(&app, "RBBBBBBBBBB", &App::healthy(1));
-    let p2 = format!("{app}-p2");
+    let p2 = promotion_id(&app, 2);
     start(&mut service.client, &p2, r2, Some(r1), 0).await;
     let mut seen = Vec::new();
     let found = tokio::time::timeout(LIMIT, async {

@@ -16,13 +16,13 @@ async fn first_deploy(service: &mut TestService, app: &str, count: u32) -> pb::R
     let r1 = spec(app, "RAAAAAAAAAA", &App::healthy(count));
     start(
         &mut service.client,
-        &format!("{app}-p1"),
+        &promotion_id(&app, 1),
         r1.clone(),
         None,
         0,
     )
     .await;
-    let (done, _) = finish(&mut service.client, &format!("{app}-p1"), LIMIT).await;
+    let (done, _) = finish(&mut service.client, &promotion_id(&app, 1), LIMIT).await;
     assert_eq!(done.phase(), pb::RolloutPhase::Running, "{done:?}");
     r1
 }
@@ -45,7 +45,7 @@ async fn a_good_release_rolls_out_without_a_failed_request() {
     // The loop is under way before the rollout starts.
     load.until_answered(5).await;
     let r2 = spec(&app, "RBBBBBBBBBB", &App::healthy(2));
-    let promotion = format!("{app}-p2");
+    let promotion = promotion_id(&app, 2);
     let started = start(&mut service.client, &promotion, r2, Some(r1), 0).await;
     assert_eq!(started.id, promotion);
     let (done, events) = finish(&mut service.client, &promotion, LIMIT).await;
@@ -142,7 +142,7 @@ async fn a_release_that_exits_at_start_rolls_back_within_seconds() {
     let mut service = TestService::spawn().await;
     let r1 = first_deploy(&mut service, &app, 1).await;
     let address = web_address(&mut service.client, &app).await;
-    let promotion = format!("{app}-p2");
+    let promotion = promotion_id(&app, 2);
     let began = Instant::now();
     start(
         &mut service.client,
@@ -185,7 +185,7 @@ async fn a_release_that_never_gets_healthy_rolls_back_within_seconds() {
     let mut service = TestService::spawn().await;
     let r1 = first_deploy(&mut service, &app, 1).await;
     let address = web_address(&mut service.client, &app).await;
-    let promotion = format!("{app}-p2");
+    let promotion = promotion_id(&app, 2);
     let began = Instant::now();
     start(
         &mut service.client,
@@ -216,7 +216,7 @@ async fn a_passed_deadline_rolls_back() {
     let _guard = AppGuard(app.clone());
     let mut service = TestService::spawn().await;
     let r1 = first_deploy(&mut service, &app, 1).await;
-    let promotion = format!("{app}-p2");
+    let promotion = promotion_id(&app, 2);
     let began = Instant::now();
     // Listens after 120 s, with a grace long enough that only the deadline can end it.
     start(
@@ -251,7 +251,7 @@ async fn cancel_mid_rollout_rolls_back() {
     let _guard = AppGuard(app.clone());
     let mut service = TestService::spawn().await;
     let r1 = first_deploy(&mut service, &app, 1).await;
-    let promotion = format!("{app}-p2");
+    let promotion = promotion_id(&app, 2);
     start(
         &mut service.client,
         &promotion,
@@ -301,10 +301,24 @@ async fn cancel_mid_rollout_rolls_back() {
         .into_inner();
     assert_eq!(again.rollout.unwrap().phase(), pb::RolloutPhase::Reverted);
     let missing = client
-        .cancel_rollout(pb::CancelRolloutRequest { id: "nope".into() })
+        .cancel_rollout(pb::CancelRolloutRequest {
+            id: promotion_id(&app, 9),
+        })
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
+    // A malformed id is refused at the edge, naming the expected shape.
+    let malformed = client
+        .cancel_rollout(pb::CancelRolloutRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(malformed.code(), tonic::Code::InvalidArgument);
+    assert!(
+        malformed
+            .message()
+            .contains("P followed by 32 hexadecimal digits"),
+        "{malformed:?}"
+    );
 }
 
 #[tokio::test]
@@ -312,7 +326,7 @@ async fn a_failed_first_deploy_stops_everything_and_fails() {
     let app = app_name("first");
     let _guard = AppGuard(app.clone());
     let mut service = TestService::spawn().await;
-    let promotion = format!("{app}-p1");
+    let promotion = promotion_id(&app, 1);
     start(
         &mut service.client,
         &promotion,
@@ -350,7 +364,7 @@ async fn starting_twice_starts_once_and_outcomes_are_retried() {
         .release
         .fail_first
         .store(3, std::sync::atomic::Ordering::Release);
-    let promotion = format!("{app}-p1");
+    let promotion = promotion_id(&app, 1);
     let target = spec(&app, "RAAAAAAAAAA", &App::healthy(2));
     let a = start(&mut service.client, &promotion, target.clone(), None, 0).await;
     let b = start(&mut service.client, &promotion, target.clone(), None, 0).await;
@@ -372,7 +386,7 @@ async fn starting_twice_starts_once_and_outcomes_are_retried() {
     let err = service
         .client
         .start_rollout(pb::StartRolloutRequest {
-            promotion: format!("{app}-p2"),
+            promotion: promotion_id(&app, 2),
             target: Some(bad),
             fallback: None,
             deadline_seconds: 0,
@@ -383,7 +397,7 @@ async fn starting_twice_starts_once_and_outcomes_are_retried() {
     let err = service
         .client
         .start_rollout(pb::StartRolloutRequest {
-            promotion: format!("{app}-p3"),
+            promotion: promotion_id(&app, 3),
             target: Some(target),
             fallback: None,
             deadline_seconds: 5,

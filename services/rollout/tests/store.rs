@@ -8,13 +8,19 @@ use slipway_rollout::model::Phase;
 use slipway_rollout::runtime::local::{LocalRecords, ProcessRecord};
 use slipway_rollout::store::{NewRollout, Store};
 
+use slipway_domain::PromotionId;
+
 use crate::helpers::{App, domain_spec};
+
+const P1: &str = "P00000000000000000000000000000001";
+const P2: &str = "P00000000000000000000000000000002";
+const PSEALED: &str = "P5ea1ed00000000000000000000000000";
 
 async fn suite(store: Store) {
     store.migrate().await.unwrap();
     let ttl = Duration::from_secs(30);
     let new = NewRollout {
-        id: "P1".into(),
+        id: PromotionId::parse(P1).unwrap(),
         target: domain_spec("app1", "RBBBBBBBBBB", &App::healthy(1)),
         fallback: Some(domain_spec("app1", "RAAAAAAAAAA", &App::healthy(1))),
         deadline_secs: 60,
@@ -33,7 +39,7 @@ async fn suite(store: Store) {
     assert_eq!(again.rollout.created, plan.rollout.created);
     // A second rollout of the same app is refused while one is open.
     let other = NewRollout {
-        id: "P2".into(),
+        id: PromotionId::parse(P2).unwrap(),
         ..new.clone()
     };
     let err = store
@@ -44,42 +50,42 @@ async fn suite(store: Store) {
     assert!(err.contains("is updating"), "{err}");
 
     // The lease: held, so nobody takes it; renewals report cancels.
-    assert_eq!(store.acquire("P1", "b", ttl).await.unwrap(), None);
-    assert_eq!(store.renew("P1", "a", 1, ttl).await.unwrap(), Some(false));
-    store.request_cancel("P1").await.unwrap().unwrap();
-    assert_eq!(store.renew("P1", "a", 1, ttl).await.unwrap(), Some(true));
+    assert_eq!(store.acquire(P1, "b", ttl).await.unwrap(), None);
+    assert_eq!(store.renew(P1, "a", 1, ttl).await.unwrap(), Some(false));
+    store.request_cancel(P1).await.unwrap().unwrap();
+    assert_eq!(store.renew(P1, "a", 1, ttl).await.unwrap(), Some(true));
     assert!(store.orphaned().await.unwrap().is_empty());
     // Released (or expired): taken over with a higher epoch; the old owner is fenced.
-    store.release_lease("P1", 1).await.unwrap();
-    assert_eq!(store.orphaned().await.unwrap(), ["P1"]);
-    assert_eq!(store.acquire("P1", "b", ttl).await.unwrap(), Some(2));
-    assert_eq!(store.renew("P1", "a", 1, ttl).await.unwrap(), None);
+    store.release_lease(P1, 1).await.unwrap();
+    assert_eq!(store.orphaned().await.unwrap(), [P1]);
+    assert_eq!(store.acquire(P1, "b", ttl).await.unwrap(), Some(2));
+    assert_eq!(store.renew(P1, "a", 1, ttl).await.unwrap(), None);
     assert!(
         !store
-            .set_phase("P1", 1, Phase::Updating, "", None)
+            .set_phase(P1, 1, Phase::Updating, "", None)
             .await
             .unwrap()
     );
     assert!(
         store
-            .set_phase("P1", 2, Phase::Updating, "", None)
+            .set_phase(P1, 2, Phase::Updating, "", None)
             .await
             .unwrap()
     );
     let fresh = Utc::now() + Duration::from_secs(60);
     assert!(
         store
-            .set_phase("P1", 2, Phase::Reverting, "why", Some(fresh))
+            .set_phase(P1, 2, Phase::Reverting, "why", Some(fresh))
             .await
             .unwrap()
     );
     assert!(
         store
-            .set_phase("P1", 2, Phase::Reverted, "why", None)
+            .set_phase(P1, 2, Phase::Reverted, "why", None)
             .await
             .unwrap()
     );
-    let done = store.get("P1").await.unwrap().unwrap();
+    let done = store.get(P1).await.unwrap().unwrap();
     assert_eq!(
         (done.phase, done.reason.as_str(), done.reported),
         (Phase::Reverted, "why", false)
@@ -88,37 +94,34 @@ async fn suite(store: Store) {
     assert_eq!(done.deadline_at.timestamp(), fresh.timestamp());
     // Finished: the app may roll out again; reported rollouts need no driver.
     store.create(&other, "a", ttl).await.unwrap();
-    assert!(store.mark_reported("P1", 2).await.unwrap());
-    assert_eq!(
-        store.acquire("P1", "c", Duration::ZERO).await.unwrap(),
-        None
-    );
+    assert!(store.mark_reported(P1, 2).await.unwrap());
+    assert_eq!(store.acquire(P1, "c", Duration::ZERO).await.unwrap(), None);
 
     // Events: numbered from 1 per rollout, read back after an id.
     for i in 0..5 {
         let seq = store
-            .append_event("P1", Utc::now(), "system/local/web", &format!("e{i}"))
+            .append_event(P1, Utc::now(), "system/local/web", &format!("e{i}"))
             .await
             .unwrap();
         assert_eq!(seq, i + 1);
     }
     assert_eq!(
         store
-            .append_event("P2", Utc::now(), "system/local/web", "x")
+            .append_event(P2, Utc::now(), "system/local/web", "x")
             .await
             .unwrap(),
         1
     );
-    let after = store.events_after("P1", 2, 100).await.unwrap();
+    let after = store.events_after(P1, 2, 100).await.unwrap();
     assert_eq!(
         after.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
         ["e2", "e3", "e4"]
     );
-    assert_eq!(store.events_after("P1", 0, 2).await.unwrap().len(), 2);
+    assert_eq!(store.events_after(P1, 0, 2).await.unwrap().len(), 2);
     // Events of the old epoch are fenced off too; the new owner's go in.
     assert_eq!(
         store
-            .append_event_fenced("P1", Some(1), Utc::now(), "system/local/web", "stale")
+            .append_event_fenced(P1, Some(1), Utc::now(), "system/local/web", "stale")
             .await
             .unwrap(),
         None,
@@ -126,7 +129,7 @@ async fn suite(store: Store) {
     );
     assert_eq!(
         store
-            .append_event_fenced("P1", Some(2), Utc::now(), "system/local/web", "fresh")
+            .append_event_fenced(P1, Some(2), Utc::now(), "system/local/web", "fresh")
             .await
             .unwrap(),
         Some(6)
@@ -174,11 +177,11 @@ async fn suite(store: Store) {
     );
     local.delete_process("web-1").await.unwrap();
     assert!(local.processes().await.unwrap().is_empty());
-    local.set_app("app1", "{}", "P1").await.unwrap();
-    local.set_app("app1", "{\"x\":1}", "P2").await.unwrap();
+    local.set_app("app1", "{}", P1).await.unwrap();
+    local.set_app("app1", "{\"x\":1}", P2).await.unwrap();
     assert_eq!(
         local.apps().await.unwrap(),
-        [("app1".to_owned(), "{\"x\":1}".to_owned(), "P2".to_owned())]
+        [("app1".to_owned(), "{\"x\":1}".to_owned(), P2.to_owned())]
     );
     local.remove_app("app1").await.unwrap();
     assert!(local.apps().await.unwrap().is_empty());
@@ -204,7 +207,7 @@ async fn specs_are_sealed_at_rest() {
     let mut target = domain_spec("sealed", "RBBBBBBBBBB", &App::healthy(1));
     target.env.insert("DB_PASSWORD", "hunter2-secret").unwrap();
     let new = NewRollout {
-        id: "PSEALED".into(),
+        id: PromotionId::parse(PSEALED).unwrap(),
         target: target.clone(),
         fallback: Some(target.clone()),
         deadline_secs: 60,
@@ -215,7 +218,7 @@ async fn specs_are_sealed_at_rest() {
         .unwrap();
     let local = LocalRecords::new(&store);
     local
-        .set_app("sealed", &target.to_json(), "PSEALED")
+        .set_app("sealed", &target.to_json(), PSEALED)
         .await
         .unwrap();
     let rows: Vec<(String, Option<String>)> =
@@ -236,7 +239,7 @@ async fn specs_are_sealed_at_rest() {
         );
     }
     // And they still read back.
-    let plan = store.plan("PSEALED").await.unwrap().unwrap();
+    let plan = store.plan(PSEALED).await.unwrap().unwrap();
     assert_eq!(plan.target.env.get("DB_PASSWORD"), Some("hunter2-secret"));
     assert!(local.apps().await.unwrap()[0].1.contains("hunter2-secret"));
 }

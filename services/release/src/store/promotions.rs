@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use slipway_domain::{AppName, PromotionState, ReleaseId};
+use slipway_domain::{AppName, PromotionId, PromotionState, ReleaseId};
 use slipway_storage::{ErrorClass, classify, now_micros};
 use sqlx::{Any, Row as _, Transaction};
 
@@ -96,7 +96,7 @@ impl Store {
             let deadline_secs = options.deadline_secs.unwrap_or(app_deadline as u32);
             let now = now_micros();
             let promotion = Promotion {
-                id: format!("P{}", uuid::Uuid::new_v4().simple()),
+                id: PromotionId::generate(),
                 app: app.clone(),
                 release: target.id.clone(),
                 fallback_release: fallback.as_ref().map(|f| f.id.clone()),
@@ -112,7 +112,7 @@ impl Store {
                 "INSERT INTO promotions (id, app_id, release_id, fallback_release, state, deadline_secs, \
                  actor, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
             )
-            .bind(&promotion.id)
+            .bind(promotion.id.as_str())
             .bind(app_id)
             .bind(promotion.release.as_str())
             .bind(promotion.fallback_release.as_ref().map(|f| f.as_str().to_owned()))
@@ -129,7 +129,7 @@ impl Store {
             }
             inserted?;
             let detail = format!("release {}, deadline {deadline_secs}s", target.id);
-            audit(&mut tx, actor, "release.promote", app.as_str(), &promotion.id, &detail).await?;
+            audit(&mut tx, actor, "release.promote", app.as_str(), promotion.id.as_str(), &detail).await?;
             tx.commit().await?;
             Ok(PromotionStart::Started { promotion, target, fallback })
         })
@@ -138,13 +138,13 @@ impl Store {
 
     /// Moves a pending promotion to rolling out. Returns false when it had
     /// already left `pending` (cancelled, or completed by a fast rollout).
-    pub async fn mark_rolling_out(&self, promotion: &str) -> Result<bool> {
+    pub async fn mark_rolling_out(&self, promotion: &PromotionId) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE promotions SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4",
         )
         .bind(PromotionState::RollingOut.as_str())
         .bind(now_micros())
-        .bind(promotion)
+        .bind(promotion.as_str())
         .bind(PromotionState::Pending.as_str())
         .execute(&self.db.pool)
         .await?;
@@ -157,7 +157,7 @@ impl Store {
     /// active.
     pub async fn finish_promotion(
         &self,
-        promotion: &str,
+        promotion: &PromotionId,
         outcome: PromotionState,
         reason: &str,
         lease_epoch: u64,
@@ -194,7 +194,7 @@ impl Store {
             .bind(reason)
             .bind(lease_epoch as i64)
             .bind(now)
-            .bind(promotion)
+            .bind(promotion.as_str())
             .execute(&mut *tx)
             .await?;
             if outcome == PromotionState::Succeeded {
@@ -204,7 +204,7 @@ impl Store {
                      WHERE id = (SELECT app_id FROM promotions WHERE id = $2)",
                 )
                 .bind(current.release.as_str())
-                .bind(promotion)
+                .bind(promotion.as_str())
                 .execute(&mut *tx)
                 .await?;
             }
@@ -218,7 +218,7 @@ impl Store {
                 actor,
                 "promotion.finish",
                 current.app.as_str(),
-                promotion,
+                promotion.as_str(),
                 &detail,
             )
             .await?;
@@ -233,12 +233,12 @@ impl Store {
     }
 
     /// Reads a promotion.
-    pub async fn get_promotion(&self, id: &str) -> Result<Promotion> {
+    pub async fn get_promotion(&self, id: &PromotionId) -> Result<Promotion> {
         let mut conn = self.db.pool.acquire().await?;
         let row = sqlx::query(&format!(
             "SELECT {PROMOTION_COLUMNS} FROM promotions p JOIN apps a ON a.id = p.app_id WHERE p.id = $1"
         ))
-        .bind(id)
+        .bind(id.as_str())
         .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| Error::NotFound(format!("promotion not found: {id}")))?;
@@ -304,7 +304,7 @@ impl Store {
     async fn promotion_in(
         &self,
         tx: &mut Transaction<'static, Any>,
-        id: &str,
+        id: &PromotionId,
         lock: bool,
     ) -> Result<Promotion> {
         let suffix = if lock {
@@ -320,7 +320,7 @@ impl Store {
         let row = sqlx::query(&format!(
             "SELECT {PROMOTION_COLUMNS} FROM promotions p JOIN apps a ON a.id = p.app_id WHERE p.id = $1{lock_clause}"
         ))
-        .bind(id)
+        .bind(id.as_str())
         .fetch_optional(&mut **tx)
         .await?
         .ok_or_else(|| Error::NotFound(format!("promotion not found: {id}")))?;

@@ -3,7 +3,7 @@
 //! is corrupt), never a caller's mistake.
 
 use chrono::{DateTime, Utc};
-use slipway_domain::{AppName, BuildId, PromotionState, ReleaseId};
+use slipway_domain::{AppName, BuildId, PromotionId, PromotionState, ReleaseId};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
@@ -63,8 +63,9 @@ pub(super) fn promotion_from_row(row: &AnyRow) -> Result<Promotion> {
     let app: String = row.try_get("name")?;
     let release: String = row.try_get("release_id")?;
     let finished: Option<i64> = row.try_get("finished_at")?;
+    let id: String = row.try_get("id")?;
     Ok(Promotion {
-        id: row.try_get("id")?,
+        id: stored_id(PromotionId::parse(&id))?,
         app: stored_id(AppName::parse(&app))?,
         release: stored_id(ReleaseId::parse(&release))?,
         fallback_release: optional_release_id(row.try_get("fallback_release")?)?,

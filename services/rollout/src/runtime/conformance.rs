@@ -59,10 +59,10 @@ pub async fn settle<R: Runtime + ?Sized>(
 /// Runs every check against `runtime`. `app` must be unique to this run.
 pub async fn run<R: Runtime + ?Sized>(runtime: &R, fixture: &dyn Fixture, app: &str) {
     // A first release comes up, healthy, at its scale, at a stable address.
-    let r1 = Arc::new(fixture.spec(app, "RCONFORMAA", Behaviour::Healthy, 2));
+    let r1 = Arc::new(fixture.spec(app, "RCONFORMAAA", Behaviour::Healthy, 2));
     runtime.apply("PROMO1", r1.clone(), SETTLE).await.unwrap();
     assert_eq!(
-        settle(runtime, app, "RCONFORMAA", SETTLE).await,
+        settle(runtime, app, "RCONFORMAAA", SETTLE).await,
         Progress::Complete
     );
     let procs = runtime.processes(app).await.unwrap();
@@ -70,7 +70,7 @@ pub async fn run<R: Runtime + ?Sized>(runtime: &R, fixture: &dyn Fixture, app: &
     assert!(
         procs
             .iter()
-            .all(|p| p.release == "RCONFORMAA" && p.status == "running"),
+            .all(|p| p.release == "RCONFORMAAA" && p.status == "running"),
         "{procs:?}"
     );
     let services = runtime.services(app).await.unwrap();
@@ -82,7 +82,7 @@ pub async fn run<R: Runtime + ?Sized>(runtime: &R, fixture: &dyn Fixture, app: &
     // Applying the same spec again starts nothing.
     runtime.apply("PROMO1", r1.clone(), SETTLE).await.unwrap();
     assert_eq!(
-        settle(runtime, app, "RCONFORMAA", SETTLE).await,
+        settle(runtime, app, "RCONFORMAAA", SETTLE).await,
         Progress::Complete
     );
     let again = runtime.processes(app).await.unwrap();
@@ -98,23 +98,23 @@ pub async fn run<R: Runtime + ?Sized>(runtime: &R, fixture: &dyn Fixture, app: &
     );
 
     // A second release replaces every process; the address stays.
-    let r2 = Arc::new(fixture.spec(app, "RCONFORMBB", Behaviour::Healthy, 2));
+    let r2 = Arc::new(fixture.spec(app, "RCONFORMBBB", Behaviour::Healthy, 2));
     runtime.apply("PROMO2", r2.clone(), SETTLE).await.unwrap();
     assert_eq!(
-        settle(runtime, app, "RCONFORMBB", SETTLE).await,
+        settle(runtime, app, "RCONFORMBBB", SETTLE).await,
         Progress::Complete
     );
     let procs = runtime.processes(app).await.unwrap();
     assert!(
-        procs.len() == 2 && procs.iter().all(|p| p.release == "RCONFORMBB"),
+        procs.len() == 2 && procs.iter().all(|p| p.release == "RCONFORMBBB"),
         "{procs:?}"
     );
     assert_eq!(runtime.services(app).await.unwrap()[0].address, address);
 
     // A crashing release fails fast, naming the service and the exit.
-    let bad = Arc::new(fixture.spec(app, "RCONFORMCC", Behaviour::ExitAtStart, 2));
+    let bad = Arc::new(fixture.spec(app, "RCONFORMCCC", Behaviour::ExitAtStart, 2));
     runtime.apply("PROMO3", bad, SETTLE).await.unwrap();
-    match settle(runtime, app, "RCONFORMCC", SETTLE).await {
+    match settle(runtime, app, "RCONFORMCCC", SETTLE).await {
         Progress::Failed { reason } => {
             assert!(
                 reason.contains("service web") && reason.contains("exit"),
@@ -126,16 +126,19 @@ pub async fn run<R: Runtime + ?Sized>(runtime: &R, fixture: &dyn Fixture, app: &
     // Rolling back to the good release completes and leaves only it.
     runtime.apply("PROMO3", r2.clone(), SETTLE).await.unwrap();
     assert_eq!(
-        settle(runtime, app, "RCONFORMBB", SETTLE).await,
+        settle(runtime, app, "RCONFORMBBB", SETTLE).await,
         Progress::Complete
     );
     let procs = runtime.processes(app).await.unwrap();
-    assert!(procs.iter().all(|p| p.release == "RCONFORMBB"), "{procs:?}");
+    assert!(
+        procs.iter().all(|p| p.release == "RCONFORMBBB"),
+        "{procs:?}"
+    );
 
     // A release that never gets healthy fails on its health check.
-    let sick = Arc::new(fixture.spec(app, "RCONFORMDD", Behaviour::NeverHealthy, 1));
+    let sick = Arc::new(fixture.spec(app, "RCONFORMDDD", Behaviour::NeverHealthy, 1));
     runtime.apply("PROMO4", sick, SETTLE).await.unwrap();
-    match settle(runtime, app, "RCONFORMDD", SETTLE).await {
+    match settle(runtime, app, "RCONFORMDDD", SETTLE).await {
         Progress::Failed { reason } => {
             assert!(
                 reason.contains("service web") && reason.contains("health check"),
