@@ -50,6 +50,13 @@ pub(crate) fn js_path() -> &'static str {
     &ASSETS[1].path
 }
 
+/// The icon's path. Declared by every page, so a browser never asks the
+/// API for `/favicon.ico` (an unauthenticated API request counts as a
+/// failed login against the browser's address).
+pub(crate) fn favicon_path() -> &'static str {
+    &ASSETS[2].path
+}
+
 /// `GET /console/static/{file}`: no session needed (nothing secret).
 pub(crate) async fn serve(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|a| a.name == file) {

@@ -23,6 +23,8 @@ pub(crate) struct Chrome {
     pub(crate) css: &'static str,
     /// The script's path (content-hashed).
     pub(crate) js: &'static str,
+    /// The icon's path (content-hashed).
+    pub(crate) favicon: &'static str,
 }
 
 impl Chrome {
@@ -35,6 +37,7 @@ impl Chrome {
             refresh: false,
             css: assets::css_path(),
             js: assets::js_path(),
+            favicon: assets::favicon_path(),
         }
     }
 
@@ -47,6 +50,7 @@ impl Chrome {
             refresh: false,
             css: assets::css_path(),
             js: assets::js_path(),
+            favicon: assets::favicon_path(),
         }
     }
 }

@@ -4,6 +4,15 @@
 // ever inserted with textContent / text nodes, never as HTML.
 "use strict";
 
+// A page restored from the back/forward cache (Chromium keeps even
+// no-store pages when it can) is asked for again, so after logout the
+// back button shows the login page, not what the session saw.
+window.addEventListener("pageshow", function (e) {
+  if (e.persisted) {
+    window.location.reload();
+  }
+});
+
 (function () {
   const log = document.getElementById("events");
   if (!log || !log.dataset.stream) {
