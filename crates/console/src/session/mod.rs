@@ -18,6 +18,10 @@ use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+mod redis;
+
+pub use self::redis::RedisStore;
+
 /// What a session knows. Never holds the cookie's id itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
@@ -190,9 +194,65 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The behaviour every [`SessionStore`] must have; run against each
+/// implementation by its tests.
+#[cfg(test)]
+pub(crate) async fn conformance(store: &dyn SessionStore) {
+    let now = Utc::now();
+    let session = Session {
+        actor: "console:conformance".into(),
+        csrf: random_token(),
+        created: now,
+        last_seen: now,
+        password: password_fingerprint(Some("pw")),
+    };
+    let key = SessionKey::of(&random_token());
+    assert_eq!(store.get(&key).await.unwrap(), None, "absent");
+    store
+        .put(&key, &session, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(store.get(&key).await.unwrap().as_ref(), Some(&session));
+    let mut later = session.clone();
+    later.last_seen = now + chrono::Duration::seconds(5);
+    store
+        .put(&key, &later, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(store.get(&key).await.unwrap(), Some(later), "replaced");
+    store.remove(&key).await.unwrap();
+    assert_eq!(store.get(&key).await.unwrap(), None, "removed");
+    store.remove(&key).await.unwrap();
+    // A record expires on its own.
+    let short = SessionKey::of(&random_token());
+    store
+        .put(&short, &session, Duration::from_millis(200))
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    while store.get(&short).await.unwrap().is_some() {
+        assert!(start.elapsed() < Duration::from_secs(10), "never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn memory_store_conforms() {
+        conformance(&MemoryStore::new()).await;
+    }
+
+    /// Needs Redis on 127.0.0.1:6379 (scripts/services starts it); fails
+    /// loudly without it.
+    #[tokio::test]
+    async fn redis_store_conforms() {
+        let prefix = format!("console-test-{}", random_token());
+        let store = RedisStore::new("redis://127.0.0.1:6379", &prefix).unwrap();
+        conformance(&store).await;
+    }
 
     fn session(now: DateTime<Utc>) -> Session {
         Session {
