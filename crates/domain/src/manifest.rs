@@ -151,6 +151,20 @@ pub enum ManifestErrorKind {
         key: String,
     },
     /// `deployment` minimum and maximum are both 100, so no process can ever be replaced.
+    /// `release.service` names a service the manifest does not have.
+    #[error("no such service {name:?} (services: {known})")]
+    UnknownService {
+        /// The name given.
+        name: String,
+        /// The manifest's services.
+        known: String,
+    },
+    /// A required key is missing.
+    #[error("{key} is required")]
+    Missing {
+        /// The key.
+        key: &'static str,
+    },
     #[error(
         "minimum 100 and maximum 100 leave no room to replace a process; lower minimum or raise maximum"
     )]
@@ -208,12 +222,27 @@ impl std::error::Error for ManifestError {}
 pub struct Manifest {
     /// The services, by name.
     pub services: BTreeMap<String, Service>,
+    /// The release command (`release:`), run once per promotion before
+    /// anything of the release starts.
+    pub release: Option<ReleaseCommand>,
     /// Dotted paths of keys that were present but are not used by Slipway, in
     /// document order (e.g. `resources`, `services.web.domain`), so callers can warn.
     pub ignored_keys: Vec<String>,
     /// The text the manifest was parsed from, stored with releases as is.
     #[serde(skip)]
     source: String,
+}
+
+/// The `release:` block: what runs once per promotion, before the release's
+/// processes start; the promotion fails if it does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseCommand {
+    /// The service whose build, env and definition it runs with.
+    pub service: String,
+    /// Shell command text.
+    pub command: String,
+    /// Seconds before it is stopped and the promotion fails (1 to 3600, default 300).
+    pub timeout_secs: u32,
 }
 
 /// One service: something that runs as a set of identical processes.
@@ -383,17 +412,23 @@ impl Manifest {
         };
 
         let mut services = None;
+        let mut release = None;
         for (key, value) in &top {
             let key = walker.key_str(key, &root)?;
-            if key == "services" {
-                services = Some(walker.services(value, &root.key("services"))?);
-            } else {
-                walker.ignored.push(key.to_owned());
+            match key {
+                "services" => services = Some(walker.services(value, &root.key("services"))?),
+                "release" => release = Some(value),
+                _ => walker.ignored.push(key.to_owned()),
             }
         }
         let services = services.ok_or_else(|| walker.at_top(ManifestErrorKind::MissingServices))?;
+        let release = match release {
+            Some(value) => walker.release(value, &root.key("release"), &services)?,
+            None => None,
+        };
         Ok(Self {
             services,
+            release,
             ignored_keys: walker.ignored,
             source: yaml.to_owned(),
         })

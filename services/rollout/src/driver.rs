@@ -9,6 +9,8 @@
 //! runtime's `apply` is idempotent, so a takeover resumes and starts
 //! nothing twice.
 
+mod release_phase;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -290,9 +292,48 @@ impl Drivers {
             let deadline = Duration::from_secs(u64::from(rollout.deadline_secs));
             let app = rollout.app.as_str();
             let moved = match rollout.phase {
+                // The release command, if the release has one, runs here:
+                // before anything of the release starts (release_phase.rs).
                 Phase::Pending => {
-                    self.transition(id, epoch, app, Phase::Pending, Phase::Updating, "", None)
-                        .await?
+                    match self.release_phase(id, &target, lost, cancel, wake).await? {
+                        release_phase::Outcome::Passed => {
+                            self.transition(
+                                id,
+                                epoch,
+                                app,
+                                Phase::Pending,
+                                Phase::Updating,
+                                "",
+                                None,
+                            )
+                            .await?
+                        }
+                        release_phase::Outcome::Lost => return Ok(()),
+                        release_phase::Outcome::Failed(reason) => {
+                            self.transition(
+                                id,
+                                epoch,
+                                app,
+                                Phase::Pending,
+                                Phase::Failure,
+                                &reason,
+                                None,
+                            )
+                            .await?
+                        }
+                        release_phase::Outcome::Cancelled(reason) => {
+                            self.transition(
+                                id,
+                                epoch,
+                                app,
+                                Phase::Pending,
+                                Phase::Reverted,
+                                &reason,
+                                None,
+                            )
+                            .await?
+                        }
+                    }
                 }
                 Phase::Updating => {
                     let watched = if cancel.load(Ordering::Acquire) {

@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 use crate::helpers::*;
 
 /// Starts `slipway-rollout` and waits for its serving address in its log.
-async fn spawn_binary(
+pub(crate) async fn spawn_binary(
     data_dir: &std::path::Path,
     database_url: &str,
     release: &str,

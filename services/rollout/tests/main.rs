@@ -7,6 +7,7 @@ mod helpers;
 mod k8s_fake;
 mod kubernetes;
 mod logs;
+mod release_phase;
 mod rollouts;
 mod runtime;
 mod store;

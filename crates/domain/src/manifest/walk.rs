@@ -5,6 +5,8 @@
 //! understood are recorded (as dotted paths) rather than rejected; see the parent
 //! module for why.
 
+mod release;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_norway::{Mapping, Value};
