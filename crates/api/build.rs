@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "slipway/rollout/v1/processes.proto",
     "slipway/rollout/v1/scale.proto",
     "slipway/build/v1/build.proto",
+    "slipway/build/v1/archive.proto",
 ];
 
 // Messages that carry env values get a hand-written, redacting Debug.

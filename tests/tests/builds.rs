@@ -160,3 +160,267 @@ async fn builds_list_info_and_logs_like_convox() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("invalid build id"), "{body}");
 }
+
+/// A gzip'd tar of `entries` (name, body), names written raw into the
+/// header so hostile ones (`../x`) get through.
+fn archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, body) in entries {
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        tar.append(&header, *body).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+fn release_of(out: &str) -> String {
+    out.trim()
+        .strip_prefix("Importing build... OK, ")
+        .unwrap_or_else(|| panic!("{out:?}"))
+        .to_owned()
+}
+
+async fn serves(rack: &TestRack, dir: &std::path::Path, app: &str) {
+    let services = ok_stdout(
+        &rack.slipway(dir, &["services", "-a", app]).await,
+        "services",
+    );
+    let addr = services
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let (status, body) = slipway_e2e::http_get(&addr, "/")
+        .await
+        .expect("the app answers");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn builds_export_and_import_into_another_app_and_rack() {
+    let rack = TestRack::start().await;
+    let cwd = tempfile::tempdir().unwrap();
+    let dir = cwd.path();
+    for app in ["myapp", "copy"] {
+        ok_stdout(
+            &rack.slipway(dir, &["apps", "create", app]).await,
+            "apps create",
+        );
+    }
+    let source = example("myapp");
+    let out = ok_stdout(
+        &rack
+            .slipway(
+                dir,
+                &[
+                    "deploy",
+                    source.to_str().unwrap(),
+                    "-a",
+                    "myapp",
+                    "-d",
+                    "exported",
+                ],
+            )
+            .await,
+        "deploy",
+    );
+    let build = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Build: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    // Export to a file.
+    let file = dir.join("build.tgz");
+    let out = ok_stdout(
+        &rack
+            .slipway(
+                dir,
+                &[
+                    "builds",
+                    "export",
+                    &build,
+                    "-a",
+                    "myapp",
+                    "-f",
+                    file.to_str().unwrap(),
+                ],
+            )
+            .await,
+        "export",
+    );
+    assert_eq!(out, "Exporting build... OK\n");
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "a gzip'd tar");
+    // The convox CLI's request: raw bytes, not gzip-encoded.
+    let (status, body) = rack
+        .raw(
+            "GET",
+            &format!("/apps/myapp/builds/{build}.tgz?"),
+            "",
+            b"",
+            &rack.password,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(!body.is_empty());
+
+    // Into a second app on the same rack, then promoted: it serves, and the
+    // build kept its description.
+    let out = ok_stdout(
+        &rack
+            .slipway(
+                dir,
+                &[
+                    "builds",
+                    "import",
+                    "-a",
+                    "copy",
+                    "-f",
+                    file.to_str().unwrap(),
+                ],
+            )
+            .await,
+        "import",
+    );
+    let release = release_of(&out);
+    let (_, body) = rack
+        .raw("GET", "/apps/copy/builds?", "", b"", &rack.password)
+        .await;
+    let builds: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(builds[0]["description"], "exported", "{body}");
+    assert_eq!(builds[0]["release"], release.as_str(), "{body}");
+    assert_ne!(builds[0]["id"], build.as_str(), "a new build id");
+    ok_stdout(
+        &rack
+            .slipway(dir, &["releases", "promote", &release, "-a", "copy"])
+            .await,
+        "promote the import",
+    );
+    serves(&rack, dir, "copy").await;
+
+    // Into a second rack, from stdin, with --id.
+    let other = TestRack::start().await;
+    ok_stdout(
+        &other.slipway(dir, &["apps", "create", "myapp"]).await,
+        "apps create",
+    );
+    let output = {
+        let mut command = tokio::process::Command::new(slipway_e2e::slipway_binary());
+        command
+            .args(["builds", "import", "-a", "myapp", "--id"])
+            .current_dir(dir)
+            .env("RACK_URL", &other.url)
+            .stdin(std::fs::File::open(&file).unwrap());
+        command.output().await.unwrap()
+    };
+    let id = ok_stdout(&output, "import --id");
+    assert!(id.starts_with('R') && !id.contains('\n'), "{id:?}");
+    ok_stdout(
+        &other
+            .slipway(dir, &["releases", "promote", &id, "-a", "myapp"])
+            .await,
+        "promote on the second rack",
+    );
+    serves(&other, dir, "myapp").await;
+
+    // Hostile and wrong archives: refused with the reason, nothing written
+    // outside, no build or release made.
+    let record = br#"{"description":"evil","manifest-path":"convox.yml"}"#;
+    let manifest = std::fs::read(source.join("convox.yml")).unwrap();
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (
+            archive(&[
+                ("slipway-build.json", record),
+                ("convox.yml", &manifest),
+                ("../escaped.txt", b"owned"),
+            ]),
+            400,
+            "path leaves the source directory",
+        ),
+        (
+            archive(&[("convox.yml", &manifest)]),
+            400,
+            "not a build export",
+        ),
+        (
+            b"plainly not an archive".to_vec(),
+            400,
+            "not a build export",
+        ),
+        (
+            archive(&[("slipway-build.json", b"[1,2]"), ("convox.yml", &manifest)]),
+            400,
+            "not a JSON object",
+        ),
+        (
+            archive(&[
+                ("slipway-build.json", record),
+                ("convox.yml", b"services: ["),
+            ]),
+            400,
+            "import failed: convox.yml line",
+        ),
+        (vec![0u8; 9 * 1024 * 1024], 413, ""),
+    ];
+    let (_, before) = rack
+        .raw("GET", "/apps/copy/releases?", "", b"", &rack.password)
+        .await;
+    for (body, status, why) in cases {
+        let (got, answer) = rack
+            .raw(
+                "POST",
+                "/apps/copy/builds/import?",
+                "application/octet-stream",
+                &body,
+                &rack.password,
+            )
+            .await;
+        assert_eq!(got, status, "{why}: {answer}");
+        assert!(answer.contains(why), "{why}: {answer}");
+    }
+    let (_, after) = rack
+        .raw("GET", "/apps/copy/releases?", "", b"", &rack.password)
+        .await;
+    assert_eq!(before, after, "no release from a refused import");
+    let escaped: Vec<_> = walk(rack.dir())
+        .into_iter()
+        .filter(|p| p.ends_with("escaped.txt"))
+        .collect();
+    assert!(escaped.is_empty(), "{escaped:?}");
+    // Unknown build: 404, not an empty archive.
+    let (status, _) = rack
+        .raw(
+            "GET",
+            "/apps/myapp/builds/BNOSUCHBLDX.tgz?",
+            "",
+            b"",
+            &rack.password,
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() && !path.is_symlink() {
+                found.extend(walk(&path));
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}

@@ -197,6 +197,23 @@ pub enum BuildsCommand {
         /// The build id.
         id: String,
     },
+    /// Write a build as an archive (to stdout when it is not a terminal).
+    Export {
+        /// The build id.
+        id: String,
+        /// Write to this file.
+        #[arg(short, long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Build an exported archive into a new build and release of the app (not promoted).
+    Import {
+        /// Read from this file (default: stdin).
+        #[arg(short, long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Print only the new release's id on stdout.
+        #[arg(long)]
+        id: bool,
+    },
 }
 
 /// `services` subcommands.

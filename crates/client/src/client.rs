@@ -253,6 +253,30 @@ impl Client {
             .await
     }
 
+    /// `GET /apps/{app}/builds/{id}.tgz`: the build as an archive.
+    pub async fn build_export(&self, app: &str, id: &str) -> Result<Bytes, Error> {
+        let file = format!("{id}.tgz");
+        self.call(
+            Method::GET,
+            &["apps", app, "builds", &file],
+            &[],
+            Body::Empty,
+        )
+        .await
+    }
+
+    /// `POST /apps/{app}/builds/import`: builds an exported archive into a
+    /// new build and release of `app` (not promoted).
+    pub async fn build_import(&self, app: &str, archive: Vec<u8>) -> Result<Build, Error> {
+        self.json(
+            Method::POST,
+            &["apps", app, "builds", "import"],
+            &[],
+            Body::Raw(archive),
+        )
+        .await
+    }
+
     /// The build's log (websocket): from byte 0, live until the build ends.
     pub async fn build_logs(&self, app: &str, id: &str) -> Result<LogStream, Error> {
         LogStream::connect(

@@ -12,6 +12,10 @@
 //! rollout start carries a target and a fallback); lists are cut by
 //! [`PAGE_BYTES`].
 
+use slipway_api::build::v1::build_archive_service_client::BuildArchiveServiceClient;
+use slipway_api::build::v1::build_archive_service_server::{
+    BuildArchiveService, BuildArchiveServiceServer,
+};
 use slipway_api::build::v1::build_service_client::BuildServiceClient;
 use slipway_api::build::v1::build_service_server::{BuildService, BuildServiceServer};
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
@@ -64,12 +68,13 @@ macro_rules! message_limits {
 
 message_limits!(
     clients: BuildServiceClient, ReleaseServiceClient, RolloutServiceClient, ProcessServiceClient,
-        ScaleServiceClient;
+        ScaleServiceClient, BuildArchiveServiceClient;
     servers: BuildServiceServer: BuildService,
         ReleaseServiceServer: ReleaseService,
         RolloutServiceServer: RolloutService,
         ProcessServiceServer: ProcessService,
-        ScaleServiceServer: ScaleService
+        ScaleServiceServer: ScaleService,
+        BuildArchiveServiceServer: BuildArchiveService
 );
 
 /// What one element of a repeated message field adds to the encoding: its

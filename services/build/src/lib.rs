@@ -10,6 +10,7 @@
 //! `artifacts/sha256-*/` (snapshot artifacts) and `buildah/` (oci builder
 //! storage).
 
+pub mod archive_grpc;
 pub mod builder;
 pub mod config;
 pub mod direct;
@@ -30,6 +31,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use slipway_api::build::v1::build_archive_service_server::{
+    BuildArchiveServiceServer, SERVICE_NAME as ARCHIVE_SERVICE_NAME,
+};
 use slipway_api::build::v1::build_service_server::{BuildServiceServer, SERVICE_NAME};
 use slipway_rpc::MessageLimits as _;
 use tokio::net::TcpListener;
@@ -119,7 +123,8 @@ pub async fn run_with_builder(
     shutdown: impl Future<Output = ()> + Send + 'static,
     builder: Arc<dyn Builder>,
 ) -> anyhow::Result<()> {
-    let (routes, health) = slipway_rpc::standard_routes(&[SERVICE_NAME]).await;
+    let (routes, health) =
+        slipway_rpc::standard_routes(&[SERVICE_NAME, ARCHIVE_SERVICE_NAME]).await;
     let data = data_dir(&config)?;
     let store = open_store(&config).await.context("open the build store")?;
     let location = match &config.object_store {
@@ -174,7 +179,9 @@ pub async fn run_with_builder(
     let server =
         BuildServiceServer::new(grpc::Grpc::new(service.clone(), config.upload_idle_timeout))
             .with_message_limits();
-    let routes = routes.add_service(server);
+    let archives = BuildArchiveServiceServer::new(archive_grpc::ArchiveGrpc::new(service.clone()))
+        .with_message_limits();
+    let routes = routes.add_service(server).add_service(archives);
     health.serving().await;
     tracing::info!(addr = %listener.local_addr()?, "build service serving");
     let options = slipway_rpc::ServerOptions {

@@ -12,6 +12,8 @@
 //! then finishes from the stored log; without one (or while the bus is
 //! down) such a reader waits for the build to end and replays the stored log.
 
+mod archive;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,7 @@
 //! release, build and rollout services. It owns no database.
 
 pub mod auth;
+mod builds;
 pub mod config;
 mod convert;
 pub mod error;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::Request;
+use slipway_api::build::v1::build_archive_service_client::BuildArchiveServiceClient;
 use slipway_api::build::v1::build_service_client::BuildServiceClient;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
@@ -60,6 +62,8 @@ pub struct AppState {
     pub rollout: RolloutServiceClient<Channel>,
     /// The rollout service's scale and restart client.
     pub scale: ScaleServiceClient<Channel>,
+    /// The build service's export and import client.
+    pub archives: BuildArchiveServiceClient<Channel>,
     /// Clients for idempotent reads, which are retried (see [`Replicas`]).
     pub reads: Reads,
     /// How callers prove who they are.
@@ -104,6 +108,12 @@ impl AppState {
             scale: ScaleServiceClient::new(slipway_rpc::channel(
                 "rollout",
                 &config.rollout_endpoints,
+                &options,
+            )?)
+            .with_message_limits(),
+            archives: BuildArchiveServiceClient::new(slipway_rpc::channel(
+                "build",
+                &config.build_endpoints,
                 &options,
             )?)
             .with_message_limits(),

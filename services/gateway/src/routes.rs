@@ -408,7 +408,11 @@ pub(crate) async fn list_builds(
 pub(crate) async fn get_build(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
-) -> ApiResult<Json<types::Build>> {
+) -> ApiResult<Response> {
+    // `builds/{id}.tgz` is the export (the router cannot tell them apart).
+    if let Some(id) = id.strip_suffix(".tgz") {
+        return crate::builds::export(&state, app, id).await;
+    }
     let message = bpb::GetBuildRequest {
         app,
         id: id.to_uppercase(),
@@ -420,7 +424,7 @@ pub(crate) async fn get_build(
         .await?
         .build
         .unwrap_or_default();
-    Ok(Json(convert::build(build)))
+    Ok(Json(convert::build(build)).into_response())
 }
 
 pub(crate) async fn create_build(

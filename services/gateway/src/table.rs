@@ -12,7 +12,7 @@ use axum::routing::{MethodFilter, on};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::auth::SOCKET_ROUTES;
-use crate::{AppState, Config, routes, scale, stream};
+use crate::{AppState, Config, builds, routes, scale, stream};
 
 /// What kind of request a route serves, which decides its limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +92,8 @@ fn table(config: &Config) -> Table<'_> {
     t.add(M::GET, "/apps/{app}/builds", Api, list_builds);
     t.add(M::POST, "/apps/{app}/builds", Api, create_build);
     t.add(M::GET, "/apps/{app}/builds/{id}", Api, get_build);
+    let import = "/apps/{app}/builds/import";
+    t.add(M::POST, import, Upload, builds::import);
     t.add(M::GET, "/apps/{app}/releases", Api, list_releases);
     t.add(M::POST, "/apps/{app}/releases", Api, create_release);
     t.add(M::GET, "/apps/{app}/releases/{id}", Api, get_release);

@@ -72,6 +72,12 @@ pub(crate) async fn run(
                 out.write(&chunk)?;
             }
         }
+        Some(BuildsCommand::Export { id, file }) => {
+            super::build_archive::export(&client, &app, &id, file.as_deref()).await?;
+        }
+        Some(BuildsCommand::Import { file, id }) => {
+            super::build_archive::import(&client, &app, file.as_deref(), id).await?;
+        }
     }
     Ok(())
 }

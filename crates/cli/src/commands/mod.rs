@@ -2,6 +2,7 @@
 
 mod apps;
 mod build;
+mod build_archive;
 mod builds;
 mod env;
 mod promote;
