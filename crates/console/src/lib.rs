@@ -15,6 +15,7 @@ mod assets;
 mod auth;
 mod env;
 mod grpc;
+mod history;
 mod promotion;
 pub mod security;
 pub mod session;
@@ -69,7 +70,6 @@ pub struct Console {
 struct Inner {
     release: ReleaseServiceClient<Channel>,
     rollout: RolloutServiceClient<Channel>,
-    #[allow(dead_code, reason = "the builds page (issue 13, step 4) reads it")]
     build: BuildServiceClient<Channel>,
     password: Option<Secret>,
     cookies: security::CookiePolicy,
@@ -136,6 +136,8 @@ pub fn router(console: Console) -> Router {
             get(promotion::stream),
         )
         .route("/console/apps/{app}/env", get(env::page).post(env::change))
+        .route("/console/apps/{app}/builds", get(history::builds))
+        .route("/console/apps/{app}/activity", get(history::activity))
         .route(
             "/console/{*rest}",
             get(views::not_found).post(views::not_found),

@@ -384,6 +384,23 @@ async fn refused_posts_leave_the_ledger_alone() {
             .contains(&format!("Succeeded — {now_active} is active"))
     );
 
+    // The history pages: the builds, and the activity with who did what,
+    // keys and no values.
+    let builds = browser.get("/console/apps/myapp/builds").await;
+    assert_eq!(builds.status, 200);
+    assert!(builds.body.contains("complete"), "{}", builds.body);
+    let activity = browser.get("/console/apps/myapp/activity").await;
+    assert_eq!(activity.status, 200);
+    assert!(
+        activity.body.contains("release.promote"),
+        "{}",
+        activity.body
+    );
+    assert!(activity.body.contains("console:tester"));
+    for value in [canary, "foo-value-19d2", "foo-value-changed-77e1"] {
+        assert!(!activity.body.contains(value), "{value} in the activity");
+    }
+
     // No value reached a log line or a trace.
     let logs = logs();
     for value in [
