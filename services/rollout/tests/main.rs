@@ -10,4 +10,5 @@ mod logs;
 mod release_phase;
 mod rollouts;
 mod runtime;
+mod scale_k8s;
 mod store;

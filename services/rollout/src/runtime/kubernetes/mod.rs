@@ -227,7 +227,7 @@ impl KubernetesRuntime {
         let mut complete = true;
         let mut services = Vec::new();
         for svc in spec.manifest.services.values() {
-            let desired = svc.scale.count;
+            let desired = spec.count(&svc.name);
             let Some(d) = deployments
                 .iter()
                 .find(|d| d.metadata.name.as_deref() == Some(svc.name.as_str()))

@@ -183,6 +183,9 @@ pub(crate) fn rolling_update(svc: &Service) -> Result<(String, String), ObjectEr
     Ok((format!("{surge}%"), format!("{unavailable}%")))
 }
 
+/// The pod-template annotation a restart sets (as a Convox rack does).
+pub(crate) const RESTART_ANNOTATION: &str = "convox.com/restart";
+
 /// The Deployment of `svc` running `spec`'s release. The selector (app and
 /// service) never changes: Kubernetes refuses a changed selector, and the
 /// release label lives only on the pod template.
@@ -211,6 +214,25 @@ pub(crate) fn deployment(
     if let Some(command) = &svc.command {
         container["command"] = json!(["/bin/sh", "-c", command]);
     }
+    // Scale set by hand: cpu (millicores) as the request, memory (MiB) as
+    // request and limit, as a Convox rack sets them.
+    let (cpu, memory) = spec.resources(&svc.name);
+    if cpu > 0 || memory > 0 {
+        let mut requests = serde_json::Map::new();
+        let mut limits = serde_json::Map::new();
+        if cpu > 0 {
+            requests.insert("cpu".into(), json!(format!("{cpu}m")));
+        }
+        if memory > 0 {
+            requests.insert("memory".into(), json!(format!("{memory}Mi")));
+            limits.insert("memory".into(), json!(format!("{memory}Mi")));
+        }
+        let mut resources = json!({ "requests": requests });
+        if !limits.is_empty() {
+            resources["limits"] = Value::Object(limits);
+        }
+        container["resources"] = resources;
+    }
     if let Some(port) = &svc.port {
         container["env"] = json!([{ "name": "PORT", "value": port.number.to_string() }]);
         container["ports"] =
@@ -225,6 +247,20 @@ pub(crate) fn deployment(
             });
         }
     }
+    let mut template_metadata = json!({
+        "labels": {
+            LABEL_APP: spec.app,
+            LABEL_SERVICE: svc.name,
+            LABEL_RELEASE: spec.release,
+        },
+    });
+    // A restart changes the pod template, so the Deployment replaces its
+    // pods, rolling (Convox's annotation, Unix nanoseconds).
+    if let Some(at) = spec.overrides.restarted.get(&svc.name) {
+        template_metadata["annotations"] = json!({
+            RESTART_ANNOTATION: at.timestamp_nanos_opt().unwrap_or_default().to_string(),
+        });
+    }
     Ok(json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -234,7 +270,7 @@ pub(crate) fn deployment(
             "labels": { LABEL_RACK: rack, LABEL_APP: spec.app, LABEL_SERVICE: svc.name },
         },
         "spec": {
-            "replicas": svc.scale.count,
+            "replicas": spec.count(&svc.name),
             "selector": { "matchLabels": { LABEL_APP: spec.app, LABEL_SERVICE: svc.name } },
             "progressDeadlineSeconds": deadline_secs,
             "strategy": {
@@ -242,13 +278,7 @@ pub(crate) fn deployment(
                 "rollingUpdate": { "maxSurge": surge, "maxUnavailable": unavailable },
             },
             "template": {
-                "metadata": {
-                    "labels": {
-                        LABEL_APP: spec.app,
-                        LABEL_SERVICE: svc.name,
-                        LABEL_RELEASE: spec.release,
-                    },
-                },
+                "metadata": template_metadata,
                 "spec": {
                     "terminationGracePeriodSeconds": svc.termination_grace_secs,
                     "automountServiceAccountToken": false,
