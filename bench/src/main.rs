@@ -3,6 +3,7 @@
 //! figure beside the baseline measured in the same run (so results are
 //! ratios against this machine right now, not absolute numbers).
 
+mod console;
 mod deploy;
 mod gateway;
 mod ledger;
@@ -45,6 +46,8 @@ enum Command {
     /// The wall time of the real `slipway deploy` (start to exit) of a small
     /// app already built once, beside the app's own spawn -> first 200.
     Deploy(deploy::Args),
+    /// The web console: app page render time and SSE event latency.
+    Console(console::Args),
     /// The app the `rollout` benchmark deploys (and spawns as its baseline):
     /// sleeps `APP_DELAY_MS`, then answers 200 to every request on `$PORT`.
     #[command(hide = true)]
@@ -68,6 +71,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Gateway(args) => gateway::run(args).await,
                 Command::Scale(args) => scale::run(args).await,
                 Command::Deploy(args) => deploy::run(args).await,
+                Command::Console(args) => console::run(args).await,
                 Command::ServeApp => unreachable!("handled above"),
             }
         })
