@@ -163,7 +163,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 async fn env_set(client: &Client, app: &str, key: &str, value: &str) -> anyhow::Result<()> {
     let change = EnvChange {
         set: [(key.to_owned(), value.to_owned())].into(),
-        unset: Vec::new(),
+        ..Default::default()
     };
     client.env_change(app, &change).await?;
     Ok(())

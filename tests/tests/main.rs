@@ -9,6 +9,7 @@ mod bounds;
 mod builds;
 mod convox_wire;
 mod deploy_stream;
+mod env_basis;
 mod env_values;
 mod isolation;
 mod logs;

@@ -262,6 +262,10 @@ pub enum EnvCommand {
         /// Print only the new release's id on stdout.
         #[arg(long)]
         id: bool,
+        /// Fork the active release instead of the newest (when the newest
+        /// failed to promote, say).
+        #[arg(long)]
+        from_active: bool,
     },
     /// Remove variables.
     Unset {
@@ -274,6 +278,10 @@ pub enum EnvCommand {
         /// Print only the new release's id on stdout.
         #[arg(long)]
         id: bool,
+        /// Fork the active release instead of the newest (when the newest
+        /// failed to promote, say).
+        #[arg(long)]
+        from_active: bool,
     },
 }
 

@@ -419,6 +419,21 @@ impl Client {
         .map(PromotionEvents::new)
     }
 
+    /// Slipway: `GET /apps/{app}/promotions`, newest first.
+    pub async fn promotions(&self, app: &str, limit: Option<u32>) -> Result<Vec<Promotion>, Error> {
+        let query: Vec<_> = limit
+            .map(|l| ("limit", l.to_string()))
+            .into_iter()
+            .collect();
+        self.json(
+            Method::GET,
+            &["apps", app, "promotions"],
+            &query,
+            Body::Empty,
+        )
+        .await
+    }
+
     /// `GET /apps/{app}/processes`.
     pub async fn processes(&self, app: &str) -> Result<Vec<Process>, Error> {
         self.json(Method::GET, &["apps", app, "processes"], &[], Body::Empty)

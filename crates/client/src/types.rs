@@ -333,6 +333,14 @@ pub struct EnvChange {
     /// Keys to remove.
     #[serde(default)]
     pub unset: Vec<String>,
+    /// The release to fork (default: the app's newest), e.g. the active
+    /// one when the newest failed to promote.
+    #[serde(
+        default,
+        rename = "parent-release",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub parent: Option<String>,
 }
 
 // Hand-written defaults: a derived one would make times the Unix epoch,

@@ -9,6 +9,7 @@ mod convert;
 pub mod error;
 pub mod logins;
 mod objects;
+mod promotions;
 mod reads;
 mod routes;
 mod scale;

@@ -332,7 +332,7 @@ pub(crate) async fn change_env(
         app,
         set: change.set.into_iter().collect(),
         unset: change.unset,
-        parent_release: None,
+        parent_release: change.parent.filter(|p| !p.is_empty()),
     };
     let release = state
         .release

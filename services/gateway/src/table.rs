@@ -12,7 +12,7 @@ use axum::routing::{MethodFilter, on};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::auth::SOCKET_ROUTES;
-use crate::{AppState, Config, builds, routes, scale, stream};
+use crate::{AppState, Config, builds, promotions, routes, scale, stream};
 
 /// What kind of request a route serves, which decides its limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +100,8 @@ fn table(config: &Config) -> Table<'_> {
     t.add(M::POST, "/apps/{app}/releases/{id}/promote", Api, promote);
     t.add(M::POST, "/apps/{app}/releases/{id}/rollback", Api, rollback);
     t.add(M::POST, "/apps/{app}/env", Api, change_env);
+    let list = "/apps/{app}/promotions";
+    t.add(M::GET, list, Api, promotions::list_promotions);
     t.add(M::GET, "/apps/{app}/promotions/{id}", Api, get_promotion);
     t.add(M::GET, "/apps/{app}/processes", Api, list_processes);
     t.add(M::GET, "/apps/{app}/services", Api, scale::list_services);

@@ -35,6 +35,7 @@ pub(crate) async fn run(ctx: &Context, command: Option<EnvCommand>) -> anyhow::R
             pairs,
             promote: and_promote,
             id,
+            from_active,
         }) => {
             let stdin = std::io::stdin();
             let mut set = if pairs.is_empty() && !stdin.is_terminal() {
@@ -53,12 +54,14 @@ pub(crate) async fn run(ctx: &Context, command: Option<EnvCommand>) -> anyhow::R
             if set.is_empty() {
                 bail!("nothing to set: give KEY=VALUE arguments (or lines on stdin)");
             }
+            let parent = basis(&client, &app, from_active).await?;
             let out = Output::new(id);
             let keys: Vec<&str> = set.keys().map(String::as_str).collect();
             out.start(&format!("Setting {}", keys.join(", ")))?;
             let change = EnvChange {
                 set,
                 unset: Vec::new(),
+                parent,
             };
             apply(&client, out, &app, &change, and_promote).await?;
         }
@@ -66,6 +69,7 @@ pub(crate) async fn run(ctx: &Context, command: Option<EnvCommand>) -> anyhow::R
             keys,
             promote: and_promote,
             id,
+            from_active,
         }) => {
             let mut keys = keys;
             keys.sort();
@@ -75,11 +79,13 @@ pub(crate) async fn run(ctx: &Context, command: Option<EnvCommand>) -> anyhow::R
                     "invalid environment variable name {bad:?}: give names only, e.g. `slipway env unset FOO`"
                 );
             }
+            let parent = basis(&client, &app, from_active).await?;
             let out = Output::new(id);
             out.start(&format!("Unsetting {}", keys.join(", ")))?;
             let change = EnvChange {
                 set: BTreeMap::new(),
                 unset: keys,
+                parent,
             };
             apply(&client, out, &app, &change, and_promote).await?;
         }
@@ -103,6 +109,45 @@ async fn apply(
     }
     out.id(&release.id)?;
     Ok(())
+}
+
+/// The release an env change forks: with `--from-active` the active one;
+/// else the newest (as Convox does), saying so first on stderr when that
+/// newest is not active and its last promotion rolled back or failed (a
+/// fork would promote the broken build again).
+async fn basis(client: &Client, app: &str, from_active: bool) -> anyhow::Result<Option<String>> {
+    let active = client.app(app).await?.release;
+    if from_active {
+        if active.is_empty() {
+            bail!("app {app} has no active release: --from-active needs one");
+        }
+        return Ok(Some(active));
+    }
+    let newest = newest(client, app).await?;
+    if active.is_empty() || newest.id.is_empty() || newest.id == active {
+        return Ok(None);
+    }
+    let last = client
+        .promotions(app, None)
+        .await?
+        .into_iter()
+        .find(|p| p.release == newest.id);
+    let how = match last.as_ref().map(|p| p.state.as_str()) {
+        Some("rolled_back") => "rolled back",
+        Some("failed") => "failed",
+        _ => return Ok(None),
+    };
+    let build = if newest.build.is_empty() {
+        String::new()
+    } else {
+        format!(" (build {})", newest.build)
+    };
+    eprintln!(
+        "WARNING: based on {}{build}, whose promotion {how}; the active release is {active} \
+         (--from-active forks the active release instead)",
+        newest.id
+    );
+    Ok(None)
 }
 
 /// The newest release (whose env new releases fork from), or an empty one.
