@@ -8,8 +8,11 @@
 //! because DDL differs. The shared conformance suites are the check that both
 //! really behave alike.
 
+use std::path::Path;
 use std::str::FromStr as _;
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
@@ -86,6 +89,15 @@ pub enum Error {
     /// A migration failed.
     #[error("run migrations")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The data directory could not be created owner-only.
+    #[error("create data dir {dir}")]
+    DataDir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Pool settings.
@@ -221,6 +233,72 @@ fn sqlite_unique_target(message: &str) -> String {
         .split_once(": ")
         .map(|(_, cols)| cols.to_owned())
         .unwrap_or_default()
+}
+
+/// Opens a service's database: creates `data_dir` owner-only first when
+/// something of the service lives there (the SQLite file, or a key file when
+/// `keeps_files`), then connects with the default pool settings. Every
+/// service opens its store this way; each then migrates its own tables.
+pub async fn open(url: &str, data_dir: &Path, keeps_files: bool) -> Result<Database, Error> {
+    if url.starts_with("sqlite:") || keeps_files {
+        files::create_private_dir(data_dir).map_err(|source| Error::DataDir {
+            dir: data_dir.to_owned(),
+            source,
+        })?;
+    }
+    connect(url, &PoolOptions::default()).await
+}
+
+/// An error that may carry a driver error: what [`retry`] looks at.
+pub trait StoreError {
+    /// The driver error inside, if any.
+    fn driver_error(&self) -> Option<&sqlx::Error>;
+}
+
+impl StoreError for sqlx::Error {
+    fn driver_error(&self) -> Option<&sqlx::Error> {
+        Some(self)
+    }
+}
+
+/// Attempts of [`retry`] before the conflict is returned.
+const RETRIES: u32 = 8;
+
+/// Runs `attempt` (a statement or a whole transaction) again while the
+/// database reports a transient conflict (SQLite busy, a PostgreSQL
+/// serialisation failure or deadlock), with a growing pause, up to
+/// [`RETRIES`] times; any other result is returned as it is.
+pub async fn retry<T, E, F, Fut>(mut attempt: F) -> Result<T, E>
+where
+    E: StoreError + std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(e)
+                if tries < RETRIES
+                    && e.driver_error().map(classify) == Some(ErrorClass::Retryable) =>
+            {
+                tries += 1;
+                tracing::debug!(tries, "retrying after a transient conflict: {e}");
+                tokio::time::sleep(Duration::from_millis(5 << tries.min(6))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A time as stored: microseconds since the Unix epoch (the `Any` driver
+/// carries no date types).
+pub fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+/// A stored time back ([`micros`]' inverse); out of range reads as the epoch.
+pub fn time(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
 /// Removes the password from a database URL so it can be shown.

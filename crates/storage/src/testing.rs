@@ -74,3 +74,43 @@ pub async fn sqlite() -> TestDb {
         _dir: Some(dir),
     }
 }
+
+/// The database a backend-parametrised test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A fresh PostgreSQL database.
+    Postgres,
+    /// A fresh SQLite file.
+    Sqlite,
+}
+
+impl Backend {
+    /// A fresh, empty database of this kind.
+    pub async fn db(self) -> TestDb {
+        match self {
+            Self::Postgres => postgres().await,
+            Self::Sqlite => sqlite().await,
+        }
+    }
+}
+
+/// Runs each `async fn name(Backend)` once per backend, as two named tests,
+/// `name::postgres` and `name::sqlite`: every store suite (build, release,
+/// rollout) is written once and checked on both databases.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    super::$name($crate::testing::Backend::Postgres).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite() {
+                    super::$name($crate::testing::Backend::Sqlite).await
+                }
+            }
+        )*
+    };
+}

@@ -94,11 +94,7 @@ pub fn log_bus(config: &Config) -> anyhow::Result<Option<Arc<LogBus>>> {
 
 /// Opens the build store the configuration names: connects and migrates.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let url = config.database_url();
-    if url.starts_with("sqlite:") {
-        data_dir(config)?;
-    }
-    let db = slipway_storage::connect(&url, &slipway_storage::PoolOptions::default()).await?;
+    let db = slipway_storage::open(&config.database_url(), &config.data_dir, false).await?;
     let store = Store::new(db);
     store.migrate().await?;
     Ok(store)

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use slipway_domain::{AppName, BuildId};
-use slipway_storage::{Database, now_micros};
+use slipway_storage::{Database, micros, now_micros, time};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
@@ -180,13 +180,6 @@ fn artifacts_json(artifacts: &BTreeMap<String, String>) -> String {
     serde_json::to_string(artifacts).expect("a string map always serialises")
 }
 
-fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-fn time(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or_default()
-}
 
 fn build_from_row(row: &AnyRow) -> Result<Build> {
     let corrupt = |what: &str| Error::Internal(format!("corrupt build row: {what}"));

@@ -21,21 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
-/// Which database a test runs on.
-#[derive(Clone, Copy, Debug)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    pub async fn db(self) -> TestDb {
-        match self {
-            Self::Sqlite => slipway_storage::testing::sqlite().await,
-            Self::Postgres => slipway_storage::testing::postgres().await,
-        }
-    }
-}
+pub use slipway_storage::testing::Backend;
 
 /// Silences logs unless TEST_LOG=1.
 pub fn init_logs() {

@@ -130,22 +130,7 @@ async fn bad_manifest_fails_before_building(backend: Backend) {
     app.shutdown().await;
 }
 
-#[tokio::test]
-async fn success_creates_one_release_sqlite() {
-    success_creates_one_release(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn success_creates_one_release_postgres() {
-    success_creates_one_release(Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn bad_manifest_fails_before_building_sqlite() {
-    bad_manifest_fails_before_building(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn bad_manifest_fails_before_building_postgres() {
-    bad_manifest_fails_before_building(Backend::Postgres).await;
-}
+slipway_storage::both_backends!(
+    success_creates_one_release,
+    bad_manifest_fails_before_building
+);

@@ -135,12 +135,4 @@ async fn conformance(backend: Backend) {
     );
 }
 
-#[tokio::test]
-async fn store_conformance_sqlite() {
-    conformance(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn store_conformance_postgres() {
-    conformance(Backend::Postgres).await;
-}
+slipway_storage::both_backends!(conformance);

@@ -35,6 +35,15 @@ pub enum Error {
     Crypto(#[from] crate::crypto::CryptoError),
 }
 
+impl slipway_storage::StoreError for Error {
+    fn driver_error(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {

@@ -31,12 +31,13 @@ use crate::store::Store;
 
 /// Opens the store the configuration names: connects, migrates, loads the key.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let url = config.database_url();
-    // Before the key is generated into it: owner-only from the start.
-    if url.starts_with("sqlite:") || config.env_key.is_none() {
-        slipway_storage::files::create_private_dir(&config.data_dir)
-            .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
-    }
+    // The dir is made owner-only before the key is generated into it.
+    let db = slipway_storage::open(
+        &config.database_url(),
+        &config.data_dir,
+        config.env_key.is_none(),
+    )
+    .await?;
     let key_file = config.data_dir.join("env.key");
     if config.env_key.is_none() && key_file.exists() {
         slipway_storage::files::tighten(&key_file, 0o600)
@@ -46,7 +47,6 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         Some(key) => EnvCipher::from_base64(key.expose())?,
         None => EnvCipher::load_or_create(&key_file)?,
     };
-    let db = slipway_storage::connect(&url, &slipway_storage::PoolOptions::default()).await?;
     let store = Store::new(db, cipher);
     store.migrate().await?;
     Ok(store)

@@ -5,14 +5,13 @@
 
 use std::collections::HashSet;
 
-use crate::both;
 use crate::helpers::{Backend, MANIFEST, TestApp, assert_status, env_vars};
 use slipway_api::release::v1 as pb;
 use slipway_domain::env::{MAX_ENV_BYTES, MAX_VAR_BYTES};
 use slipway_domain::manifest::MAX_MANIFEST_BYTES;
 use tonic::Code;
 
-both!(
+slipway_storage::both_backends!(
     oversize_env_or_manifest_is_refused_and_nothing_is_created,
     an_app_at_the_largest_env_and_manifest_still_lists,
 );

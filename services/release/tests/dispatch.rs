@@ -5,14 +5,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::both;
 use crate::helpers::{Backend, MANIFEST, TestApp, assert_status};
 use slipway_api::release::v1 as pb;
 use slipway_api::rollout::v1 as rpb;
 use slipway_api::rollout::v1::rollout_service_server::{RolloutService, RolloutServiceServer};
 use tonic::{Code, Request, Response, Status};
 
-both!(
+slipway_storage::both_backends!(
     promotions_are_handed_to_the_rollout_service,
     an_unreachable_rollout_service_fails_the_promotion_cleanly,
     a_lost_hand_over_is_resent,

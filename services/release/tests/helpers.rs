@@ -1,5 +1,5 @@
 //! `TestApp`: one release service on a fresh database, with domain-level
-//! helpers, and the `both!` macro that runs a test on each backend.
+//! helpers; `slipway_storage::both_backends!` runs a test on each backend.
 
 use std::collections::HashMap;
 
@@ -8,34 +8,11 @@ use slipway_api::release::v1 as pb;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_release::Config;
 use slipway_rpc::Channel;
-use slipway_storage::testing::{self, TestDb};
+use slipway_storage::testing::TestDb;
 use tokio::sync::oneshot;
 
 /// The database a test runs on.
-#[derive(Clone, Copy, Debug)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-/// Runs `$name(Backend)` once per backend, as two tests.
-#[macro_export]
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn postgres() {
-                    super::$name($crate::helpers::Backend::Postgres).await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn sqlite() {
-                    super::$name($crate::helpers::Backend::Sqlite).await
-                }
-            }
-        )*
-    };
-}
+pub use slipway_storage::testing::Backend;
 
 pub const MANIFEST: &str =
     "services:\n  web:\n    build: .\n    command: bin/web\n    port: 5000\n";
@@ -56,10 +33,7 @@ impl TestApp {
 
     pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
         slipway_telemetry::init_for_tests();
-        let db = match backend {
-            Backend::Postgres => testing::postgres().await,
-            Backend::Sqlite => testing::sqlite().await,
-        };
+        let db = backend.db().await;
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::dev(dir.path().to_path_buf());
         config.database_url = Some(db.url.clone().into());

@@ -3,11 +3,10 @@
 
 use std::collections::HashSet;
 
-use crate::both;
 use crate::helpers::{Backend, MANIFEST, TestApp, env_text, env_vars};
 use slipway_api::release::v1 as pb;
 
-both!(
+slipway_storage::both_backends!(
     concurrent_env_sets_lose_nothing,
     env_changes_are_described_like_convox,
     releases_list_newest_first_with_a_cursor,

@@ -1,12 +1,11 @@
 //! Promotions: one at a time per app, checks before anything starts,
 //! completion, cancel, rollback-as-copy, and surviving a restart.
 
-use crate::both;
 use crate::helpers::{Backend, MANIFEST, TestApp, assert_status, env_text};
 use slipway_api::release::v1 as pb;
 use tonic::Code;
 
-both!(
+slipway_storage::both_backends!(
     two_concurrent_promotions_start_exactly_one,
     a_release_missing_required_env_is_refused_before_anything_happens,
     promoting_the_active_release_is_a_noop,

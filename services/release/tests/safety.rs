@@ -2,13 +2,12 @@
 //! database in plaintext; the ledger refuses edits; the audit log records
 //! who did what without values.
 
-use crate::both;
 use crate::helpers::{Backend, MANIFEST, TestApp, assert_status, env_text, env_vars};
 use slipway_api::release::v1 as pb;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
-both!(
+slipway_storage::both_backends!(
     bad_input_changes_nothing_and_names_the_problem,
     env_values_are_sealed_in_the_database,
     the_ledger_is_append_only,

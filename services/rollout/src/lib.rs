@@ -54,12 +54,12 @@ use crate::store::Store;
 
 /// Opens the store the configuration names: connects and migrates.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let url = config.database_url();
-    if url.starts_with("sqlite:") || config.spec_key.is_none() {
-        slipway_storage::files::create_private_dir(&config.data_dir)
-            .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
-    }
-    let db = slipway_storage::connect(&url, &slipway_storage::PoolOptions::default()).await?;
+    let db = slipway_storage::open(
+        &config.database_url(),
+        &config.data_dir,
+        config.spec_key.is_none(),
+    )
+    .await?;
     let key_file = config.data_dir.join("spec.key");
     if config.spec_key.is_none() && key_file.exists() {
         slipway_storage::files::tighten(&key_file, 0o600)

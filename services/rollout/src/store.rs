@@ -9,7 +9,6 @@
 //! every write a driver makes is conditional on the lease epoch it took, so
 //! a replica that lost its lease (paused, partitioned) changes nothing.
 
-use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -73,15 +72,7 @@ pub struct Store {
     cipher: SpecCipher,
 }
 
-/// A time as stored: microseconds since the epoch.
-pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-/// A stored time back (`micros`' inverse).
-pub(crate) fn time(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or_default()
-}
+pub(crate) use slipway_storage::{micros, retry, time};
 
 fn lease_until(ttl: Duration) -> i64 {
     now_micros() + i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX / 2)
@@ -511,21 +502,3 @@ fn rollout_from_row(row: &AnyRow) -> Result<Rollout> {
     })
 }
 
-/// Retries a statement while the database reports a transient conflict
-/// (SQLite busy, PostgreSQL serialization failure).
-pub(crate) async fn retry<T, F, Fut>(mut attempt: F) -> Result<T, sqlx::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, sqlx::Error>>,
-{
-    let mut tries = 0;
-    loop {
-        match attempt().await {
-            Err(e) if tries < 8 && classify(&e) == ErrorClass::Retryable => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(5 << tries.min(6))).await;
-            }
-            other => return other,
-        }
-    }
-}

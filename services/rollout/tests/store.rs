@@ -9,6 +9,7 @@ use slipway_rollout::runtime::local::{LocalRecords, ProcessRecord};
 use slipway_rollout::store::{NewRollout, Store};
 
 use slipway_domain::PromotionId;
+use slipway_storage::testing::{Backend, TestDb};
 
 use crate::helpers::{App, domain_spec};
 
@@ -16,8 +17,8 @@ const P1: &str = "P00000000000000000000000000000001";
 const P2: &str = "P00000000000000000000000000000002";
 const PSEALED: &str = "P5ea1ed00000000000000000000000000";
 
-async fn suite(store: Store) {
-    store.migrate().await.unwrap();
+async fn rollouts_are_created_once_and_fenced_by_their_lease(backend: Backend) {
+    let (_db, store) = open(backend).await;
     let ttl = Duration::from_secs(30);
     let new = NewRollout {
         id: PromotionId::parse(P1).unwrap(),
@@ -96,6 +97,23 @@ async fn suite(store: Store) {
     store.create(&other, "a", ttl).await.unwrap();
     assert!(store.mark_reported(P1, 2).await.unwrap());
     assert_eq!(store.acquire(P1, "c", Duration::ZERO).await.unwrap(), None);
+}
+
+async fn events_are_numbered_per_rollout_and_fenced(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    let ttl = Duration::from_secs(30);
+    for (id, app) in [(P1, "app1"), (P2, "app2")] {
+        let new = NewRollout {
+            id: PromotionId::parse(id).unwrap(),
+            target: domain_spec(app, "RBBBBBBBBBB", &App::healthy(1)),
+            fallback: None,
+            deadline_secs: 60,
+        };
+        store.create(&new, "a", ttl).await.unwrap();
+    }
+    // P1 taken over: its first owner (epoch 1) is fenced off.
+    store.release_lease(P1, 1).await.unwrap();
+    assert_eq!(store.acquire(P1, "b", ttl).await.unwrap(), Some(2));
 
     // Events: numbered from 1 per rollout, read back after an id.
     for i in 0..5 {
@@ -134,8 +152,10 @@ async fn suite(store: Store) {
             .unwrap(),
         Some(6)
     );
+}
 
-    // The local runtime's records.
+async fn the_local_runtimes_records_are_kept(backend: Backend) {
+    let (_db, store) = open(backend).await;
     let local = LocalRecords::new(&store);
     assert_eq!(local.port("app1", "web").await.unwrap(), None);
     assert!(local.assign_port("app1", "web", 20001).await.unwrap());
@@ -187,17 +207,20 @@ async fn suite(store: Store) {
     assert!(local.apps().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn the_store_works_on_sqlite() {
-    let db = slipway_storage::testing::sqlite().await;
-    suite(Store::new(db.db.clone(), SpecCipher::generate())).await;
+/// A migrated store on a fresh database of `backend` (kept alive by the
+/// returned handle).
+async fn open(backend: Backend) -> (TestDb, Store) {
+    let db = backend.db().await;
+    let store = Store::new(db.db.clone(), SpecCipher::generate());
+    store.migrate().await.unwrap();
+    (db, store)
 }
 
-#[tokio::test]
-async fn the_store_works_on_postgres() {
-    let db = slipway_storage::testing::postgres().await;
-    suite(Store::new(db.db.clone(), SpecCipher::generate())).await;
-}
+slipway_storage::both_backends!(
+    rollouts_are_created_once_and_fenced_by_their_lease,
+    events_are_numbered_per_rollout_and_fenced,
+    the_local_runtimes_records_are_kept,
+);
 
 #[tokio::test]
 async fn specs_are_sealed_at_rest() {

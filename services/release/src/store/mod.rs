@@ -22,12 +22,10 @@ mod promotions;
 mod rows;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use slipway_domain::{AppName, ReleaseId};
-use slipway_storage::{Database, ErrorClass, classify, now_micros};
+use slipway_storage::{Database, now_micros, retry};
 use sqlx::{Any, Row as _, Transaction};
 
 use crate::crypto::EnvCipher;
@@ -77,28 +75,6 @@ impl Store {
     }
 }
 
-/// Retries a whole transaction when the database reports a transient
-/// conflict (deadlock, serialisation failure, SQLite busy).
-async fn retry<T, F, Fut>(mut attempt: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let mut tries = 0;
-    loop {
-        match attempt().await {
-            Err(Error::Store(e)) if tries < 8 && classify(&e) == ErrorClass::Retryable => {
-                tries += 1;
-                tracing::debug!(
-                    tries,
-                    "retrying a transaction after a transient conflict: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(5 << tries.min(6))).await;
-            }
-            other => return other,
-        }
-    }
-}
 
 async fn lock_app(
     tx: &mut Transaction<'static, Any>,

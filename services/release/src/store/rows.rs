@@ -2,7 +2,6 @@
 //! value. A stored value that fails validation is a decode error (the row
 //! is corrupt), never a caller's mistake.
 
-use chrono::{DateTime, Utc};
 use slipway_domain::{AppName, BuildId, PromotionId, PromotionState, ReleaseId};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
@@ -109,6 +108,4 @@ pub(super) fn stored_id<T, E: std::fmt::Display>(parsed: std::result::Result<T, 
     })
 }
 
-pub(super) fn time(micros: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(micros).unwrap_or_default()
-}
+pub(super) use slipway_storage::time;

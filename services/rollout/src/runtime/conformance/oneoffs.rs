@@ -66,7 +66,7 @@ async fn wait_status<R: Runtime + ?Sized>(runtime: &R, app: &str, id: &str, stat
 /// Runs every one-off check against `runtime`. `app` must be unique to
 /// this run; nothing is applied to it, and nothing must be afterwards.
 pub async fn run<R: Runtime + ?Sized>(runtime: &R, fixture: &dyn Fixture, app: &str) {
-    let mut spec = fixture.spec(app, "RONEOFFAAA", Behaviour::Healthy, 1);
+    let mut spec = fixture.spec(app, "RONEOFFAAAA", Behaviour::Healthy, 1);
     spec.env = Env::from_map(BTreeMap::from([("GREETING".into(), "staged value".into())]))
         .expect("a valid env");
     let spec = Arc::new(spec);
@@ -79,7 +79,7 @@ pub async fn run<R: Runtime + ?Sized>(runtime: &R, fixture: &dyn Fixture, app: &
         )
         .await
         .expect("run");
-    assert_eq!(started.release, "RONEOFFAAA");
+    assert_eq!(started.release, "RONEOFFAAAA");
     assert_eq!(started.service, "web");
     let listed = runtime.processes(app).await.expect("processes");
     assert!(
@@ -211,7 +211,7 @@ pub async fn run<R: Runtime + ?Sized>(runtime: &R, fixture: &dyn Fixture, app: &
     // None of it touched the app: no desired release, no service process.
     assert!(
         runtime
-            .progress(app, "RONEOFFAAA", Duration::ZERO)
+            .progress(app, "RONEOFFAAAA", Duration::ZERO)
             .await
             .is_err()
     );
