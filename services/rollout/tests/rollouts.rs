@@ -16,13 +16,13 @@ async fn first_deploy(service: &mut TestService, app: &str, count: u32) -> pb::R
     let r1 = spec(app, "RAAAAAAAAAA", &App::healthy(count));
     start(
         &mut service.client,
-        &promotion_id(&app, 1),
+        &promotion_id(app, 1),
         r1.clone(),
         None,
         0,
     )
     .await;
-    let (done, _) = finish(&mut service.client, &promotion_id(&app, 1), LIMIT).await;
+    let (done, _) = finish(&mut service.client, &promotion_id(app, 1), LIMIT).await;
     assert_eq!(done.phase(), pb::RolloutPhase::Running, "{done:?}");
     r1
 }

@@ -563,7 +563,7 @@ impl LocalRuntime {
         let spec = st
             .target
             .as_ref()
-            .filter(|t| t.spec.release.as_str() == proc.release)
+            .filter(|t| t.spec.release == proc.release)
             .map(|t| t.spec.clone());
         Ok((proc, spec))
     }
