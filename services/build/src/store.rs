@@ -180,7 +180,6 @@ fn artifacts_json(artifacts: &BTreeMap<String, String>) -> String {
     serde_json::to_string(artifacts).expect("a string map always serialises")
 }
 
-
 fn build_from_row(row: &AnyRow) -> Result<Build> {
     let corrupt = |what: &str| Error::Internal(format!("corrupt build row: {what}"));
     let id: String = row.try_get("id")?;

@@ -33,7 +33,7 @@ use slipway_api::rollout::v1::process_service_server::{
 };
 use slipway_api::rollout::v1::rollout_service_server::{RolloutServiceServer, SERVICE_NAME};
 use slipway_api::rollout::v1::scale_service_server::{
-    ScaleServiceServer, SERVICE_NAME as SCALE_SERVICE_NAME,
+    SERVICE_NAME as SCALE_SERVICE_NAME, ScaleServiceServer,
 };
 use slipway_events::{EventBus, InProcessBus, RedisBus};
 use slipway_rpc::MessageLimits as _;

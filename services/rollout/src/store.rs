@@ -501,4 +501,3 @@ fn rollout_from_row(row: &AnyRow) -> Result<Rollout> {
         id: PromotionId::parse(&id).map_err(|e| corrupt("id", &e))?,
     })
 }
-

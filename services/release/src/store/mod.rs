@@ -75,7 +75,6 @@ impl Store {
     }
 }
 
-
 async fn lock_app(
     tx: &mut Transaction<'static, Any>,
     for_update: &str,
