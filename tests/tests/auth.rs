@@ -395,8 +395,15 @@ async fn every_route_refuses_missing_wrong_and_empty_credentials() {
                 );
                 if upgrade && kind == RouteKind::Socket {
                     assert_eq!(answer.status, 101, "{what}: {answer:?}");
+                    // The exec socket ends with the exit marker (status 1),
+                    // so that `convox run`/`exec` exit non-zero.
+                    let want = if path.ends_with("/exec") {
+                        "ERROR: invalid authentication\nF1E49A85-0AD7-4AEF-A618-C249C6E6568D:1\n"
+                    } else {
+                        "ERROR: invalid authentication\n"
+                    };
                     assert_eq!(
-                        answer.frames, "ERROR: invalid authentication\n",
+                        answer.frames, want,
                         "{what}: the failed login is reported in the stream"
                     );
                 } else {

@@ -13,6 +13,7 @@ mod env_basis;
 mod env_values;
 mod isolation;
 mod logs;
+mod processes;
 mod scale;
 mod scaling;
 mod telemetry;

@@ -73,8 +73,21 @@ pub enum Command {
     },
     /// Stream the app's logs.
     Logs(LogsArgs),
-    /// List the app's processes.
-    Ps,
+    /// List the app's processes (one-offs with their command).
+    Ps {
+        #[command(subcommand)]
+        command: Option<PsCommand>,
+    },
+    /// Run a one-off process of a service (of the active release, or --release).
+    Run(RunArgs),
+    /// Run a command inside a running process.
+    Exec {
+        /// The process id.
+        pid: String,
+        /// The command; shell text, its words joined with spaces.
+        #[arg(required = true, num_args = 1.., value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// List the app's services and where to reach them, or restart one.
     Services {
         /// What to do (default: list).
@@ -283,6 +296,41 @@ pub enum EnvCommand {
         #[arg(long)]
         from_active: bool,
     },
+}
+
+/// `ps info`, `ps stop`.
+#[derive(Debug, Subcommand)]
+pub enum PsCommand {
+    /// Show a process.
+    Info {
+        /// The process id.
+        pid: String,
+    },
+    /// Stop a process.
+    Stop {
+        /// The process id.
+        pid: String,
+    },
+}
+
+/// The arguments of `run`. Flags may come anywhere, as for `convox run`;
+/// command words that start with `-` go after `--`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The service whose build, env and definition it runs with.
+    pub service: String,
+    /// The command: shell text (run with `sh -c`), its words joined with spaces.
+    #[arg(required = true, num_args = 1.., value_name = "COMMAND")]
+    pub command: Vec<String>,
+    /// Run this release (e.g. migrations before promoting it).
+    #[arg(long, value_name = "ID")]
+    pub release: Option<String>,
+    /// Start it and return; `ps` lists it until it ends.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Stop it after this many seconds (default 3600).
+    #[arg(short, long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
 }
 
 /// The flags of `logs`.

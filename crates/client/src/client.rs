@@ -79,11 +79,13 @@ pub struct LogOptions {
 }
 
 /// A request body.
-enum Body {
+pub(crate) enum Body {
     Empty,
     Form(Vec<(&'static str, String)>),
     Json(Vec<u8>),
     Raw(Vec<u8>),
+    /// No body; options as headers (`POST …/processes`, as Convox sends them).
+    Headers(Vec<(&'static str, String)>),
 }
 
 impl Client {
@@ -137,7 +139,7 @@ impl Client {
     }
 
     /// The websocket options of a stream: `headers`, plus `traceparent`.
-    fn socket_options(&self, mut headers: Vec<(&'static str, String)>) -> SocketOptions {
+    pub(crate) fn socket_options(&self, mut headers: Vec<(&'static str, String)>) -> SocketOptions {
         if let Some(traceparent) = &self.traceparent {
             headers.push(("traceparent", traceparent.clone()));
         }
@@ -499,7 +501,7 @@ impl Client {
         }
     }
 
-    async fn json<T: DeserializeOwned>(
+    pub(crate) async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         segments: &[&str],
@@ -514,7 +516,7 @@ impl Client {
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         segments: &[&str],
@@ -522,8 +524,13 @@ impl Client {
         body: Body,
     ) -> Result<Bytes, Error> {
         let url = self.rack.route(segments, query);
+        let mut options = Vec::new();
         let (content_type, data) = match body {
             Body::Empty => ("application/octet-stream", Vec::new()),
+            Body::Headers(headers) => {
+                options = headers;
+                ("application/octet-stream", Vec::new())
+            }
             Body::Form(fields) => {
                 let mut fields = fields;
                 // Go's url.Values.Encode sorts the keys; do the same.
@@ -542,6 +549,11 @@ impl Client {
             .header(header::USER_AGENT, USER_AGENT)
             .header(header::ACCEPT, "*/*")
             .header(header::CONTENT_TYPE, content_type);
+        for (name, value) in options {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                request = request.header(name, value);
+            }
+        }
         if let Some(auth) = self
             .rack
             .authorization()

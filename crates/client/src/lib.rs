@@ -16,6 +16,7 @@
 
 mod client;
 mod error;
+mod exec;
 mod promotion;
 mod rack;
 mod socket;
@@ -24,6 +25,10 @@ pub mod types;
 
 pub use client::{BuildOptions, Client, LogOptions, ReleaseOptions, go_duration};
 pub use error::Error;
+pub use exec::{
+    ATTACH_HEADER, BINARY_HEADER, EXIT_MARKER, ExecOutcome, ExecSession, RunOptions,
+    TIMEOUT_HEADER, exit_marker,
+};
 pub use promotion::{AFTER_HEADER, PromotionEvents, PromotionFrame, PromotionResult, TYPED_HEADER};
 pub use rack::RackUrl;
 pub use socket::{LogStream, stream_error};

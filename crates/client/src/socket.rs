@@ -27,7 +27,7 @@ pub(crate) struct SocketOptions {
 }
 
 /// A websocket's connection: plain TCP or TLS over it.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}
 
@@ -151,6 +151,12 @@ impl LogStream {
             }
             return item;
         }
+    }
+
+    /// The route and the socket (`None` once closed), for a caller that
+    /// also writes to it (an exec session).
+    pub(crate) fn into_parts(self) -> (String, Option<WebSocketStream<Box<dyn Io>>>) {
+        (self.what, self.socket)
     }
 
     /// Closes the stream (politely, ignoring errors); later calls to

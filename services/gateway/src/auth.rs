@@ -29,11 +29,12 @@ use crate::logins::Refusal;
 
 /// The websocket routes, whose failed logins are reported in the stream.
 /// The router registers exactly these paths as sockets.
-pub const SOCKET_ROUTES: [&str; 4] = [
+pub const SOCKET_ROUTES: [&str; 5] = [
     "/apps/{app}/builds/{id}/logs",
     "/apps/{app}/logs",
     "/apps/{app}/services/{service}/logs",
     "/apps/{app}/promotions/{id}/events",
+    "/apps/{app}/processes/{pid}/exec",
 ];
 
 /// Who made a request, as far as the gateway knows. As an extractor it

@@ -6,7 +6,7 @@ use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
 use slipway_client::types;
 
-fn time(t: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
+pub(crate) fn time(t: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
     match t {
         Some(t) if t.seconds > 0 => slipway_api::from_timestamp(t),
         _ => types::go_time::ZERO,
@@ -93,6 +93,7 @@ pub(crate) fn process(app: &str, p: opb::Process) -> types::Process {
         name: p.service.clone(),
         release: p.release,
         status: p.status,
+        command: p.command,
         host: "127.0.0.1".into(),
         ports: if p.port > 0 {
             vec![p.port.to_string()]

@@ -9,6 +9,7 @@ mod convert;
 pub mod error;
 pub mod logins;
 mod objects;
+mod processes;
 mod promotions;
 mod reads;
 mod routes;
@@ -27,6 +28,7 @@ use axum::extract::Request;
 use slipway_api::build::v1::build_archive_service_client::BuildArchiveServiceClient;
 use slipway_api::build::v1::build_service_client::BuildServiceClient;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
+use slipway_api::rollout::v1::process_service_client::ProcessServiceClient;
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
 use slipway_api::rollout::v1::scale_service_client::ScaleServiceClient;
 use slipway_rpc::{Channel, MessageLimits as _};
@@ -61,6 +63,8 @@ pub struct AppState {
     pub build: BuildServiceClient<Channel>,
     /// Rollout service client.
     pub rollout: RolloutServiceClient<Channel>,
+    /// The rollout service's one-off processes and exec sessions.
+    pub processes: ProcessServiceClient<Channel>,
     /// The rollout service's scale and restart client.
     pub scale: ScaleServiceClient<Channel>,
     /// The build service's export and import client.
@@ -107,6 +111,12 @@ impl AppState {
             )?)
             .with_message_limits(),
             scale: ScaleServiceClient::new(slipway_rpc::channel(
+                "rollout",
+                &config.rollout_endpoints,
+                &options,
+            )?)
+            .with_message_limits(),
+            processes: ProcessServiceClient::new(slipway_rpc::channel(
                 "rollout",
                 &config.rollout_endpoints,
                 &options,

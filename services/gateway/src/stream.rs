@@ -485,7 +485,7 @@ async fn finish(mut socket: WebSocket) {
 
 /// Takes the longest valid UTF-8 prefix out of `buf`, leaving an incomplete
 /// trailing character for the next chunk (invalid bytes become U+FFFD).
-fn take_utf8(buf: &mut Vec<u8>) -> String {
+pub(crate) fn take_utf8(buf: &mut Vec<u8>) -> String {
     match std::str::from_utf8(buf) {
         Ok(text) => {
             let text = text.to_owned();

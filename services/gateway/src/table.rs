@@ -12,7 +12,7 @@ use axum::routing::{MethodFilter, on};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::auth::SOCKET_ROUTES;
-use crate::{AppState, Config, builds, promotions, routes, scale, stream};
+use crate::{AppState, Config, builds, processes, promotions, routes, scale, stream};
 
 /// What kind of request a route serves, which decides its limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +116,25 @@ fn table(config: &Config) -> Table<'_> {
     t.add(M::GET, SOCKET_ROUTES[1], Socket, stream::app_logs);
     t.add(M::GET, SOCKET_ROUTES[2], Socket, stream::app_logs);
     t.add(M::GET, SOCKET_ROUTES[3], Socket, stream::promotion_events);
+    t.add(
+        M::POST,
+        "/apps/{app}/services/{service}/processes",
+        Api,
+        processes::run_process,
+    );
+    t.add(
+        M::GET,
+        "/apps/{app}/processes/{pid}",
+        Api,
+        processes::get_process,
+    );
+    t.add(
+        M::DELETE,
+        "/apps/{app}/processes/{pid}",
+        Api,
+        processes::stop_process,
+    );
+    t.add(M::GET, SOCKET_ROUTES[4], Socket, processes::exec);
     t
 }
 

@@ -200,6 +200,7 @@ impl RolloutService for Grpc {
                 started: Some(timestamp(p.started)),
                 pid: p.pid.unwrap_or_default(),
                 port: p.port.map(u32::from).unwrap_or_default(),
+                command: p.command,
             })
             .collect();
         Ok(Response::new(pb::ListProcessesResponse { processes }))

@@ -52,7 +52,7 @@ async fn the_release_command_runs_once_before_the_release_and_gates_it() {
         ),
         60,
     );
-    let p1 = format!("{app}-p1");
+    let p1 = promotion_id(&app, 1);
     start(&mut service.client, &p1, r1.clone(), None, 0).await;
     let (done, events) = finish(&mut service.client, &p1, LIMIT).await;
     assert_eq!(done.phase(), pb::RolloutPhase::Running, "{done:?}");
@@ -79,7 +79,7 @@ async fn the_release_command_runs_once_before_the_release_and_gates_it() {
         "'echo working; echo boom >&2; exit 3'",
         60,
     );
-    let p2 = format!("{app}-p2");
+    let p2 = promotion_id(&app, 2);
     start(&mut service.client, &p2, r2, Some(r1.clone()), 0).await;
     let (done, _) = finish(&mut service.client, &p2, LIMIT).await;
     assert_eq!(done.phase(), pb::RolloutPhase::Failure, "{done:?}");
@@ -97,7 +97,7 @@ async fn the_release_command_runs_once_before_the_release_and_gates_it() {
 
     // Timeout.
     let r3 = with_release(spec(&app, "RCCCCCCCCCC", &App::healthy(1)), "sleep 30", 1);
-    let p3 = format!("{app}-p3");
+    let p3 = promotion_id(&app, 3);
     start(&mut service.client, &p3, r3, Some(r1.clone()), 0).await;
     let (done, _) = finish(&mut service.client, &p3, LIMIT).await;
     assert_eq!(done.phase(), pb::RolloutPhase::Failure, "{done:?}");
@@ -113,7 +113,7 @@ async fn the_release_command_runs_once_before_the_release_and_gates_it() {
         &format!("'echo run >> {}; sleep 30'", runs_file.display()),
         60,
     );
-    let p4 = format!("{app}-p4");
+    let p4 = promotion_id(&app, 4);
     start(&mut service.client, &p4, r4, Some(r1), 0).await;
     eventually(LIMIT, "the release command to start", || async {
         runs(&dir) == 2
@@ -154,7 +154,7 @@ async fn a_kill_9_during_the_release_command_never_runs_it_twice() {
 
     let (mut child, addr) = crate::crash::spawn_binary(&data, &url, &release_addr).await;
     let mut client = connect(addr).await;
-    let promotion = format!("{app}-p1");
+    let promotion = promotion_id(&app, 1);
     let r1 = with_release(
         spec(&app, "RAAAAAAAAAA", &App::healthy(1)),
         &format!("'echo run >> {}; sleep 5'", runs_file.display()),

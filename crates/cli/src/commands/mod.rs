@@ -8,6 +8,7 @@ mod env;
 mod promote;
 mod rack;
 mod releases;
+mod run;
 mod runtime;
 mod scale;
 
@@ -24,7 +25,12 @@ pub(crate) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Releases { limit, command } => releases::run(ctx, limit, command).await,
         Command::Env { command } => env::run(ctx, command).await,
         Command::Logs(args) => runtime::logs(ctx, &args).await,
-        Command::Ps => runtime::ps(ctx).await,
+        Command::Ps { command: None } => runtime::ps(ctx).await,
+        Command::Ps {
+            command: Some(command),
+        } => run::ps(ctx, command).await,
+        Command::Run(args) => run::run(ctx, &args).await,
+        Command::Exec { pid, command } => run::exec(ctx, &pid, &command).await,
         Command::Services { command: None } => runtime::services(ctx).await,
         Command::Services {
             command: Some(ServicesCommand::Restart { service }),

@@ -576,7 +576,10 @@ impl LocalRuntime {
         kind: SessionKind,
     ) -> Result<Session, RuntimeError> {
         let oneoff = self.inner.oneoffs.get(app, id);
+        // An attached one-off may end before its session opens: its output
+        // waits in the pipe, and its status is kept.
         if let Some(oneoff) = &oneoff
+            && kind != SessionKind::Attach
             && oneoff.lock().info.status.is_over()
         {
             return Err(refused(format!("process {id} has ended")));

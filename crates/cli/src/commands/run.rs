@@ -1,0 +1,115 @@
+//! One-off processes: `slipway run`, `slipway exec`, `slipway ps info` and
+//! `slipway ps stop`, printed as the `convox` CLI prints them.
+//!
+//! An attached `run` starts the one-off with its command and attaches to
+//! it at once (no holder, no polling: Slipway's `Attach` extension), pipes
+//! stdin through and ends the remote stdin at EOF, prints the output byte
+//! for byte, and exits with the remote command's status. Ctrl-C stops the
+//! remote process before exiting (130).
+
+use std::io::Write as _;
+
+use anyhow::bail;
+use chrono::Utc;
+use slipway_client::{Client, ExecOutcome, ExecSession, RunOptions};
+
+use crate::Context;
+use crate::cli::{PsCommand, RunArgs};
+use crate::humanize::relative;
+use crate::output::{Output, info, print};
+
+/// `slipway run SERVICE COMMAND...`.
+pub(crate) async fn run(ctx: &Context, args: &RunArgs) -> anyhow::Result<()> {
+    let (client, app) = (ctx.client()?, ctx.app()?);
+    let command = args.command.join(" ");
+    let options = RunOptions {
+        release: args.release.clone(),
+        timeout: args.timeout,
+        attach: !args.detach,
+    };
+    if args.detach {
+        let out = Output::new(false);
+        out.start("Running detached process")?;
+        let process = client
+            .process_run(&app, &args.service, &command, &options)
+            .await?;
+        return Ok(out.line(&format!("OK, {}", process.id))?);
+    }
+    let process = client
+        .process_run(&app, &args.service, &command, &options)
+        .await?;
+    let session = match client.process_attach(&app, &process.id).await {
+        Ok(session) => session,
+        Err(e) => {
+            let _ = client.process_stop(&app, &process.id).await;
+            return Err(e.into());
+        }
+    };
+    let code = attached(&client, &app, &process.id, session).await?;
+    exit(code)
+}
+
+/// `slipway exec PID COMMAND...`.
+pub(crate) async fn exec(ctx: &Context, pid: &str, command: &[String]) -> anyhow::Result<()> {
+    let (client, app) = (ctx.client()?, ctx.app()?);
+    let session = client.process_exec(&app, pid, &command.join(" ")).await?;
+    let code = attached(&client, &app, pid, session).await?;
+    exit(code)
+}
+
+/// Runs a session to its end, or stops the remote process on Ctrl-C.
+async fn attached(
+    client: &Client,
+    app: &str,
+    pid: &str,
+    session: ExecSession,
+) -> anyhow::Result<i32> {
+    let stdout = tokio::io::stdout();
+    tokio::select! {
+        outcome = session.run(tokio::io::stdin(), stdout) => {
+            let ExecOutcome { code, error } = outcome?;
+            if let Some(message) = error {
+                bail!("{message}");
+            }
+            Ok(code)
+        }
+        _ = tokio::signal::ctrl_c() => {
+            let _ = client.process_stop(app, pid).await;
+            Ok(130)
+        }
+    }
+}
+
+/// Exits with the remote status (mod 256, as the `convox` CLI does), once
+/// stdout is flushed; the stdin reader may still be blocked in a read.
+fn exit(code: i32) -> anyhow::Result<()> {
+    let _ = std::io::stdout().flush();
+    std::process::exit(code & 0xff)
+}
+
+/// `slipway ps info PID`, `slipway ps stop PID`.
+pub(crate) async fn ps(ctx: &Context, command: PsCommand) -> anyhow::Result<()> {
+    let (client, app) = (ctx.client()?, ctx.app()?);
+    match command {
+        PsCommand::Info { pid } => {
+            let p = client.process(&app, &pid).await?;
+            print(&info(&[
+                ("Id", p.id),
+                ("App", p.app),
+                ("Command", p.command),
+                ("Instance", p.instance),
+                ("Release", p.release),
+                ("Service", p.name),
+                ("Started", relative(p.started, Utc::now())),
+                ("Status", p.status),
+            ]))?;
+        }
+        PsCommand::Stop { pid } => {
+            let out = Output::new(false);
+            out.start(&format!("Stopping {pid}"))?;
+            client.process_stop(&app, &pid).await?;
+            out.ok()?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! One-off processes and exec sessions: `POST
+//! /apps/{app}/services/{service}/processes` (options as headers, as the
+//! `convox` CLI sends them), `GET`/`DELETE /apps/{app}/processes/{pid}`, and
+//! the exec socket, whose end carries the remote exit status as the Convox
+//! marker (`F1E49A85-…:<code>\n`, a text frame of its own).
+//!
+//! Slipway's own client asks for two extensions in the handshake: `Attach:
+//! true` (the session is the one-off's own command, started with `Attach:
+//! true`, instead of a command exec'd into a holder) and `Binary: true`
+//! (output in non-empty BINARY frames, byte for byte; TEXT frames then carry
+//! only the marker and `ERROR:` lines). Stdin goes up as BINARY frames; an
+//! empty one ends it.
+
+use futures::{SinkExt as _, StreamExt as _};
+use hyper::Method;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::client::{Body, root_cause};
+use crate::socket::LogStream;
+use crate::types::Process;
+use crate::{Client, Error};
+
+/// What precedes the exit status in an exec stream (`sdk/sdk.go`
+/// `statusCodePrefix` in Convox).
+pub const EXIT_MARKER: &str = "F1E49A85-0AD7-4AEF-A618-C249C6E6568D:";
+/// Slipway: on the run POST, keep the one-off's stdin and output for a
+/// session; on the exec socket, attach to that one-off's own command.
+pub const ATTACH_HEADER: &str = "Attach";
+/// Slipway: exec output in BINARY frames, byte for byte.
+pub const BINARY_HEADER: &str = "Binary";
+/// Slipway: the one-off's timeout in seconds (Convox sends `Command: sleep
+/// N` instead).
+pub const TIMEOUT_HEADER: &str = "Timeout";
+
+/// Options of a one-off run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Run this release instead of the app's active one.
+    pub release: Option<String>,
+    /// Stop it after this many seconds (server default 3600).
+    pub timeout: Option<u64>,
+    /// Keep its stdin and output for [`Client::process_attach`].
+    pub attach: bool,
+}
+
+/// How an exec session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecOutcome {
+    /// The remote exit status (the marker's; 0 if none came, as for the
+    /// `convox` CLI).
+    pub code: i32,
+    /// What the rack reported in-stream (`ERROR: …`), if anything.
+    pub error: Option<String>,
+}
+
+/// An open exec socket.
+#[derive(Debug)]
+pub struct ExecSession {
+    stream: LogStream,
+}
+
+impl Client {
+    /// `POST /apps/{app}/services/{service}/processes`: starts a one-off
+    /// process running `command` (empty: the service's own command).
+    pub async fn process_run(
+        &self,
+        app: &str,
+        service: &str,
+        command: &str,
+        options: &RunOptions,
+    ) -> Result<Process, Error> {
+        let mut headers = vec![("Command", command.to_owned())];
+        if let Some(release) = &options.release {
+            headers.push(("Release", release.clone()));
+        }
+        if let Some(timeout) = options.timeout {
+            headers.push((TIMEOUT_HEADER, timeout.to_string()));
+        }
+        if options.attach {
+            headers.push((ATTACH_HEADER, "true".to_owned()));
+        }
+        self.json(
+            Method::POST,
+            &["apps", app, "services", service, "processes"],
+            &[],
+            Body::Headers(headers),
+        )
+        .await
+    }
+
+    /// `GET /apps/{app}/processes/{pid}`.
+    pub async fn process(&self, app: &str, id: &str) -> Result<Process, Error> {
+        self.json(
+            Method::GET,
+            &["apps", app, "processes", id],
+            &[],
+            Body::Empty,
+        )
+        .await
+    }
+
+    /// `DELETE /apps/{app}/processes/{pid}`: stops it.
+    pub async fn process_stop(&self, app: &str, id: &str) -> Result<(), Error> {
+        self.call(
+            Method::DELETE,
+            &["apps", app, "processes", id],
+            &[],
+            Body::Empty,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Opens a session with the one-off `id` started with
+    /// [`RunOptions::attach`]: its own command's stdin and output.
+    pub async fn process_attach(&self, app: &str, id: &str) -> Result<ExecSession, Error> {
+        self.exec_socket(app, id, vec![(ATTACH_HEADER, "true".to_owned())])
+            .await
+    }
+
+    /// Opens a session running `command` inside process `id`.
+    pub async fn process_exec(
+        &self,
+        app: &str,
+        id: &str,
+        command: &str,
+    ) -> Result<ExecSession, Error> {
+        self.exec_socket(app, id, vec![("Command", command.to_owned())])
+            .await
+    }
+
+    async fn exec_socket(
+        &self,
+        app: &str,
+        id: &str,
+        mut headers: Vec<(&'static str, String)>,
+    ) -> Result<ExecSession, Error> {
+        headers.push((BINARY_HEADER, "true".to_owned()));
+        headers.push(("Tty", "false".to_owned()));
+        let options = self.socket_options(headers);
+        let stream = LogStream::connect(
+            self.rack(),
+            &["apps", app, "processes", id, "exec"],
+            &options,
+        )
+        .await?;
+        Ok(ExecSession { stream })
+    }
+}
+
+/// The exit status a marker frame carries, if `text` is one.
+pub fn exit_marker(text: &str) -> Option<i32> {
+    text.strip_prefix(EXIT_MARKER)?.trim().parse().ok()
+}
+
+impl ExecSession {
+    /// Copies `stdin` to the command (then ends its stdin) and its output
+    /// to `stdout` until the rack ends the stream; says how it ended.
+    pub async fn run(
+        self,
+        mut stdin: impl AsyncRead + Unpin + Send + 'static,
+        mut stdout: impl AsyncWrite + Unpin,
+    ) -> Result<ExecOutcome, Error> {
+        let (what, socket) = self.stream.into_parts();
+        let Some(socket) = socket else {
+            return Ok(ExecOutcome {
+                code: 0,
+                error: None,
+            });
+        };
+        let (mut sink, mut frames) = socket.split();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        // Stdin is read in a task of its own: the command may end before
+        // its stdin does (`sleep 20 | … exec … true`).
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0; 64 * 1024];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(Vec::new()).await;
+                        return;
+                    }
+                    Ok(n) => {
+                        if tx.send(buf[..n].to_vec()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let broken = |e: WsError| Error::Stream {
+            what: what.clone(),
+            reason: root_cause(&e),
+        };
+        let mut outcome = ExecOutcome {
+            code: 0,
+            error: None,
+        };
+        let mut stdin_open = true;
+        loop {
+            tokio::select! {
+                chunk = rx.recv(), if stdin_open => {
+                    let chunk = chunk.unwrap_or_default();
+                    stdin_open = !chunk.is_empty();
+                    // A failed send shows up as the end of the output.
+                    let _ = sink.send(Message::Binary(chunk.into())).await;
+                }
+                frame = frames.next() => match frame {
+                    Some(Ok(Message::Binary(bytes))) if bytes.is_empty() => break,
+                    Some(Ok(Message::Binary(bytes))) => {
+                        stdout.write_all(&bytes).await.map_err(|e| Error::Stream {
+                            what: what.clone(),
+                            reason: format!("cannot write the output: {e}"),
+                        })?;
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(code) = exit_marker(&text) {
+                            outcome.code = code;
+                        } else if let Some(message) = crate::stream_error(&text) {
+                            outcome.error = Some(message.to_owned());
+                        } else {
+                            let _ = stdout.write_all(text.as_bytes()).await;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break,
+                    Some(Err(e)) => return Err(broken(e)),
+                },
+            }
+        }
+        reader.abort();
+        let _ = stdout.flush().await;
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_carry_the_exit_status() {
+        assert_eq!(exit_marker(&format!("{EXIT_MARKER}42\n")), Some(42));
+        assert_eq!(exit_marker(&format!("{EXIT_MARKER}0")), Some(0));
+        assert_eq!(exit_marker("ERROR: process not found: x\n"), None);
+        assert_eq!(exit_marker(&format!("{EXIT_MARKER}x\n")), None);
+    }
+}
