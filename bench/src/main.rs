@@ -9,6 +9,7 @@ mod gateway;
 mod ledger;
 mod rack;
 mod rollout;
+mod run;
 mod scale;
 mod stats;
 mod upload;
@@ -48,6 +49,9 @@ enum Command {
     Deploy(deploy::Args),
     /// The web console: app page render time and SSE event latency.
     Console(console::Args),
+    /// One-off processes: `slipway run web true` beside spawning `true`,
+    /// and `run web cat` throughput beside a loopback TCP echo.
+    Run(run::Args),
     /// The app the `rollout` benchmark deploys (and spawns as its baseline):
     /// sleeps `APP_DELAY_MS`, then answers 200 to every request on `$PORT`.
     #[command(hide = true)]
@@ -72,6 +76,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Scale(args) => scale::run(args).await,
                 Command::Deploy(args) => deploy::run(args).await,
                 Command::Console(args) => console::run(args).await,
+                Command::Run(args) => run::run(args).await,
                 Command::ServeApp => unreachable!("handled above"),
             }
         })
