@@ -124,6 +124,7 @@ impl LocalRuntime {
             }),
         };
         runtime.recover().await?;
+        runtime.reap_orphans();
         runtime.inner.isolation.sweep().await;
         Ok(runtime)
     }

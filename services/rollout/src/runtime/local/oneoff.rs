@@ -10,7 +10,11 @@
 //! is the app's target), and die with that process.
 //!
 //! One-offs are not re-adopted after a restart of the rollout service:
-//! their sessions went through it. Ended ones stay listed by id for
+//! their sessions went through it. They carry a marker (`SLIPWAY_ONEOFF`:
+//! the time they must be stopped by, 0 for attached ones and exec
+//! sessions, and the apps directory), by which a restarted runtime stops
+//! attached ones at once and detached ones at their deadline
+//! ([`LocalRuntime::reap_orphans`]). Ended ones stay listed by id for
 //! [`KEEP_ENDED`], so a client can read how they ended.
 
 use std::collections::BTreeMap;
@@ -41,6 +45,10 @@ use crate::runtime::{
 pub(super) const KEEP_ENDED: Duration = Duration::from_secs(600);
 /// How much output one read hands to a session.
 const CHUNK: usize = 64 * 1024;
+/// The env var that marks a one-off or exec session: `<deadline> <apps dir>`.
+const ORPHAN_MARKER: &str = "SLIPWAY_ONEOFF";
+/// How often an orphan's watchdog checks it is still there.
+const ORPHAN_POLL: Duration = Duration::from_secs(1);
 /// How long the output of an ended command may still drain (a descendant
 /// that left the process group can hold the pipe open).
 const DRAIN: Duration = Duration::from_secs(5);
@@ -131,6 +139,7 @@ fn prepare(
     launch: &Launch,
     text: &str,
     marker: (&str, &str),
+    orphan: &str,
     log: Option<&std::path::Path>,
 ) -> std::io::Result<Prepared> {
     let mut cmd = tokio::process::Command::new("/bin/sh");
@@ -145,6 +154,7 @@ fn prepare(
         .env("SLIPWAY_SERVICE", &ctx.service)
         .env("SLIPWAY_RELEASE", &ctx.release)
         .env(marker.0, marker.1)
+        .env(ORPHAN_MARKER, orphan)
         .process_group(0)
         .kill_on_drop(false);
     let output = match log {
@@ -309,11 +319,20 @@ impl LocalRuntime {
             .await
             .map_err(|e| RuntimeError::Backend(e.to_string()))?;
         let log = (!request.attach).then(|| self.log_path(&app, &id));
+        // A detached one-off outlives a restart of the service until its
+        // deadline; an attached one's session cannot.
+        let stop_by = match request.attach {
+            true => 0,
+            false => Utc::now()
+                .timestamp()
+                .saturating_add(request.timeout.as_secs() as i64),
+        };
         let spawned = prepare(
             &ctx,
             &launch,
             &command,
             (process::MARKER, &id),
+            &self.orphan_marker(stop_by),
             log.as_deref(),
         )
         .and_then(spawn);
@@ -668,8 +687,15 @@ impl LocalRuntime {
             .prepare(&ctx.app, &ctx.release, &ctx.artifact)
             .await
             .map_err(|e| RuntimeError::Backend(e.to_string()))?;
-        let spawned =
-            prepare(&ctx, &launch, text, ("SLIPWAY_EXEC_OF", &target.id), None).and_then(spawn);
+        let spawned = prepare(
+            &ctx,
+            &launch,
+            text,
+            ("SLIPWAY_EXEC_OF", &target.id),
+            &self.orphan_marker(0),
+            None,
+        )
+        .and_then(spawn);
         let (mut child, pipes) = match spawned {
             Ok((child, Some(pipes))) => (child, pipes),
             Ok((_, None)) => unreachable!("a session command has pipes"),
@@ -703,5 +729,69 @@ impl LocalRuntime {
             status.map(oneoff::exit_code).unwrap_or(1)
         };
         Ok(open_session(pipes, exit, move || group(Signal::SIGKILL)))
+    }
+
+    /// The orphan marker of a command to stop by `stop_by` (unix seconds;
+    /// 0: as soon as a restarted runtime finds it).
+    fn orphan_marker(&self, stop_by: i64) -> String {
+        format!("{stop_by} {}", self.inner.config.apps_dir.display())
+    }
+
+    /// Stops what a previous run of the runtime left of one-offs: attached
+    /// ones and exec sessions at once (their sessions are gone), detached
+    /// ones at their deadline. Call once, at start.
+    pub(super) fn reap_orphans(&self) {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let suffix = format!(" {}", self.inner.config.apps_dir.display());
+        let now = Utc::now().timestamp();
+        for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            let prefix = format!("{ORPHAN_MARKER}=");
+            let Some(stop_by) = environ
+                .split(|b| *b == 0)
+                .filter_map(|var| std::str::from_utf8(var).ok()?.strip_prefix(&prefix))
+                .find_map(|value| value.strip_suffix(&suffix)?.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            // Only the leader of its group: the rest go with it.
+            if nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32)))
+                .map_or(true, |g| g.as_raw() as u32 != pid)
+                || !process::alive(pid)
+            {
+                continue;
+            }
+            let group = move |signal| {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
+            };
+            if stop_by <= now {
+                tracing::info!(pid, "stopping a one-off process a previous run left");
+                group(Signal::SIGKILL);
+                continue;
+            }
+            tracing::info!(
+                pid,
+                stop_by,
+                "a detached one-off process a previous run left runs until its deadline"
+            );
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now()
+                    + Duration::from_secs(u64::try_from(stop_by - now).unwrap_or(0));
+                while tokio::time::Instant::now() < deadline {
+                    if !process::alive(pid) {
+                        return;
+                    }
+                    tokio::time::sleep(ORPHAN_POLL.min(deadline - tokio::time::Instant::now()))
+                        .await;
+                }
+                group(Signal::SIGTERM);
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                group(Signal::SIGKILL);
+            });
+        }
     }
 }
