@@ -447,6 +447,42 @@ async fn slipway_cli(rack: &TestRack, dir: &std::path::Path, staged: &str) {
         "{out:?}"
     );
 
+    // Ctrl-C stops the remote process.
+    let mut child = tokio::process::Command::new(slipway_e2e::slipway_binary())
+        .args(["run", "-a", "myapp", "web", "sleep 301"])
+        .current_dir(dir)
+        .env("RACK_URL", &rack.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = eventually(Duration::from_secs(30), "the run to be listed", || async {
+        let ps = ok_stdout(&rack.slipway(dir, &["ps", "-a", "myapp"]).await, "ps");
+        ps.lines()
+            .find(|l| l.contains("sleep 301"))
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+    })
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    eventually(
+        Duration::from_secs(30),
+        "the interrupted run to end",
+        || async {
+            let ps = ok_stdout(&rack.slipway(dir, &["ps", "-a", "myapp"]).await, "ps");
+            (!ps.contains(&pid)).then_some(())
+        },
+    )
+    .await;
+
     // The timeout kills it.
     let out = slipway(run(&["web", "sleep 300", "--timeout", "1"])).await;
     assert_ne!(out.status.code(), Some(0), "{out:?}");

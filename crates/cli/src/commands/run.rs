@@ -21,6 +21,9 @@ use crate::output::{Output, info, print};
 /// `slipway run SERVICE COMMAND...`.
 pub(crate) async fn run(ctx: &Context, args: &RunArgs) -> anyhow::Result<()> {
     let (client, app) = (ctx.client()?, ctx.app()?);
+    // Listening from the start: a Ctrl-C that comes while the process
+    // starts still stops it.
+    let interrupt = interrupt()?;
     let command = args.command.join(" ");
     let options = RunOptions {
         release: args.release.clone(),
@@ -45,24 +48,35 @@ pub(crate) async fn run(ctx: &Context, args: &RunArgs) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    let code = attached(&client, &app, &process.id, session).await?;
+    let code = attached(&client, &app, Some(&process.id), session, interrupt).await?;
     exit(code)
+}
+
+/// SIGINT as a stream, registered now.
+fn interrupt() -> anyhow::Result<tokio::signal::unix::Signal> {
+    Ok(tokio::signal::unix::signal(
+        tokio::signal::unix::SignalKind::interrupt(),
+    )?)
 }
 
 /// `slipway exec PID COMMAND...`.
 pub(crate) async fn exec(ctx: &Context, pid: &str, command: &[String]) -> anyhow::Result<()> {
     let (client, app) = (ctx.client()?, ctx.app()?);
+    let interrupt = interrupt()?;
     let session = client.process_exec(&app, pid, &command.join(" ")).await?;
-    let code = attached(&client, &app, pid, session).await?;
+    // Ctrl-C ends the session, which kills the command, not the process.
+    let code = attached(&client, &app, None, session, interrupt).await?;
     exit(code)
 }
 
-/// Runs a session to its end, or stops the remote process on Ctrl-C.
+/// Runs a session to its end; on Ctrl-C, stops the one-off `stop` (if
+/// any) and gives 130.
 async fn attached(
     client: &Client,
     app: &str,
-    pid: &str,
+    stop: Option<&str>,
     session: ExecSession,
+    mut interrupt: tokio::signal::unix::Signal,
 ) -> anyhow::Result<i32> {
     let stdout = tokio::io::stdout();
     tokio::select! {
@@ -73,8 +87,10 @@ async fn attached(
             }
             Ok(code)
         }
-        _ = tokio::signal::ctrl_c() => {
-            let _ = client.process_stop(app, pid).await;
+        _ = interrupt.recv() => {
+            if let Some(pid) = stop {
+                let _ = client.process_stop(app, pid).await;
+            }
             Ok(130)
         }
     }
