@@ -1,8 +1,9 @@
 //! `slipway scale`, `slipway restart`, `slipway services restart` and the
 //! routes the `convox` CLI uses for them (reference part 2 §6), on the local
-//! runtime: the count changes without a new release, is kept by a later
-//! promotion and across a restart of the rack, and a restart under load
-//! fails no request.
+//! runtime: the count changes without a new release and is kept by a later
+//! promotion, and a restart under load fails no request. (That the count
+//! survives a restart of the services is the spec's stored JSON, which the
+//! local runtime re-adopts from: `overrides.rs` tests it.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

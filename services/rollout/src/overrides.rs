@@ -101,4 +101,42 @@ mod tests {
         let json = serde_json::to_string(&o).unwrap();
         assert_eq!(serde_json::from_str::<Overrides>(&json).unwrap(), o);
     }
+
+    /// What the local runtime stores (`local_apps`, the rollout rows) and
+    /// re-adopts from after a restart keeps the scale set by hand.
+    #[test]
+    fn a_stored_spec_keeps_its_overrides() {
+        let record = crate::model::SpecRecord {
+            app: "shop".into(),
+            release: "RAAAAAAAAAA".into(),
+            build: String::new(),
+            manifest: "services:\n  web:\n    command: sleep 1\n    scale:\n      count: 2\n"
+                .into(),
+            env: Default::default(),
+            artifacts: Default::default(),
+        };
+        let mut spec = Spec::from_record(record).unwrap();
+        assert_eq!(spec.count("web"), 2, "the manifest's");
+        assert!(
+            !spec.to_json().contains("overrides"),
+            "plain specs store as before"
+        );
+        spec.overrides.scale.insert(
+            "web".into(),
+            ServiceScale {
+                count: Some(5),
+                cpu: 250,
+                memory: 0,
+            },
+        );
+        let at = DateTime::UNIX_EPOCH + chrono::Duration::seconds(10);
+        spec.overrides.restarted.insert("web".into(), at);
+        let back = Spec::from_json(&spec.to_json()).unwrap();
+        assert_eq!(back.overrides, spec.overrides);
+        assert_eq!(back.count("web"), 5);
+        assert_eq!(back.resources("web"), (250, 0));
+        assert!(back.restarted_since("web", DateTime::UNIX_EPOCH));
+        assert!(!back.restarted_since("web", at));
+        assert_eq!(back.count("nosuch"), 0);
+    }
 }
