@@ -258,6 +258,11 @@ async fn handle(
             "release": release("RDEFGHIJKL", now, "rollback to RBCDEFGHIJ"),
             "promotion": promotion("POK", "pending", ""),
         })),
+        // The newest release's last promotion succeeded: env changes warn of nothing.
+        ("GET", ["apps", _, "promotions"]) => json_response(json!([{
+            "id": "POK", "app": "myapp", "release": "RCDEFGHIJK", "state": "succeeded",
+            "reason": "",
+        }])),
         ("GET", ["apps", _, "promotions", "PDROP"]) => {
             json_response(promotion("PDROP", "rolling_out", ""))
         }
