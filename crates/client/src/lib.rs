@@ -21,7 +21,6 @@ mod promotion;
 mod rack;
 mod socket;
 mod tls;
-pub mod types;
 
 pub use client::{BuildOptions, Client, LogOptions, ReleaseOptions, go_duration};
 pub use error::Error;
@@ -32,4 +31,5 @@ pub use exec::{
 pub use promotion::{AFTER_HEADER, PromotionEvents, PromotionFrame, PromotionResult, TYPED_HEADER};
 pub use rack::RackUrl;
 pub use socket::{LogStream, stream_error};
+pub use slipway_convox::types;
 pub use tls::TlsOptions;

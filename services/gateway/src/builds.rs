@@ -15,7 +15,7 @@ use axum::response::{IntoResponse as _, Response};
 use futures::StreamExt as _;
 use slipway_api::build::v1 as bpb;
 use slipway_api::release::v1 as rpb;
-use slipway_client::types;
+use slipway_convox::types;
 
 use crate::AppState;
 use crate::auth::Caller;

@@ -1,10 +1,10 @@
-//! Proto messages into the Convox JSON shapes of `slipway_client::types`.
+//! Proto messages into the Convox JSON shapes of `slipway_convox::types`.
 
 use chrono::{DateTime, Utc};
 use slipway_api::build::v1 as bpb;
 use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
-use slipway_client::types;
+use slipway_convox::types;
 
 pub(crate) fn time(t: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
     match t {

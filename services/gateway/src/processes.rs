@@ -27,7 +27,8 @@ use axum::response::Response;
 use futures::{SinkExt as _, StreamExt as _};
 use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
-use slipway_client::{ATTACH_HEADER, BINARY_HEADER, EXIT_MARKER, TIMEOUT_HEADER, types};
+use slipway_convox::exec::{ATTACH_HEADER, BINARY_HEADER, EXIT_MARKER, TIMEOUT_HEADER};
+use slipway_convox::types;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument as _;
 

@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use slipway_api::release::v1 as rpb;
-use slipway_client::types;
+use slipway_convox::types;
 
 use crate::AppState;
 use crate::convert;

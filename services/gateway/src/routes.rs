@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use slipway_api::build::v1 as bpb;
 use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
-use slipway_client::types;
+use slipway_convox::types;
 use tonic::Request;
 
 use crate::AppState;

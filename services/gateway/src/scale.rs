@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
-use slipway_client::types;
+use slipway_convox::types;
 
 use crate::AppState;
 use crate::auth::Caller;

@@ -15,7 +15,7 @@ use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
 use tracing::Instrument as _;
 
-use slipway_client::{AFTER_HEADER, PromotionFrame, PromotionResult, TYPED_HEADER};
+use slipway_convox::frames::{AFTER_HEADER, PromotionFrame, PromotionResult, TYPED_HEADER};
 
 use crate::auth::SocketCaller;
 use crate::{AppState, convert};
