@@ -30,6 +30,6 @@ pub use exec::{
 };
 pub use promotion::{AFTER_HEADER, PromotionEvents, PromotionFrame, PromotionResult, TYPED_HEADER};
 pub use rack::RackUrl;
-pub use socket::{LogStream, stream_error};
 pub use slipway_convox::types;
+pub use socket::{LogStream, stream_error};
 pub use tls::TlsOptions;

@@ -36,4 +36,3 @@ pub struct PromotionResult {
     #[serde(default)]
     pub reason: String,
 }
-

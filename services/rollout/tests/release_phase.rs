@@ -177,7 +177,11 @@ async fn a_kill_9_during_the_release_command_never_runs_it_twice() {
         "{done:?}"
     );
     // The restarted runtime stopped what was left of it at once.
-    assert_eq!(count_app_processes(&app), 0, "the orphaned command was stopped");
+    assert_eq!(
+        count_app_processes(&app),
+        0,
+        "the orphaned command was stopped"
+    );
     // Past the command's own end, it still ran once, and nothing started.
     tokio::time::sleep(Duration::from_secs(6)).await; // absence check: a second run would have begun by now
     assert_eq!(runs(&shared), 1);
