@@ -238,6 +238,11 @@ impl Cluster {
             args.extend(["--release-endpoint".into(), join(&release_addrs).into()]);
             args.extend(["--rollout-endpoint".into(), join(&rollouts).into()]);
             args.extend(["--build-endpoint".into(), join(&[build]).into()]);
+            if let Some(url) = &options.redis_url {
+                // Console sessions, shared by both gateways.
+                args.extend(["--redis-url".into(), url.into()]);
+                args.extend(["--redis-prefix".into(), cluster.redis_prefix.clone().into()]);
+            }
             args.extend([
                 "--provider".into(),
                 "k8s".into(),

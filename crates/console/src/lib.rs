@@ -33,7 +33,7 @@ use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
 use slipway_domain::Secret;
 use slipway_rpc::Channel;
 
-pub use session::{Lifetimes, MemoryStore, Session, SessionStore};
+pub use session::{Lifetimes, MemoryStore, RedisStore, Session, SessionStore};
 
 /// Where the console lives on the gateway.
 pub const PREFIX: &str = "/console";

@@ -90,6 +90,22 @@ pub struct Config {
     #[arg(long, env = "SLIPWAY_FAILED_LOGINS_PER_MINUTE", default_value_t = 30)]
     pub failed_logins_per_minute: u32,
 
+    /// Redis for the web console's sessions, so a console login holds on
+    /// every gateway replica. Without it sessions live in this process (one
+    /// gateway, or the embedded rack).
+    #[arg(long, env = "SLIPWAY_REDIS_URL")]
+    pub redis_url: Option<Secret>,
+
+    /// First part of the console's Redis keys (`<prefix>:console:v1:…`);
+    /// give racks sharing one Redis different prefixes.
+    #[arg(long, env = "SLIPWAY_REDIS_PREFIX", default_value = "slipway")]
+    pub redis_prefix: String,
+
+    /// The web console shows everything and changes nothing (no promote,
+    /// rollback, cancel or env change from a browser).
+    #[arg(long, env = "SLIPWAY_CONSOLE_READ_ONLY")]
+    pub console_read_only: bool,
+
     /// Directory for the gateway's own state (the self-signed certificate).
     #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = ".slipway/gateway")]
     pub data_dir: PathBuf,
@@ -134,6 +150,9 @@ impl Config {
             insecure_no_auth: false,
             failed_login_burst: 10,
             failed_logins_per_minute: 30,
+            redis_url: None,
+            redis_prefix: "slipway".into(),
+            console_read_only: false,
             data_dir,
             tls: Default::default(),
             connections: Default::default(),

@@ -79,6 +79,9 @@ pub struct AppState {
     pub rack_name: String,
     /// Provider for `GET /system`.
     pub provider: String,
+    /// Where console sessions are kept (Redis when configured, so every
+    /// replica knows a login; else this process).
+    pub console_sessions: Arc<dyn slipway_console::SessionStore>,
 }
 
 impl AppState {
@@ -148,6 +151,16 @@ impl AppState {
             logins: Arc::new(logins::Logins::new(config.login_policy())),
             rack_name: config.rack_name.clone(),
             provider: config.provider.clone(),
+            console_sessions: match &config.redis_url {
+                Some(url) => Arc::new(
+                    slipway_console::RedisStore::new(
+                        url.expose(),
+                        &format!("{}:console", config.redis_prefix),
+                    )
+                    .map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?,
+                ),
+                None => Arc::new(slipway_console::MemoryStore::new()),
+            },
         })
     }
 }
@@ -199,8 +212,8 @@ fn console(state: &AppState, config: &Config) -> slipway_console::Console {
         // Over TLS, or behind a TLS-terminating proxy (--insecure-http).
         secure_cookies: config.tls.enabled() || config.tls.insecure_http,
         lifetimes: slipway_console::Lifetimes::default(),
-        sessions: std::sync::Arc::new(slipway_console::MemoryStore::new()),
-        read_only: false,
+        sessions: state.console_sessions.clone(),
+        read_only: config.console_read_only,
     })
 }
 

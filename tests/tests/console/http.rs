@@ -66,6 +66,15 @@ impl Browser {
         }
     }
 
+    /// The same browser (its cookies) pointed at another address: another
+    /// gateway replica of the same rack.
+    pub fn at(&self, addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            cookies: self.cookies.clone(),
+        }
+    }
+
     fn cookie_header(&self) -> Option<String> {
         (!self.cookies.is_empty()).then(|| {
             self.cookies
