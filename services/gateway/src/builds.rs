@@ -14,7 +14,6 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse as _, Response};
 use futures::StreamExt as _;
 use slipway_api::build::v1 as bpb;
-use slipway_api::release::v1 as rpb;
 use slipway_convox::types;
 
 use crate::AppState;
@@ -65,14 +64,7 @@ pub(crate) async fn import(
     body: Body,
 ) -> ApiResult<Json<types::Build>> {
     // Nothing is stored under a name nobody created.
-    state
-        .reads
-        .release
-        .read(
-            rpb::GetAppRequest { name: app.clone() },
-            |mut c, m| async move { c.get_app(m).await },
-        )
-        .await?;
+    crate::routes::read_app(&state, &app).await?;
     let key = import_key();
     let source_url = crate::objects::upload(state.build.clone(), app.clone(), key, body).await?;
     let build = state

@@ -118,18 +118,7 @@ async fn release_spec(
     let id = match release {
         Some(id) => id.to_uppercase(),
         None => {
-            let found = state
-                .reads
-                .release
-                .read(
-                    rpb::GetAppRequest {
-                        name: app.to_owned(),
-                    },
-                    |mut c, m| async move { c.get_app(m).await },
-                )
-                .await?
-                .app
-                .unwrap_or_default();
+            let found = crate::routes::read_app(state, app).await?;
             if found.release.is_empty() {
                 return Err(ApiError::bad_request(format!(
                     "app {app} has no active release: promote one first, or name one with --release"

@@ -113,18 +113,7 @@ pub(crate) async fn get_app(
 
 /// An app, its status refined by the rollout: `rollback` while reverting.
 pub(crate) async fn app_with_status(state: &AppState, app: &str) -> ApiResult<types::App> {
-    let found = state
-        .reads
-        .release
-        .read(
-            rpb::GetAppRequest {
-                name: app.to_owned(),
-            },
-            |mut c, m| async move { c.get_app(m).await },
-        )
-        .await?
-        .app
-        .unwrap_or_default();
+    let found = read_app(state, app).await?;
     let reverting = match &found.open_promotion {
         Some(p) if p.state == rpb::PromotionState::RollingOut as i32 => state
             .reads
@@ -369,6 +358,23 @@ pub(crate) async fn promotion_of_app(
     Ok(promotion)
 }
 
+/// App `app` as the release service has it (a read, retried on the next
+/// replica); an unknown app is the service's `NotFound` (`app not found: X`).
+pub(crate) async fn read_app(state: &AppState, app: &str) -> Result<rpb::App, tonic::Status> {
+    Ok(state
+        .reads
+        .release
+        .read(
+            rpb::GetAppRequest {
+                name: app.to_owned(),
+            },
+            |mut c, m| async move { c.get_app(m).await },
+        )
+        .await?
+        .app
+        .unwrap_or_default())
+}
+
 /// Promotion `id` as the release service has it (a read, retried on the
 /// next replica).
 pub(crate) async fn read_promotion(
@@ -508,14 +514,7 @@ pub(crate) async fn upload_object(
     // The build service's own rule, checked before the body is read; the
     // message says which key and why.
     slipway_domain::validate_object_key(&key).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    state
-        .reads
-        .release
-        .read(
-            rpb::GetAppRequest { name: app.clone() },
-            |mut c, m| async move { c.get_app(m).await },
-        )
-        .await?;
+    read_app(&state, &app).await?;
     let url = crate::objects::upload(state.build.clone(), app, key, body).await?;
     Ok(Json(types::Object { url }))
 }

@@ -10,7 +10,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
 use slipway_convox::types;
 
@@ -71,16 +70,7 @@ pub(crate) async fn list_services(
 /// An unknown app is a 404 in the rack's words (`app not found: X`), not
 /// an empty list or "runs no release".
 async fn known(state: &AppState, app: &str) -> ApiResult<()> {
-    state
-        .reads
-        .release
-        .read(
-            rpb::GetAppRequest {
-                name: app.to_owned(),
-            },
-            |mut c, m| async move { c.get_app(m).await },
-        )
-        .await?;
+    crate::routes::read_app(state, app).await?;
     Ok(())
 }
 

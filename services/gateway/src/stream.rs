@@ -75,15 +75,7 @@ pub(crate) async fn app_logs(
     let source = async move {
         let request = log_request(app, service, &headers)?;
         // An unknown app is an error, not an empty log.
-        state
-            .reads
-            .release
-            .read(
-                rpb::GetAppRequest {
-                    name: request.app.clone(),
-                },
-                |mut c, m| async move { c.get_app(m).await },
-            )
+        crate::routes::read_app(&state, &request.app)
             .await
             .map_err(|s| s.message().to_owned())?;
         let stream = state

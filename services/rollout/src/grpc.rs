@@ -30,7 +30,8 @@ impl Grpc {
     }
 }
 
-fn spec_record(spec: pb::ReleaseSpec) -> SpecRecord {
+/// A wire spec as the stored record (validated by `Spec::from_record`).
+pub(crate) fn spec_record(spec: pb::ReleaseSpec) -> SpecRecord {
     SpecRecord {
         app: spec.app,
         release: spec.release,

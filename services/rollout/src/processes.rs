@@ -15,7 +15,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::model::{Spec, SpecRecord};
+use crate::model::Spec;
 use crate::runtime::oneoff::{DEFAULT_TIMEOUT, MAX_TIMEOUT};
 use crate::runtime::{
     DynRuntime, OneOffInfo, RunRequest, RuntimeError, SessionKind, SessionOutput,
@@ -86,15 +86,7 @@ fn run_request(request: pb::RunProcessRequest) -> Result<(Spec, RunRequest), Sta
             MAX_TIMEOUT.as_secs()
         )));
     }
-    let record = SpecRecord {
-        app: spec.app,
-        release: spec.release,
-        build: spec.build,
-        manifest: spec.manifest,
-        env: spec.env.into_iter().collect(),
-        artifacts: spec.artifacts.into_iter().collect(),
-    };
-    let spec = Spec::from_record(record)
+    let spec = Spec::from_record(crate::grpc::spec_record(spec))
         .map_err(|e| Status::failed_precondition(format!("release cannot run: {e}")))?;
     Ok((
         spec,
