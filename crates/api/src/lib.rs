@@ -119,6 +119,13 @@ impl fmt::Debug for release::v1::ChangeEnvRequest {
     }
 }
 
+impl fmt::Debug for release::v1::WebhookSecret {
+    // Receiver URLs and signing keys: never in a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookSecret(***)")
+    }
+}
+
 impl fmt::Debug for rollout::v1::ReleaseSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReleaseSpec")
