@@ -5,6 +5,7 @@
 //! assemble these themselves, so the behaviour under overload and shutdown
 //! is the same everywhere.
 
+pub mod actor;
 pub mod auth;
 mod deadline;
 pub mod limits;
@@ -25,9 +26,9 @@ pub use deadline::{Deadline, DeadlineLayer};
 pub use limits::{MAX_MESSAGE_BYTES, MessageLimits, PAGE_BYTES};
 pub use telemetry::{Channel, ServerMetrics, ServerMetricsLayer};
 
-/// Metadata key carrying the acting user (the gateway forwards the CLI's
-/// `X-Convox-Actor` or the authenticated user).
-pub const ACTOR_HEADER: &str = "x-slipway-actor";
+/// Metadata key carrying the acting user (see [`actor`]: the gateway sets
+/// it from the credential it authenticated).
+pub const ACTOR_HEADER: &str = actor::ACTOR_KEY;
 
 /// How often a channel pings its peer over HTTP/2 while calls are open.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -379,13 +380,13 @@ pub fn channel(
     .with_deadline(options.request_timeout, options.untimed_methods))
 }
 
-/// Reads the actor from request metadata; `anonymous` when absent.
+/// Reads the actor's name from request metadata (see [`actor::actor_of`]);
+/// `anonymous` when absent.
 pub fn actor<T>(request: &tonic::Request<T>) -> String {
-    request
-        .metadata()
-        .get(ACTOR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.chars().take(128).collect())
-        .unwrap_or_else(|| "anonymous".to_owned())
+    let actor = actor::actor_of(request);
+    if actor.is_unknown() {
+        "anonymous".to_owned()
+    } else {
+        actor.name
+    }
 }
