@@ -7,6 +7,7 @@ use prost::Message as _;
 const PROTOS: &[&str] = &[
     "slipway/release/v1/release.proto",
     "slipway/release/v1/webhooks.proto",
+    "slipway/release/v1/access.proto",
     "slipway/rollout/v1/rollout.proto",
     "slipway/rollout/v1/processes.proto",
     "slipway/rollout/v1/scale.proto",
@@ -22,6 +23,7 @@ const REDACTED: &[&str] = &[
     "slipway.release.v1.ChangeEnvRequest",
     "slipway.rollout.v1.ReleaseSpec",
     "slipway.release.v1.WebhookSecret",
+    "slipway.release.v1.TokenSecret",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

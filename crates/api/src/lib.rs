@@ -126,6 +126,13 @@ impl fmt::Debug for release::v1::WebhookSecret {
     }
 }
 
+impl fmt::Debug for release::v1::TokenSecret {
+    // Access tokens and the key their hashes are made with: never in a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenSecret(***)")
+    }
+}
+
 impl fmt::Debug for rollout::v1::ReleaseSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReleaseSpec")
