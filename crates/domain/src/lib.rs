@@ -6,6 +6,7 @@
 //! file is read, what a convox.yml may contain, which promotion transitions are legal)
 //! lives in one place and is tested without any infrastructure.
 
+pub mod access;
 pub mod app;
 pub mod env;
 pub mod ids;

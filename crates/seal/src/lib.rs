@@ -40,7 +40,14 @@ pub enum SealError {
 #[derive(Clone)]
 pub struct Sealer {
     cipher: Aes256Gcm,
+    /// HMAC-SHA256(key, [`DERIVE_SALT`]): the pseudo-random key that
+    /// [`Sealer::derive_key`] expands (HKDF's extract step), so the sealing
+    /// key itself is never used for anything but sealing.
+    derive: [u8; 32],
 }
+
+/// The label of the extract step of [`Sealer::derive_key`].
+const DERIVE_SALT: &[u8] = b"slipway-seal derive v1";
 
 impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -57,16 +64,29 @@ impl Sealer {
         if bytes.len() != 32 {
             return Err(SealError::BadKey(format!("got {} bytes", bytes.len())));
         }
-        Ok(Self {
-            cipher: Aes256Gcm::new_from_slice(&bytes).expect("length checked above"),
-        })
+        Ok(Self::from_key(&bytes))
+    }
+
+    fn from_key(key: &[u8]) -> Self {
+        Self {
+            cipher: Aes256Gcm::new_from_slice(key).expect("a 32-byte key"),
+            derive: hmac_sha256(key, DERIVE_SALT),
+        }
+    }
+
+    /// A 32-byte key for another purpose, derived from this sealer's key
+    /// (HKDF-SHA256-like: HMAC of `label` under the extracted key). The same
+    /// sealing key and label always give the same key; different labels
+    /// give unrelated keys, and none reveals the sealing key.
+    pub fn derive_key(&self, label: &str) -> [u8; 32] {
+        let mut info = label.as_bytes().to_vec();
+        info.push(1);
+        hmac_sha256(&self.derive, &info)
     }
 
     /// A sealer with a fresh random key (tests, throwaway stores).
     pub fn generate() -> Self {
-        Self {
-            cipher: Aes256Gcm::new(&Aes256Gcm::generate_key(aes_gcm::aead::OsRng)),
-        }
+        Self::from_key(&Aes256Gcm::generate_key(aes_gcm::aead::OsRng))
     }
 
     /// Reads the key from `path`, creating it (mode 0600) with a fresh random
@@ -123,6 +143,14 @@ impl Sealer {
     }
 }
 
+fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    use hmac::Mac as _;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
 #[cfg(unix)]
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -158,6 +186,20 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_keys_depend_on_the_key_and_the_label() {
+        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let a = Sealer::from_base64(&key).unwrap();
+        let b = Sealer::from_base64(&key).unwrap();
+        assert_eq!(a.derive_key("tokens"), b.derive_key("tokens"));
+        assert_ne!(a.derive_key("tokens"), a.derive_key("other"));
+        assert_ne!(
+            a.derive_key("tokens"),
+            Sealer::generate().derive_key("tokens")
+        );
+        assert_ne!(a.derive_key("tokens"), [7u8; 32]);
+    }
 
     #[test]
     fn values_open_only_with_their_associated_data() {
