@@ -7,6 +7,7 @@
 
 pub mod actor;
 pub mod auth;
+mod balance;
 mod deadline;
 pub mod limits;
 mod telemetry;
@@ -56,6 +57,10 @@ pub struct ServerOptions {
     pub concurrency_limit: usize,
     /// How long in-flight calls may take to finish after shutdown starts.
     pub shutdown_grace: Duration,
+    /// How long the server keeps taking calls after it reports NOT_SERVING
+    /// at shutdown, so balanced channels (whose health watchers hear it at
+    /// once) stop sending before the port closes.
+    pub drain_delay: Duration,
     /// With a key, calls without a valid service token are refused (see
     /// [`auth`]); `None` accepts every call.
     pub service_auth: Option<auth::ServiceKey>,
@@ -68,6 +73,7 @@ impl Default for ServerOptions {
             untimed_methods: &[],
             concurrency_limit: 256,
             shutdown_grace: Duration::from_secs(10),
+            drain_delay: Duration::from_millis(500),
             service_auth: None,
         }
     }
@@ -131,12 +137,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let draining = CancellationToken::new();
+    let drain_delay = options.drain_delay;
     let signal = {
         let draining = draining.clone();
         async move {
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
             health.not_serving().await;
+            // Callers' watchers take this endpoint out of their sets; calls
+            // already on their way are still taken.
+            tokio::time::sleep(drain_delay).await;
             background.cancel();
             draining.cancel();
         }
@@ -295,6 +305,10 @@ pub struct ChannelOptions {
     pub connect_timeout: Duration,
     /// Signs a service token onto every call (see [`auth`]).
     pub service_token: Option<auth::TokenSigner>,
+    /// How long a call that no server read yet (connection refused, no
+    /// stream opened) keeps trying the peer's endpoints, within its own
+    /// deadline (see `balance.rs`). Zero: one try on each live endpoint.
+    pub unsent_retry: Duration,
 }
 
 impl Default for ChannelOptions {
@@ -304,6 +318,7 @@ impl Default for ChannelOptions {
             untimed_methods: &[],
             connect_timeout: Duration::from_secs(5),
             service_token: None,
+            unsent_retry: Duration::from_secs(10),
         }
     }
 }
@@ -328,8 +343,9 @@ pub enum ChannelError {
 }
 
 /// A lazily connecting channel to one or several replicas of `peer`,
-/// balancing calls across them. Endpoints are `http://host:port`. Every
-/// call carries the current span's trace context.
+/// balancing calls over the live ones and sending a call that no server
+/// read to the next (see `balance.rs` for the policy). Endpoints are
+/// `http://host:port`. Every call carries the current span's trace context.
 pub fn channel(
     peer: &'static str,
     endpoints: &[String],
@@ -346,11 +362,12 @@ pub fn channel(
             } else {
                 format!("http://{e}")
             };
-            Endpoint::from_shared(uri)
+            Endpoint::from_shared(uri.clone())
                 .map(|ep| {
                     // No `timeout` here: the channel sets `grpc-timeout` on
                     // each call but the untimed ones (see `deadline`).
-                    ep.connect_timeout(options.connect_timeout)
+                    let ep = ep
+                        .connect_timeout(options.connect_timeout)
                         .tcp_nodelay(true)
                         // A peer that stops answering pings (frozen, or cut
                         // off) fails its calls and streams within 15 s, so
@@ -358,7 +375,8 @@ pub fn channel(
                         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
                         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                         .initial_stream_window_size(STREAM_WINDOW)
-                        .initial_connection_window_size(CONNECTION_WINDOW)
+                        .initial_connection_window_size(CONNECTION_WINDOW);
+                    (uri, ep.connect_lazy())
                 })
                 .map_err(|source| ChannelError::InvalidEndpoint {
                     peer,
@@ -367,17 +385,11 @@ pub fn channel(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Channel::new(if built.len() == 1 {
-        built
-            .into_iter()
-            .next()
-            .expect("one endpoint")
-            .connect_lazy()
-    } else {
-        tonic::transport::Channel::balance_list(built.into_iter())
-    })
-    .with_service_token(options.service_token.clone())
-    .with_deadline(options.request_timeout, options.untimed_methods))
+    Ok(
+        Channel::new(balance::Balanced::new(peer, built, options.unsent_retry))
+            .with_service_token(options.service_token.clone())
+            .with_deadline(options.request_timeout, options.untimed_methods),
+    )
 }
 
 /// Reads the actor's name from request metadata (see [`actor::actor_of`]);

@@ -73,9 +73,10 @@ where
 /// (`traceparent`) into every request; what [`crate::channel`] returns and
 /// every generated client runs over. It is also the one place for any other
 /// per-call client metadata.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Channel {
-    inner: tonic::transport::Channel,
+    /// The peer's endpoints, with their health (crate::balance).
+    inner: std::sync::Arc<crate::balance::Balanced>,
     /// Signs the caller's service token onto every call (crate::auth).
     service_token: Option<crate::auth::TokenSigner>,
     /// The deadline of every call but the untimed methods (crate::deadline).
@@ -83,10 +84,10 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// Wraps a tonic channel.
-    pub(crate) fn new(inner: tonic::transport::Channel) -> Self {
+    /// Wraps balanced endpoints.
+    pub(crate) fn new(inner: crate::balance::Balanced) -> Self {
         Self {
-            inner,
+            inner: std::sync::Arc::new(inner),
             service_token: None,
             deadline: None,
         }
@@ -109,13 +110,23 @@ impl Channel {
     }
 }
 
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("service_token", &self.service_token)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
 impl tower::Service<http::Request<Body>> for Channel {
     type Response = http::Response<Body>;
-    type Error = tonic::transport::Error;
-    type Future = tonic::transport::channel::ResponseFuture;
+    type Error = crate::balance::BoxError;
+    type Future = crate::balance::ResponseFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        tower::Service::poll_ready(&mut self.inner, cx)
+    /// Always ready: each call waits for the endpoint it picks.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
@@ -128,6 +139,6 @@ impl tower::Service<http::Request<Body>> for Channel {
         if let Some((timeout, untimed)) = self.deadline {
             crate::deadline::set_deadline(&mut request, timeout, untimed);
         }
-        tower::Service::call(&mut self.inner, request)
+        self.inner.call(request)
     }
 }
