@@ -100,11 +100,60 @@ pub enum Command {
     Restart,
     /// Show the rack.
     Rack,
+    /// List scoped tokens (names, roles, apps, times; never values), or
+    /// create or revoke one (admin).
+    Tokens {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        command: Option<TokensCommand>,
+    },
+    /// Show the audit trail (newest first): who changed what, when, from
+    /// where. Of the app given with -a, else of the whole rack (admin).
+    Audit(AuditArgs),
     /// Check a rack URL and store it for commands run without RACK_URL.
     Login {
         /// `http://convox:PASSWORD@HOST:PORT`.
         url: String,
     },
+}
+
+/// `tokens` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token and print it (once: only a keyed hash is kept).
+    Create {
+        /// Its name (lowercase letters, digits, - _ .).
+        name: String,
+        /// read (every GET and stream), deploy (also builds, env, promote,
+        /// rollback, cancel, run, scale, restart) or admin (everything).
+        #[arg(long, value_parser = ["read", "deploy", "admin"])]
+        role: String,
+        /// The apps it applies to, comma-separated patterns (`web,web-*`;
+        /// default: every app).
+        #[arg(long, value_delimiter = ',', value_name = "PATTERN,...")]
+        apps: Vec<String>,
+        /// When it stops working, as a duration from now (`30d`, `12h`;
+        /// default: never).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// Revoke a token: it stops working on every gateway within seconds,
+    /// open streams included.
+    Revoke {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// The flags of `audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only records this recent (`1h`, `30m`, `7d`).
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+    /// At most this many records (default 100, at most 1000).
+    #[arg(short, long)]
+    pub limit: Option<u32>,
 }
 
 /// `apps` subcommands.

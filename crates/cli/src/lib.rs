@@ -52,6 +52,12 @@ impl Context {
         self.env.app(self.app_flag.as_deref())
     }
 
+    /// The app given with `-a`, without a default (`audit` lists the
+    /// whole rack without one).
+    pub(crate) fn app_flag(&self) -> Option<&str> {
+        self.app_flag.as_deref()
+    }
+
     /// `name` when given, else the default app.
     pub(crate) fn app_or(&self, name: Option<&str>) -> anyhow::Result<String> {
         match name {

@@ -14,6 +14,7 @@
 //! `https://` racks are checked against the system's roots, plus a CA file
 //! or nothing at all when [`TlsOptions`] says so ([`Client::with_tls`]).
 
+mod access;
 mod client;
 mod error;
 mod exec;
@@ -22,6 +23,7 @@ mod rack;
 mod socket;
 mod tls;
 
+pub use access::NewToken;
 pub use client::{BuildOptions, Client, LogOptions, ReleaseOptions, go_duration};
 pub use error::Error;
 pub use exec::{
@@ -30,6 +32,6 @@ pub use exec::{
 };
 pub use promotion::{AFTER_HEADER, PromotionEvents, PromotionFrame, PromotionResult, TYPED_HEADER};
 pub use rack::RackUrl;
-pub use slipway_convox::types;
+pub use slipway_convox::{access as access_types, types};
 pub use socket::{LogStream, stream_error};
 pub use tls::TlsOptions;

@@ -134,6 +134,105 @@ pub fn actor_of<T>(request: &tonic::Request<T>) -> Actor {
     Actor::new(&name, &text(SOURCE_KEY).unwrap_or_default())
 }
 
+tokio::task_local! {
+    /// The actor of the call being served (see [`ScopeLayer`]).
+    static CURRENT: Actor;
+}
+
+/// The actor of the call this task is serving, when the server runs
+/// [`ScopeLayer`] (every server built by [`crate::serve`] does): what the
+/// audit trail records as source, without threading it through every
+/// function between the RPC and the transaction. [`Actor::unknown`]
+/// outside a call (background loops, tests calling a store directly).
+pub fn current() -> Actor {
+    CURRENT
+        .try_with(Actor::clone)
+        .unwrap_or_else(|_| Actor::unknown())
+}
+
+/// Runs `future` as serving a call made by `actor` (see [`current`]).
+pub async fn scope<F: std::future::Future>(actor: Actor, future: F) -> F::Output {
+    CURRENT.scope(actor, future).await
+}
+
+/// Sets [`ACTOR_KEY`] and [`SOURCE_KEY`] on an outgoing call from
+/// [`current`], unless the call carries an actor already or none is
+/// current: every call a service makes while serving one carries that
+/// one's actor on (the channel of [`crate::channel`] does this).
+pub fn inject_current(headers: &mut http::HeaderMap) {
+    if headers.contains_key(ACTOR_KEY) || headers.contains_key(LEGACY_ACTOR_KEY) {
+        return;
+    }
+    let Ok(actor) = CURRENT.try_with(Actor::clone) else {
+        return;
+    };
+    if actor.is_unknown() {
+        return;
+    }
+    if let Ok(value) = http::HeaderValue::from_str(&actor.name) {
+        headers.insert(ACTOR_KEY, value);
+    }
+    if !actor.source.is_empty()
+        && let Ok(value) = http::HeaderValue::from_str(&actor.source)
+    {
+        headers.insert(SOURCE_KEY, value);
+    }
+}
+
+/// Server layer: each call's handler runs with its actor as [`current`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScopeLayer;
+
+impl<S> tower::Layer<S> for ScopeLayer {
+    type Service = Scope<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Scope { inner }
+    }
+}
+
+/// See [`ScopeLayer`].
+#[derive(Clone, Debug)]
+pub struct Scope<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Scope<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let headers = request.headers();
+        let text = |key: &str| {
+            headers
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let mut name = text(ACTOR_KEY);
+        if name.is_empty() {
+            name = text(LEGACY_ACTOR_KEY);
+        }
+        let actor = Actor::new(&name, &text(SOURCE_KEY));
+        Box::pin(CURRENT.scope(actor, self.inner.call(request)))
+    }
+}
+
 /// Printable ASCII only, at most [`MAX_LEN`] characters.
 fn clean(text: &str) -> String {
     text.chars()
@@ -177,6 +276,45 @@ mod tests {
         assert_eq!(actor.name, "password");
         assert_eq!(actor.source, "");
         assert!(request.metadata().get(LEGACY_ACTOR_KEY).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_scope_layer_makes_the_callers_actor_current() {
+        use tower::{Layer as _, ServiceExt as _};
+        assert!(current().is_unknown());
+        let service = ScopeLayer.layer(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(current())
+        }));
+        let request = http::Request::builder()
+            .header(ACTOR_KEY, "token:ci")
+            .header(SOURCE_KEY, "10.1.2.3:4")
+            .body(())
+            .unwrap();
+        let seen = service.oneshot(request).await.unwrap();
+        assert_eq!(seen, Actor::token("ci", "10.1.2.3:4"));
+        assert_eq!(
+            scope(Actor::password("x"), async { current() }).await,
+            Actor::password("x")
+        );
+    }
+
+    #[tokio::test]
+    async fn outgoing_calls_carry_the_current_actor_unless_they_name_one() {
+        let mut headers = http::HeaderMap::new();
+        inject_current(&mut headers);
+        assert!(headers.is_empty(), "no actor outside a call");
+        scope(Actor::token("ci", "1.2.3.4:5"), async {
+            let mut headers = http::HeaderMap::new();
+            inject_current(&mut headers);
+            assert_eq!(headers[ACTOR_KEY], "token:ci");
+            assert_eq!(headers[SOURCE_KEY], "1.2.3.4:5");
+            let mut named = http::HeaderMap::new();
+            named.insert(ACTOR_KEY, "password".parse().unwrap());
+            inject_current(&mut named);
+            assert_eq!(named[ACTOR_KEY], "password");
+            assert!(!named.contains_key(SOURCE_KEY));
+        })
+        .await;
     }
 
     #[test]

@@ -196,6 +196,10 @@ pub async fn serve(
                 .layer(auth::RequireServiceTokenLayer::new(
                     options.service_auth.clone(),
                 ))
+                // The caller's actor and source (metadata a service that
+                // passed the check above set) as `actor::current()` for the
+                // handler: the audit trail's source.
+                .layer(actor::ScopeLayer)
                 .into_inner(),
         )
         .tcp_nodelay(true)

@@ -18,8 +18,12 @@ use slipway_api::build::v1::build_archive_service_server::{
 };
 use slipway_api::build::v1::build_service_client::BuildServiceClient;
 use slipway_api::build::v1::build_service_server::{BuildService, BuildServiceServer};
+use slipway_api::release::v1::audit_service_client::AuditServiceClient;
+use slipway_api::release::v1::audit_service_server::{AuditService, AuditServiceServer};
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_api::release::v1::release_service_server::{ReleaseService, ReleaseServiceServer};
+use slipway_api::release::v1::token_service_client::TokenServiceClient;
+use slipway_api::release::v1::token_service_server::{TokenService, TokenServiceServer};
 use slipway_api::rollout::v1::process_service_client::ProcessServiceClient;
 use slipway_api::rollout::v1::process_service_server::{ProcessService, ProcessServiceServer};
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
@@ -68,13 +72,15 @@ macro_rules! message_limits {
 
 message_limits!(
     clients: BuildServiceClient, ReleaseServiceClient, RolloutServiceClient, ProcessServiceClient,
-        ScaleServiceClient, BuildArchiveServiceClient;
+        ScaleServiceClient, BuildArchiveServiceClient, TokenServiceClient, AuditServiceClient;
     servers: BuildServiceServer: BuildService,
         ReleaseServiceServer: ReleaseService,
         RolloutServiceServer: RolloutService,
         ProcessServiceServer: ProcessService,
         ScaleServiceServer: ScaleService,
-        BuildArchiveServiceServer: BuildArchiveService
+        BuildArchiveServiceServer: BuildArchiveService,
+        TokenServiceServer: TokenService,
+        AuditServiceServer: AuditService
 );
 
 /// What one element of a repeated message field adds to the encoding: its

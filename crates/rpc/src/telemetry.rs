@@ -136,6 +136,8 @@ impl tower::Service<http::Request<Body>> for Channel {
         if let Some(signer) = &self.service_token {
             signer.attach(request.headers_mut());
         }
+        // The actor this task serves, unless the call names its own.
+        crate::actor::inject_current(request.headers_mut());
         if let Some((timeout, untimed)) = self.deadline {
             crate::deadline::set_deadline(&mut request, timeout, untimed);
         }

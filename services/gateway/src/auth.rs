@@ -12,8 +12,17 @@
 //! login inside the stream as the real rack does. Handlers take [`Caller`]
 //! or [`SocketCaller`] as extractors, which answer 401 when the middleware
 //! did not vouch for the request: no handler runs anonymously by accident.
+//!
+//! The password of the Basic credentials may also be a scoped token
+//! (`slp_…`, see `tokens.rs`): the same middleware then decides whether
+//! its role and app scope allow the request (`access.rs`), answering 403
+//! with a sentence naming the token, its role, the app and what is needed,
+//! before any handler runs, so a refused request changes nothing. The rack
+//! password is an admin credential. Every credential is also held to the
+//! per-credential cap on requests in flight.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -21,11 +30,14 @@ use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use slipway_domain::access::Grant;
+use slipway_rpc::actor::Actor;
 use subtle::ConstantTimeEq as _;
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::logins::Refusal;
+use crate::tokens::{TOKEN_PREFIX, TokenGrant, TokenRefusal, Tokens};
 
 /// The websocket routes, whose failed logins are reported in the stream.
 /// The router registers exactly these paths as sockets.
@@ -41,8 +53,33 @@ pub const SOCKET_ROUTES: [&str; 5] = [
 /// answers 401 unless [`authenticate_first`] authenticated the request.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    /// `X-Convox-Actor` when given, else the Basic user name.
-    pub actor: String,
+    /// The credential's name (`password`, `token:NAME`) and the client's
+    /// address: what every call to the services carries, never what the
+    /// client claims (`X-Convox-Actor` is ignored).
+    pub actor: Actor,
+    /// What the credential may do.
+    pub grant: Grant,
+    /// The scoped token, when the credential is one (streams re-check it).
+    pub token: Option<Arc<TokenGrant>>,
+}
+
+impl Caller {
+    /// The credential in a refusal: `token ci-web`, `the rack password`.
+    pub fn describe(&self) -> String {
+        match &self.token {
+            Some(token) => format!("token {}", token.name),
+            None => "the rack password".to_owned(),
+        }
+    }
+
+    /// Completes when the credential stops being usable (a token revoked
+    /// or expired, or no longer checkable); never for the rack password.
+    pub async fn ended(self, tokens: Arc<Tokens>) {
+        match self.token {
+            Some(token) => tokens.ended(token).await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -64,8 +101,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 pub enum SocketCaller {
     /// Valid credentials.
     Authenticated(Caller),
-    /// A websocket upgrade with missing or wrong credentials.
-    Refused,
+    /// A websocket upgrade with missing or wrong credentials, or with
+    /// credentials whose role does not allow the stream: the sentence to
+    /// report.
+    Refused(String),
 }
 
 impl SocketCaller {
@@ -73,12 +112,28 @@ impl SocketCaller {
     pub fn authorised(&self) -> bool {
         matches!(self, Self::Authenticated(_))
     }
+
+    /// Why the stream is refused (empty when it is not).
+    pub fn refusal(&self) -> &str {
+        match self {
+            Self::Authenticated(_) => "",
+            Self::Refused(why) => why,
+        }
+    }
+
+    /// Completes when the caller's credential stops being usable (see
+    /// [`Caller::ended`]); at once for a refused caller.
+    pub async fn ended(self, tokens: Arc<Tokens>) {
+        if let Self::Authenticated(caller) = self {
+            caller.ended(tokens).await;
+        }
+    }
 }
 
 /// The mark [`authenticate_first`] leaves on a socket upgrade whose login
-/// failed, for its handler to report inside the stream.
-#[derive(Clone, Copy, Debug)]
-struct LoginRefused;
+/// failed or was refused, for its handler to report inside the stream.
+#[derive(Clone, Debug)]
+struct LoginRefused(String);
 
 impl<S: Send + Sync> FromRequestParts<S> for SocketCaller {
     type Rejection = ApiError;
@@ -89,8 +144,8 @@ impl<S: Send + Sync> FromRequestParts<S> for SocketCaller {
         if let Some(caller) = parts.extensions.get::<Caller>() {
             return Ok(Self::Authenticated(caller.clone()));
         }
-        if parts.extensions.get::<LoginRefused>().is_some() {
-            return Ok(Self::Refused);
+        if let Some(LoginRefused(why)) = parts.extensions.get::<LoginRefused>() {
+            return Ok(Self::Refused(why.clone()));
         }
         Err(ApiError::unauthorized())
     }
@@ -106,7 +161,9 @@ pub enum Authentication {
 }
 
 /// The middleware around the whole router: refuses cross-site browser
-/// requests, throttles sources that failed too often, checks credentials.
+/// requests, throttles sources that failed too often, checks credentials,
+/// then whether they allow the request, and holds the request to its
+/// credential's cap on requests in flight.
 pub async fn authenticate_first(
     State(state): State<AppState>,
     mut request: Request,
@@ -115,28 +172,74 @@ pub async fn authenticate_first(
     if let Err(refusal) = same_origin(request.method(), request.headers(), request.uri()) {
         return refusal.into_response();
     }
-    let peer = request
+    let peer_addr = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map(|c| c.0);
+    let peer = peer_addr.map(|a| a.ip());
     if let Some(wait) = state.logins.throttled(peer) {
         return Refusal::TooManyFailures { wait }.into_response();
     }
-    match authenticate(&state, request.headers()) {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
+    let source = peer_addr.map(|a| a.to_string()).unwrap_or_default();
+    let caller = match authenticate(&state, request.headers(), &source) {
+        Ok(caller) => caller,
+        Err(Failure::TokensUnavailable) => {
+            return ApiError {
+                status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                message: "tokens cannot be checked right now (the release service is unreachable); try again shortly, or use the rack password".into(),
+            }
+            .into_response();
         }
         Err(failure) => {
             state.logins.failed(peer, failure);
             if is_socket_upgrade(&request) {
-                request.extensions_mut().insert(LoginRefused);
-                next.run(request).await
-            } else {
-                ApiError::unauthorized().into_response()
+                request
+                    .extensions_mut()
+                    .insert(LoginRefused("invalid authentication".into()));
+                return next.run(request).await;
             }
+            return ApiError::unauthorized().into_response();
         }
+    };
+    let need = crate::access::need(
+        request.method(),
+        request.uri().path(),
+        request.uri().query(),
+    );
+    if let Err(why) = caller.grant.allows(&caller.describe(), &need) {
+        tracing::info!(actor = %caller.actor, method = %request.method(), path = %request.uri().path(), "request refused: {why}");
+        crate::audit::refused(&state, &caller, request.method(), &need, &why);
+        if is_socket_upgrade(&request) {
+            request.extensions_mut().insert(LoginRefused(why));
+            return next.run(request).await;
+        }
+        return ApiError {
+            status: axum::http::StatusCode::FORBIDDEN,
+            message: why,
+        }
+        .into_response();
     }
+    let Some(_in_flight) = state.in_flight.enter(&caller.actor.name) else {
+        return ApiError {
+            status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "too many requests in flight for {} (at most {}): wait for some to finish",
+                caller.describe(),
+                state.in_flight.cap()
+            ),
+        }
+        .into_response();
+    };
+    let audited = crate::access::audited_elsewhere(request.method(), request.uri().path());
+    request.extensions_mut().insert(caller.clone());
+    // Every call the handler makes carries the caller (slipway_rpc::actor).
+    let response = slipway_rpc::actor::scope(caller.actor.clone(), next.run(request)).await;
+    if let Some((action, app, target)) = audited
+        && response.status().is_success()
+    {
+        crate::audit::succeeded(&state, &caller, action, app, target);
+    }
+    response
 }
 
 /// Why credentials were refused (for the log; never the password).
@@ -146,6 +249,10 @@ pub enum Failure {
     Missing,
     /// A password that is not the rack's.
     WrongPassword,
+    /// A token (`slp_…`) that is not usable: unknown, revoked or expired.
+    UnknownToken,
+    /// A token that cannot be judged: the token table is not fresh.
+    TokensUnavailable,
 }
 
 impl Failure {
@@ -154,38 +261,53 @@ impl Failure {
         match self {
             Self::Missing => "no credentials",
             Self::WrongPassword => "wrong password",
+            Self::UnknownToken => "unknown token",
+            Self::TokensUnavailable => "token table unavailable",
         }
     }
 }
 
-/// The caller of a request whose headers carry valid credentials.
-pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Failure> {
+/// The caller of a request whose headers carry valid credentials: the
+/// rack password (admin), or a usable scoped token. `source` is the
+/// client's address, for the audit trail.
+pub fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    source: &str,
+) -> Result<Caller, Failure> {
     let credentials = basic_credentials(headers);
-    let ok = match &state.authentication {
-        Authentication::Disabled => true,
-        Authentication::Password(expected) => {
-            let Some((_, password)) = &credentials else {
-                return Err(Failure::Missing);
-            };
-            let expected = expected.expose();
-            equal(password, expected) || equal(&percent_decode(password), expected)
+    let expected = match &state.authentication {
+        Authentication::Disabled => {
+            return Ok(Caller {
+                actor: Actor::new("no-auth", source),
+                grant: Grant::admin(),
+                token: None,
+            });
         }
+        Authentication::Password(expected) => expected.expose(),
     };
-    if !ok {
+    let Some((_, password)) = &credentials else {
+        return Err(Failure::Missing);
+    };
+    if equal(password, expected) || equal(&percent_decode(password), expected) {
+        return Ok(Caller {
+            actor: Actor::password(source),
+            grant: Grant::admin(),
+            token: None,
+        });
+    }
+    if !password.starts_with(TOKEN_PREFIX) {
         return Err(Failure::WrongPassword);
     }
-    let user = credentials.map(|(user, _)| user).unwrap_or_default();
-    let actor = headers
-        .get("x-convox-actor")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned)
-        .unwrap_or(if user.is_empty() {
-            "convox".to_owned()
-        } else {
-            user
-        });
-    Ok(Caller { actor })
+    match state.tokens.check(password) {
+        Ok(token) => Ok(Caller {
+            actor: Actor::token(&token.name, source),
+            grant: token.grant.clone(),
+            token: Some(token),
+        }),
+        Err(TokenRefusal::Unknown) => Err(Failure::UnknownToken),
+        Err(TokenRefusal::Unavailable) => Err(Failure::TokensUnavailable),
+    }
 }
 
 /// True for a websocket upgrade request.

@@ -2,6 +2,8 @@
 //! `slipway` both work against Slipway), translated into gRPC calls on the
 //! release, build and rollout services. It owns no database.
 
+pub mod access;
+mod audit;
 pub mod auth;
 mod builds;
 pub mod config;
@@ -19,6 +21,8 @@ mod stream;
 mod streams;
 pub mod table;
 pub mod tls;
+mod token_routes;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,7 +31,9 @@ use axum::Router;
 use axum::extract::Request;
 use slipway_api::build::v1::build_archive_service_client::BuildArchiveServiceClient;
 use slipway_api::build::v1::build_service_client::BuildServiceClient;
+use slipway_api::release::v1::audit_service_client::AuditServiceClient;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
+use slipway_api::release::v1::token_service_client::TokenServiceClient;
 use slipway_api::rollout::v1::process_service_client::ProcessServiceClient;
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
 use slipway_api::rollout::v1::scale_service_client::ScaleServiceClient;
@@ -69,6 +75,16 @@ pub struct AppState {
     pub scale: ScaleServiceClient<Channel>,
     /// The build service's export and import client.
     pub archives: BuildArchiveServiceClient<Channel>,
+    /// The release service's tokens (create, list, revoke).
+    pub token_client: TokenServiceClient<Channel>,
+    /// The release service's audit trail.
+    pub audit: AuditServiceClient<Channel>,
+    /// Audit records being written in the background (see audit.rs).
+    pub audit_slots: Arc<tokio::sync::Semaphore>,
+    /// The usable scoped tokens, refreshed from the release service.
+    pub tokens: Arc<tokens::Tokens>,
+    /// Requests in flight per credential (access.rs).
+    pub in_flight: Arc<access::InFlight>,
     /// Clients for idempotent reads, which are retried (see [`Replicas`]).
     pub reads: Reads,
     /// How callers prove who they are.
@@ -131,6 +147,34 @@ impl AppState {
                 &options,
             )?)
             .with_message_limits(),
+            token_client: TokenServiceClient::new(slipway_rpc::channel(
+                "release",
+                &config.release_endpoints,
+                &options,
+            )?)
+            .with_message_limits(),
+            audit: AuditServiceClient::new(slipway_rpc::channel(
+                "release",
+                &config.release_endpoints,
+                &options,
+            )?)
+            .with_message_limits(),
+            audit_slots: audit::slots(),
+            tokens: {
+                let tokens = tokens::Tokens::new();
+                tokens.start(
+                    TokenServiceClient::new(slipway_rpc::channel(
+                        "release",
+                        &config.release_endpoints,
+                        &options,
+                    )?)
+                    .with_message_limits(),
+                );
+                tokens
+            },
+            // Half the gateway's limit per credential: one credential
+            // cannot take every slot.
+            in_flight: access::InFlight::new((config.concurrency_limit / 2).max(1)),
             reads: Reads {
                 release: Replicas::connect("release", &config.release_endpoints, &options, |c| {
                     ReleaseServiceClient::new(c).with_message_limits()

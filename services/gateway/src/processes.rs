@@ -250,17 +250,27 @@ pub(crate) async fn exec(
         binary: flag(&headers, BINARY_HEADER),
         run_session: headers.contains_key("entrypoint"),
     };
-    let authorised = caller.authorised();
+    let refusal = caller.refusal().to_owned();
+    let ended = caller.clone().ended(state.tokens.clone());
+    let actor = match &caller {
+        SocketCaller::Authenticated(c) => c.actor.clone(),
+        SocketCaller::Refused(_) => slipway_rpc::actor::Actor::unknown(),
+    };
     let span = tracing::Span::current();
     ws.on_upgrade(move |mut socket| {
-        async move {
-            if authorised {
-                session(&state, socket, request).await;
+        let run = async move {
+            if refusal.is_empty() {
+                // A token revoked mid-session ends it (the command is
+                // killed with its session).
+                tokio::select! {
+                    () = session(&state, socket, request) => {}
+                    () = ended => tracing::info!("exec session ended: its credentials were revoked or expired"),
+                }
             } else {
-                fail(&mut socket, "invalid authentication").await;
+                fail(&mut socket, &refusal).await;
             }
-        }
-        .instrument(span)
+        };
+        slipway_rpc::actor::scope(actor, run).instrument(span)
     })
 }
 

@@ -45,15 +45,10 @@ pub(crate) fn ok() -> Response {
     (StatusCode::OK, "ok\n").into_response()
 }
 
-/// Wraps a message in a gRPC request carrying the actor.
+/// Wraps a message in a gRPC request carrying the actor and its source
+/// (`slipway-actor`, `slipway-source`).
 pub(crate) fn request<T>(caller: &Caller, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Ok(value) = caller.actor.parse() {
-        request
-            .metadata_mut()
-            .insert(slipway_rpc::ACTOR_HEADER, value);
-    }
-    request
+    caller.actor.request(message)
 }
 
 pub(crate) async fn system(State(state): State<AppState>) -> Json<types::System> {
@@ -67,7 +62,12 @@ pub(crate) async fn system(State(state): State<AppState>) -> Json<types::System>
     })
 }
 
-pub(crate) async fn list_apps(State(state): State<AppState>) -> ApiResult<Json<Vec<types::App>>> {
+/// `GET /apps`: the apps the caller's credential covers (every app for the
+/// rack password; a scoped token sees only its apps).
+pub(crate) async fn list_apps(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<types::App>>> {
     let apps = state
         .reads
         .release
@@ -76,7 +76,12 @@ pub(crate) async fn list_apps(State(state): State<AppState>) -> ApiResult<Json<V
         })
         .await?
         .apps;
-    Ok(Json(apps.into_iter().map(convert::app).collect()))
+    Ok(Json(
+        apps.into_iter()
+            .filter(|a| caller.grant.covers(&a.name))
+            .map(convert::app)
+            .collect(),
+    ))
 }
 
 pub(crate) async fn create_app(

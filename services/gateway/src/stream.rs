@@ -28,6 +28,7 @@ pub(crate) async fn build_logs(
     caller: SocketCaller,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let tokens = state.tokens.clone();
     let source = async move {
         let request = bpb::WatchBuildLogsRequest {
             app,
@@ -49,7 +50,7 @@ pub(crate) async fn build_logs(
             })
             .map_err(|s| s.message().to_owned())
     };
-    upgrade(ws, caller, source)
+    upgrade(ws, tokens, caller, source)
 }
 
 /// `GET /apps/{app}/logs` and `GET /apps/{app}/services/{service}/logs`: the
@@ -72,6 +73,7 @@ pub(crate) async fn app_logs(
             .map(|(_, v)| v.clone())
     };
     let (app, service) = (param("app").unwrap_or_default(), param("service"));
+    let tokens = state.tokens.clone();
     let source = async move {
         let request = log_request(app, service, &headers)?;
         // An unknown app is an error, not an empty log.
@@ -94,7 +96,7 @@ pub(crate) async fn app_logs(
             })
             .boxed())
     };
-    upgrade(ws, caller, source)
+    upgrade(ws, tokens, caller, source)
 }
 
 /// The `StreamAppLogs` request the option headers of a log socket ask for.
@@ -182,6 +184,7 @@ pub(crate) async fn promotion_events(
 ) -> Response {
     let typed = header(&headers, TYPED_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let after = header(&headers, AFTER_HEADER).unwrap_or_default();
+    let tokens = state.tokens.clone();
     let source = async move {
         promotion_of_app(&state, &app, &id).await?;
         let watched = rollout_events(&state, id.clone(), after).await?;
@@ -203,7 +206,7 @@ pub(crate) async fn promotion_events(
                 .boxed()
         })
     };
-    upgrade(ws, caller, source)
+    upgrade(ws, tokens, caller, source)
 }
 
 /// Refuses a promotion that is not `app`'s, as `GET .../promotions/{id}`
@@ -400,33 +403,53 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 /// the contract: upgrade first and check the login inside the stream (as
 /// the real rack does, so the `convox` CLI prints a failed login as an
 /// `ERROR:` line instead of a handshake failure), run the socket in a task
-/// of its own that keeps the request span, and only then, if the caller is
-/// authorised, open `source` (an unauthorised caller never reaches the
-/// services behind it).
-fn upgrade<S, F>(ws: WebSocketUpgrade, caller: SocketCaller, source: F) -> Response
+/// of its own that keeps the request span and the caller's actor, and only
+/// then, if the caller is authorised, open `source` (an unauthorised
+/// caller never reaches the services behind it). A token's stream ends
+/// with an `ERROR:` line within seconds of the token being revoked or
+/// expiring (`ended`).
+fn upgrade<S, F>(
+    ws: WebSocketUpgrade,
+    tokens: std::sync::Arc<crate::tokens::Tokens>,
+    caller: SocketCaller,
+    source: F,
+) -> Response
 where
     F: std::future::Future<Output = Result<S, String>> + Send + 'static,
     S: Stream<Item = Result<Vec<u8>, String>> + Unpin + Send + 'static,
 {
     let span = tracing::Span::current();
+    let ended = caller.clone().ended(tokens);
+    let actor = match &caller {
+        SocketCaller::Authenticated(c) => c.actor.clone(),
+        SocketCaller::Refused(_) => slipway_rpc::actor::Actor::unknown(),
+    };
     ws.on_upgrade(move |socket| {
-        async move { serve(socket, caller.authorised(), source).await }.instrument(span)
+        let served = serve(socket, caller.refusal().to_owned(), source, ended);
+        slipway_rpc::actor::scope(actor, served).instrument(span)
     })
 }
 
-/// Runs one socket: auth failure or upstream error as `ERROR: …` text, the
+/// Runs one socket: a refusal or upstream error as `ERROR: …` text, the
 /// payload as text frames (split only at UTF-8 boundaries), then EOF.
-async fn serve<S, F>(mut socket: WebSocket, authorised: bool, source: F)
-where
+/// `refusal` is empty when the caller may read the stream; when `ended`
+/// completes (the credential was revoked) the stream stops.
+async fn serve<S, F>(
+    mut socket: WebSocket,
+    refusal: String,
+    source: F,
+    ended: impl std::future::Future<Output = ()>,
+) where
     F: std::future::Future<Output = Result<S, String>>,
     S: Stream<Item = Result<Vec<u8>, String>> + Unpin,
 {
-    if !authorised {
+    if !refusal.is_empty() {
         let _ = socket
-            .send(Message::Text("ERROR: invalid authentication\n".into()))
+            .send(Message::Text(format!("ERROR: {refusal}\n").into()))
             .await;
         return finish(socket).await;
     }
+    let mut ended = std::pin::pin!(ended);
     let mut stream = match source.await {
         Ok(stream) => stream,
         Err(message) => {
@@ -458,6 +481,12 @@ where
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => {}
             },
+            () = &mut ended => {
+                let _ = socket
+                    .send(Message::Text("ERROR: the credentials of this stream were revoked or expired\n".into()))
+                    .await;
+                break;
+            }
         }
     }
     if !pending.is_empty() {

@@ -2,8 +2,11 @@
 //! logs, app logs, promotion events), so that one credential cannot hold
 //! every connection and every upstream stream of the gateway.
 //!
-//! Streams are counted by a keyed hash of the `Authorization` header
-//! (never the secret itself; the key is random per process). A websocket
+//! Streams are counted per credential: the authenticated credential's
+//! name (`password`, `token:NAME`), so that varying the ignored Basic user
+//! name does not make a new credential; a refused upgrade by a keyed hash
+//! of its `Authorization` header (never the secret itself; the key is
+//! random per process). A websocket
 //! upgrade over the cap is answered 429 before it upgrades. A stream
 //! counts from its request until its connection closes: the count rides
 //! on the connection ([`ConnectionSlot`]), which an upgraded stream keeps
@@ -88,11 +91,14 @@ pub(crate) async fn limit(
     if !upgrade {
         return next.run(request).await;
     }
-    let credential = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes().to_vec())
-        .unwrap_or_default();
+    let credential = match request.extensions().get::<crate::auth::Caller>() {
+        Some(caller) => format!("credential:{}", caller.actor.name).into_bytes(),
+        None => request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+    };
     let Some(count) = caps.open(&credential) else {
         return ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,

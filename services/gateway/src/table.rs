@@ -135,6 +135,11 @@ fn table(config: &Config) -> Table<'_> {
         processes::stop_process,
     );
     t.add(M::GET, SOCKET_ROUTES[4], Socket, processes::exec);
+    t.add(M::GET, "/tokens", Api, crate::token_routes::list);
+    t.add(M::POST, "/tokens", Api, crate::token_routes::create);
+    let token = "/tokens/{name}";
+    t.add(M::DELETE, token, Api, crate::token_routes::revoke);
+    t.add(M::GET, "/audit", Api, crate::audit::list);
     t
 }
 

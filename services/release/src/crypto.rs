@@ -49,6 +49,12 @@ impl EnvCipher {
         self.sealer.seal(release_id.as_bytes(), &plaintext)
     }
 
+    /// A 32-byte key for `label`, derived from the env key (see
+    /// `Sealer::derive_key`): the same on every replica sharing the key.
+    pub fn derive_key(&self, label: &str) -> [u8; 32] {
+        self.sealer.derive_key(label)
+    }
+
     /// Opens a value sealed for `release_id`.
     pub fn open(&self, release_id: &str, sealed: &[u8]) -> Result<Env, CryptoError> {
         let fail = || CryptoError::Open(release_id.to_owned());

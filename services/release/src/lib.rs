@@ -3,6 +3,7 @@
 //!
 //! `run` is the whole service; `main.rs` only parses config and binds.
 
+pub mod access;
 pub mod config;
 pub mod crypto;
 pub mod error;
@@ -16,7 +17,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use slipway_api::release::v1::audit_service_server::{
+    AuditServiceServer, SERVICE_NAME as AUDIT_SERVICE_NAME,
+};
 use slipway_api::release::v1::release_service_server::{ReleaseServiceServer, SERVICE_NAME};
+use slipway_api::release::v1::token_service_server::{
+    SERVICE_NAME as TOKEN_SERVICE_NAME, TokenServiceServer,
+};
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
 use slipway_rpc::MessageLimits as _;
 use tokio::net::TcpListener;
@@ -58,7 +65,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (routes, health) = slipway_rpc::standard_routes(&[SERVICE_NAME]).await;
+    let (routes, health) = slipway_rpc::standard_routes(&[SERVICE_NAME, TOKEN_SERVICE_NAME, AUDIT_SERVICE_NAME]).await;
     let store = open_store(&config)
         .await
         .context("open the release store")?;
@@ -87,7 +94,14 @@ pub async fn run(
             .clone()
             .redispatch_loop(config.redispatch_every, background.clone()),
     );
+    // Tokens and the audit trail (see access.rs).
+    let access = access::Access::new(
+        service.store().clone(),
+        access::TokenKey::new(service.store().derived_token_key()),
+    );
     let routes = routes
+        .add_service(TokenServiceServer::new(access.clone()).with_message_limits())
+        .add_service(AuditServiceServer::new(access).with_message_limits())
         .add_service(ReleaseServiceServer::new(grpc::Grpc::new(service)).with_message_limits());
     health.serving().await;
     tracing::info!(addr = %listener.local_addr()?, "release service serving");

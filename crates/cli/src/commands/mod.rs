@@ -1,5 +1,6 @@
 //! One module per command group; `run` dispatches the parsed command line.
 
+mod access;
 mod apps;
 mod build;
 mod build_archive;
@@ -39,5 +40,7 @@ pub(crate) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Restart => scale::restart_all(ctx).await,
         Command::Rack => rack::rack(ctx).await,
         Command::Login { url } => rack::login(ctx, &url).await,
+        Command::Tokens { command } => access::tokens(ctx, command).await,
+        Command::Audit(args) => access::audit(ctx, &args).await,
     }
 }

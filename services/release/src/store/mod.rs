@@ -17,9 +17,11 @@
 //! `rows` (row mapping). Each holds its own `impl Store` block.
 
 mod apps;
+mod audit;
 mod ledger;
 mod promotions;
 mod rows;
+mod tokens;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,7 +33,9 @@ use sqlx::{Any, Row as _, Transaction};
 use crate::crypto::EnvCipher;
 use crate::error::{Error, Result};
 
+pub use audit::{AuditRecord, NewAuditRecord, record_time};
 pub use promotions::{PromoteOptions, PromotionStart};
+pub use tokens::{NewToken, TokenRecord};
 
 /// Migrations for PostgreSQL.
 pub static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -107,9 +111,12 @@ async fn audit(
     subject: &str,
     detail: &str,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO audit_events (at, actor, action, app, subject, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+    // The source is the calling request's (see `slipway_rpc::actor::current`).
+    let source = slipway_rpc::actor::current().source;
+    sqlx::query("INSERT INTO audit_events (at, actor, source, action, app, subject, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
         .bind(now_micros())
         .bind(actor)
+        .bind(source)
         .bind(action)
         .bind(app)
         .bind(subject)
