@@ -124,7 +124,11 @@ async fn the_exact_objects_are_applied_server_side() {
     assert_eq!(
         patches[0].body,
         json!({"apiVersion": "v1", "kind": "Namespace",
-               "metadata": {"name": "test-shop", "labels": {"rack": "test", "app": "shop"}}})
+               "metadata": {"name": "test-shop", "labels": {
+                   "rack": "test", "app": "shop",
+                   "pod-security.kubernetes.io/enforce": "baseline",
+                   "pod-security.kubernetes.io/warn": "restricted",
+                   "pod-security.kubernetes.io/audit": "restricted"}}})
     );
     // The app's pods reach nothing in Slipway's namespaces, nor private
     // addresses (where ipBlock may match pods) or the metadata service.
@@ -163,6 +167,7 @@ async fn the_exact_objects_are_applied_server_side() {
                 "replicas": 2,
                 "selector": {"matchLabels": {"app": "shop", "service": "web"}},
                 "progressDeadlineSeconds": 120,
+                "revisionHistoryLimit": 5,
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "50%", "maxUnavailable": "50%"}},
                 "template": {
                     "metadata": {"labels": {"app": "shop", "service": "web", "release": "RAAAAAAAAAA"}},
@@ -170,6 +175,8 @@ async fn the_exact_objects_are_applied_server_side() {
                         "terminationGracePeriodSeconds": 20,
                         // No API token, no privilege escalation.
                         "automountServiceAccountToken": false,
+                        // No `<SERVICE>_PORT=tcp://…` variables.
+                        "enableServiceLinks": false,
                         "containers": [{
                             "name": "web",
                             "image": "registry.test/shop/web:1",
@@ -206,8 +213,25 @@ async fn the_exact_objects_are_applied_server_side() {
         before
     );
 
-    // A new release: a new Secret (the old one stays for its ReplicaSet),
-    // the generation moves, the selector does not.
+    // A new release: a new Secret (the old one stays for its ReplicaSet,
+    // one nothing refers to goes), the generation moves, the selector
+    // does not.
+    fake.put(
+        "replicasets",
+        "test-shop",
+        "web-1",
+        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+               "metadata": {"name": "web-1", "namespace": "test-shop", "labels": {"app": "shop", "service": "web", "release": "RAAAAAAAAAA"}},
+               "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "shop", "service": "web"}},
+                        "template": {"metadata": {"labels": {"app": "shop", "service": "web", "release": "RAAAAAAAAAA"}}}}}),
+    );
+    fake.put(
+        "secrets",
+        "test-shop",
+        "web-env-rzzzzzzzzzz",
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "web-env-rzzzzzzzzzz", "namespace": "test-shop", "labels": {"app": "shop", "service": "web", "release": "RZZZZZZZZZZ"}}}),
+    );
     rt.apply(
         "PROMO2",
         spec("shop", "RBBBBBBBBBB"),
@@ -230,6 +254,44 @@ async fn the_exact_objects_are_applied_server_side() {
         fake.object("secrets", "test-shop", "web-env-rbbbbbbbbbb")
             .is_some()
     );
+    assert!(
+        fake.object("secrets", "test-shop", "web-env-rzzzzzzzzzz")
+            .is_none(),
+        "a Secret no ReplicaSet or pod refers to is pruned"
+    );
+    let prune = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "DELETE" && r.path.ends_with("/secrets"))
+        .expect("a deletecollection of secrets");
+    assert!(
+        prune.query.contains("notin"),
+        "by selector, never reading Secrets: {}",
+        prune.query
+    );
+    assert!(
+        !fake
+            .requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.path.contains("/secrets")),
+        "the runtime never reads a Secret back"
+    );
+
+    // The release drops the port: its Service goes.
+    let portless = MANIFEST.replace("    port: 3000\n", "");
+    rt.apply(
+        "PROMO3",
+        Arc::new(spec_with(
+            "shop",
+            "RCCCCCCCCCC",
+            &portless,
+            "registry.test/shop/web:1",
+        )),
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    assert!(fake.object("services", "test-shop", "web").is_none());
 }
 
 #[tokio::test]
@@ -363,8 +425,8 @@ async fn events_are_printed_once_despite_dedup_bumps() {
     assert_eq!(
         events.lines(),
         [
-            "system/k8s/web Scaled up replica set web-745f845dc to 1",
-            "system/k8s/web-745f845dc-rzl2q Started container web",
+            "system/k8s/deployment/web Scaled up replica set web-745f845dc to 1",
+            "system/k8s/pod/web-745f845dc-rzl2q Started container web",
         ]
     );
     let all = events.0.lock().unwrap().clone();
@@ -430,10 +492,10 @@ async fn the_event_watch_survives_a_dropped_connection_and_410_gone() {
     assert_eq!(
         messages,
         [
-            "system/k8s/web one",
-            "system/k8s/web two",
-            "system/k8s/web three",
-            "system/k8s/web four"
+            "system/k8s/deployment/web one",
+            "system/k8s/deployment/web two",
+            "system/k8s/deployment/web three",
+            "system/k8s/deployment/web four"
         ]
     );
     let lists = fake
@@ -535,7 +597,7 @@ async fn the_kubernetes_runtime_passes_the_conformance_suite() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("system/k8s/web Scaled up replica set web-")),
+            .any(|l| l.starts_with("system/k8s/deployment/web Scaled up replica set web-")),
         "{lines:?}"
     );
 }
@@ -586,4 +648,62 @@ async fn the_fake_keeps_the_real_apis_write_semantics() {
     assert_eq!(after.metadata.generation, Some(2));
     assert_eq!(after.spec.unwrap().replicas, Some(5));
     assert_eq!(after.status.unwrap().replicas, Some(5));
+}
+
+/// Two replicas: A drives the first rollout to its end, B the next. Each
+/// event goes out once, tagged with the rollout that is running, and
+/// nothing more is recorded into A's finished rollout.
+#[tokio::test]
+async fn event_watchers_end_with_their_rollout() {
+    let fake = FakeKube::start().await;
+    let (a, events_a) = runtime(&fake);
+    let (b, events_b) = runtime(&fake);
+    a.apply(
+        "PROMO1",
+        spec("shop", "RAAAAAAAAAA"),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    eventually("A's watch", || fake.open_watches() == 1).await;
+    fake.emit_event("test-shop", "Deployment", "web", "ScalingReplicaSet", "one");
+    eventually("event one", || events_a.lines().len() == 1).await;
+    fake.complete_deployment("test-shop", "web");
+    assert_eq!(
+        a.progress("shop", "RAAAAAAAAAA", Duration::from_millis(10))
+            .await
+            .unwrap(),
+        Progress::Complete
+    );
+    eventually("A's watch to end", || fake.open_watches() == 0).await;
+    let a_lines = events_a.lines();
+    assert!(a_lines.len() >= 2, "{a_lines:?}");
+
+    b.apply(
+        "PROMO2",
+        spec("shop", "RBBBBBBBBBB"),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    eventually("B's watch", || fake.open_watches() == 1).await;
+    fake.emit_event("test-shop", "Deployment", "web", "ScalingReplicaSet", "two");
+    eventually("event two", || events_b.lines().len() == 1).await;
+    // An absence check: A's finished rollout gets nothing more in 200 ms.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(events_a.lines(), a_lines);
+    assert_eq!(events_b.lines(), ["system/k8s/deployment/web two"]);
+    let tags = |c: &Collect| -> Vec<Option<String>> {
+        c.0.lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.rollout.clone())
+            .collect()
+    };
+    assert!(
+        tags(&events_a)
+            .iter()
+            .all(|t| t.as_deref() == Some("PROMO1"))
+    );
+    assert_eq!(tags(&events_b), [Some("PROMO2".to_owned())]);
 }

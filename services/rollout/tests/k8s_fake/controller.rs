@@ -290,13 +290,24 @@ impl FakeKube {
         });
     }
 
-    /// `progressDeadlineSeconds` passed without progress.
+    /// `progressDeadlineSeconds` passed without progress since the last
+    /// apply: the condition is stamped that long after it (the
+    /// controller's clock, moved on).
     pub(crate) fn exceed_deadline(&self, ns: &str, name: &str) {
         self.set_status(ns, name, |d, s| {
+            let applied: chrono::DateTime<chrono::Utc> = d["metadata"]["managedFields"][0]["time"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(chrono::Utc::now);
+            let deadline = d["spec"]["progressDeadlineSeconds"].as_i64().unwrap_or(600);
+            let at = (applied + chrono::Duration::seconds(deadline))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             s["observedGeneration"] = d["metadata"]["generation"].clone();
             s["conditions"] = json!([
-                {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+                {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+                 "lastUpdateTime": at, "lastTransitionTime": at},
                 {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                 "lastUpdateTime": at, "lastTransitionTime": at,
                  "message": format!("ReplicaSet \"{name}-{}\" has timed out progressing.", template_hash(&d["spec"]["template"]))},
             ]);
         });

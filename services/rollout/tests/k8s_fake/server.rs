@@ -121,6 +121,7 @@ pub(crate) async fn handle(
         (&Method::PATCH, _) => "patch",
         (&Method::PUT, _) => "update",
         (&Method::POST, _) => "create",
+        (&Method::DELETE, false) => "deletecollection",
         (&Method::DELETE, _) => "delete",
         _ => {
             return error(&ApiError::new(
@@ -232,6 +233,31 @@ pub(crate) async fn handle(
             store.create((key.0, key.1, name), parsed)
         }
         "delete" => store.delete(key),
+        "deletecollection" => {
+            let selector = query
+                .get("labelSelector")
+                .map(String::as_str)
+                .unwrap_or_default();
+            let doomed: Vec<Key> = store
+                .objects
+                .iter()
+                .filter(|(k, v)| {
+                    k.0 == target.resource
+                        && k.1 == target.namespace
+                        && matches_selector(v, selector)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut items = Vec::new();
+            for k in doomed {
+                if let Ok(gone) = store.delete(k) {
+                    items.push(gone);
+                }
+            }
+            Ok(
+                json!({"apiVersion": target.group, "kind": "Status", "status": "Success", "metadata": {}, "items": items}),
+            )
+        }
         _ => unreachable!("verbs are matched above"),
     };
     match result {

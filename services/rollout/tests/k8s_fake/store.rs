@@ -17,6 +17,7 @@ pub(crate) const RESOURCES: &[(&str, &str, &str, bool)] = &[
     ("pods", "v1", "Pod", true),
     ("events", "v1", "Event", true),
     ("deployments", "apps/v1", "Deployment", true),
+    ("replicasets", "apps/v1", "ReplicaSet", true),
     (
         "networkpolicies",
         "networking.k8s.io/v1",
@@ -120,6 +121,16 @@ pub(crate) struct Store {
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Records that `manager` applied just now (`managedFields`; the field
+/// set itself is not modelled).
+fn set_managed(object: &mut Value, manager: &str) {
+    let api_version = object["apiVersion"].clone();
+    object["metadata"]["managedFields"] = json!([{
+        "manager": manager, "operation": "Apply", "apiVersion": api_version,
+        "time": now(), "fieldsType": "FieldsV1", "fieldsV1": {},
+    }]);
 }
 
 /// Deep-merges `patch` into `target`: objects by key, everything else replaced.
@@ -294,6 +305,7 @@ impl Store {
             Self::validate(&key, None, &body)?;
             let mut object = body.clone();
             self.stamp_new(&key.0, &mut object);
+            set_managed(&mut object, manager);
             self.applied.insert(applied_key, body);
             return Ok(self.commit("ADDED", key, object));
         };
@@ -311,6 +323,7 @@ impl Store {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             object["metadata"]["generation"] = json!(generation);
         }
+        set_managed(&mut object, manager);
         Ok(self.commit("MODIFIED", key, object))
     }
 
@@ -436,15 +449,58 @@ impl Store {
     }
 }
 
-/// Whether `object`'s labels match an equality selector.
-pub(crate) fn matches_selector(object: &Value, selector: &str) -> bool {
-    selector
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .all(|term| match term.split_once('=') {
-            Some((k, v)) => {
-                object["metadata"]["labels"][k.trim_end_matches('=')].as_str() == Some(v)
+/// Splits a selector at the commas outside parentheses.
+fn terms(selector: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&selector[start..i]);
+                start = i + 1;
             }
-            None => object["metadata"]["labels"][term].is_string(),
-        })
+            _ => {}
+        }
+    }
+    out.push(&selector[start..]);
+    out.into_iter()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Whether `object`'s labels match a label selector: `k=v`, `k==v`,
+/// `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`.
+pub(crate) fn matches_selector(object: &Value, selector: &str) -> bool {
+    let labels = &object["metadata"]["labels"];
+    terms(selector).into_iter().all(|term| {
+        let set = |rest: &str| -> Vec<String> {
+            rest.trim()
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .split(',')
+                .map(|v| v.trim().to_owned())
+                .collect()
+        };
+        if let Some((k, rest)) = term.split_once(" notin ") {
+            let v = labels[k.trim()].as_str();
+            return v.is_none_or(|v| !set(rest).iter().any(|s| s == v));
+        }
+        if let Some((k, rest)) = term.split_once(" in ") {
+            let v = labels[k.trim()].as_str();
+            return v.is_some_and(|v| set(rest).iter().any(|s| s == v));
+        }
+        if let Some((k, v)) = term.split_once("!=") {
+            return labels[k.trim()].as_str() != Some(v.trim());
+        }
+        if let Some((k, v)) = term.split_once('=') {
+            return labels[k.trim()].as_str() == Some(v.trim_start_matches('=').trim());
+        }
+        if let Some(k) = term.strip_prefix('!') {
+            return !labels[k.trim()].is_string();
+        }
+        labels[term].is_string()
+    })
 }

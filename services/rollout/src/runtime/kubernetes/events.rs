@@ -1,6 +1,11 @@
 //! The event watcher: one task per app namespace lists and then watches
-//! core/v1 Events and emits each one once as `system/k8s/<object>
-//! <message>`, tagged with the rollout that last applied. The server
+//! core/v1 Events and emits each one once as `system/k8s/<kind>/<name>
+//! <message>` (the shape the logs' service filter reads), tagged with the
+//! rollout it serves. A watcher lives as long as that rollout on this
+//! replica: it stops when the rollout's outcome is read, or when nobody
+//! has asked for progress for [`IDLE`] (the driver lost its lease and
+//! another replica, with a watcher of its own, took over), so no event is
+//! printed twice or tagged with a rollout that has ended. The server
 //! deduplicates repeated events by bumping `count`; a bump is not a new
 //! event, so it is not printed again (it does count towards a pod's
 //! readiness-probe failures, which the runtime fails fast on).
@@ -27,6 +32,8 @@ use crate::runtime::{EventSink, RuntimeError};
 
 /// Server-side timeout of one watch request; the watcher re-watches after.
 const WATCH_TIMEOUT_SECS: u32 = 290;
+/// A watcher nobody asked for progress for this long stops.
+pub(crate) const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the watcher of one app's namespace shares with the runtime.
 pub(crate) struct Watcher {
@@ -42,6 +49,8 @@ pub(crate) struct Watcher {
     pub(crate) changed: watch::Sender<u64>,
     /// Stops the task.
     pub(crate) cancel: CancellationToken,
+    /// When the runtime last asked for progress through this watcher.
+    asked: Mutex<std::time::Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -66,11 +75,23 @@ impl Watcher {
             seen: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
             cancel: CancellationToken::new(),
+            asked: Mutex::new(std::time::Instant::now()),
         });
         let api: Api<Event> = Api::namespaced(client, namespace);
         let rv = watcher.list(&api, &*events, false).await?;
         tokio::spawn(watcher.clone().run(api, events, rv));
         Ok(watcher)
+    }
+
+    /// The rollout it serves is still being watched over.
+    pub(crate) fn touch(&self) {
+        *lock(&self.asked) = std::time::Instant::now();
+    }
+
+    /// Stops watching and emitting: the rollout it served has ended here.
+    pub(crate) fn stop(&self) {
+        *lock(&self.rollout) = None;
+        self.cancel.cancel();
     }
 
     fn op(&self, verb: &'static str) -> Op<'_> {
@@ -116,8 +137,13 @@ impl Watcher {
         let previous = lock(&self.seen).insert(key, count);
         let object = event.involved_object.name.clone().unwrap_or_default();
         let grown = count - previous.unwrap_or(0);
+        // Liveness and startup probes report `Unhealthy` too.
         if event.reason.as_deref() == Some("Unhealthy")
             && event.involved_object.kind.as_deref() == Some("Pod")
+            && event
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("Readiness probe"))
             && grown > 0
         {
             let mut unhealthy = lock(&self.unhealthy);
@@ -125,19 +151,34 @@ impl Watcher {
             entry.failures += u32::try_from(grown).unwrap_or(0);
             entry.message = event.message.clone().unwrap_or_default();
         }
-        if previous.is_none() && print {
+        if previous.is_none() && print && !self.cancel.is_cancelled() {
+            // Events written through events.k8s.io (the scheduler's) have
+            // only `eventTime` in core/v1.
             let time = event
                 .last_timestamp
                 .as_ref()
                 .or(event.first_timestamp.as_ref())
                 .and_then(to_chrono)
+                .or_else(|| {
+                    let t = event.event_time.as_ref()?;
+                    chrono::DateTime::from_timestamp(
+                        t.0.as_second(),
+                        u32::try_from(t.0.subsec_nanosecond()).ok()?,
+                    )
+                })
                 .unwrap_or_else(Utc::now);
+            let kind = event
+                .involved_object
+                .kind
+                .as_deref()
+                .unwrap_or("object")
+                .to_ascii_lowercase();
             let message = event.message.clone().unwrap_or_default();
             events.emit(NewEvent {
                 time,
                 app: self.app.clone(),
                 rollout: lock(&self.rollout).clone(),
-                source: format!("system/k8s/{object}"),
+                source: format!("system/k8s/{kind}/{object}"),
                 message: message.lines().next().unwrap_or_default().to_owned(),
             });
         }
@@ -147,8 +188,20 @@ impl Watcher {
     /// Watches until cancelled, re-watching and re-listing as needed.
     async fn run(self: Arc<Self>, api: Api<Event>, events: Arc<dyn EventSink>, mut rv: String) {
         let cancel = self.cancel.clone();
+        let idle = async {
+            loop {
+                let asked = *lock(&self.asked);
+                if asked.elapsed() >= IDLE {
+                    tracing::debug!(namespace = %self.namespace, "no rollout asks for events any more: stopping the watcher");
+                    self.stop();
+                    return;
+                }
+                tokio::time::sleep(IDLE.saturating_sub(asked.elapsed())).await;
+            }
+        };
         tokio::select! {
             () = cancel.cancelled() => {}
+            () = idle => {}
             () = async {
                 let mut failures = 0;
                 loop {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -34,7 +34,7 @@ use serde_json::Value;
 use self::api::Op;
 use self::events::Watcher;
 use self::objects::{LABEL_APP, LABEL_RELEASE, LABEL_SERVICE, namespace_name};
-use self::progress::{DeploymentState, FATAL_WAITING};
+use self::progress::{Baseline, ServiceRead};
 use super::{
     EventSink, ProcessInfo, Progress, Runtime, RuntimeError, ServiceInfo, ServiceProgress, Spec,
 };
@@ -104,6 +104,10 @@ struct Inner {
     client: kube::Client,
     events: Arc<dyn EventSink>,
     config: KubernetesConfig,
+    /// A Secret (type `kubernetes.io/dockerconfigjson`, in every app
+    /// namespace) named in every pod's `imagePullSecrets`, for a private
+    /// registry; `None` for one that needs no login.
+    pull_secret: Option<String>,
     apps: tokio::sync::Mutex<BTreeMap<String, AppEntry>>,
 }
 
@@ -113,6 +117,8 @@ struct Inner {
 struct AppEntry {
     spec: Arc<Spec>,
     watcher: Arc<Watcher>,
+    /// What fail-fast is measured against (see [`Baseline`]).
+    baseline: Arc<std::sync::Mutex<Baseline>>,
 }
 
 fn backend(e: impl std::fmt::Display) -> RuntimeError {
@@ -127,9 +133,19 @@ impl KubernetesRuntime {
                 client,
                 events,
                 config,
+                pull_secret: None,
                 apps: tokio::sync::Mutex::new(BTreeMap::new()),
             }),
         }
+    }
+
+    /// Names `secret` as every pod's image pull secret (a private registry).
+    #[must_use]
+    pub fn with_image_pull_secret(mut self, secret: Option<String>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("a runtime being built has one owner")
+            .pull_secret = secret;
+        self
     }
 
     fn rack(&self) -> &str {
@@ -187,6 +203,56 @@ impl KubernetesRuntime {
         Ok(api::call(op, || api.list(&params)).await?.items)
     }
 
+    /// Deletes the env Secrets of releases nothing refers to any more: not
+    /// the target, not a ReplicaSet the Deployments keep (up to
+    /// [`objects::REVISION_HISTORY`]; `kubectl rollout undo` needs their
+    /// Secrets), not a pod still running or terminating. By label selector
+    /// (`deletecollection`), so the runtime never reads a Secret back.
+    async fn prune_secrets(&self, ns: &str, app: &str, release: &str) -> Result<(), RuntimeError> {
+        let selector = format!("{LABEL_APP}={app}");
+        let sets: Vec<ReplicaSet> = self
+            .list(&self.namespaced(ns), "replicasets", ns, &selector)
+            .await?;
+        let pods: Vec<Pod> = self
+            .list(&self.namespaced(ns), "pods", ns, &selector)
+            .await?;
+        let mut keep: std::collections::BTreeSet<String> = sets
+            .iter()
+            .filter_map(|rs| {
+                rs.spec
+                    .as_ref()?
+                    .template
+                    .as_ref()?
+                    .metadata
+                    .as_ref()?
+                    .labels
+                    .as_ref()?
+                    .get(LABEL_RELEASE)
+                    .cloned()
+            })
+            .chain(
+                pods.iter()
+                    .filter_map(|p| p.metadata.labels.as_ref()?.get(LABEL_RELEASE).cloned()),
+            )
+            .collect();
+        keep.insert(release.to_owned());
+        let selector = format!(
+            "{LABEL_APP}={app},{LABEL_RELEASE},{LABEL_RELEASE} notin ({})",
+            keep.into_iter().collect::<Vec<_>>().join(",")
+        );
+        let secrets: Api<Secret> = self.namespaced(ns);
+        let op = Op {
+            verb: "deletecollection",
+            resource: "secrets",
+            namespace: Some(ns),
+            name: None,
+        };
+        let params = ListParams::default().labels(&selector);
+        let background = DeleteParams::background();
+        api::call(op, || secrets.delete_collection(&background, &params)).await?;
+        Ok(())
+    }
+
     async fn entry(&self, app: &str) -> Option<AppEntry> {
         self.inner.apps.lock().await.get(app).cloned()
     }
@@ -209,13 +275,10 @@ impl KubernetesRuntime {
         let deployments: Vec<Deployment> = self
             .list(&self.namespaced(&ns), "deployments", &ns, &selector)
             .await?;
+        // Every release's pods: old ones still terminating keep a rollout
+        // from being complete.
         let pods: Vec<Pod> = self
-            .list(
-                &self.namespaced(&ns),
-                "pods",
-                &ns,
-                &format!("{selector},{LABEL_RELEASE}={release}"),
-            )
+            .list(&self.namespaced(&ns), "pods", &ns, &selector)
             .await?;
         let unhealthy = entry
             .watcher
@@ -223,7 +286,7 @@ impl KubernetesRuntime {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let now = Utc::now();
+        let mut baseline = entry.baseline.lock().unwrap_or_else(|e| e.into_inner());
         let mut complete = true;
         let mut services = Vec::new();
         for svc in spec.manifest.services.values() {
@@ -248,40 +311,23 @@ impl KubernetesRuntime {
                     progress::template_release(d).unwrap_or("?")
                 )));
             }
-            let state = progress::deployment_state(d);
-            if state == DeploymentState::Complete {
-                services.push(ServiceProgress {
+            let service_pods = progress::of_service(&pods, &svc.name);
+            baseline.observe(&progress::of_release(&service_pods, release));
+            let cx = progress::ReadContext {
+                release,
+                restart_limit: self.inner.config.restart_limit,
+                unhealthy: &unhealthy,
+                baseline: &baseline,
+                now: Utc::now(),
+            };
+            match progress::read_service(svc, desired, d, &service_pods, &cx) {
+                ServiceRead::Done => services.push(ServiceProgress {
                     service: svc.name.clone(),
                     healthy: desired,
                     desired,
-                });
-                continue;
-            }
-            let own: Vec<&Pod> = progress::of_release(&pods, release)
-                .into_iter()
-                .filter(|p| {
-                    p.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(LABEL_SERVICE))
-                        == Some(&svc.name)
-                })
-                .collect();
-            if let Some(reason) =
-                progress::pod_failure(&svc.name, &own, self.inner.config.restart_limit)
-            {
-                return Ok(Progress::Failed { reason });
-            }
-            if let Some(reason) = progress::health_failure(svc, &own, &unhealthy, now) {
-                return Ok(Progress::Failed { reason });
-            }
-            match state {
-                DeploymentState::DeadlineExceeded(message) => {
-                    return Ok(Progress::Failed {
-                        reason: format!("service {}: deadline exceeded ({message})", svc.name),
-                    });
-                }
-                DeploymentState::Waiting { healthy, desired } => {
+                }),
+                ServiceRead::Failed(reason) => return Ok(Progress::Failed { reason }),
+                ServiceRead::Waiting { healthy, desired } => {
                     complete = false;
                     services.push(ServiceProgress {
                         service: svc.name.clone(),
@@ -289,7 +335,6 @@ impl KubernetesRuntime {
                         desired,
                     });
                 }
-                DeploymentState::Complete => {}
             }
         }
         // Deployments of services the release dropped must be gone too.
@@ -328,8 +373,14 @@ impl Runtime for KubernetesRuntime {
         // Build every object first: a spec that cannot run touches nothing.
         let mut deployments = Vec::new();
         for svc in spec.manifest.services.values() {
-            let body = objects::deployment(&rack, &spec, svc, deadline.as_secs().max(1))
-                .map_err(backend)?;
+            let body = objects::deployment(
+                &rack,
+                &spec,
+                svc,
+                deadline.as_secs().max(1),
+                self.inner.pull_secret.as_deref(),
+            )
+            .map_err(backend)?;
             deployments.push((svc, body));
         }
         let namespaces: Api<Namespace> = Api::all(self.inner.client.clone());
@@ -353,7 +404,11 @@ impl Runtime for KubernetesRuntime {
         .await?;
         {
             let mut apps = self.inner.apps.lock().await;
-            let watcher = match apps.get(&app) {
+            let current = apps
+                .get(&app)
+                .filter(|e| !e.watcher.cancel.is_cancelled())
+                .cloned();
+            let watcher = match &current {
                 Some(entry) => {
                     *entry
                         .watcher
@@ -373,31 +428,69 @@ impl Runtime for KubernetesRuntime {
                     .await?
                 }
             };
+            // Re-applying the release this replica is already moving to
+            // keeps its counters; anything else starts from the counters of
+            // now, so that only what this rollout causes counts.
+            let baseline = match current.filter(|e| e.spec.release == spec.release) {
+                Some(entry) => entry.baseline,
+                None => {
+                    let pods: Vec<Pod> = self
+                        .list(
+                            &self.namespaced(&ns),
+                            "pods",
+                            &ns,
+                            &format!("{LABEL_APP}={app},{LABEL_RELEASE}={}", spec.release),
+                        )
+                        .await?;
+                    let unhealthy = watcher
+                        .unhealthy
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    Arc::new(std::sync::Mutex::new(Baseline::take(&pods, &unhealthy)))
+                }
+            };
             apps.insert(
                 app.clone(),
                 AppEntry {
                     spec: spec.clone(),
                     watcher,
+                    baseline,
                 },
             );
         }
         let secrets: Api<Secret> = self.namespaced(&ns);
         let services: Api<Service> = self.namespaced(&ns);
         let deploys: Api<Deployment> = self.namespaced(&ns);
+        let background = DeleteParams::background();
         for (svc, body) in &deployments {
             let secret = objects::secret(&rack, &spec, &svc.name);
             let name = objects::secret_name(&svc.name, &spec.release);
             self.apply_object(&secrets, "secrets", Some(&ns), &name, &secret)
                 .await?;
-            if let Some(service) = objects::service(&rack, &app, svc) {
-                self.apply_object(&services, "services", Some(&ns), &svc.name, &service)
-                    .await?;
+            match objects::service(&rack, &app, svc) {
+                Some(service) => {
+                    self.apply_object(&services, "services", Some(&ns), &svc.name, &service)
+                        .await?;
+                }
+                // The release dropped the port: the address goes with it.
+                None => {
+                    let op = Op {
+                        verb: "delete",
+                        resource: "services",
+                        namespace: Some(&ns),
+                        name: Some(&svc.name),
+                    };
+                    match api::call(op, || services.delete(&svc.name, &background)).await {
+                        Ok(_) | Err(RuntimeError::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
             }
             self.apply_object(&deploys, "deployments", Some(&ns), &svc.name, body)
                 .await?;
         }
         // Services the release no longer has.
-        let background = DeleteParams::background();
         let existing: Vec<Deployment> = self
             .list(&deploys, "deployments", &ns, &format!("{LABEL_APP}={app}"))
             .await?;
@@ -429,6 +522,7 @@ impl Runtime for KubernetesRuntime {
                 Err(e) => return Err(e),
             }
         }
+        self.prune_secrets(&ns, &app, &spec.release).await?;
         tracing::info!(rollout, "applied release to kubernetes");
         Ok(())
     }
@@ -443,14 +537,20 @@ impl Runtime for KubernetesRuntime {
             .entry(app)
             .await
             .ok_or_else(|| RuntimeError::NotFound(format!("app {app} has no desired release")))?;
+        entry.watcher.touch();
         let mut changed = entry.watcher.changed.subscribe();
         changed.borrow_and_update();
-        let progress = self.progress_now(&entry, release).await?;
-        if !matches!(progress, Progress::Progressing { .. }) {
-            return Ok(progress);
+        let mut progress = self.progress_now(&entry, release).await?;
+        if matches!(progress, Progress::Progressing { .. }) {
+            let _ = tokio::time::timeout(wait.min(POLL), changed.changed()).await;
+            progress = self.progress_now(&entry, release).await?;
         }
-        let _ = tokio::time::timeout(wait.min(POLL), changed.changed()).await;
-        self.progress_now(&entry, release).await
+        if !matches!(progress, Progress::Progressing { .. }) {
+            // The rollout this watcher serves has its outcome: its events
+            // end here (the next apply starts a watcher of its own).
+            entry.watcher.stop();
+        }
+        Ok(progress)
     }
 
     async fn remove(&self, rollout: &str, app: &str) -> Result<(), RuntimeError> {
@@ -557,11 +657,10 @@ fn process_info(pod: &Pod) -> ProcessInfo {
         .and_then(|s| s.container_statuses.as_ref())
         .is_some_and(|cs| {
             cs.iter().any(|c| {
-                c.state
-                    .as_ref()
-                    .and_then(|s| s.waiting.as_ref())
-                    .and_then(|w| w.reason.as_deref())
-                    .is_some_and(|r| FATAL_WAITING.contains(&r))
+                let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+                waiting.and_then(|w| w.reason.as_deref()).is_some_and(|r| {
+                    progress::fatal_waiting(r, waiting.and_then(|w| w.message.as_deref()))
+                })
             })
         });
     let state = if pod.metadata.deletion_timestamp.is_some() {

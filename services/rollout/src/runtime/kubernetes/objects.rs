@@ -67,17 +67,29 @@ pub(crate) fn secret_name(service: &str, release: &str) -> String {
     format!("{service}-env-{}", release.to_ascii_lowercase())
 }
 
-/// The Namespace of `app`.
+/// The Namespace of `app`. Pod Security admission enforces `baseline` (no
+/// privileged pods, host namespaces or host paths, which Slipway never
+/// asks for) and warns and audits against `restricted`, which app images
+/// that start as root would fail.
 pub(crate) fn namespace(rack: &str, app: &str) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Namespace",
         "metadata": {
             "name": namespace_name(rack, app),
-            "labels": { LABEL_RACK: rack, LABEL_APP: app },
+            "labels": {
+                LABEL_RACK: rack,
+                LABEL_APP: app,
+                "pod-security.kubernetes.io/enforce": "baseline",
+                "pod-security.kubernetes.io/warn": "restricted",
+                "pod-security.kubernetes.io/audit": "restricted",
+            },
         },
     })
 }
+
+/// Old ReplicaSets a Deployment keeps (each keeps its release's Secret).
+pub(crate) const REVISION_HISTORY: u32 = 5;
 
 /// Name of the egress policy in every app namespace.
 pub(crate) const EGRESS_POLICY: &str = "slipway-app-egress";
@@ -194,6 +206,7 @@ pub(crate) fn deployment(
     spec: &Spec,
     svc: &Service,
     deadline_secs: u64,
+    pull_secret: Option<&str>,
 ) -> Result<Value, ObjectError> {
     let (surge, unavailable) = rolling_update(svc)?;
     let image = spec
@@ -238,8 +251,13 @@ pub(crate) fn deployment(
         container["ports"] =
             json!([{ "name": "main", "containerPort": port.number, "protocol": "TCP" }]);
         if !svc.health.disabled {
+            // `port: https:N` serves TLS: probing it in plain HTTP fails.
+            let mut http_get = json!({ "path": svc.health.path, "port": port.number });
+            if port.scheme.as_deref() == Some("https") {
+                http_get["scheme"] = json!("HTTPS");
+            }
             container["readinessProbe"] = json!({
-                "httpGet": { "path": svc.health.path, "port": port.number },
+                "httpGet": http_get,
                 "initialDelaySeconds": svc.health.grace_secs,
                 "periodSeconds": svc.health.interval_secs,
                 "timeoutSeconds": svc.health.timeout_secs.max(1),
@@ -261,6 +279,19 @@ pub(crate) fn deployment(
             RESTART_ANNOTATION: at.timestamp_nanos_opt().unwrap_or_default().to_string(),
         });
     }
+    let mut pod_spec = json!({
+        "terminationGracePeriodSeconds": svc.termination_grace_secs,
+        "automountServiceAccountToken": false,
+        // Kubernetes would inject `<SERVICE>_PORT=tcp://…` for every
+        // Service of the namespace, clobbering app variables such as
+        // REDIS_PORT.
+        "enableServiceLinks": false,
+        "containers": [container],
+    });
+    // A private registry (the oci builder's `--registry`).
+    if let Some(secret) = pull_secret {
+        pod_spec["imagePullSecrets"] = json!([{ "name": secret }]);
+    }
     Ok(json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -273,17 +304,14 @@ pub(crate) fn deployment(
             "replicas": spec.count(&svc.name),
             "selector": { "matchLabels": { LABEL_APP: spec.app, LABEL_SERVICE: svc.name } },
             "progressDeadlineSeconds": deadline_secs,
+            "revisionHistoryLimit": REVISION_HISTORY,
             "strategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": { "maxSurge": surge, "maxUnavailable": unavailable },
             },
             "template": {
                 "metadata": template_metadata,
-                "spec": {
-                    "terminationGracePeriodSeconds": svc.termination_grace_secs,
-                    "automountServiceAccountToken": false,
-                    "containers": [container],
-                },
+                "spec": pod_spec,
             },
         },
     }))
@@ -315,6 +343,30 @@ mod tests {
                 .to_string()
                 .contains("maxSurge and maxUnavailable would both be 0")
         );
+    }
+
+    #[test]
+    fn an_https_port_is_probed_over_https() {
+        let record = crate::model::SpecRecord {
+            app: "shop".into(),
+            release: "RAAAAAAAAAA".into(),
+            build: "BAAAAAAAAAA".into(),
+            manifest: "services:\n  web:\n    image: nginx\n    port: https:443\n".into(),
+            env: Default::default(),
+            artifacts: Default::default(),
+        };
+        let spec = Spec::from_record(record).unwrap();
+        let web = &spec.manifest.services["web"];
+        let d = deployment("prod", &spec, web, 60, Some("registry-auth")).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["containers"][0]["readinessProbe"]["httpGet"],
+            json!({"path": "/", "port": 443, "scheme": "HTTPS"})
+        );
+        assert_eq!(pod["imagePullSecrets"], json!([{"name": "registry-auth"}]));
+        assert_eq!(pod["enableServiceLinks"], json!(false));
+        let plain = deployment("prod", &spec, web, 60, None).unwrap();
+        assert!(plain["spec"]["template"]["spec"]["imagePullSecrets"].is_null());
     }
 
     #[test]

@@ -4,17 +4,19 @@
 //! restarting) and from readiness-probe `Unhealthy` events. Pure functions
 //! over typed objects, so each rule is tested on its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use slipway_domain::manifest::Service;
 
-use super::objects::{FAILURE_THRESHOLD, LABEL_RELEASE};
+use super::objects::{FAILURE_THRESHOLD, LABEL_RELEASE, LABEL_SERVICE};
 
-/// Container waiting reasons that will not fix themselves.
+/// Container waiting reasons that will not fix themselves. `ErrImagePull`
+/// is only fatal when the registry says the image is not there or not
+/// allowed (see [`fatal_waiting`]): a first pull can fail on a 429 or a 5xx.
 pub(crate) const FATAL_WAITING: &[&str] = &[
     "CrashLoopBackOff",
     "ErrImagePull",
@@ -23,19 +25,41 @@ pub(crate) const FATAL_WAITING: &[&str] = &[
     "InvalidImageName",
 ];
 
-/// Where one service's Deployment is.
+/// How long pods may stay uncreated (`ReplicaFailure`: quota, Pod Security,
+/// an admission webhook) or unschedulable before the rollout fails: long
+/// enough for a quota freed by the surge's own old pods, or a node that is
+/// just joining, short of waiting out the whole deadline.
+pub(crate) const STUCK_GRACE_SECS: i64 = 30;
+
+/// Whether a container waiting with `reason` and `message` will not get
+/// better by itself.
+pub(crate) fn fatal_waiting(reason: &str, message: Option<&str>) -> bool {
+    if reason == "ErrImagePull" {
+        let m = message.unwrap_or_default().to_ascii_lowercase();
+        return [
+            "not found",
+            "unauthorized",
+            "denied",
+            "forbidden",
+            "manifest unknown",
+        ]
+        .iter()
+        .any(|s| m.contains(s));
+    }
+    FATAL_WAITING.contains(&reason)
+}
+
+/// Where one service's Deployment is, by `kubectl rollout status`'s rules.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum DeploymentState {
-    /// Still moving: `healthy` of `desired` updated replicas are available.
-    Waiting {
-        /// Available replicas of the new template.
-        healthy: u32,
-        /// `spec.replicas`.
-        desired: u32,
-    },
-    /// Every replica runs the new template and is available; no old ones.
+    /// Still moving.
+    Waiting,
+    /// Every replica runs the new template and is available, and the
+    /// controller counts no old ones (terminating pods are not counted:
+    /// the caller checks the pods too).
     Complete,
-    /// The progress deadline passed (Kubernetes does nothing about it).
+    /// The progress deadline passed during this rollout (Kubernetes does
+    /// nothing about it).
     DeadlineExceeded(String),
 }
 
@@ -43,41 +67,198 @@ fn count(v: Option<i32>) -> u32 {
     u32::try_from(v.unwrap_or(0)).unwrap_or(0)
 }
 
+/// When Slipway's last apply changed the Deployment: the `time` of its
+/// `managedFields` entry, on the API server's clock (a no-op re-apply, such
+/// as a takeover's, leaves it alone).
+pub(crate) fn applied_at(d: &Deployment) -> Option<DateTime<Utc>> {
+    d.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some(super::FIELD_MANAGER))
+        .filter(|m| m.operation.as_deref() == Some("Apply"))
+        .filter_map(|m| m.time.as_ref().and_then(to_chrono))
+        .max()
+}
+
+/// Whether a `ProgressDeadlineExceeded` condition belongs to the rollout
+/// that last applied. The controller keeps the condition, timestamps and
+/// all, when a Deployment is re-targeted at a template whose ReplicaSet
+/// still exists (a rollback) until it sees progress, and a condition
+/// written at once from a stale `lastUpdateTime` is no more this
+/// rollout's. A timeout of this rollout comes at least
+/// `progressDeadlineSeconds` after the apply, since progress is measured
+/// from no earlier than the apply. Without the apply's time (a server that
+/// does not report managed fields) or the condition's, the condition counts.
+fn deadline_is_current(d: &Deployment, updated: Option<&Time>) -> bool {
+    let (Some(applied), Some(updated)) = (applied_at(d), updated.and_then(to_chrono)) else {
+        return true;
+    };
+    let deadline = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.progress_deadline_seconds)
+        .unwrap_or(600);
+    updated >= applied + chrono::Duration::seconds(i64::from(deadline))
+}
+
 /// The state of a Deployment from its status, in the order `kubectl
-/// rollout status` checks it.
+/// rollout status` checks it, ignoring a deadline left over from an
+/// earlier rollout.
 pub(crate) fn deployment_state(d: &Deployment) -> DeploymentState {
     let desired = count(d.spec.as_ref().and_then(|s| s.replicas).or(Some(1)));
     let Some(status) = &d.status else {
-        return DeploymentState::Waiting {
-            healthy: 0,
-            desired,
-        };
+        return DeploymentState::Waiting;
     };
     // 1. The controller has not seen the current spec yet.
     let generation = d.metadata.generation.unwrap_or(0);
     if status.observed_generation.unwrap_or(0) < generation {
-        return DeploymentState::Waiting {
-            healthy: 0,
-            desired,
-        };
+        return DeploymentState::Waiting;
     }
-    // 2. The progress deadline passed.
+    // 2. The progress deadline passed, in this rollout.
     if let Some(cond) = status.conditions.iter().flatten().find(|c| {
         c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    }) {
+    }) && deadline_is_current(d, cond.last_update_time.as_ref())
+    {
         return DeploymentState::DeadlineExceeded(cond.message.clone().unwrap_or_default());
     }
     let updated = count(status.updated_replicas);
     let replicas = count(status.replicas);
     let available = count(status.available_replicas);
-    let healthy = available.min(updated);
     // 3. New replicas still being created; 4. old ones still terminating;
     // 5. new ones not yet available.
     if updated < desired || replicas > updated || available < updated {
-        return DeploymentState::Waiting { healthy, desired };
+        return DeploymentState::Waiting;
     }
     // 6. Complete.
     DeploymentState::Complete
+}
+
+/// Why a Deployment cannot make progress at all, if it is certain: paused
+/// (`kubectl rollout pause`; apply does not own `spec.paused`), or its
+/// pods are not being created (`ReplicaFailure`, copied from the
+/// ReplicaSet: quota, Pod Security, a webhook) or not scheduled, for
+/// longer than [`STUCK_GRACE_SECS`].
+pub(crate) fn blocked(
+    service: &str,
+    d: &Deployment,
+    own: &[&Pod],
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let ns = d.metadata.namespace.as_deref().unwrap_or("?");
+    if d.spec.as_ref().and_then(|s| s.paused) == Some(true) {
+        return Some(format!(
+            "service {service}: its Deployment is paused, so nothing rolls (kubectl -n {ns} rollout resume deployment/{service})"
+        ));
+    }
+    let stuck = |since: Option<&Time>| {
+        since
+            .and_then(to_chrono)
+            .is_none_or(|t| (now - t).num_seconds() >= STUCK_GRACE_SECS)
+    };
+    let conditions = d.status.as_ref().and_then(|s| s.conditions.as_ref());
+    if let Some(c) = conditions.into_iter().flatten().find(|c| {
+        c.type_ == "ReplicaFailure" && c.status == "True" && stuck(c.last_transition_time.as_ref())
+    }) {
+        return Some(format!(
+            "service {service}: pods cannot be created ({}: {})",
+            c.reason.as_deref().unwrap_or("ReplicaFailure"),
+            c.message.as_deref().unwrap_or("no message").trim()
+        ));
+    }
+    for pod in own {
+        let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+        if let Some(c) = conditions.into_iter().flatten().find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+                && stuck(c.last_transition_time.as_ref())
+        }) {
+            return Some(format!(
+                "service {service}: pod {} cannot be scheduled: {}",
+                pod.metadata.name.as_deref().unwrap_or("?"),
+                c.message.as_deref().unwrap_or("no message").trim()
+            ));
+        }
+    }
+    None
+}
+
+/// What a rollout's fail-fast signals are measured against: counters
+/// taken when it applied, so that only what this rollout caused counts
+/// (a rollback onto surviving pods must not fail on their lifetime
+/// restarts or on probe failures from before), and the pods seen Ready
+/// since (a pod that was healthy and blips is not "never healthy").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Baseline {
+    /// `restartCount` per (pod uid, container) at the apply.
+    pub(crate) restarts: BTreeMap<(String, String), i32>,
+    /// Readiness-probe failures per pod at the apply.
+    pub(crate) unhealthy: BTreeMap<String, u32>,
+    /// Target pods seen Ready during this rollout.
+    pub(crate) seen_ready: BTreeSet<String>,
+}
+
+impl Baseline {
+    /// The counters of `pods` and `unhealthy` now.
+    pub(crate) fn take(pods: &[Pod], unhealthy: &BTreeMap<String, Unhealthy>) -> Self {
+        let mut restarts = BTreeMap::new();
+        for pod in pods {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            for status in container_statuses(pod) {
+                restarts.insert((uid.clone(), status.name.clone()), status.restart_count);
+            }
+        }
+        Self {
+            restarts,
+            unhealthy: unhealthy
+                .iter()
+                .map(|(pod, u)| (pod.clone(), u.failures))
+                .collect(),
+            seen_ready: BTreeSet::new(),
+        }
+    }
+
+    /// Notes which of `pods` are Ready now.
+    pub(crate) fn observe(&mut self, pods: &[&Pod]) {
+        for pod in pods.iter().filter(|p| is_ready(p)) {
+            if let Some(name) = &pod.metadata.name {
+                self.seen_ready.insert(name.clone());
+            }
+        }
+    }
+
+    fn restarts_since(&self, pod: &Pod, status: &ContainerStatus) -> i32 {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let before = self
+            .restarts
+            .get(&(uid, status.name.clone()))
+            .copied()
+            .unwrap_or(0);
+        (status.restart_count - before).max(0)
+    }
+}
+
+/// Init containers' statuses, then the containers'.
+fn container_statuses(pod: &Pod) -> Vec<ContainerStatus> {
+    pod.status
+        .as_ref()
+        .map(|s| {
+            let mut all = s.init_container_statuses.clone().unwrap_or_default();
+            all.extend(s.container_statuses.clone().unwrap_or_default());
+            all
+        })
+        .unwrap_or_default()
+}
+
+/// Ready pods among `own` (the target release's), not terminating: the
+/// healthy count reasons show.
+pub(crate) fn healthy(own: &[&Pod]) -> u32 {
+    let n = own
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// The release a Deployment's pod template runs.
@@ -102,7 +283,7 @@ pub(crate) fn to_chrono(t: &Time) -> Option<DateTime<Utc>> {
 }
 
 /// `exit code 1 (Error): <message>` from a container's last termination.
-fn last_exit(status: &k8s_openapi::api::core::v1::ContainerStatus) -> String {
+fn last_exit(status: &ContainerStatus) -> String {
     let terminated = status
         .last_state
         .as_ref()
@@ -130,20 +311,20 @@ fn last_exit(status: &k8s_openapi::api::core::v1::ContainerStatus) -> String {
 
 /// Why the target's pods of `service` cannot become healthy, if that is
 /// already certain: a container stuck in a fatal waiting state, or one
-/// restarted more than `restart_limit` times.
-pub(crate) fn pod_failure(service: &str, pods: &[&Pod], restart_limit: u32) -> Option<String> {
+/// restarted more than `restart_limit` times since the rollout applied.
+pub(crate) fn pod_failure(
+    service: &str,
+    pods: &[&Pod],
+    restart_limit: u32,
+    baseline: &Baseline,
+) -> Option<String> {
     for pod in pods {
         let name = pod.metadata.name.as_deref().unwrap_or("?");
-        let statuses = pod.status.as_ref().map(|s| {
-            let mut all = s.init_container_statuses.clone().unwrap_or_default();
-            all.extend(s.container_statuses.clone().unwrap_or_default());
-            all
-        });
-        for status in statuses.iter().flatten() {
+        for status in &container_statuses(pod) {
             let waiting = status.state.as_ref().and_then(|s| s.waiting.as_ref());
             if let Some(reason) = waiting
                 .and_then(|w| w.reason.as_deref())
-                .filter(|r| FATAL_WAITING.contains(r))
+                .filter(|r| fatal_waiting(r, waiting.and_then(|w| w.message.as_deref())))
             {
                 let detail = if reason == "CrashLoopBackOff" {
                     format!(
@@ -161,11 +342,11 @@ pub(crate) fn pod_failure(service: &str, pods: &[&Pod], restart_limit: u32) -> O
                     status.name
                 ));
             }
-            if count(Some(status.restart_count)) > restart_limit {
+            let restarts = baseline.restarts_since(pod, status);
+            if count(Some(restarts)) > restart_limit {
                 return Some(format!(
-                    "service {service}: container {} of pod {name} restarted {} times (limit {restart_limit}), {}: process exited",
+                    "service {service}: container {} of pod {name} restarted {restarts} times during this rollout (limit {restart_limit}), {}: process exited",
                     status.name,
-                    status.restart_count,
                     last_exit(status)
                 ));
             }
@@ -189,6 +370,7 @@ pub(crate) fn health_failure(
     svc: &Service,
     pods: &[&Pod],
     unhealthy: &BTreeMap<String, Unhealthy>,
+    baseline: &Baseline,
     now: DateTime<Utc>,
 ) -> Option<String> {
     if svc.health.disabled || svc.port.is_none() {
@@ -200,25 +382,30 @@ pub(crate) fn health_failure(
         let Some(name) = pod.metadata.name.as_deref() else {
             continue;
         };
-        if is_ready(pod) {
+        // "Never healthy": a pod that was Ready during this rollout and
+        // blips under load is the service's business, not a failed rollout.
+        if is_ready(pod) || baseline.seen_ready.contains(name) {
             continue;
         }
         let Some(seen) = unhealthy.get(name) else {
             continue;
         };
+        let failures = seen
+            .failures
+            .saturating_sub(baseline.unhealthy.get(name).copied().unwrap_or(0));
         let started = pod
             .status
             .as_ref()
             .and_then(|s| s.start_time.as_ref())
             .and_then(to_chrono);
         let old_enough = started.is_some_and(|s| (now - s).num_seconds() >= allowed);
-        if seen.failures >= FAILURE_THRESHOLD && old_enough {
+        if failures >= FAILURE_THRESHOLD && old_enough {
             return Some(format!(
                 "service {}: pod {name} failed its health check (GET {} on port {}) {} times after grace {}s and {} intervals of {}s: {}",
                 svc.name,
                 svc.health.path,
                 svc.port.as_ref().map_or(0, |p| p.number),
-                seen.failures,
+                failures,
                 svc.health.grace_secs,
                 FAILURE_THRESHOLD,
                 svc.health.interval_secs,
@@ -237,31 +424,176 @@ pub(crate) fn is_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// A label of a pod.
+fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata.labels.as_ref()?.get(key).map(String::as_str)
+}
+
 /// The pods among `pods` that run `release`.
-pub(crate) fn of_release<'a>(pods: &'a [Pod], release: &str) -> Vec<&'a Pod> {
+pub(crate) fn of_release<'a>(pods: &[&'a Pod], release: &str) -> Vec<&'a Pod> {
     pods.iter()
-        .filter(|p| {
-            p.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_RELEASE))
-                .is_some_and(|r| r == release)
-        })
+        .copied()
+        .filter(|p| label(p, LABEL_RELEASE) == Some(release))
         .collect()
+}
+
+/// The pods among `pods` of `service`.
+pub(crate) fn of_service<'a>(pods: &'a [Pod], service: &str) -> Vec<&'a Pod> {
+    pods.iter()
+        .filter(|p| label(p, LABEL_SERVICE) == Some(service))
+        .collect()
+}
+
+/// How one service stands in a rollout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ServiceRead {
+    /// Done: the release runs at scale, healthy, and no pod of another
+    /// release is left, terminating ones included.
+    Done,
+    /// Still moving: `healthy` Ready pods of the release, of `desired`.
+    Waiting {
+        /// Ready, not terminating, pods of the target release.
+        healthy: u32,
+        /// The scale count.
+        desired: u32,
+    },
+    /// Cannot become healthy; why.
+    Failed(String),
+}
+
+/// What one service's reading needs besides its Deployment and pods.
+pub(crate) struct ReadContext<'a> {
+    /// The target release.
+    pub(crate) release: &'a str,
+    /// Container restarts during the rollout that fail it.
+    pub(crate) restart_limit: u32,
+    /// Readiness-probe failures per pod, from events.
+    pub(crate) unhealthy: &'a BTreeMap<String, Unhealthy>,
+    /// Counters at the apply (updated with the pods seen Ready).
+    pub(crate) baseline: &'a Baseline,
+    /// Now.
+    pub(crate) now: DateTime<Utc>,
+}
+
+/// Reads one service: its Deployment by `kubectl rollout status`'s rules,
+/// then the pods (`pods`: every pod of the service, of every release).
+/// `Complete` from the Deployment is not enough: `status.replicas` does
+/// not count terminating pods, so old ones may still be shutting down.
+pub(crate) fn read_service(
+    svc: &Service,
+    desired: u32,
+    d: &Deployment,
+    pods: &[&Pod],
+    cx: &ReadContext<'_>,
+) -> ServiceRead {
+    let own = of_release(pods, cx.release);
+    let others = pods.len() - own.len();
+    let state = deployment_state(d);
+    if state == DeploymentState::Complete && others == 0 {
+        return ServiceRead::Done;
+    }
+    let failure = pod_failure(&svc.name, &own, cx.restart_limit, cx.baseline)
+        .or_else(|| health_failure(svc, &own, cx.unhealthy, cx.baseline, cx.now))
+        .or_else(|| blocked(&svc.name, d, &own, cx.now));
+    if let Some(reason) = failure {
+        return ServiceRead::Failed(reason);
+    }
+    let healthy = healthy(&own).min(desired);
+    if let DeploymentState::DeadlineExceeded(message) = state {
+        return ServiceRead::Failed(format!(
+            "service {}: deadline exceeded with {healthy}/{desired} healthy ({message})",
+            svc.name
+        ));
+    }
+    ServiceRead::Waiting { healthy, desired }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+    use slipway_domain::Manifest;
 
-    fn deployment(generation: i64, status: serde_json::Value) -> Deployment {
+    const APPLIED: &str = "2026-12-03T10:00:00Z";
+
+    fn at(t: &str) -> DateTime<Utc> {
+        t.parse().unwrap()
+    }
+
+    fn deployment(generation: i64, status: Value) -> Deployment {
         serde_json::from_value(json!({
-            "metadata": {"name": "web", "generation": generation},
-            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "metadata": {"name": "web", "namespace": "prod-shop", "generation": generation,
+                "managedFields": [
+                    {"manager": "kube-controller-manager", "operation": "Update", "time": "2026-12-03T11:00:00Z"},
+                    {"manager": "slipway", "operation": "Apply", "time": APPLIED},
+                ]},
+            "spec": {"replicas": 2, "progressDeadlineSeconds": 120, "selector": {}, "template": {}},
             "status": status,
         }))
         .unwrap()
+    }
+
+    fn timed_out(updated: &str) -> Value {
+        json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1, "availableReplicas": 2,
+               "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                               "message": "ReplicaSet \"web-1\" has timed out progressing.",
+                               "lastUpdateTime": updated, "lastTransitionTime": updated}]})
+    }
+
+    fn pod(name: &str, release: &str, ready: bool, extra: Value) -> Pod {
+        let mut pod = json!({
+            "metadata": {"name": name, "uid": format!("uid-{name}"),
+                         "labels": {"app": "shop", "service": "web", "release": release}},
+            "status": {"startTime": "2026-12-03T09:00:00Z",
+                       "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                       "containerStatuses": [{"name": "web", "image": "i", "imageID": "", "ready": ready,
+                                              "restartCount": 0, "state": {"running": {}}}]},
+        });
+        merge(&mut pod, &extra);
+        serde_json::from_value(pod).unwrap()
+    }
+
+    /// Objects merge by key; anything else is replaced.
+    fn merge(target: &mut Value, patch: &Value) {
+        match (target, patch) {
+            (Value::Object(t), Value::Object(p)) => {
+                for (k, v) in p {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+            (t, p) => *t = p.clone(),
+        }
+    }
+
+    fn web() -> Service {
+        Manifest::parse(
+            "services:\n  web:\n    build: .\n    port: 3000\n    health:\n      grace: 5\n      interval: 3\n",
+        )
+        .unwrap()
+        .services["web"]
+            .clone()
+    }
+
+    fn read(
+        d: &Deployment,
+        pods: &[Pod],
+        baseline: &Baseline,
+        unhealthy: &BTreeMap<String, Unhealthy>,
+    ) -> ServiceRead {
+        let refs: Vec<&Pod> = pods.iter().collect();
+        read_service(
+            &web(),
+            2,
+            d,
+            &refs,
+            &ReadContext {
+                release: "R2",
+                restart_limit: 3,
+                unhealthy,
+                baseline,
+                now: at("2026-12-03T10:05:00Z"),
+            },
+        )
     }
 
     #[test]
@@ -270,59 +602,116 @@ mod tests {
             2,
             json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}),
         );
+        assert_eq!(deployment_state(&d), DeploymentState::Waiting);
+        let d = deployment(2, timed_out("2026-12-03T10:02:00Z"));
         assert_eq!(
             deployment_state(&d),
-            DeploymentState::Waiting {
-                healthy: 0,
-                desired: 2
-            }
+            DeploymentState::DeadlineExceeded(
+                "ReplicaSet \"web-1\" has timed out progressing.".into()
+            )
         );
-        let d = deployment(
-            2,
-            json!({"observedGeneration": 2, "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "timed out"}]}),
-        );
-        assert_eq!(
-            deployment_state(&d),
-            DeploymentState::DeadlineExceeded("timed out".into())
-        );
-        let d = deployment(
-            2,
+        for status in [
             json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 2}),
-        );
-        assert_eq!(
-            deployment_state(&d),
-            DeploymentState::Waiting {
-                healthy: 1,
-                desired: 2
-            }
-        );
-        let d = deployment(
-            2,
             json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2, "availableReplicas": 3}),
-        );
-        assert_eq!(
-            deployment_state(&d),
-            DeploymentState::Waiting {
-                healthy: 2,
-                desired: 2
-            }
-        );
-        let d = deployment(
-            2,
             json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 1}),
-        );
-        assert_eq!(
-            deployment_state(&d),
-            DeploymentState::Waiting {
-                healthy: 1,
-                desired: 2
-            }
-        );
+        ] {
+            assert_eq!(
+                deployment_state(&deployment(2, status)),
+                DeploymentState::Waiting
+            );
+        }
         let d = deployment(
             2,
             json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}),
         );
         assert_eq!(deployment_state(&d), DeploymentState::Complete);
+    }
+
+    /// The controller keeps a `ProgressDeadlineExceeded` (timestamps and
+    /// all) when re-targeted at a ReplicaSet that still exists, and times
+    /// out at once from a stale `lastUpdateTime`: neither is the rollback's.
+    #[test]
+    fn a_deadline_left_over_from_an_earlier_rollout_does_not_fail_this_one() {
+        // Written before this apply: the rolled-back-from rollout's.
+        let d = deployment(2, timed_out("2026-12-03T09:58:00Z"));
+        assert_eq!(deployment_state(&d), DeploymentState::Waiting);
+        // Written right after the apply, from an old lastUpdateTime.
+        let d = deployment(2, timed_out("2026-12-03T10:00:01Z"));
+        assert_eq!(deployment_state(&d), DeploymentState::Waiting);
+        // A Ready fallback with the stale condition completes.
+        let mut d = deployment(2, timed_out("2026-12-03T09:58:00Z"));
+        let status = d.status.as_mut().unwrap();
+        (
+            status.replicas,
+            status.updated_replicas,
+            status.available_replicas,
+        ) = (Some(2), Some(2), Some(2));
+        assert_eq!(deployment_state(&d), DeploymentState::Complete);
+        // The deadline after this apply: a real timeout of this rollout.
+        let d = deployment(2, timed_out("2026-12-03T10:02:00Z"));
+        assert!(matches!(
+            deployment_state(&d),
+            DeploymentState::DeadlineExceeded(_)
+        ));
+    }
+
+    #[test]
+    fn complete_waits_for_terminating_pods_of_other_releases() {
+        let d = deployment(
+            2,
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}),
+        );
+        let mut pods = vec![
+            pod("web-b-1", "R2", true, json!({})),
+            pod("web-b-2", "R2", true, json!({})),
+        ];
+        // Terminating: status.replicas no longer counts it.
+        pods.push(pod(
+            "web-a-1",
+            "R1",
+            true,
+            json!({"metadata": {"deletionTimestamp": "2026-12-03T10:04:00Z"}}),
+        ));
+        let none = BTreeMap::new();
+        assert_eq!(
+            read(&d, &pods, &Baseline::default(), &none),
+            ServiceRead::Waiting {
+                healthy: 2,
+                desired: 2
+            }
+        );
+        pods.pop();
+        assert_eq!(
+            read(&d, &pods, &Baseline::default(), &none),
+            ServiceRead::Done
+        );
+    }
+
+    #[test]
+    fn healthy_counts_ready_pods_of_the_release_only() {
+        // One old pod available, no new one ready: "1/2 healthy" would lie.
+        let d = deployment(
+            2,
+            json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2, "availableReplicas": 1}),
+        );
+        let pods = [
+            pod("web-a-1", "R1", true, json!({})),
+            pod("web-b-1", "R2", false, json!({})),
+            pod("web-b-2", "R2", false, json!({})),
+        ];
+        assert_eq!(
+            read(&d, &pods, &Baseline::default(), &BTreeMap::new()),
+            ServiceRead::Waiting {
+                healthy: 0,
+                desired: 2
+            }
+        );
+        // And the deadline reason says so.
+        let d = deployment(2, timed_out("2026-12-03T10:02:00Z"));
+        match read(&d, &pods, &Baseline::default(), &BTreeMap::new()) {
+            ServiceRead::Failed(reason) => assert!(reason.contains("0/2 healthy"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -336,13 +725,153 @@ mod tests {
             }]},
         }))
         .unwrap();
-        let reason = pod_failure("web", &[&pod], 3).unwrap();
+        let none = Baseline::default();
+        let reason = pod_failure("web", &[&pod], 3, &none).unwrap();
         assert!(
             reason.contains("service web")
                 && reason.contains("CrashLoopBackOff")
                 && reason.contains("exit code 1"),
             "{reason}"
         );
-        assert!(pod_failure("web", &[&pod], 1).is_some());
+        assert!(pod_failure("web", &[&pod], 1, &none).is_some());
+    }
+
+    #[test]
+    fn a_first_pull_error_is_fatal_only_when_the_registry_says_so() {
+        assert!(!fatal_waiting(
+            "ErrImagePull",
+            Some("429 Too Many Requests")
+        ));
+        assert!(fatal_waiting(
+            "ErrImagePull",
+            Some("rpc error: reading manifest 1 in r/web: manifest unknown: not found")
+        ));
+        assert!(fatal_waiting(
+            "ErrImagePull",
+            Some("pull access denied, unauthorized")
+        ));
+        assert!(fatal_waiting("ImagePullBackOff", None));
+    }
+
+    /// A rollback onto surviving pods: their lifetime restarts and the
+    /// probe failures from before the apply are not this rollout's.
+    #[test]
+    fn fail_fast_counts_only_what_this_rollout_caused() {
+        let d = deployment(
+            2,
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 1}),
+        );
+        let survivor = pod(
+            "web-b-1",
+            "R2",
+            true,
+            json!({"status": {"containerStatuses": [{"name": "web", "image": "i", "imageID": "", "ready": true,
+                                                    "restartCount": 7, "state": {"running": {}}}]}}),
+        );
+        let starting = pod("web-b-2", "R2", false, json!({}));
+        let mut unhealthy = BTreeMap::new();
+        unhealthy.insert(
+            "web-b-2".to_owned(),
+            Unhealthy {
+                failures: 5,
+                message: "Readiness probe failed: 503".into(),
+            },
+        );
+        let pods = [survivor, starting];
+        // Lifetime totals: both signals would fail the rollback at once.
+        let before_fix = Baseline::default();
+        assert!(matches!(
+            read(&d, &pods, &before_fix, &unhealthy),
+            ServiceRead::Failed(_)
+        ));
+        let mut baseline = Baseline::take(&pods, &unhealthy);
+        assert_eq!(
+            read(&d, &pods, &baseline, &unhealthy),
+            ServiceRead::Waiting {
+                healthy: 1,
+                desired: 2
+            }
+        );
+        // Four restarts after the apply pass the limit of 3.
+        let mut crashed = pods.clone();
+        crashed[0] = pod(
+            "web-b-1",
+            "R2",
+            true,
+            json!({"status": {"containerStatuses": [{"name": "web", "image": "i", "imageID": "", "ready": true,
+                                                    "restartCount": 11, "state": {"running": {}}}]}}),
+        );
+        match read(&d, &crashed, &baseline, &unhealthy) {
+            ServiceRead::Failed(reason) => {
+                assert!(
+                    reason.contains("restarted 4 times during this rollout"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Three more probe failures of a pod never Ready fail it ...
+        unhealthy.get_mut("web-b-2").unwrap().failures = 8;
+        assert!(
+            matches!(read(&d, &pods, &baseline, &unhealthy), ServiceRead::Failed(r) if r.contains("health check") && r.contains("3 times"))
+        );
+        // ... but not once it has been Ready during the rollout.
+        let ready = [pods[0].clone(), pod("web-b-2", "R2", true, json!({}))];
+        baseline.observe(&ready.iter().collect::<Vec<_>>());
+        assert!(matches!(
+            read(&d, &pods, &baseline, &unhealthy),
+            ServiceRead::Waiting { .. }
+        ));
+    }
+
+    #[test]
+    fn pods_never_created_or_scheduled_and_a_paused_deployment_fail_naming_the_cause() {
+        let waiting = json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 0, "availableReplicas": 2});
+        let none = Baseline::default();
+        let no_events = BTreeMap::new();
+        // Quota: the ReplicaSet cannot create pods; after the grace only.
+        let mut status = waiting.clone();
+        status["conditions"] = json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+            "message": "pods \"web-b-x\" is forbidden: exceeded quota: compute, requested: cpu=500m",
+            "lastTransitionTime": "2026-12-03T10:04:50Z"}]);
+        assert!(matches!(
+            read(&deployment(2, status.clone()), &[], &none, &no_events),
+            ServiceRead::Waiting { .. }
+        ));
+        status["conditions"][0]["lastTransitionTime"] = json!("2026-12-03T10:01:00Z");
+        match read(&deployment(2, status), &[], &none, &no_events) {
+            ServiceRead::Failed(r) => assert!(
+                r.contains("pods cannot be created (FailedCreate: pods \"web-b-x\" is forbidden: exceeded quota"),
+                "{r}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Unschedulable.
+        let pending = pod(
+            "web-b-1",
+            "R2",
+            false,
+            json!({"status": {"containerStatuses": [], "conditions": [{"type": "PodScheduled", "status": "False",
+                "reason": "Unschedulable", "message": "0/3 nodes are available: 3 Insufficient memory.",
+                "lastTransitionTime": "2026-12-03T10:00:05Z"}]}}),
+        );
+        match read(&deployment(2, waiting.clone()), &[pending], &none, &no_events) {
+            ServiceRead::Failed(r) => assert!(
+                r.contains("pod web-b-1 cannot be scheduled: 0/3 nodes are available: 3 Insufficient memory."),
+                "{r}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Paused: at once.
+        let mut d = deployment(2, waiting);
+        d.spec.as_mut().unwrap().paused = Some(true);
+        match read(&d, &[], &none, &no_events) {
+            ServiceRead::Failed(r) => assert!(
+                r.contains("paused")
+                    && r.contains("kubectl -n prod-shop rollout resume deployment/web"),
+                "{r}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }
