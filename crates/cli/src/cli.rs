@@ -110,6 +110,13 @@ pub enum Command {
     /// Show the audit trail (newest first): who changed what, when, from
     /// where. Of the app given with -a, else of the whole rack (admin).
     Audit(AuditArgs),
+    /// List webhooks (receivers of the rack's events, Convox-compatible and
+    /// signed), or add or remove one, manage signing keys, show deliveries.
+    Webhooks {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        command: Option<WebhooksCommand>,
+    },
     /// Check a rack URL and store it for commands run without RACK_URL.
     Login {
         /// `http://convox:PASSWORD@HOST:PORT`.
@@ -154,6 +161,57 @@ pub struct AuditArgs {
     /// At most this many records (default 100, at most 1000).
     #[arg(short, long)]
     pub limit: Option<u32>,
+}
+
+/// `webhooks` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Add a receiver (http:// or https://) of the events of the app given
+    /// with -a, else of every app. The first one also creates a signing key
+    /// and prints it once.
+    Add {
+        /// Where to POST the events.
+        url: String,
+        /// Only these actions, comma-separated (app:create, build:create,
+        /// release:create, release:promote, app:promote:completed,
+        /// app:promote:errored, app:promote:cancelled; default: all).
+        #[arg(long, value_delimiter = ',', value_name = "ACTION,...")]
+        events: Vec<String>,
+    },
+    /// Remove a receiver; its pending deliveries are cancelled.
+    Remove {
+        /// Its id (W…).
+        id: String,
+    },
+    /// List, add or remove signing keys (at most 4 during a rotation).
+    Keys {
+        /// What to do (default: list).
+        #[command(subcommand)]
+        command: Option<WebhookKeysCommand>,
+    },
+    /// Recent deliveries, newest first, with their last result.
+    Deliveries {
+        /// Only this receiver's (W…).
+        #[arg(long)]
+        webhook: Option<String>,
+        /// At most this many (default 50).
+        #[arg(short, long)]
+        limit: Option<u32>,
+    },
+}
+
+/// `webhooks keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WebhookKeysCommand {
+    /// List the active keys (ids and fingerprints, never the keys).
+    List,
+    /// Generate a key and print it (once: the rack keeps it sealed).
+    Add,
+    /// Remove a key: deliveries are no longer signed with it.
+    Remove {
+        /// Its id (K…).
+        id: String,
+    },
 }
 
 /// `apps` subcommands.

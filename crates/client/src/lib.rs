@@ -22,6 +22,7 @@ mod promotion;
 mod rack;
 mod socket;
 mod tls;
+mod webhooks;
 
 pub use access::NewToken;
 pub use client::{BuildOptions, Client, LogOptions, ReleaseOptions, go_duration};
@@ -33,5 +34,6 @@ pub use exec::{
 pub use promotion::{AFTER_HEADER, PromotionEvents, PromotionFrame, PromotionResult, TYPED_HEADER};
 pub use rack::RackUrl;
 pub use slipway_convox::{access as access_types, types};
+pub use slipway_convox::webhooks as webhook_types;
 pub use socket::{LogStream, stream_error};
 pub use tls::TlsOptions;

@@ -6,8 +6,10 @@
 //! - [`access`]: Slipway's token and audit routes.
 //! - [`frames`]: the typed frames of a promotion's event stream.
 //! - [`exec`]: the exec socket's exit marker and Slipway's handshake headers.
+//! - [`webhooks`]: Slipway's webhook routes (receivers, keys, deliveries).
 
 pub mod access;
 pub mod exec;
 pub mod frames;
 pub mod types;
+pub mod webhooks;

@@ -24,6 +24,7 @@ pub mod release;
 pub mod service;
 pub mod store;
 pub mod unpack;
+pub mod webhooks;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -144,6 +145,12 @@ pub async fn run_with_builder(
         .await?
         .with_context(|| format!("clear {}", work_root.display()))?;
     let sweeper = objects.clone();
+    let background = CancellationToken::new();
+    tokio::spawn(webhooks::relay_loop(
+        store.clone(),
+        channel.clone(),
+        background.clone(),
+    ));
     let pipeline = Pipeline {
         store,
         objects,

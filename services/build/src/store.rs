@@ -18,6 +18,8 @@ use sqlx::any::AnyRow;
 use crate::error::{Error, Result};
 use crate::model::{Build, BuildStatus, Outcome};
 
+pub mod outbox;
+
 /// Migrations for PostgreSQL.
 pub static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 /// Migrations for SQLite.
@@ -31,12 +33,18 @@ const OPEN: &str = "('created', 'running')";
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Database,
+    /// Notified after a commit that wrote a webhook event (the relay wakes
+    /// at once instead of at its next poll).
+    outbox: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Store {
     /// A store over `db` (call [`Store::migrate`] first).
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            db,
+            outbox: Default::default(),
+        }
     }
 
     /// Runs the migrations of the database's dialect.
@@ -46,7 +54,19 @@ impl Store {
 
     /// Records a new build in `created`, run by `runner`.
     pub async fn insert(&self, build: &Build, runner: &str) -> Result<()> {
+        self.insert_by(build, runner, "unknown").await
+    }
+
+    /// Records a new build in `created`, run by `runner`, started by
+    /// `actor`, with its `build:create` webhook event in the same
+    /// transaction.
+    pub async fn insert_by(&self, build: &Build, runner: &str, actor: &str) -> Result<()> {
         let now = now_micros();
+        let mut tx = self
+            .db
+            .pool
+            .begin_with(self.db.dialect.begin_write())
+            .await?;
         sqlx::query(
             "INSERT INTO builds (id, app, status, reason, description, git_sha, source_url, manifest_path, \
              manifest, release_id, artifacts, runner, heartbeat_at, started_at) \
@@ -66,8 +86,24 @@ impl Store {
         .bind(runner)
         .bind(now)
         .bind(micros(build.started))
-        .execute(&self.db.pool)
+        .execute(&mut *tx)
         .await?;
+        let message = if build.description.is_empty() {
+            format!("build {} started", build.id)
+        } else {
+            build.description.clone()
+        };
+        outbox::announce(
+            &mut tx,
+            "success",
+            build.app.as_str(),
+            actor,
+            build.id.as_str(),
+            &message,
+        )
+        .await?;
+        tx.commit().await?;
+        self.outbox.notify_one();
         Ok(())
     }
 
@@ -126,9 +162,14 @@ impl Store {
     /// first ending wins).
     pub async fn finish(&self, id: &BuildId, outcome: &Outcome) -> Result<bool> {
         debug_assert!(outcome.status.is_terminal());
+        let mut tx = self
+            .db
+            .pool
+            .begin_with(self.db.dialect.begin_write())
+            .await?;
         let done = sqlx::query(&format!(
             "UPDATE builds SET status = $2, reason = $3, manifest = $4, release_id = $5, artifacts = $6, \
-             ended_at = $7 WHERE id = $1 AND status IN {OPEN}"
+             ended_at = $7 WHERE id = $1 AND status IN {OPEN} RETURNING app"
         ))
         .bind(id.as_str())
         .bind(outcome.status.as_str())
@@ -137,9 +178,24 @@ impl Store {
         .bind(outcome.release.as_deref().unwrap_or_default())
         .bind(artifacts_json(&outcome.artifacts))
         .bind(now_micros())
-        .execute(&self.db.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let Some(row) = done else {
+            return Ok(false);
+        };
+        let failed = outcome.status == BuildStatus::Failed;
+        if failed {
+            // Convox announces a build's failure as `build:create` with
+            // status `error`; a cancel is no failure.
+            let app: String = row.try_get("app")?;
+            let actor = outbox::starter(&mut tx, id.as_str()).await?;
+            outbox::announce(&mut tx, "error", &app, &actor, id.as_str(), &outcome.reason).await?;
+        }
+        tx.commit().await?;
+        if failed {
+            self.outbox.notify_one();
+        }
+        Ok(true)
     }
 
     /// Refreshes the heartbeat of every open build `runner` runs.
@@ -161,18 +217,33 @@ impl Store {
         silent_since: DateTime<Utc>,
         reason: &str,
     ) -> Result<Vec<String>> {
+        let mut tx = self
+            .db
+            .pool
+            .begin_with(self.db.dialect.begin_write())
+            .await?;
         let rows = sqlx::query(&format!(
             "UPDATE builds SET status = 'failed', reason = $1, ended_at = $2 \
-             WHERE status IN {OPEN} AND heartbeat_at < $3 RETURNING id"
+             WHERE status IN {OPEN} AND heartbeat_at < $3 RETURNING id, app"
         ))
         .bind(reason)
         .bind(now_micros())
         .bind(micros(silent_since))
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get::<String, _>("id")?))
-            .collect()
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let app: String = row.try_get("app")?;
+            let actor = outbox::starter(&mut tx, &id).await?;
+            outbox::announce(&mut tx, "error", &app, &actor, &id, reason).await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        if !ids.is_empty() {
+            self.outbox.notify_one();
+        }
+        Ok(ids)
     }
 }
 

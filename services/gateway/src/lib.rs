@@ -23,6 +23,7 @@ pub mod table;
 pub mod tls;
 mod token_routes;
 pub mod tokens;
+mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use slipway_api::build::v1::build_service_client::BuildServiceClient;
 use slipway_api::release::v1::audit_service_client::AuditServiceClient;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_api::release::v1::token_service_client::TokenServiceClient;
+use slipway_api::release::v1::webhook_service_client::WebhookServiceClient;
 use slipway_api::rollout::v1::process_service_client::ProcessServiceClient;
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
 use slipway_api::rollout::v1::scale_service_client::ScaleServiceClient;
@@ -75,6 +77,8 @@ pub struct AppState {
     pub scale: ScaleServiceClient<Channel>,
     /// The build service's export and import client.
     pub archives: BuildArchiveServiceClient<Channel>,
+    /// The release service's webhooks (receivers, keys, deliveries).
+    pub webhooks: WebhookServiceClient<Channel>,
     /// The release service's tokens (create, list, revoke).
     pub token_client: TokenServiceClient<Channel>,
     /// The release service's audit trail.
@@ -175,6 +179,11 @@ impl AppState {
             // Half the gateway's limit per credential: one credential
             // cannot take every slot.
             in_flight: access::InFlight::new((config.concurrency_limit / 2).max(1)),
+            webhooks: WebhookServiceClient::new(slipway_rpc::channel(
+                "release",
+                &config.release_endpoints,
+                &options,
+            )?),
             reads: Reads {
                 release: Replicas::connect("release", &config.release_endpoints, &options, |c| {
                     ReleaseServiceClient::new(c).with_message_limits()

@@ -12,7 +12,7 @@ use axum::routing::{MethodFilter, on};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::auth::SOCKET_ROUTES;
-use crate::{AppState, Config, builds, processes, promotions, routes, scale, stream};
+use crate::{AppState, Config, builds, processes, promotions, routes, scale, stream, webhooks};
 
 /// What kind of request a route serves, which decides its limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +135,13 @@ fn table(config: &Config) -> Table<'_> {
         processes::stop_process,
     );
     t.add(M::GET, SOCKET_ROUTES[4], Socket, processes::exec);
+    t.add(M::GET, "/webhooks", Api, webhooks::list);
+    t.add(M::POST, "/webhooks", Api, webhooks::create);
+    t.add(M::DELETE, "/webhooks/{id}", Api, webhooks::delete);
+    t.add(M::GET, "/webhooks/keys", Api, webhooks::list_keys);
+    t.add(M::POST, "/webhooks/keys", Api, webhooks::create_key);
+    t.add(M::DELETE, "/webhooks/keys/{id}", Api, webhooks::delete_key);
+    t.add(M::GET, "/webhooks/deliveries", Api, webhooks::deliveries);
     t.add(M::GET, "/tokens", Api, crate::token_routes::list);
     t.add(M::POST, "/tokens", Api, crate::token_routes::create);
     let token = "/tokens/{name}";

@@ -19,6 +19,9 @@ pub enum CryptoError {
     /// A sealed env did not open: wrong key, or the row was tampered with.
     #[error("env snapshot of {0} could not be decrypted (wrong key or tampered row)")]
     Open(String),
+    /// Another sealed secret (a webhook URL or key) did not open.
+    #[error("sealed {0} could not be decrypted (wrong key or tampered row)")]
+    OpenSecret(String),
 }
 
 /// Seals and opens env snapshots.
@@ -65,6 +68,20 @@ impl EnvCipher {
         let map: BTreeMap<String, String> =
             serde_json::from_slice(&plaintext).map_err(|_| fail())?;
         Env::from_map(map).map_err(|_| fail())
+    }
+
+    /// Seals a secret that is not an env (a webhook URL or signing key),
+    /// bound to `context` (`webhook-url:W…`, `webhook-key:K…`; never a
+    /// release id, so no sealed value opens in another role).
+    pub fn seal_secret(&self, context: &str, plaintext: &[u8]) -> Vec<u8> {
+        self.sealer.seal(context.as_bytes(), plaintext)
+    }
+
+    /// Opens a value sealed by [`EnvCipher::seal_secret`] for `context`.
+    pub fn open_secret(&self, context: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.sealer
+            .open(context.as_bytes(), sealed)
+            .map_err(|_| CryptoError::OpenSecret(context.to_owned()))
     }
 }
 

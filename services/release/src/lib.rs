@@ -12,6 +12,7 @@ pub mod model;
 pub mod rollout;
 pub mod service;
 pub mod store;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +24,9 @@ use slipway_api::release::v1::audit_service_server::{
 use slipway_api::release::v1::release_service_server::{ReleaseServiceServer, SERVICE_NAME};
 use slipway_api::release::v1::token_service_server::{
     SERVICE_NAME as TOKEN_SERVICE_NAME, TokenServiceServer,
+};
+use slipway_api::release::v1::webhook_service_server::{
+    SERVICE_NAME as WEBHOOK_SERVICE_NAME, WebhookServiceServer,
 };
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
 use slipway_rpc::MessageLimits as _;
@@ -65,7 +69,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (routes, health) = slipway_rpc::standard_routes(&[SERVICE_NAME, TOKEN_SERVICE_NAME, AUDIT_SERVICE_NAME]).await;
+    let (routes, health) = slipway_rpc::standard_routes(&[
+        SERVICE_NAME,
+        TOKEN_SERVICE_NAME,
+        AUDIT_SERVICE_NAME,
+        WEBHOOK_SERVICE_NAME,
+    ])
+    .await;
     let store = open_store(&config)
         .await
         .context("open the release store")?;
@@ -94,6 +104,14 @@ pub async fn run(
             .clone()
             .redispatch_loop(config.redispatch_every, background.clone()),
     );
+    let webhook_args = webhooks::WebhookArgs::default();
+    let dispatcher = Arc::new(
+        webhooks::deliver::Dispatcher::new(service.store().clone(), webhook_args.clone())
+            .context("set up webhook delivery")?,
+    );
+    tokio::spawn(dispatcher.run(background.clone()));
+    let webhook_rpc =
+        webhooks::grpc::Grpc::new(service.store().clone(), webhook_args.webhook_allow_private);
     // Tokens and the audit trail (see access.rs).
     let access = access::Access::new(
         service.store().clone(),
@@ -102,7 +120,9 @@ pub async fn run(
     let routes = routes
         .add_service(TokenServiceServer::new(access.clone()).with_message_limits())
         .add_service(AuditServiceServer::new(access).with_message_limits())
-        .add_service(ReleaseServiceServer::new(grpc::Grpc::new(service)).with_message_limits());
+        .add_service(ReleaseServiceServer::new(grpc::Grpc::new(service)).with_message_limits())
+        // Webhook messages are small: tonic's defaults (the same 4 MiB) hold.
+        .add_service(WebhookServiceServer::new(webhook_rpc));
     health.serving().await;
     tracing::info!(addr = %listener.local_addr()?, "release service serving");
     let options = slipway_rpc::ServerOptions {

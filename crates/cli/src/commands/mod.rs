@@ -12,6 +12,7 @@ mod releases;
 mod run;
 mod runtime;
 mod scale;
+mod webhooks;
 
 use crate::Context;
 use crate::cli::{Command, ServicesCommand};
@@ -40,6 +41,7 @@ pub(crate) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Restart => scale::restart_all(ctx).await,
         Command::Rack => rack::rack(ctx).await,
         Command::Login { url } => rack::login(ctx, &url).await,
+        Command::Webhooks { command } => webhooks::webhooks(ctx, command).await,
         Command::Tokens { command } => access::tokens(ctx, command).await,
         Command::Audit(args) => access::audit(ctx, &args).await,
     }

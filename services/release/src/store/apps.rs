@@ -6,9 +6,11 @@ use slipway_storage::{ErrorClass, classify, now_micros};
 use sqlx::Row as _;
 
 use super::rows::{PROMOTION_COLUMNS, app_from_row, promotion_from_row, time};
+use super::webhooks::record_event;
 use super::{OPEN_STATES, Store, app_not_found, audit, lock_app, retry};
 use crate::error::{Error, Result};
 use crate::model::{App, AuditEvent, PromotionRefusal};
+use crate::webhooks::{APP_CREATE, Event};
 
 impl Store {
     /// Creates an app.
@@ -31,7 +33,10 @@ impl Store {
             }
             inserted?;
             audit(&mut tx, actor, "app.create", name.as_str(), "", &format!("deadline {deadline_secs}s")).await?;
+            let event = Event::new(APP_CREATE, "success", name.as_str(), actor, name.as_str(), "", now);
+            record_event(&mut tx, &event).await?;
             tx.commit().await?;
+            self.wake_outbox();
             Ok(App {
                 name: name.clone(),
                 created: time(now),

@@ -7,9 +7,11 @@ use slipway_storage::{Dialect, now_micros};
 use sqlx::{Any, Row as _, Transaction};
 
 use super::rows::{RELEASE_COLUMNS, artifacts_from_json, time};
+use super::webhooks::record_event;
 use super::{Store, app_id, app_not_found, audit, release_not_found, retry};
 use crate::error::{Error, Result};
 use crate::model::{BuildInfo, Draft, Release, ReleaseRequest, plan};
+use crate::webhooks::{Event, RELEASE_CREATE};
 
 /// An app's newest release as this replica last wrote or read it.
 #[derive(Clone, Debug)]
@@ -93,6 +95,15 @@ impl Store {
              ), aud AS ( \
                  INSERT INTO audit_events (at, actor, action, app, subject, detail) \
                  SELECT $13, $12, 'release.create', $14, id, $15 FROM ins \
+             ), ev AS ( \
+                 INSERT INTO webhook_events (id, action, status, app, actor, subject, message, created_at) \
+                 SELECT $16, 'release:create', 'success', $14, $12, id, $9, $13 FROM ins RETURNING id \
+             ), fan AS ( \
+                 INSERT INTO webhook_deliveries \
+                     (id, event_id, webhook_id, state, next_attempt_at, created_at, updated_at) \
+                 SELECT ev.id || '-' || w.id, ev.id, w.id, 'pending', $13, $13, $13 FROM ev CROSS JOIN webhooks w \
+                 WHERE w.deleted_at IS NULL AND (w.app = '' OR w.app = $14) \
+                     AND (w.events = '' OR w.events LIKE '%,release:create,%') \
              ) SELECT COUNT(*) AS n FROM ins",
             ),
             &id,
@@ -105,6 +116,7 @@ impl Store {
         )
         .bind(app.as_str())
         .bind(&detail)
+        .bind(crate::webhooks::new_id('E'))
         .fetch_one(&self.db.pool)
         .await?
         .try_get("n")?;
@@ -114,6 +126,7 @@ impl Store {
         }
         let release = draft.into_release(id, app, seq, actor, time(now));
         self.remember(head.app_id, &release);
+        self.wake_outbox();
         Ok(Some(release))
     }
 
@@ -186,7 +199,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             audit(&mut tx, actor, "release.create", app.as_str(), id.as_str(), &draft.audit_detail()).await?;
+            let event = Event::new(RELEASE_CREATE, "success", app.as_str(), actor, id.as_str(), &draft.description, now);
+            record_event(&mut tx, &event).await?;
             tx.commit().await?;
+            self.wake_outbox();
             let release = draft.into_release(id, app, seq, actor, time(now));
             Ok((app_id, release))
         })

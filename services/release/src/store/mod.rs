@@ -22,6 +22,7 @@ mod ledger;
 mod promotions;
 mod rows;
 mod tokens;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,7 @@ use crate::error::{Error, Result};
 pub use audit::{AuditRecord, NewAuditRecord, record_time};
 pub use promotions::{PromoteOptions, PromotionStart};
 pub use tokens::{NewToken, TokenRecord};
+pub use webhooks::{AttemptRecord, Claimed};
 
 /// Migrations for PostgreSQL.
 pub static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -53,6 +55,9 @@ pub struct Store {
     /// The newest release of recently written apps: a hint that lets a
     /// PostgreSQL append skip reading it (see [`Store::append_optimistic`]).
     heads: Arc<Mutex<HashMap<String, ledger::Head>>>,
+    /// Notified after a commit that wrote webhook deliveries (this
+    /// replica's dispatcher wakes at once instead of at its next poll).
+    outbox: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -62,6 +67,7 @@ impl Store {
             db,
             cipher,
             heads: Arc::default(),
+            outbox: Arc::default(),
         }
     }
 

@@ -9,11 +9,13 @@ use slipway_storage::{ErrorClass, classify, now_micros};
 use sqlx::{Any, Row as _, Transaction};
 
 use super::rows::{PROMOTION_COLUMNS, promotion_from_row, time};
+use super::webhooks::record_event;
 use super::{OPEN_STATES, Store, app_id, app_not_found, audit, retry};
 use crate::error::{Error, Result};
 use crate::model::{
     Promotion, PromotionFacts, PromotionRefusal, PromotionVerdict, Release, check_promotion,
 };
+use crate::webhooks::{Event, RELEASE_PROMOTE, promotion_end};
 
 /// Options of a promotion request.
 #[derive(Clone, Debug)]
@@ -130,7 +132,11 @@ impl Store {
             inserted?;
             let detail = format!("release {}, deadline {deadline_secs}s", target.id);
             audit(&mut tx, actor, "release.promote", app.as_str(), promotion.id.as_str(), &detail).await?;
+            let message = format!("promotion {}", promotion.id);
+            let event = Event::new(RELEASE_PROMOTE, "success", app.as_str(), actor, target.id.as_str(), &message, now);
+            record_event(&mut tx, &event).await?;
             tx.commit().await?;
+            self.wake_outbox();
             Ok(PromotionStart::Started { promotion, target, fallback })
         })
         .await
@@ -222,7 +228,29 @@ impl Store {
                 &detail,
             )
             .await?;
+            // Exactly one end event per promotion: a repeated report of the
+            // same outcome returned above, another outcome is refused by
+            // `transition`.
+            if let Some((action, status, message)) = promotion_end(outcome, reason) {
+                // Who promoted, except for a cancel: who cancelled.
+                let by = if outcome == PromotionState::Cancelled {
+                    actor
+                } else {
+                    current.actor.as_str()
+                };
+                let event = Event::new(
+                    action,
+                    status,
+                    current.app.as_str(),
+                    by,
+                    current.release.as_str(),
+                    &message,
+                    now,
+                );
+                record_event(&mut tx, &event).await?;
+            }
             tx.commit().await?;
+            self.wake_outbox();
             current.state = outcome;
             current.reason = reason.to_owned();
             current.lease_epoch = lease_epoch;
