@@ -14,7 +14,7 @@ use slipway_api::release::v1 as rpb;
 use crate::auth::Viewer;
 use crate::grpc::PageError;
 use crate::views::{self, Chrome, When};
-use crate::{Console, auth};
+use crate::{auth, live, Console};
 
 /// Releases per page of the app page.
 pub(crate) const PAGE: u32 = 20;
@@ -72,6 +72,10 @@ pub(crate) async fn list(
     .await;
     let mut chrome = Chrome::new("Apps", &viewer.session);
     chrome.refresh = apps.iter().any(|a| a.open_promotion.is_some());
+    chrome.live = Some(views::Live {
+        stream: "/console/stream".to_owned(),
+        version: live::apps_version(&apps),
+    });
     let apps = apps
         .into_iter()
         .zip(lasts)
@@ -151,7 +155,7 @@ pub(crate) async fn show(
         .list_releases(rpb::ListReleasesRequest {
             app: name.clone(),
             limit: PAGE,
-            page_token: query.page.unwrap_or_default(),
+            page_token: query.page.clone().unwrap_or_default(),
         })
         .await?
         .into_inner();
@@ -181,6 +185,15 @@ pub(crate) async fn show(
     let releases = rows(&app, &page.releases, &promotions, active_created, now);
     let mut chrome = Chrome::new(name.clone(), &viewer.session);
     chrome.refresh = open.is_some();
+    // The first page follows the app's status stream (the newest release
+    // is its first row).
+    if query.page.as_deref().unwrap_or_default().is_empty() {
+        let newest = page.releases.first().map_or("", |r| r.id.as_str());
+        chrome.live = Some(views::Live {
+            stream: format!("/console/apps/{name}/stream"),
+            version: live::app_version(&app, newest),
+        });
+    }
     let page = AppPage {
         chrome,
         status: app.status.clone(),

@@ -12,10 +12,10 @@ use chrono::Utc;
 use slipway_api::build::v1 as bpb;
 use slipway_api::release::v1 as rpb;
 
-use crate::Console;
 use crate::auth::Viewer;
 use crate::grpc::PageError;
 use crate::views::{self, Chrome, When};
+use crate::Console;
 
 /// Rows shown on either page.
 const LIMIT: u32 = 100;
@@ -61,15 +61,7 @@ pub(crate) async fn builds(
     let builds = builds
         .into_iter()
         .map(|b| {
-            use bpb::BuildStatus as S;
-            let (status, tone) = match S::try_from(b.status) {
-                Ok(S::Created) => ("created", "busy"),
-                Ok(S::Running) => ("running", "busy"),
-                Ok(S::Complete) => ("complete", "good"),
-                Ok(S::Failed) => ("failed", "bad"),
-                Ok(S::Cancelled) => ("cancelled", "bad"),
-                _ => ("unknown", ""),
-            };
+            let (status, tone) = build_status(b.status);
             let duration = match (&b.started, &b.ended) {
                 (Some(s), Some(e)) if e.seconds >= s.seconds && s.seconds > 0 => {
                     format!("{} s", e.seconds - s.seconds)
@@ -94,6 +86,24 @@ pub(crate) async fn builds(
         builds,
     };
     Ok(views::html(&page, StatusCode::OK))
+}
+
+/// A build status in words, and its tone (a second cue).
+pub(crate) fn build_status(status: i32) -> (&'static str, &'static str) {
+    use bpb::BuildStatus as S;
+    match S::try_from(status) {
+        Ok(S::Created) => ("created", "busy"),
+        Ok(S::Running) => ("running", "busy"),
+        Ok(S::Complete) => ("complete", "good"),
+        Ok(S::Failed) => ("failed", "bad"),
+        Ok(S::Cancelled) => ("cancelled", "bad"),
+        _ => ("unknown", ""),
+    }
+}
+
+/// Whether a build may still write to its log.
+pub(crate) fn build_running(status: i32) -> bool {
+    matches!(build_status(status).1, "busy")
 }
 
 struct ActivityRow {

@@ -10,12 +10,16 @@
 //! design is `shared/CONSOLE.md`; decisions are in DEVELOPING.md.
 
 mod actions;
+mod app_logs;
 mod apps;
 mod assets;
 mod auth;
+mod build_log;
 mod env;
 mod grpc;
 mod history;
+mod live;
+mod processes;
 mod promotion;
 pub mod security;
 pub mod session;
@@ -33,6 +37,7 @@ use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
 use slipway_domain::Secret;
 use slipway_rpc::Channel;
 
+pub use live::MAX_STREAMS_PER_SESSION;
 pub use session::{Lifetimes, MemoryStore, RedisStore, Session, SessionStore};
 
 /// Where the console lives on the gateway.
@@ -78,6 +83,8 @@ struct Inner {
     read_only: bool,
     /// Failed logins per source address: count and time of the last one.
     failures: Mutex<HashMap<IpAddr, (u32, tokio::time::Instant)>>,
+    /// Open live streams per session.
+    streams: live::Streams,
 }
 
 impl Console {
@@ -96,6 +103,7 @@ impl Console {
                 sessions: options.sessions,
                 read_only: options.read_only,
                 failures: Mutex::default(),
+                streams: live::Streams::default(),
             }),
         }
     }
@@ -118,10 +126,12 @@ pub fn router(console: Console) -> Router {
             get(|| async { axum::response::Redirect::permanent("/console/") }),
         )
         .route("/console/", get(apps::list))
+        .route("/console/stream", get(live::rack_stream))
         .route("/console/login", get(auth::login_page).post(auth::login))
         .route("/console/logout", post(auth::logout))
         .route("/console/static/{file}", get(assets::serve))
         .route("/console/apps/{app}", get(apps::show))
+        .route("/console/apps/{app}/stream", get(live::app_stream))
         .route(
             "/console/apps/{app}/releases/{id}/{action}",
             get(actions::confirm).post(actions::act),
@@ -137,6 +147,18 @@ pub fn router(console: Console) -> Router {
         )
         .route("/console/apps/{app}/env", get(env::page).post(env::change))
         .route("/console/apps/{app}/builds", get(history::builds))
+        .route("/console/apps/{app}/builds/{id}", get(build_log::page))
+        .route(
+            "/console/apps/{app}/builds/{id}/stream",
+            get(build_log::stream),
+        )
+        .route("/console/apps/{app}/processes", get(processes::page))
+        .route(
+            "/console/apps/{app}/processes/stream",
+            get(live::processes_stream),
+        )
+        .route("/console/apps/{app}/logs", get(app_logs::page))
+        .route("/console/apps/{app}/logs/stream", get(app_logs::stream))
         .route("/console/apps/{app}/activity", get(history::activity))
         .route(
             "/console/{*rest}",

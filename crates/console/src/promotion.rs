@@ -7,25 +7,24 @@
 //! the stream continues after its last event. Finished promotions render
 //! the same way, forever.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::Event;
+use axum::response::Response;
 use chrono::Utc;
-use futures::{Stream, StreamExt as _};
+use futures::Stream;
 use serde::{Deserialize, Serialize};
 use slipway_api::events::event_line;
 use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
 
-use crate::Console;
 use crate::auth::Viewer;
 use crate::grpc::PageError;
 use crate::views::{self, Chrome, When};
+use crate::Console;
 
 /// How a finished promotion is told.
 struct Outcome {
@@ -193,20 +192,17 @@ pub(crate) async fn stream(
     _viewer: Viewer,
 ) -> Result<Response, PageError> {
     let promotion = console.promotion_of(&app, &id).await?;
+    let slot = match console.stream_slot(&headers) {
+        Ok(slot) => slot,
+        Err(refused) => return Ok(refused),
+    };
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or(query.after)
         .unwrap_or_default();
-    let events = events(console, promotion, after);
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response();
-    let h = response.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    Ok(crate::live::sse(events(console, promotion, after), slot))
 }
 
 /// Wait before a browser reconnects when the rollout cannot be watched yet
@@ -217,7 +213,7 @@ fn events(
     console: Console,
     promotion: rpb::Promotion,
     after: String,
-) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+) -> impl Stream<Item = Event> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
         let id = promotion.id.clone();
@@ -271,7 +267,7 @@ fn events(
             }
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok)
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 fn outcome_event(p: &rpb::Promotion) -> Event {

@@ -2,7 +2,7 @@
 //! pages share: times, statuses in words, the frame around every page.
 
 use askama::Template;
-use axum::http::{StatusCode, header};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -19,6 +19,8 @@ pub(crate) struct Chrome {
     pub(crate) csrf: String,
     /// A live page still changing: without JavaScript it refreshes itself.
     pub(crate) refresh: bool,
+    /// The status stream the page follows (with JavaScript), if any.
+    pub(crate) live: Option<Live>,
     /// The stylesheet's path (content-hashed).
     pub(crate) css: &'static str,
     /// The script's path (content-hashed).
@@ -35,6 +37,7 @@ impl Chrome {
             actor: Some(session.actor.clone()),
             csrf: session.csrf.clone(),
             refresh: false,
+            live: None,
             css: assets::css_path(),
             js: assets::js_path(),
             favicon: assets::favicon_path(),
@@ -48,11 +51,19 @@ impl Chrome {
             actor: None,
             csrf: String::new(),
             refresh: false,
+            live: None,
             css: assets::css_path(),
             js: assets::js_path(),
             favicon: assets::favicon_path(),
         }
     }
+}
+
+/// A page's status stream: when it sends a version other than the one the
+/// page was rendered with, the script renders the page again.
+pub(crate) struct Live {
+    pub(crate) stream: String,
+    pub(crate) version: String,
 }
 
 /// A point in time as pages show it: relative text, exact UTC on hover

@@ -13,16 +13,24 @@ window.addEventListener("pageshow", function (e) {
   }
 });
 
+// A live log: a promotion's events, a build's log or the app's logs. The
+// page rendered what there was; the stream goes on after it.
 (function () {
   const log = document.getElementById("events");
   if (!log || !log.dataset.stream) {
     return;
   }
-  // The page rendered the events so far; the stream goes on after them.
   let url = log.dataset.stream;
   if (log.dataset.lastEvent) {
-    url += "?after=" + encodeURIComponent(log.dataset.lastEvent);
+    url += (url.indexOf("?") < 0 ? "?" : "&") + "after=" + encodeURIComponent(log.dataset.lastEvent);
   }
+  // Messages are the line itself, or (data-format="json") a JSON string
+  // holding the exact text.
+  const json = log.dataset.format === "json";
+  // Each message one line, without its line break (data-lines).
+  const lines = log.dataset.lines === "true";
+  // Keep at most this many appended pieces (the app's logs).
+  const cap = parseInt(log.dataset.cap || "0", 10);
   // Follow the bottom unless the reader has scrolled up.
   let follow = true;
   log.addEventListener("scroll", function () {
@@ -35,7 +43,14 @@ window.addEventListener("pageshow", function (e) {
     // EventSource resumes by itself with Last-Event-ID after a drop.
     source = new EventSource(url);
     source.onmessage = function (e) {
-      log.appendChild(document.createTextNode(e.data + "\n"));
+      let text = json ? JSON.parse(e.data) : e.data;
+      if (!json || lines) {
+        text += "\n";
+      }
+      log.appendChild(document.createTextNode(text));
+      while (cap > 0 && log.childNodes.length > cap) {
+        log.removeChild(log.firstChild);
+      }
       if (follow) {
         log.scrollTop = log.scrollHeight;
       }
@@ -45,23 +60,76 @@ window.addEventListener("pageshow", function (e) {
       // The server renders the outcome and the reason.
       window.location.reload();
     });
+    source.onerror = stopped;
   }
-  function close() {
+  watch(open, function () {
     if (source) {
       source.close();
       source = null;
     }
+  }, function () {
+    return source !== null;
+  });
+})();
+
+// A page with a status stream (data-live on <main>): rendered again when
+// what it shows changes.
+(function () {
+  const main = document.getElementById("main");
+  if (!main || !main.dataset.live || document.getElementById("events")) {
+    return;
   }
-  // One stream per page, closed while the tab is hidden (browsers allow
-  // few connections per origin over HTTP/1.1); reloading on return picks
-  // up what was missed.
+  let source = null;
+  function open() {
+    source = new EventSource(main.dataset.live);
+    source.addEventListener("version", function (e) {
+      if (e.data !== main.dataset.version) {
+        source.close();
+        window.location.reload();
+      }
+    });
+    source.onerror = stopped;
+  }
+  watch(open, function () {
+    if (source) {
+      source.close();
+      source = null;
+    }
+  }, function () {
+    return source !== null;
+  });
+})();
+
+// A stream the server refused (too many open) or that cannot reconnect:
+// say so instead of going quiet.
+function stopped(e) {
+  if (e.target.readyState !== EventSource.CLOSED) {
+    return;
+  }
+  const status = document.getElementById("live-status");
+  const text = "Live updates stopped (reload the page to resume; too many console tabs open can cause this).";
+  if (status) {
+    status.textContent = text;
+  } else {
+    const p = document.createElement("p");
+    p.id = "live-status";
+    p.setAttribute("role", "status");
+    p.textContent = text;
+    document.getElementById("main").prepend(p);
+  }
+}
+
+// One stream per page, closed while the tab is hidden (browsers allow few
+// connections per site over HTTP/1.1); on return the page is rendered
+// again, which picks up what was missed.
+function watch(open, close, isOpen) {
   document.addEventListener("visibilitychange", function () {
     if (document.hidden) {
       close();
-    } else if (!source) {
+    } else if (!isOpen()) {
       window.location.reload();
     }
   });
   window.addEventListener("pagehide", close);
   open();
-})();
+}
