@@ -9,6 +9,7 @@ pub mod actor;
 pub mod auth;
 mod balance;
 mod deadline;
+pub mod idempotency;
 pub mod limits;
 mod telemetry;
 

@@ -133,6 +133,7 @@ impl tower::Service<http::Request<Body>> for Channel {
         // Called from within the caller's future, so the current span is
         // the one that makes the call.
         slipway_telemetry::propagation::inject(&tracing::Span::current(), request.headers_mut());
+        crate::idempotency::attach(request.headers_mut());
         if let Some(signer) = &self.service_token {
             signer.attach(request.headers_mut());
         }

@@ -9,6 +9,7 @@ mod builds;
 pub mod config;
 mod convert;
 pub mod error;
+mod idempotency;
 pub mod logins;
 mod objects;
 mod processes;
@@ -228,6 +229,9 @@ pub fn router(state: AppState, config: &Config) -> Router {
     // Authentication wraps the routing itself: an unknown path, a wrong
     // method, a rejected extractor all need credentials first.
     let api = Router::new()
+        // An idempotency key on every write's gRPC calls, after
+        // authentication (idempotency.rs).
+        .layer(axum::middleware::from_fn(idempotency::scope))
         .fallback_service(routes)
         // Streams per credential, after authentication (see streams.rs).
         .layer(axum::middleware::from_fn_with_state(

@@ -40,9 +40,15 @@ impl<C: Clone> Replicas<C> {
         if endpoints.is_empty() {
             return Err(slipway_rpc::ChannelError::NoEndpoints(peer));
         }
+        // One try per call on its replica: `read` moves on to the next
+        // replica itself instead of waiting for this one to come back.
+        let options = slipway_rpc::ChannelOptions {
+            unsent_retry: Duration::ZERO,
+            ..options.clone()
+        };
         let clients = endpoints
             .iter()
-            .map(|e| slipway_rpc::channel(peer, std::slice::from_ref(e), options).map(&client))
+            .map(|e| slipway_rpc::channel(peer, std::slice::from_ref(e), &options).map(&client))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self::new(clients))
     }
