@@ -229,10 +229,10 @@ pub fn router(state: AppState, config: &Config) -> Router {
     // Authentication wraps the routing itself: an unknown path, a wrong
     // method, a rejected extractor all need credentials first.
     let api = Router::new()
+        .fallback_service(routes)
         // An idempotency key on every write's gRPC calls, after
         // authentication (idempotency.rs).
         .layer(axum::middleware::from_fn(idempotency::scope))
-        .fallback_service(routes)
         // Streams per credential, after authentication (see streams.rs).
         .layer(axum::middleware::from_fn_with_state(
             streams::StreamCaps::new(config.connections.max_streams_per_credential),

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::model::{App, AuditEvent, EnvInput, Promotion, Release, ReleaseRequest};
 use crate::service::{Promoted, ReleaseService};
+use crate::store::idempotency::{self, Fingerprint, Recorded};
 
 /// Largest page a list call returns.
 const MAX_LIMIT: u32 = 1000;
@@ -82,7 +83,24 @@ impl ReleaseRpc for Grpc {
         request: Request<pb::CreateReleaseRequest>,
     ) -> Result<Response<pb::CreateReleaseResponse>, Status> {
         let actor = slipway_rpc::actor(&request);
+        let key = slipway_rpc::idempotency::key_of(&request)?;
         let req = request.into_inner();
+        #[allow(deprecated)] // the text form, still read for older callers
+        let legacy_env = format!("{:?}", req.env);
+        let claim = self.service.store().claim(
+            key,
+            "CreateRelease",
+            Fingerprint::default()
+                .field(&req.app)
+                .field(format!("{:?}", req.build))
+                .field(format!("{:?}", req.manifest))
+                .field(legacy_env)
+                .field(format!("{:?}", req.description))
+                .field(format!("{:?}", req.parent_release))
+                .map(&req.artifacts)
+                .field(format!("{}", req.env_vars.is_some()))
+                .map(req.env_vars.iter().flat_map(|e| &e.vars)),
+        );
         let app = app_name(&req.app)?;
         let env = env_input(&req)?;
         let request = ReleaseRequest {
@@ -99,11 +117,7 @@ impl ReleaseRpc for Grpc {
             parent: parent_release(req.parent_release.as_deref())?,
             copy_of: None,
         };
-        let release = self
-            .service
-            .store()
-            .create_release(&app, &request, &actor)
-            .await?;
+        let release = self.release_once(claim, &app, &request, &actor).await?;
         Ok(Response::new(pb::CreateReleaseResponse {
             release: Some(release_pb(release)),
         }))
@@ -114,7 +128,19 @@ impl ReleaseRpc for Grpc {
         request: Request<pb::ChangeEnvRequest>,
     ) -> Result<Response<pb::ChangeEnvResponse>, Status> {
         let actor = slipway_rpc::actor(&request);
+        let key = slipway_rpc::idempotency::key_of(&request)?;
         let req = request.into_inner();
+        let mut unset = req.unset.clone();
+        unset.sort();
+        let claim = self.service.store().claim(
+            key,
+            "ChangeEnv",
+            Fingerprint::default()
+                .field(&req.app)
+                .map(&req.set)
+                .field(unset.join("\0"))
+                .field(format!("{:?}", req.parent_release)),
+        );
         let app = app_name(&req.app)?;
         if req.set.is_empty() && req.unset.is_empty() {
             return Err(Status::invalid_argument(
@@ -129,11 +155,7 @@ impl ReleaseRpc for Grpc {
             parent: parent_release(req.parent_release.as_deref())?,
             ..ReleaseRequest::keep()
         };
-        let release = self
-            .service
-            .store()
-            .create_release(&app, &request, &actor)
-            .await?;
+        let release = self.release_once(claim, &app, &request, &actor).await?;
         Ok(Response::new(pb::ChangeEnvResponse {
             release: Some(release_pb(release)),
         }))
@@ -201,13 +223,31 @@ impl ReleaseRpc for Grpc {
         request: Request<pb::PromoteReleaseRequest>,
     ) -> Result<Response<pb::PromoteReleaseResponse>, Status> {
         let actor = slipway_rpc::actor(&request);
+        let key = slipway_rpc::idempotency::key_of(&request)?;
         let req = request.into_inner();
         let app = app_name(&req.app)?;
         let release = release_id("release", &req.release)?;
         let deadline = (req.deadline_seconds != 0).then_some(req.deadline_seconds);
-        let promoted = self
-            .service
-            .promote(&app, &release, req.force, deadline, &actor)
+        let claim = self.service.store().claim(
+            key,
+            "PromoteRelease",
+            Fingerprint::default()
+                .field(app.as_str())
+                .field(release.as_str())
+                .field(format!("{} {}", req.force, req.deadline_seconds)),
+        );
+        let force = req.force;
+        let (store, service, app, release, actor) =
+            (self.service.store(), &self.service, &app, &release, &actor);
+        let promoted = store
+            .once(claim, move |done: Recorded| async move {
+                match done.get(idempotency::PROMOTION) {
+                    Some(id) => Ok(Promoted::Started(
+                        store.get_promotion(&recorded_promotion(id)?).await?,
+                    )),
+                    None => service.promote(app, release, force, deadline, actor).await,
+                }
+            })
             .await?;
         Ok(Response::new(promoted_pb(promoted)))
     }
@@ -217,13 +257,48 @@ impl ReleaseRpc for Grpc {
         request: Request<pb::RollbackReleaseRequest>,
     ) -> Result<Response<pb::RollbackReleaseResponse>, Status> {
         let actor = slipway_rpc::actor(&request);
+        let key = slipway_rpc::idempotency::key_of(&request)?;
         let req = request.into_inner();
         let app = app_name(&req.app)?;
         let release = release_id("release", &req.release)?;
         let deadline = (req.deadline_seconds != 0).then_some(req.deadline_seconds);
-        let (copy, promoted) = self
-            .service
-            .rollback(&app, &release, deadline, &actor)
+        let claim = self.service.store().claim(
+            key,
+            "RollbackRelease",
+            Fingerprint::default()
+                .field(app.as_str())
+                .field(release.as_str())
+                .field(req.deadline_seconds.to_string()),
+        );
+        let (store, service, app, release, actor) =
+            (self.service.store(), &self.service, &app, &release, &actor);
+        let (copy, promoted) = store
+            .once(claim, move |done: Recorded| async move {
+                // The copy and its promotion are two steps; a retry after a
+                // crash between them promotes the copy already made.
+                match (
+                    done.get(idempotency::RELEASE),
+                    done.get(idempotency::PROMOTION),
+                ) {
+                    (None, _) => service.rollback(app, release, deadline, actor).await,
+                    (Some(copy), promotion) => {
+                        let copy = store
+                            .get_release(app, Some(&recorded_release(copy)?))
+                            .await?;
+                        let promoted = match promotion {
+                            Some(id) => Promoted::Started(
+                                store.get_promotion(&recorded_promotion(id)?).await?,
+                            ),
+                            None => {
+                                service
+                                    .promote(app, &copy.id, false, deadline, actor)
+                                    .await?
+                            }
+                        };
+                        Ok((copy, promoted))
+                    }
+                }
+            })
             .await?;
         let promotion = match promoted {
             Promoted::Started(p) => Some(promotion_pb(p)),
@@ -240,8 +315,28 @@ impl ReleaseRpc for Grpc {
         request: Request<pb::CancelPromotionRequest>,
     ) -> Result<Response<pb::CancelPromotionResponse>, Status> {
         let actor = slipway_rpc::actor(&request);
+        let key = slipway_rpc::idempotency::key_of(&request)?;
         let app = app_name(&request.get_ref().app)?;
-        let promotion = self.service.cancel(&app, &actor).await?;
+        let (store, service, app, actor) = (self.service.store(), &self.service, &app, &actor);
+        let claim = store.claim(
+            key,
+            "CancelPromotion",
+            Fingerprint::default().field(app.as_str()),
+        );
+        let promotion = store
+            .once(claim, move |done: Recorded| async move {
+                match done.get(idempotency::PROMOTION) {
+                    Some(id) => store.get_promotion(&recorded_promotion(id)?).await,
+                    None => {
+                        let promotion = service.cancel(app, actor).await?;
+                        store
+                            .record_done(idempotency::PROMOTION, promotion.id.as_str())
+                            .await;
+                        Ok(promotion)
+                    }
+                }
+            })
+            .await?;
         Ok(Response::new(pb::CancelPromotionResponse {
             promotion: Some(promotion_pb(promotion)),
         }))
@@ -359,6 +454,38 @@ fn limit(requested: u32, default: u32) -> Result<u32, Status> {
         ))),
         n => Ok(n),
     }
+}
+
+impl Grpc {
+    /// Creates a release once per idempotency key: a key that made one
+    /// answers that release again.
+    async fn release_once(
+        &self,
+        claim: Option<idempotency::Claim>,
+        app: &AppName,
+        request: &ReleaseRequest,
+        actor: &str,
+    ) -> Result<Release, Status> {
+        let store = self.service.store();
+        Ok(store
+            .once(claim, move |done: Recorded| async move {
+                match done.get(idempotency::RELEASE) {
+                    Some(id) => store.get_release(app, Some(&recorded_release(id)?)).await,
+                    None => store.create_release(app, request, actor).await,
+                }
+            })
+            .await?)
+    }
+}
+
+/// A release id read back from an idempotency record.
+fn recorded_release(id: &str) -> crate::error::Result<ReleaseId> {
+    ReleaseId::parse(id).map_err(|e| crate::error::Error::InvalidArgument(e.to_string()))
+}
+
+/// A promotion id read back from an idempotency record.
+fn recorded_promotion(id: &str) -> crate::error::Result<PromotionId> {
+    PromotionId::parse(id).map_err(|e| crate::error::Error::InvalidArgument(e.to_string()))
 }
 
 fn promoted_pb(promoted: Promoted) -> pb::PromoteReleaseResponse {

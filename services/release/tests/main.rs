@@ -7,6 +7,7 @@ mod helpers;
 
 mod bounds;
 mod dispatch;
+mod idempotency;
 mod ledger;
 mod promotions;
 mod safety;

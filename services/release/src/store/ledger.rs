@@ -46,6 +46,8 @@ impl Store {
     /// path: PostgreSQL, forking the newest release, no lookups needed.
     fn fast_path_head(&self, app: &AppName, request: &ReleaseRequest) -> Option<Head> {
         if self.db.dialect != Dialect::Postgres
+            // A keyed call records its key in the append's transaction.
+            || super::idempotency::in_scope()
             || request.parent.is_some()
             || request.copy_of.is_some()
         {
@@ -199,6 +201,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             audit(&mut tx, actor, "release.create", app.as_str(), id.as_str(), &draft.audit_detail()).await?;
+            super::idempotency::record(&mut tx, super::idempotency::RELEASE, id.as_str()).await?;
             let event = Event::new(RELEASE_CREATE, "success", app.as_str(), actor, id.as_str(), &draft.description, now);
             record_event(&mut tx, &event).await?;
             tx.commit().await?;

@@ -17,6 +17,7 @@
 //! `rows` (row mapping). Each holds its own `impl Store` block.
 
 mod apps;
+pub mod idempotency;
 mod audit;
 mod ledger;
 mod promotions;

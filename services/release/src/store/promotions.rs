@@ -135,6 +135,7 @@ impl Store {
             let message = format!("promotion {}", promotion.id);
             let event = Event::new(RELEASE_PROMOTE, "success", app.as_str(), actor, target.id.as_str(), &message, now);
             record_event(&mut tx, &event).await?;
+            super::idempotency::record(&mut tx, super::idempotency::PROMOTION, promotion.id.as_str()).await?;
             tx.commit().await?;
             self.wake_outbox();
             Ok(PromotionStart::Started { promotion, target, fallback })
