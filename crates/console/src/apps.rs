@@ -14,7 +14,7 @@ use slipway_api::release::v1 as rpb;
 use crate::auth::Viewer;
 use crate::grpc::PageError;
 use crate::views::{self, Chrome, When};
-use crate::{auth, live, Console};
+use crate::{Console, auth, live};
 
 /// Releases per page of the app page.
 pub(crate) const PAGE: u32 = 20;

@@ -12,10 +12,10 @@ use chrono::Utc;
 use slipway_api::build::v1 as bpb;
 use slipway_api::release::v1 as rpb;
 
+use crate::Console;
 use crate::auth::Viewer;
 use crate::grpc::PageError;
 use crate::views::{self, Chrome, When};
-use crate::Console;
 
 /// Rows shown on either page.
 const LIMIT: u32 = 100;

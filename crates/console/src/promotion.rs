@@ -12,8 +12,8 @@ use std::time::Duration;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::Event;
 use axum::response::Response;
+use axum::response::sse::Event;
 use chrono::Utc;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
@@ -21,10 +21,10 @@ use slipway_api::events::event_line;
 use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
 
+use crate::Console;
 use crate::auth::Viewer;
 use crate::grpc::PageError;
 use crate::views::{self, Chrome, When};
-use crate::Console;
 
 /// How a finished promotion is told.
 struct Outcome {

@@ -2,7 +2,7 @@
 //! pages share: times, statuses in words, the frame around every page.
 
 use askama::Template;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 
