@@ -16,7 +16,7 @@
 //! ended, which put about half the deploys a second late.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -24,7 +24,8 @@ use serde_json::json;
 
 use crate::rack::BenchRack;
 use crate::rollout::baseline;
-use crate::stats::percentile_ms;
+use crate::cli::BenchCli;
+use crate::stats::{Spread, paired_overheads};
 
 /// Options of the `deploy` benchmark.
 #[derive(clap::Args)]
@@ -44,49 +45,22 @@ const APP: &str = "bench-deploy";
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.deploys > 0, "--deploys must be at least 1");
-    let exe = std::env::current_exe().context("find the bench binary")?;
-    let slipway = args
-        .slipway
-        .clone()
-        .unwrap_or_else(|| exe.with_file_name("slipway"));
-    anyhow::ensure!(
-        slipway.exists(),
-        "{} is missing: build the CLI in the same profile (cargo build --release -p slipway-cli) or pass --slipway",
-        slipway.display()
-    );
+    let cli = BenchCli::locate(args.slipway.clone())?;
     let rack = BenchRack::start(8 << 20).await?;
-    let result = measure(&args, &rack, &exe, &slipway).await;
+    let result = measure(&args, &rack, &cli).await;
     rack.stop().await;
     result
 }
 
-async fn measure(args: &Args, rack: &BenchRack, exe: &Path, slipway: &Path) -> anyhow::Result<()> {
+async fn measure(args: &Args, rack: &BenchRack, cli: &BenchCli) -> anyhow::Result<()> {
     let dir = rack.dir().join("app");
-    std::fs::create_dir_all(&dir)?;
-    let command = format!("exec {} serve-app", exe.display());
-    std::fs::write(
-        dir.join("convox.yml"),
-        format!(
-            "services:\n  web:\n    build: .\n    command: {command}\n    port: 3000\n    health:\n      path: /health\n      grace: 5\n      interval: 1\n      timeout: 1\n    scale:\n      count: 1\n    termination:\n      grace: 5\n"
-        ),
-    )?;
+    cli.write_app(&dir, "    termination:\n      grace: 5\n")?;
+    let command = cli.app_command();
     let env = HashMap::from([("APP_DELAY_MS".to_owned(), args.app_delay_ms.to_string())]);
-    let cli = |args: &[&str]| {
-        let mut command = tokio::process::Command::new(slipway);
-        command
-            .args(args)
-            .current_dir(rack.dir())
-            .env("RACK_URL", &rack.url)
-            .env_remove("CONVOX_RACK")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        command
-    };
     // Each stdout line stamped with when it arrived (ms after the start),
     // so the slowest deploy can show where its time went.
     let run = |args: Vec<String>| {
-        let mut command = cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut command = cli.command(rack, &args.iter().map(String::as_str).collect::<Vec<_>>());
         async move {
             use tokio::io::AsyncBufReadExt as _;
             let started = Instant::now();
@@ -143,33 +117,22 @@ async fn measure(args: &Args, rack: &BenchRack, exe: &Path, slipway: &Path) -> a
     if let Some((_, stamped)) = &slowest {
         eprintln!("the slowest deploy, line by line:\n{stamped}");
     }
-    let mut overheads: Vec<Duration> = deploys
-        .iter()
-        .zip(&baselines)
-        .map(|(d, b)| d.saturating_sub(*b))
-        .collect();
-    let p = |samples: &mut Vec<Duration>| {
-        (
-            percentile_ms(samples, 50.0),
-            percentile_ms(samples, 90.0),
-            percentile_ms(samples, 99.0),
-        )
-    };
-    let (dep50, dep90, dep99) = p(&mut deploys);
-    let (base50, base90, base99) = p(&mut baselines);
-    let (over50, over90, over99) = p(&mut overheads);
+    let mut overheads = paired_overheads(&deploys, &baselines);
+    let (took, base, over) = (
+        Spread::of(&mut deploys),
+        Spread::of(&mut baselines),
+        Spread::of(&mut overheads),
+    );
     let over_1s = overheads
         .iter()
         .filter(|o| **o >= Duration::from_secs(1))
         .count();
-    let met = over50 <= 150.0 && over99 <= 300.0;
+    let met = over.p50 <= 150.0 && over.p99 <= 300.0;
 
-    println!("{:<44} {:>9} {:>9} {:>9}", "case (ms)", "p50", "p90", "p99");
-    let row =
-        |name: &str, (a, b, c): (f64, f64, f64)| println!("{name:<44} {a:>9.1} {b:>9.1} {c:>9.1}");
-    row("slipway deploy, start -> exit", (dep50, dep90, dep99));
-    row("baseline: spawn -> first 200", (base50, base90, base99));
-    row("overhead, paired", (over50, over90, over99));
+    Spread::header();
+    took.row("slipway deploy, start -> exit");
+    base.row("baseline: spawn -> first 200");
+    over.row("overhead, paired");
     println!(
         "{:<44} {:>9.1} (first deploy, with the build; not counted)",
         "first deploy (ms)",
@@ -188,10 +151,10 @@ async fn measure(args: &Args, rack: &BenchRack, exe: &Path, slipway: &Path) -> a
         json!({
             "deploys": args.deploys,
             "app_delay_ms": args.app_delay_ms,
-            "deploy_ms": {"p50": dep50, "p90": dep90, "p99": dep99},
-            "baseline_spawn_to_first_200_ms": {"p50": base50, "p90": base90, "p99": base99},
-            "overhead_ms": {"p50": over50, "p90": over90, "p99": over99},
-            "ratio_p50": dep50 / base50,
+            "deploy_ms": took.json(),
+            "baseline_spawn_to_first_200_ms": base.json(),
+            "overhead_ms": over.json(),
+            "ratio_p50": took.p50 / base.p50,
             "deploys_over_1s_overhead": over_1s,
             "first_deploy_ms": first.as_secs_f64() * 1000.0,
             "goal_overhead_ms": {"p50": 150, "p99": 300},

@@ -118,7 +118,7 @@ async fn measure(args: &Args, url: &str) -> anyhow::Result<()> {
     // Slipway: the release service in-process, talking gRPC on loopback.
     let dir = tempfile::tempdir()?;
     let mut config = slipway_release::Config::dev(dir.path().to_path_buf());
-    config.database_url = Some(url.to_owned().into());
+    config.store.database_url = Some(url.to_owned().into());
     config.env_key = Some(
         base64::engine::general_purpose::STANDARD
             .encode(rand::random::<[u8; 32]>())
@@ -240,6 +240,7 @@ async fn env_set(
             set: [(format!("K{worker}"), format!("v{n}"))].into(),
             unset: vec![],
             parent_release: None,
+            expected_newest_release: None,
         })
         .await?;
     Ok(())

@@ -3,6 +3,7 @@
 //! figure beside the baseline measured in the same run (so results are
 //! ratios against this machine right now, not absolute numbers).
 
+mod cli;
 mod console;
 mod deploy;
 mod gateway;

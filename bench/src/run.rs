@@ -12,7 +12,7 @@
 //!   Goal: at least 50% of the raw copy.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -20,7 +20,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::rack::BenchRack;
-use crate::stats::percentile_ms;
+use crate::cli::BenchCli;
+use crate::stats::{Spread, paired_overheads};
 
 /// Options of the `run` benchmark.
 #[derive(clap::Args)]
@@ -41,33 +42,11 @@ const APP: &str = "bench-run";
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     anyhow::ensure!(args.mb > 0, "--mb must be at least 1");
-    let exe = std::env::current_exe().context("find the bench binary")?;
-    let slipway = args
-        .slipway
-        .clone()
-        .unwrap_or_else(|| exe.with_file_name("slipway"));
-    anyhow::ensure!(
-        slipway.exists(),
-        "{} is missing: build the CLI in the same profile (cargo build --release -p slipway-cli) or pass --slipway",
-        slipway.display()
-    );
+    let cli = BenchCli::locate(args.slipway.clone())?;
     let rack = BenchRack::start(8 << 20).await?;
-    let result = measure(&args, &rack, &exe, &slipway).await;
+    let result = measure(&args, &rack, &cli).await;
     rack.stop().await;
     result
-}
-
-fn cli(rack: &BenchRack, slipway: &Path, args: &[&str]) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(slipway);
-    command
-        .args(args)
-        .current_dir(rack.dir())
-        .env("RACK_URL", &rack.url)
-        .env_remove("CONVOX_RACK")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    command
 }
 
 async fn ok(mut command: tokio::process::Command, what: &str) -> anyhow::Result<Duration> {
@@ -86,20 +65,13 @@ async fn ok(mut command: tokio::process::Command, what: &str) -> anyhow::Result<
     Ok(took)
 }
 
-async fn measure(args: &Args, rack: &BenchRack, exe: &Path, slipway: &Path) -> anyhow::Result<()> {
+async fn measure(args: &Args, rack: &BenchRack, cli: &BenchCli) -> anyhow::Result<()> {
     let dir = rack.dir().join("app");
-    std::fs::create_dir_all(&dir)?;
-    let command = format!("exec {} serve-app", exe.display());
-    std::fs::write(
-        dir.join("convox.yml"),
-        format!(
-            "services:\n  web:\n    build: .\n    command: {command}\n    port: 3000\n    health:\n      path: /health\n      grace: 5\n      interval: 1\n      timeout: 1\n    scale:\n      count: 1\n"
-        ),
-    )?;
-    ok(cli(rack, slipway, &["apps", "create", APP]), "apps create").await?;
+    cli.write_app(&dir, "")?;
+    ok(cli.command(rack, &["apps", "create", APP]), "apps create").await?;
     let deploy = ["deploy", &dir.to_string_lossy(), "-a", APP].map(str::to_owned);
     let deploy: Vec<&str> = deploy.iter().map(String::as_str).collect();
-    ok(cli(rack, slipway, &deploy), "deploy").await?;
+    ok(cli.command(rack, &deploy), "deploy").await?;
     eprintln!(
         "run: {} runs of `true`, then {} MB through `cat`",
         args.runs, args.mb
@@ -122,45 +94,34 @@ async fn measure(args: &Args, rack: &BenchRack, exe: &Path, slipway: &Path) -> a
         spawns.push(started.elapsed());
         runs.push(
             ok(
-                cli(rack, slipway, &["run", "-a", APP, "web", "true"]),
+                cli.command(rack, &["run", "-a", APP, "web", "true"]),
                 "run web true",
             )
             .await?,
         );
     }
-    let mut overheads: Vec<Duration> = runs
-        .iter()
-        .zip(&spawns)
-        .map(|(r, s)| r.saturating_sub(*s))
-        .collect();
+    let mut overheads = paired_overheads(&runs, &spawns);
 
     // Throughput.
     let bytes = args.mb << 20;
-    let through_cat = cat_through_run(rack, slipway, bytes).await?;
+    let through_cat = cat_through_run(rack, cli, bytes).await?;
     let raw = loopback_echo(bytes).await?;
     let mbps = |d: Duration| bytes as f64 / (1 << 20) as f64 / d.as_secs_f64();
     let (cat_mbps, raw_mbps) = (mbps(through_cat), mbps(raw));
     let share = cat_mbps / raw_mbps;
 
-    let p = |samples: &mut Vec<Duration>| {
-        (
-            percentile_ms(samples, 50.0),
-            percentile_ms(samples, 90.0),
-            percentile_ms(samples, 99.0),
-        )
-    };
-    let (run50, run90, run99) = p(&mut runs);
-    let (sp50, sp90, sp99) = p(&mut spawns);
-    let (ov50, ov90, ov99) = p(&mut overheads);
-    let attach_met = ov50 <= 100.0;
+    let (took, spawned, over) = (
+        Spread::of(&mut runs),
+        Spread::of(&mut spawns),
+        Spread::of(&mut overheads),
+    );
+    let attach_met = over.p50 <= 100.0;
     let throughput_met = share >= 0.5;
 
-    println!("{:<44} {:>9} {:>9} {:>9}", "case (ms)", "p50", "p90", "p99");
-    let row =
-        |name: &str, (a, b, c): (f64, f64, f64)| println!("{name:<44} {a:>9.1} {b:>9.1} {c:>9.1}");
-    row("slipway run web true, start -> exit", (run50, run90, run99));
-    row("baseline: spawn sh -c true", (sp50, sp90, sp99));
-    row("overhead, paired", (ov50, ov90, ov99));
+    Spread::header();
+    took.row("slipway run web true, start -> exit");
+    spawned.row("baseline: spawn sh -c true");
+    over.row("overhead, paired");
     println!("{:<44} {:>9.1}", "run web cat (MB/s)", cat_mbps);
     println!(
         "{:<44} {:>9.1}",
@@ -177,9 +138,9 @@ async fn measure(args: &Args, rack: &BenchRack, exe: &Path, slipway: &Path) -> a
         json!({
             "runs": args.runs,
             "mb": args.mb,
-            "run_true_ms": {"p50": run50, "p90": run90, "p99": run99},
-            "baseline_spawn_ms": {"p50": sp50, "p90": sp90, "p99": sp99},
-            "attach_overhead_ms": {"p50": ov50, "p90": ov90, "p99": ov99},
+            "run_true_ms": took.json(),
+            "baseline_spawn_ms": spawned.json(),
+            "attach_overhead_ms": over.json(),
             "run_cat_mb_per_s": cat_mbps,
             "baseline_loopback_echo_mb_per_s": raw_mbps,
             "throughput_ratio": share,
@@ -201,10 +162,10 @@ fn payload(len: usize) -> Vec<u8> {
 /// with all of them read back.
 async fn cat_through_run(
     rack: &BenchRack,
-    slipway: &Path,
+    cli: &BenchCli,
     bytes: usize,
 ) -> anyhow::Result<Duration> {
-    let mut command = cli(rack, slipway, &["run", "-a", APP, "web", "cat"]);
+    let mut command = cli.command(rack, &["run", "-a", APP, "web", "cat"]);
     command.stdin(std::process::Stdio::piped());
     let block = payload(1 << 20);
     let started = Instant::now();

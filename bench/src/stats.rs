@@ -48,3 +48,50 @@ where
     }
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
+
+/// The p50, p90 and p99 of a set of samples, in milliseconds: the three
+/// figures most benches print per case.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Spread {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+}
+
+impl Spread {
+    /// The spread of `samples` (sorted in place).
+    pub(crate) fn of(samples: &mut [Duration]) -> Self {
+        Self {
+            p50: percentile_ms(samples, 50.0),
+            p90: percentile_ms(samples, 90.0),
+            p99: percentile_ms(samples, 99.0),
+        }
+    }
+
+    /// The header line over [`Spread::row`]s.
+    pub(crate) fn header() {
+        println!("{:<44} {:>9} {:>9} {:>9}", "case (ms)", "p50", "p90", "p99");
+    }
+
+    /// One table row named `name`.
+    pub(crate) fn row(&self, name: &str) {
+        println!(
+            "{name:<44} {:>9.1} {:>9.1} {:>9.1}",
+            self.p50, self.p90, self.p99
+        );
+    }
+
+    /// `{"p50": …, "p90": …, "p99": …}` for the JSON summary line.
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::json!({"p50": self.p50, "p90": self.p90, "p99": self.p99})
+    }
+}
+
+/// Each measured sample minus its paired baseline (never below zero).
+pub(crate) fn paired_overheads(measured: &[Duration], baselines: &[Duration]) -> Vec<Duration> {
+    measured
+        .iter()
+        .zip(baselines)
+        .map(|(m, b)| m.saturating_sub(*b))
+        .collect()
+}

@@ -22,6 +22,7 @@ pub struct TestRack {
     pub addr: std::net::SocketAddr,
     /// The password.
     pub password: String,
+    config: Config,
     _dir: tempfile::TempDir,
 }
 
@@ -57,8 +58,23 @@ impl TestRack {
             addr: rack.addr,
             rack: Some(rack),
             password,
+            config,
             _dir: dir,
         }
+    }
+
+    /// Shuts the rack down (its apps' processes keep running, as they do
+    /// when the real binary stops) and starts it again on the same address
+    /// and data dir, as an operator's restart would.
+    pub async fn restart(&mut self) {
+        if let Some(rack) = self.rack.take() {
+            rack.shutdown().await;
+        }
+        let mut config = self.config.clone();
+        config.listen = self.addr;
+        let rack = Rack::start(&config).await.expect("rack starts again");
+        assert_eq!(rack.addr, self.addr, "the same address");
+        self.rack = Some(rack);
     }
 
     /// The rack's temporary directory (its data dir is `rack/` below it).
@@ -79,6 +95,27 @@ impl TestRack {
             .await
             .unwrap_or_else(|_| panic!("slipway {args:?} took over 4 minutes"))
             .expect("run slipway")
+    }
+
+    /// Runs `slipway ARGS` from `cwd` and returns its stdout; a failure
+    /// fails the test with both streams.
+    pub async fn slipway_ok(&self, cwd: &std::path::Path, args: &[&str]) -> String {
+        ok_stdout(&self.slipway(cwd, args).await, &args.join(" "))
+    }
+
+    /// Creates `app` and deploys the example app of the same name (or
+    /// `example`) into it: the set-up most workflow tests start from.
+    /// Returns the deploy's stdout.
+    pub async fn app_deployed(
+        &self,
+        cwd: &std::path::Path,
+        app: &str,
+        example_app: &str,
+    ) -> String {
+        self.slipway_ok(cwd, &["apps", "create", app]).await;
+        let source = example(example_app);
+        self.slipway_ok(cwd, &["deploy", source.to_str().unwrap(), "-a", app])
+            .await
     }
 
     /// One raw request the way the `convox` CLI sends it (target ending in

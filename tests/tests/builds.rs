@@ -9,28 +9,19 @@ async fn builds_list_info_and_logs_like_convox() {
     let rack = TestRack::start().await;
     let cwd = tempfile::tempdir().unwrap();
     let dir = cwd.path();
-    ok_stdout(
-        &rack.slipway(dir, &["apps", "create", "myapp"]).await,
-        "apps create",
-    );
+    rack.slipway_ok(dir, &["apps", "create", "myapp"]).await;
     let source = example("myapp");
     let source = source.to_str().unwrap();
-    let release = ok_stdout(
-        &rack
-            .slipway(
-                dir,
-                &["build", source, "-a", "myapp", "-d", "first one", "--id"],
-            )
-            .await,
-        "build",
-    );
+    let release = rack
+        .slipway_ok(
+            dir,
+            &["build", source, "-a", "myapp", "-d", "first one", "--id"],
+        )
+        .await;
     assert!(release.starts_with('R'), "{release:?}");
 
     // The list: newest first, with the release it made and how long it took.
-    let out = ok_stdout(
-        &rack.slipway(dir, &["builds", "-a", "myapp"]).await,
-        "builds",
-    );
+    let out = rack.slipway_ok(dir, &["builds", "-a", "myapp"]).await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     let header = lines[0];
@@ -54,31 +45,21 @@ async fn builds_list_info_and_logs_like_convox() {
     );
 
     // `-l 0` is the server default; `-l 1` keeps one of two.
-    ok_stdout(
-        &rack
-            .slipway(
-                dir,
-                &["build", source, "-a", "myapp", "-d", "second", "--id"],
-            )
-            .await,
-        "second build",
-    );
-    let out = ok_stdout(
-        &rack
-            .slipway(dir, &["builds", "-a", "myapp", "-l", "1"])
-            .await,
-        "builds -l 1",
-    );
+    rack.slipway_ok(
+        dir,
+        &["build", source, "-a", "myapp", "-d", "second", "--id"],
+    )
+    .await;
+    let out = rack
+        .slipway_ok(dir, &["builds", "-a", "myapp", "-l", "1"])
+        .await;
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(out.lines().nth(1).unwrap().ends_with("  second"), "{out}");
 
     // info: every line padded, an empty value still followed by two spaces.
-    let out = ok_stdout(
-        &rack
-            .slipway(dir, &["builds", "info", &build, "-a", "myapp"])
-            .await,
-        "builds info",
-    );
+    let out = rack
+        .slipway_ok(dir, &["builds", "info", &build, "-a", "myapp"])
+        .await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], format!("Id           {build}"), "{out}");
     assert_eq!(lines[1], "Status       complete", "{out}");
@@ -96,12 +77,9 @@ async fn builds_list_info_and_logs_like_convox() {
     assert_eq!(lines.len(), 6, "{out}");
 
     // logs: the stored log, replayed in full.
-    let out = ok_stdout(
-        &rack
-            .slipway(dir, &["builds", "logs", &build, "-a", "myapp"])
-            .await,
-        "builds logs",
-    );
+    let out = rack
+        .slipway_ok(dir, &["builds", "logs", &build, "-a", "myapp"])
+        .await;
     assert!(!out.is_empty(), "the build logged something");
 
     // An unknown build: the rack's words, exit 1, for info and logs alike.
@@ -186,10 +164,7 @@ fn release_of(out: &str) -> String {
 }
 
 async fn serves(rack: &TestRack, dir: &std::path::Path, app: &str) {
-    let services = ok_stdout(
-        &rack.slipway(dir, &["services", "-a", app]).await,
-        "services",
-    );
+    let services = rack.slipway_ok(dir, &["services", "-a", app]).await;
     let addr = services
         .lines()
         .nth(1)
@@ -210,28 +185,22 @@ async fn builds_export_and_import_into_another_app_and_rack() {
     let cwd = tempfile::tempdir().unwrap();
     let dir = cwd.path();
     for app in ["myapp", "copy"] {
-        ok_stdout(
-            &rack.slipway(dir, &["apps", "create", app]).await,
-            "apps create",
-        );
+        rack.slipway_ok(dir, &["apps", "create", app]).await;
     }
     let source = example("myapp");
-    let out = ok_stdout(
-        &rack
-            .slipway(
-                dir,
-                &[
-                    "deploy",
-                    source.to_str().unwrap(),
-                    "-a",
-                    "myapp",
-                    "-d",
-                    "exported",
-                ],
-            )
-            .await,
-        "deploy",
-    );
+    let out = rack
+        .slipway_ok(
+            dir,
+            &[
+                "deploy",
+                source.to_str().unwrap(),
+                "-a",
+                "myapp",
+                "-d",
+                "exported",
+            ],
+        )
+        .await;
     let build = out
         .lines()
         .find_map(|l| l.strip_prefix("Build: "))
@@ -241,23 +210,20 @@ async fn builds_export_and_import_into_another_app_and_rack() {
 
     // Export to a file.
     let file = dir.join("build.tgz");
-    let out = ok_stdout(
-        &rack
-            .slipway(
-                dir,
-                &[
-                    "builds",
-                    "export",
-                    &build,
-                    "-a",
-                    "myapp",
-                    "-f",
-                    file.to_str().unwrap(),
-                ],
-            )
-            .await,
-        "export",
-    );
+    let out = rack
+        .slipway_ok(
+            dir,
+            &[
+                "builds",
+                "export",
+                &build,
+                "-a",
+                "myapp",
+                "-f",
+                file.to_str().unwrap(),
+            ],
+        )
+        .await;
     assert_eq!(out, "Exporting build... OK\n");
     let bytes = std::fs::read(&file).unwrap();
     assert_eq!(&bytes[..2], &[0x1f, 0x8b], "a gzip'd tar");
@@ -276,22 +242,19 @@ async fn builds_export_and_import_into_another_app_and_rack() {
 
     // Into a second app on the same rack, then promoted: it serves, and the
     // build kept its description.
-    let out = ok_stdout(
-        &rack
-            .slipway(
-                dir,
-                &[
-                    "builds",
-                    "import",
-                    "-a",
-                    "copy",
-                    "-f",
-                    file.to_str().unwrap(),
-                ],
-            )
-            .await,
-        "import",
-    );
+    let out = rack
+        .slipway_ok(
+            dir,
+            &[
+                "builds",
+                "import",
+                "-a",
+                "copy",
+                "-f",
+                file.to_str().unwrap(),
+            ],
+        )
+        .await;
     let release = release_of(&out);
     let (_, body) = rack
         .raw("GET", "/apps/copy/builds?", "", b"", &rack.password)
@@ -300,12 +263,8 @@ async fn builds_export_and_import_into_another_app_and_rack() {
     assert_eq!(builds[0]["description"], "exported", "{body}");
     assert_eq!(builds[0]["release"], release.as_str(), "{body}");
     assert_ne!(builds[0]["id"], build.as_str(), "a new build id");
-    ok_stdout(
-        &rack
-            .slipway(dir, &["releases", "promote", &release, "-a", "copy"])
-            .await,
-        "promote the import",
-    );
+    rack.slipway_ok(dir, &["releases", "promote", &release, "-a", "copy"])
+        .await;
     serves(&rack, dir, "copy").await;
 
     // Into a second rack, from stdin, with --id.

@@ -9,10 +9,7 @@ async fn env_changes_warn_when_the_newest_release_rolled_back() {
     let rack = TestRack::start().await;
     let cwd = tempfile::tempdir().unwrap();
     let dir = cwd.path();
-    ok_stdout(
-        &rack.slipway(dir, &["apps", "create", "myapp"]).await,
-        "apps create",
-    );
+    rack.slipway_ok(dir, &["apps", "create", "myapp"]).await;
     let good = example("myapp");
     let broken = example("broken");
     let release_of = |out: &str| {
@@ -22,12 +19,9 @@ async fn env_changes_warn_when_the_newest_release_rolled_back() {
             .trim()
             .to_owned()
     };
-    let out = ok_stdout(
-        &rack
-            .slipway(dir, &["deploy", good.to_str().unwrap(), "-a", "myapp"])
-            .await,
-        "deploy",
-    );
+    let out = rack
+        .slipway_ok(dir, &["deploy", good.to_str().unwrap(), "-a", "myapp"])
+        .await;
     let active = release_of(&out);
     // A healthy app: no warning.
     let output = rack
@@ -134,10 +128,6 @@ async fn env_changes_warn_when_the_newest_release_rolled_back() {
     assert_eq!(release["build"], active_release["build"]);
     let env = release["env"].as_str().unwrap();
     assert!(!env.contains("FIRST=") && !env.contains("SECOND="), "{env}");
-    ok_stdout(
-        &rack
-            .slipway(dir, &["releases", "promote", &fixed, "-a", "myapp"])
-            .await,
-        "promote the fixed release",
-    );
+    rack.slipway_ok(dir, &["releases", "promote", &fixed, "-a", "myapp"])
+        .await;
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use slipway_e2e::{TestRack, eventually, example, http_get, ok_stdout};
+use slipway_e2e::{TestRack, eventually, http_get};
 
 fn source(line: &str) -> &str {
     line.split_whitespace().nth(1).unwrap_or_default()
@@ -16,21 +16,8 @@ async fn logs_show_runtime_events_and_the_apps_output() {
     let rack = TestRack::start().await;
     let cwd = tempfile::tempdir().unwrap();
     let dir = cwd.path();
-    ok_stdout(
-        &rack.slipway(dir, &["apps", "create", "myapp"]).await,
-        "apps create",
-    );
-    let good = example("myapp");
-    ok_stdout(
-        &rack
-            .slipway(dir, &["deploy", good.to_str().unwrap(), "-a", "myapp"])
-            .await,
-        "deploy",
-    );
-    let services = ok_stdout(
-        &rack.slipway(dir, &["services", "-a", "myapp"]).await,
-        "services",
-    );
+    rack.app_deployed(dir, "myapp", "myapp").await;
+    let services = rack.slipway_ok(dir, &["services", "-a", "myapp"]).await;
     let addr = services
         .lines()
         .nth(1)
@@ -43,12 +30,9 @@ async fn logs_show_runtime_events_and_the_apps_output() {
     // The request's log line reaches the log within the runtime's pump
     // interval; `--no-follow` must end on its own every time.
     let logs = eventually(Duration::from_secs(30), "GET / in slipway logs", || async {
-        let out = ok_stdout(
-            &rack
-                .slipway(dir, &["logs", "-a", "myapp", "--no-follow"])
-                .await,
-            "logs",
-        );
+        let out = rack
+            .slipway_ok(dir, &["logs", "-a", "myapp", "--no-follow"])
+            .await;
         out.lines()
             .any(|l| source(l).starts_with("service/web/") && l.ends_with(" GET /"))
             .then_some(out)
@@ -68,12 +52,9 @@ async fn logs_show_runtime_events_and_the_apps_output() {
     }
 
     // A service's log has only its own lines and runtime events.
-    let web = ok_stdout(
-        &rack
-            .slipway(dir, &["logs", "-a", "myapp", "--no-follow", "-s", "web"])
-            .await,
-        "logs -s web",
-    );
+    let web = rack
+        .slipway_ok(dir, &["logs", "-a", "myapp", "--no-follow", "-s", "web"])
+        .await;
     assert!(
         web.lines().any(|l| source(l).starts_with("service/web/")),
         "{web}"

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use futures::{SinkExt as _, StreamExt as _};
-use slipway_e2e::{TestRack, eventually, example, ok_stdout, read_answer};
+use slipway_e2e::{TestRack, eventually, ok_stdout, read_answer};
 use tokio::io::AsyncWriteExt as _;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -134,29 +134,14 @@ async fn one_off_processes_as_the_convox_cli_and_slipway_run_them() {
     let rack = TestRack::start().await;
     let cwd = tempfile::tempdir().unwrap();
     let dir = cwd.path();
-    ok_stdout(
-        &rack.slipway(dir, &["apps", "create", "myapp"]).await,
-        "apps create",
-    );
-    ok_stdout(
-        &rack.slipway(dir, &["apps", "create", "other"]).await,
-        "apps create",
-    );
-    let app_dir = example("myapp");
-    let app_dir = app_dir.to_str().unwrap();
-    ok_stdout(
-        &rack.slipway(dir, &["deploy", app_dir, "-a", "myapp"]).await,
-        "deploy",
-    );
+    rack.app_deployed(dir, "myapp", "myapp").await;
+    rack.slipway_ok(dir, &["apps", "create", "other"]).await;
     let (_, body) = raw_with_headers(&rack, "GET", "/apps/myapp?", &[]).await;
     let active = json(&body)["release"].as_str().unwrap().to_owned();
     // A staged release, not promoted.
-    let out = ok_stdout(
-        &rack
-            .slipway(dir, &["env", "set", "FOO=staged value", "-a", "myapp"])
-            .await,
-        "env set",
-    );
+    let out = rack
+        .slipway_ok(dir, &["env", "set", "FOO=staged value", "-a", "myapp"])
+        .await;
     let staged = out
         .split_whitespace()
         .find(|w| w.len() == 11 && w.starts_with('R') && *w != active)
@@ -393,31 +378,25 @@ async fn slipway_cli(rack: &TestRack, dir: &std::path::Path, staged: &str) {
         "{out}"
     );
     let pid = out.trim().rsplit(' ').next().unwrap().to_owned();
-    let ps = ok_stdout(&rack.slipway(dir, &["ps", "-a", "myapp"]).await, "ps");
+    let ps = rack.slipway_ok(dir, &["ps", "-a", "myapp"]).await;
     let row = ps
         .lines()
         .find(|l| l.starts_with(&pid))
         .unwrap_or_else(|| panic!("{ps}"));
     assert!(row.contains("sleep 300"), "{ps}");
-    let info = ok_stdout(
-        &rack
-            .slipway(dir, &["ps", "info", &pid, "-a", "myapp"])
-            .await,
-        "ps info",
-    );
+    let info = rack
+        .slipway_ok(dir, &["ps", "info", &pid, "-a", "myapp"])
+        .await;
     assert!(info.contains("Command   sleep 300"), "{info}");
-    let out = ok_stdout(
-        &rack
-            .slipway(dir, &["ps", "stop", &pid, "-a", "myapp"])
-            .await,
-        "ps stop",
-    );
+    let out = rack
+        .slipway_ok(dir, &["ps", "stop", &pid, "-a", "myapp"])
+        .await;
     assert_eq!(out, format!("Stopping {pid}... OK\n"));
     eventually(
         Duration::from_secs(30),
         "the stopped process to go",
         || async {
-            let ps = ok_stdout(&rack.slipway(dir, &["ps", "-a", "myapp"]).await, "ps");
+            let ps = rack.slipway_ok(dir, &["ps", "-a", "myapp"]).await;
             (!ps.contains(&pid)).then_some(())
         },
     )
@@ -457,7 +436,7 @@ async fn slipway_cli(rack: &TestRack, dir: &std::path::Path, staged: &str) {
         .spawn()
         .unwrap();
     let pid = eventually(Duration::from_secs(30), "the run to be listed", || async {
-        let ps = ok_stdout(&rack.slipway(dir, &["ps", "-a", "myapp"]).await, "ps");
+        let ps = rack.slipway_ok(dir, &["ps", "-a", "myapp"]).await;
         ps.lines()
             .find(|l| l.contains("sleep 301"))
             .map(|l| l.split_whitespace().next().unwrap().to_owned())
@@ -477,7 +456,7 @@ async fn slipway_cli(rack: &TestRack, dir: &std::path::Path, staged: &str) {
         Duration::from_secs(30),
         "the interrupted run to end",
         || async {
-            let ps = ok_stdout(&rack.slipway(dir, &["ps", "-a", "myapp"]).await, "ps");
+            let ps = rack.slipway_ok(dir, &["ps", "-a", "myapp"]).await;
             (!ps.contains(&pid)).then_some(())
         },
     )

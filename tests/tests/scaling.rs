@@ -280,3 +280,37 @@ async fn running_now(rack: &TestRack, release: &str) -> Vec<String> {
         Vec::new()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_count_set_by_hand_survives_a_restart_of_the_services_and_a_later_promotion() {
+    let mut rack = TestRack::start().await;
+    let cwd = tempfile::tempdir().unwrap();
+    let dir = cwd.path();
+    rack.app_deployed(dir, "myapp", "myapp").await;
+    running(&rack, 2, None).await;
+    rack.slipway_ok(dir, &["scale", "web", "--count", "3", "-a", "myapp"])
+        .await;
+    let mut before = running(&rack, 3, None).await;
+
+    // The rack stops and starts again: the same three processes are
+    // adopted (none started or stopped), and the desired count is still 3.
+    rack.restart().await;
+    let mut after = running(&rack, 3, None).await;
+    before.sort();
+    after.sort();
+    assert_eq!(before, after, "the running processes are adopted, not replaced");
+    let out = rack.slipway_ok(dir, &["scale", "web", "-a", "myapp"]).await;
+    assert_eq!(scale_row(&out, "web")[..3], ["web", "3", "3"], "{out}");
+
+    // A later promotion keeps the hand-set count, not the manifest's 2.
+    let out = rack
+        .slipway_ok(dir, &["env", "set", "AFTER=restart", "-a", "myapp", "--promote"])
+        .await;
+    let release = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Release: "))
+        .unwrap_or_else(|| panic!("no release in:\n{out}"))
+        .trim()
+        .to_owned();
+    running(&rack, 3, Some(&release)).await;
+}

@@ -37,6 +37,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body::Body as _;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::body::Body;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -175,15 +176,25 @@ impl Balanced {
         }
     }
 
-    /// Sends `request`, on another endpoint whenever one never read it.
+    /// Sends `request`, on another endpoint whenever one never read it;
+    /// a keyed call to a method that honours its key (see
+    /// [`crate::idempotency::HONOURED`]) also when it was sent and its
+    /// answer was lost.
     pub(crate) fn call(self: &Arc<Self>, request: http::Request<Body>) -> ResponseFuture {
         let this = self.clone();
         Box::pin(async move {
             let started = Instant::now();
             let budget =
                 deadline_of(&request).map_or(this.unsent_retry, |d| d.min(this.unsent_retry));
+            let keyed = crate::idempotency::honoured(&request);
             let (parts, body) = request.into_parts();
-            let slot = Arc::new(Mutex::new(Some(body)));
+            let source = if keyed {
+                // A unary request: its one message, kept for resending.
+                Source::Whole(collect(body).await?)
+            } else {
+                Source::Slot(Arc::new(Mutex::new(Some(body))))
+            };
+            let mut resends = 0;
             let n = this.members.len();
             let mut wait = ROUND_MIN;
             loop {
@@ -204,29 +215,33 @@ impl Balanced {
                 let mut last = None;
                 for i in round {
                     let member = &this.members[i];
-                    let body = Body::new(Unsent {
-                        slot: slot.clone(),
-                        taken: None,
-                    });
-                    let request = http::Request::from_parts(parts.clone(), body);
+                    let request = http::Request::from_parts(parts.clone(), source.body());
                     let mut channel = member.channel.clone();
                     let answer = match channel.ready().await {
                         Ok(channel) => tower::Service::call(channel, request).await,
                         Err(e) => Err(e),
                     };
-                    match answer {
+                    let error = match answer {
                         Ok(response) => {
                             member.succeeded();
                             return Ok(response);
                         }
+                        Err(e) => e,
+                    };
+                    member.penalise();
+                    match &source {
                         // The body is still in the slot: the server never
                         // read the message.
-                        Err(e) if slot.lock().expect("body slot").is_some() => {
-                            member.penalise();
-                            last = Some(e);
+                        Source::Slot(slot) if slot.lock().expect("body slot").is_some() => {}
+                        Source::Slot(_) => return Err(error.into()),
+                        // Sent, no answer: the server dedupes by key.
+                        Source::Whole(_) if resends < MAX_RESENDS => {
+                            resends += 1;
+                            tracing::info!(peer = member.peer, endpoint = %member.uri, path = parts.uri.path(), "keyed call lost its answer; sending it again: {error}");
                         }
-                        Err(e) => return Err(e.into()),
+                        Source::Whole(_) => return Err(error.into()),
                     }
+                    last = Some(error);
                 }
                 let error = last.expect("a round tries at least one endpoint");
                 if started.elapsed() + wait >= budget {
@@ -236,6 +251,67 @@ impl Balanced {
                 wait = (wait * 2).min(ROUND_MAX);
             }
         })
+    }
+}
+
+/// Where each attempt's request body comes from.
+enum Source {
+    /// The caller's body, until a transport reads it.
+    Slot(Arc<Mutex<Option<Body>>>),
+    /// A whole unary request, sent as often as needed.
+    Whole(Bytes),
+}
+
+impl Source {
+    fn body(&self) -> Body {
+        match self {
+            Self::Slot(slot) => Body::new(Unsent {
+                slot: slot.clone(),
+                taken: None,
+            }),
+            Self::Whole(bytes) => Body::new(Whole(Some(bytes.clone()))),
+        }
+    }
+}
+
+/// How often a keyed call is sent again after its answer was lost.
+const MAX_RESENDS: u32 = 3;
+
+/// Reads a unary request's body whole (at most the message limit and its
+/// frame header).
+async fn collect(mut body: Body) -> Result<Bytes, BoxError> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        if let Ok(data) = frame?.into_data() {
+            out.extend_from_slice(&data);
+            if out.len() > crate::MAX_MESSAGE_BYTES + 5 {
+                return Err("request larger than the message limit".into());
+            }
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// A body of one chunk.
+struct Whole(Option<Bytes>);
+
+impl http_body::Body for Whole {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.as_ref().map_or(0, |b| b.len() as u64))
     }
 }
 

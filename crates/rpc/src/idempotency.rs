@@ -38,6 +38,23 @@ pub(crate) fn attach(headers: &mut http::HeaderMap) {
 /// The metadata key (and, capitalised, the HTTP header) of an idempotency key.
 pub const KEY: &str = "idempotency-key";
 
+/// Methods whose servers record idempotency keys: a keyed call to one of
+/// them that was sent and lost its answer (the replica died mid-call) is
+/// sent again, to another replica, by [`crate::Channel`]. Add a method only
+/// once its server answers a repeated key with the first result.
+pub const HONOURED: &[&str] = &[
+    "/slipway.release.v1.ReleaseService/ChangeEnv",
+    "/slipway.release.v1.ReleaseService/CreateRelease",
+    "/slipway.release.v1.ReleaseService/PromoteRelease",
+    "/slipway.release.v1.ReleaseService/RollbackRelease",
+    "/slipway.release.v1.ReleaseService/CancelPromotion",
+];
+
+/// Whether `request` carries a key for a method in [`HONOURED`].
+pub(crate) fn honoured<B>(request: &http::Request<B>) -> bool {
+    request.headers().contains_key(KEY) && HONOURED.contains(&request.uri().path())
+}
+
 /// Longest key accepted.
 pub const MAX_KEY_LEN: usize = 128;
 

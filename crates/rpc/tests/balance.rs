@@ -284,3 +284,113 @@ async fn a_call_waits_for_the_only_replica_to_come_back() {
     assert_eq!(pending.await.unwrap(), Ok("0".to_owned()));
     assert_eq!(a.calls.load(Ordering::SeqCst), 2);
 }
+
+/// A release service stand-in whose calls reach it and never answer.
+#[derive(Clone)]
+struct Hang(Arc<AtomicUsize>);
+
+impl tonic::server::NamedService for Hang {
+    const NAME: &'static str = "slipway.release.v1.ReleaseService";
+}
+
+impl tower::Service<http::Request<Body>> for Hang {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: http::Request<Body>) -> Self::Future {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(std::future::pending())
+    }
+}
+
+/// The same stand-in answering OK.
+#[derive(Clone)]
+struct Answer(Arc<AtomicUsize>);
+
+impl tonic::server::NamedService for Answer {
+    const NAME: &'static str = "slipway.release.v1.ReleaseService";
+}
+
+impl tower::Service<http::Request<Body>> for Answer {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: http::Request<Body>) -> Self::Future {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(tonic::Status::ok("answered").into_http()) })
+    }
+}
+
+async fn release_standin(hang: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (routes, health) = slipway_rpc::standard_routes(&[]).await;
+    let routes = if hang {
+        routes.add_service(Hang(calls.clone()))
+    } else {
+        routes.add_service(Answer(calls.clone()))
+    };
+    health.serving().await;
+    tokio::spawn(async move {
+        let options = slipway_rpc::ServerOptions::default();
+        slipway_rpc::serve(
+            routes,
+            listener,
+            &options,
+            health,
+            CancellationToken::new(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    });
+    (addr, calls)
+}
+
+/// A `ChangeEnv` whose answer is lost (the replica it reached is cut off
+/// mid-call): with an idempotency key it is sent to the other replica; without
+/// one it fails, since it may have been applied.
+#[tokio::test]
+async fn a_keyed_call_that_lost_its_answer_is_sent_again() {
+    for keyed in [true, false] {
+        let (hanging, hung) = release_standin(true).await;
+        let (answering, answered) = release_standin(false).await;
+        let relay = Relay::start(hanging).await;
+        // The first call of a fresh channel goes to its first endpoint.
+        let channel = channel(&[relay.addr, answering]);
+        let mut request = http::Request::builder()
+            .uri("http://test/slipway.release.v1.ReleaseService/ChangeEnv")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if keyed {
+            request = request.header(slipway_rpc::idempotency::KEY, "k-1");
+        }
+        let request = request.body(Body::new(String::from("\0\0\0\0\0"))).unwrap();
+        let pending = tokio::spawn(channel.clone().oneshot(request));
+        eventually("the call reached the first replica", async || {
+            hung.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        relay.cut().await;
+        let answer = pending.await.unwrap();
+        if keyed {
+            let response = answer.expect("the keyed call was sent again");
+            assert_eq!(response.headers()["grpc-status"], "0");
+            assert_eq!(answered.load(Ordering::SeqCst), 1);
+        } else {
+            assert!(answer.is_err(), "an unkeyed write was sent twice");
+            assert_eq!(answered.load(Ordering::SeqCst), 0);
+        }
+    }
+}

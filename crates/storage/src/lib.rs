@@ -18,7 +18,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 pub use sqlx::{AnyPool, Transaction};
 
+mod args;
 pub mod files;
+
+pub use args::StoreArgs;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -56,15 +56,10 @@ pub struct Config {
     #[command(flatten)]
     pub security: slipway_rpc::SecurityArgs,
 
-    /// Database URL: `postgres://…` or `sqlite:PATH`. Defaults to a SQLite
-    /// file in the data directory.
-    #[arg(long, env = "SLIPWAY_DATABASE_URL")]
-    pub database_url: Option<Secret>,
-
-    /// Directory for local state: the default SQLite file and object store,
-    /// build work directories and snapshot artifacts.
-    #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = ".slipway")]
-    pub data_dir: PathBuf,
+    /// Where the records live: `--database-url`, `--data-dir` (see
+    /// `slipway_storage::StoreArgs`).
+    #[command(flatten)]
+    pub store: slipway_storage::StoreArgs,
 
     /// Object store for sources and build logs: `file:///abs/dir`, or
     /// `s3://bucket[/prefix]` (credentials, region and endpoint from the
@@ -169,8 +164,7 @@ impl Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             security: Default::default(),
-            database_url: None,
-            data_dir,
+            store: slipway_storage::StoreArgs::at(data_dir),
             object_store: None,
             release_endpoints: Vec::new(),
             builder: BuilderKind::Snapshot,
@@ -218,9 +212,7 @@ impl Config {
                 humantime::format_duration(self.source_retention)
             ));
         }
-        if let Some(url) = &self.database_url {
-            slipway_storage::Dialect::of_url(url.expose()).map_err(|e| e.to_string())?;
-        }
+        self.store.validate()?;
         if let Some(url) = &self.object_store {
             crate::objects::ObjectLocation::parse(url.expose()).map_err(|e| e.to_string())?;
         }
@@ -241,10 +233,7 @@ impl Config {
 
     /// The database URL in effect.
     pub fn database_url(&self) -> String {
-        match &self.database_url {
-            Some(url) => url.expose().to_owned(),
-            None => format!("sqlite:{}", self.data_dir.join("build.db").display()),
-        }
+        self.store.url("build.db")
     }
 
     /// The source limits in effect.

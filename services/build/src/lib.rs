@@ -54,10 +54,10 @@ use crate::store::Store;
 
 /// The data directory as an absolute path (artifact URLs must be absolute).
 fn data_dir(config: &Config) -> anyhow::Result<PathBuf> {
-    slipway_storage::files::create_private_dir(&config.data_dir)
-        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
-    std::path::absolute(&config.data_dir)
-        .with_context(|| format!("resolve {}", config.data_dir.display()))
+    slipway_storage::files::create_private_dir(&config.store.data_dir)
+        .with_context(|| format!("create data dir {}", config.store.data_dir.display()))?;
+    std::path::absolute(&config.store.data_dir)
+        .with_context(|| format!("resolve {}", config.store.data_dir.display()))
 }
 
 /// The builder the configuration names.
@@ -95,7 +95,7 @@ pub fn log_bus(config: &Config) -> anyhow::Result<Option<Arc<LogBus>>> {
 
 /// Opens the build store the configuration names: connects and migrates.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let db = slipway_storage::open(&config.database_url(), &config.data_dir, false).await?;
+    let db = slipway_storage::open(&config.database_url(), &config.store.data_dir, false).await?;
     let store = Store::new(db);
     store.migrate().await?;
     Ok(store)

@@ -10,6 +10,10 @@ use slipway_rpc::{Channel, MessageLimits as _};
 use crate::builder::Artifacts;
 use crate::model::Build;
 
+/// Attempts at creating a build's release while the release service is
+/// unreachable (100 ms doubling between them: about 6 s in all).
+const RELEASE_ATTEMPTS: u32 = 7;
+
 /// A client of the release service.
 #[derive(Clone, Debug)]
 pub struct Releases {
@@ -48,12 +52,34 @@ impl Releases {
                 .metadata_mut()
                 .insert(slipway_rpc::ACTOR_HEADER, value);
         }
-        let response = self
-            .client
-            .clone()
-            .create_release(request)
-            .await
-            .map_err(|status| format!("create release: {}", status.message()))?;
+        // One release per build, however often this is sent: a call whose
+        // answer was lost (a release replica killed mid-call) is sent again
+        // with the same key and answered with the release it made.
+        slipway_rpc::idempotency::set_key(&mut request, &format!("build-release-{}", build.id));
+        let mut backoff = std::time::Duration::from_millis(100);
+        let mut tries = 1;
+        let response = loop {
+            let mut attempt = tonic::Request::new(request.get_ref().clone());
+            *attempt.metadata_mut() = request.metadata().clone();
+            match self.client.clone().create_release(attempt).await {
+                Err(status)
+                    if tries < RELEASE_ATTEMPTS
+                        && matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::Unknown
+                        ) =>
+                {
+                    tracing::warn!(build = %build.id, tries, "create release failed, retrying with its idempotency key: {}", status.message());
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    tries += 1;
+                }
+                other => {
+                    break other
+                        .map_err(|status| format!("create release: {}", status.message()))?;
+                }
+            }
+        };
         response
             .into_inner()
             .release

@@ -45,12 +45,12 @@ async fn two_replicas(
         config.object_store = Some(objects.clone());
         config.redis_url = Some(redis_url.clone());
         config.redis_prefix = prefix.to_owned();
-        *database.lock().unwrap() = config.database_url.clone();
+        *database.lock().unwrap() = config.store.database_url.clone();
     })
     .await;
     let database = database.lock().unwrap().clone().expect("A's database URL");
     let b = TestApp::spawn_with(Backend::Postgres, builder(), |config| {
-        config.database_url = Some(database);
+        config.store.database_url = Some(database);
         config.object_store = Some(objects.clone());
         config.redis_url = Some(redis_url.clone());
         config.redis_prefix = prefix.to_owned();

@@ -176,7 +176,7 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let mut config = Config::dev(data_dir.clone());
-        config.database_url = Some(slipway_domain::Secret::new(db.url.clone()));
+        config.store.database_url = Some(slipway_domain::Secret::new(db.url.clone()));
         config.release_endpoints = vec![release_addr.to_string()];
         tweak(&mut config);
         let builder = match builder {

@@ -25,15 +25,10 @@ pub struct Config {
     #[command(flatten)]
     pub security: slipway_rpc::SecurityArgs,
 
-    /// Database URL: `postgres://…` or `sqlite:PATH`. Defaults to a SQLite
-    /// file in the data directory.
-    #[arg(long, env = "SLIPWAY_DATABASE_URL")]
-    pub database_url: Option<Secret>,
-
-    /// Directory for local state: the default SQLite file and, with --dev,
-    /// the generated env encryption key.
-    #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = ".slipway")]
-    pub data_dir: PathBuf,
+    /// Where the records live: `--database-url`, `--data-dir` (see
+    /// `slipway_storage::StoreArgs`).
+    #[command(flatten)]
+    pub store: slipway_storage::StoreArgs,
 
     /// Base64-encoded 32-byte AES-256-GCM key sealing env snapshots at rest.
     /// Required unless --dev (which generates one into the data directory).
@@ -77,8 +72,7 @@ impl Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             security: Default::default(),
-            database_url: None,
-            data_dir,
+            store: slipway_storage::StoreArgs::at(data_dir),
             env_key: None,
             rollout_endpoints: Vec::new(),
             default_deadline: Duration::from_secs(600),
@@ -106,18 +100,13 @@ impl Config {
         if self.env_key.is_none() && !self.dev {
             return Err("--env-key (SLIPWAY_ENV_KEY) is required outside --dev: it seals env snapshots at rest".into());
         }
-        if let Some(url) = &self.database_url {
-            slipway_storage::Dialect::of_url(url.expose()).map_err(|e| e.to_string())?;
-        }
+        self.store.validate()?;
         Ok(())
     }
 
     /// The database URL in effect.
     pub fn database_url(&self) -> String {
-        match &self.database_url {
-            Some(url) => url.expose().to_owned(),
-            None => format!("sqlite:{}", self.data_dir.join("release.db").display()),
-        }
+        self.store.url("release.db")
     }
 }
 

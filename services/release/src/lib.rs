@@ -45,11 +45,11 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     // The dir is made owner-only before the key is generated into it.
     let db = slipway_storage::open(
         &config.database_url(),
-        &config.data_dir,
+        &config.store.data_dir,
         config.env_key.is_none(),
     )
     .await?;
-    let key_file = config.data_dir.join("env.key");
+    let key_file = config.store.data_dir.join("env.key");
     if config.env_key.is_none() && key_file.exists() {
         slipway_storage::files::tighten(&key_file, 0o600)
             .with_context(|| format!("tighten {}", key_file.display()))?;

@@ -36,7 +36,7 @@ impl TestApp {
         let db = backend.db().await;
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::dev(dir.path().to_path_buf());
-        config.database_url = Some(db.url.clone().into());
+        config.store.database_url = Some(db.url.clone().into());
         let key: [u8; 32] = rand::random();
         config.env_key = Some(base64::engine::general_purpose::STANDARD.encode(key).into());
         tweak(&mut config);
@@ -83,7 +83,7 @@ impl TestApp {
             .expect("first replica is up");
         let dir = tempfile::tempdir().unwrap();
         let mut config = self.config.clone();
-        config.data_dir = dir.path().to_path_buf();
+        config.store.data_dir = dir.path().to_path_buf();
         let db = self.db.share();
         let mut app = Self {
             client: placeholder_client(),

@@ -26,14 +26,10 @@ pub struct Config {
     #[command(flatten)]
     pub security: slipway_rpc::SecurityArgs,
 
-    /// Database URL: `postgres://…` or `sqlite:PATH`. Defaults to a SQLite
-    /// file in the data directory.
-    #[arg(long, env = "SLIPWAY_DATABASE_URL")]
-    pub database_url: Option<Secret>,
-
-    /// Directory for local state: the default SQLite file and process logs.
-    #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = ".slipway")]
-    pub data_dir: PathBuf,
+    /// Where the records live: `--database-url`, `--data-dir` (see
+    /// `slipway_storage::StoreArgs`).
+    #[command(flatten)]
+    pub store: slipway_storage::StoreArgs,
 
     /// gRPC endpoints of the release service replicas (comma-separated),
     /// told the outcome of every rollout. Without one, outcomes are only
@@ -221,8 +217,7 @@ impl Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             security: Default::default(),
-            database_url: None,
-            data_dir,
+            store: slipway_storage::StoreArgs::at(data_dir),
             release_endpoints: Vec::new(),
             default_deadline: Duration::from_secs(600),
             lease_ttl: Duration::from_secs(3),
@@ -263,7 +258,7 @@ impl Config {
         if self.restart_limit == 0 {
             return Err("--restart-limit must be at least 1".into());
         }
-        self.isolation.validate(&self.data_dir)?;
+        self.isolation.validate(&self.store.data_dir)?;
         // `<rack>-<app>` must be a DNS label (63) for apps of up to 30.
         let rack_ok = self.rack.len() <= 32
             && self.rack.starts_with(|c: char| c.is_ascii_lowercase())
@@ -281,9 +276,7 @@ impl Config {
         if self.kube_in_cluster && self.kubeconfig.is_some() {
             return Err("--kube-in-cluster and --kubeconfig exclude each other".into());
         }
-        if let Some(url) = &self.database_url {
-            slipway_storage::Dialect::of_url(url.expose()).map_err(|e| e.to_string())?;
-        }
+        self.store.validate()?;
         if let Some(redis) = self.redis() {
             slipway_events::RedisBus::new(redis)
                 .map_err(|e| format!("--redis-url/--redis-prefix: {e}"))?;
@@ -302,10 +295,7 @@ impl Config {
 
     /// The database URL in effect.
     pub fn database_url(&self) -> String {
-        match &self.database_url {
-            Some(url) => url.expose().to_owned(),
-            None => format!("sqlite:{}", self.data_dir.join("rollout.db").display()),
-        }
+        self.store.url("rollout.db")
     }
 }
 
@@ -354,7 +344,7 @@ mod tests {
         let config = Config::try_parse_from(["slipway-rollout", "--data-dir", "/srv/d"]).unwrap();
         assert_eq!(config.isolation, AppIsolation::default());
         assert_eq!(
-            config.isolation.apps_dir(&config.data_dir),
+            config.isolation.apps_dir(&config.store.data_dir),
             Path::new("/srv/d-apps")
         );
         let config = Config::try_parse_from([

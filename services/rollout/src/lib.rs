@@ -56,11 +56,11 @@ use crate::store::Store;
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let db = slipway_storage::open(
         &config.database_url(),
-        &config.data_dir,
+        &config.store.data_dir,
         config.spec_key.is_none(),
     )
     .await?;
-    let key_file = config.data_dir.join("spec.key");
+    let key_file = config.store.data_dir.join("spec.key");
     if config.spec_key.is_none() && key_file.exists() {
         slipway_storage::files::tighten(&key_file, 0o600)
             .with_context(|| format!("tighten {}", key_file.display()))?;
@@ -86,10 +86,10 @@ pub async fn start_runtime(
                 store,
                 events,
                 LocalConfig {
-                    data_dir: config.data_dir.clone(),
+                    data_dir: config.store.data_dir.clone(),
                     ports: config.port_range.0,
                     restart_limit: config.restart_limit,
-                    apps_dir: config.isolation.apps_dir(&config.data_dir),
+                    apps_dir: config.isolation.apps_dir(&config.store.data_dir),
                     app_uids: config.isolation.app_uid_range,
                 },
             )
@@ -190,6 +190,7 @@ pub async fn run_with_bus(
     );
     tokio::spawn(drivers.clone().takeover_loop());
     let processes = processes::Processes::new(runtime.clone());
+    let held = runtime.clone();
     let service = Arc::new(Rollouts::new(
         store,
         runtime,
@@ -214,5 +215,7 @@ pub async fn run_with_bus(
     slipway_rpc::serve(routes, listener, &options, health, background, shutdown).await?;
     // Hand leases back so a restarted replica takes over without waiting.
     drivers.wait_idle(Duration::from_secs(2)).await;
+    // Control loops and listeners end with the service; the apps run on.
+    held.shutdown().await;
     Ok(())
 }

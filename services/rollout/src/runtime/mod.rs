@@ -222,6 +222,12 @@ pub trait Runtime: Send + Sync + 'static {
         let _ = (app, kind);
         Err(RuntimeError::NotFound(format!("process not found: {id}")))
     }
+
+    /// The service is stopping: lets go of what the runtime holds in this
+    /// process (control loops, listeners) and leaves the apps' workloads
+    /// running, for the next start, here or on another replica, to adopt.
+    /// A runtime that holds nothing in-process needs nothing here.
+    async fn shutdown(&self) {}
 }
 
 /// A shared runtime handle.

@@ -98,6 +98,8 @@ struct Inner {
     oneoffs: oneoff::OneOffs,
     /// Serialises stable-port assignment.
     ports: tokio::sync::Mutex<()>,
+    /// Cancelled by [`Runtime::shutdown`]: the reconcile loops end.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl LocalRuntime {
@@ -121,6 +123,7 @@ impl LocalRuntime {
                 apps: Mutex::new(BTreeMap::new()),
                 oneoffs: oneoff::OneOffs::default(),
                 ports: tokio::sync::Mutex::new(()),
+                stopping: tokio_util::sync::CancellationToken::new(),
             }),
         };
         runtime.recover().await?;
@@ -175,6 +178,10 @@ impl LocalRuntime {
     async fn reconcile_loop(self, app: Arc<App>) {
         let mut changed = app.changed.subscribe();
         loop {
+            if self.inner.stopping.is_cancelled() {
+                app.looping.store(false, Ordering::Release);
+                return;
+            }
             self.ensure_proxies(&app).await;
             let (actions, wake) = {
                 let mut st = app.lock();
@@ -202,7 +209,31 @@ impl LocalRuntime {
                 continue;
             }
             changed.borrow_and_update();
-            let _ = tokio::time::timeout(wake, changed.changed()).await;
+            tokio::select! {
+                _ = tokio::time::timeout(wake, changed.changed()) => {}
+                () = self.inner.stopping.cancelled() => {}
+            }
+        }
+    }
+
+    /// Ends every app's reconcile loop and closes the stable ports, leaving
+    /// the processes running (see [`Runtime::shutdown`]).
+    async fn stop_controlling(&self) {
+        self.inner.stopping.cancel();
+        let apps: Vec<Arc<App>> = self
+            .inner
+            .apps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for app in apps {
+            let mut st = app.lock();
+            for service in st.services.values_mut() {
+                // Dropping the proxy ends its accept loop, which frees the port.
+                service.proxy = None;
+            }
         }
     }
 
@@ -403,5 +434,9 @@ impl Runtime for LocalRuntime {
         kind: SessionKind,
     ) -> Result<Session, RuntimeError> {
         self.open(app, id, kind).await
+    }
+
+    async fn shutdown(&self) {
+        self.stop_controlling().await;
     }
 }

@@ -33,6 +33,8 @@ impl LocalRuntime {
         };
         for (service, release) in wanted {
             match self.stable_port(&app.name, &service).await {
+                // Shutting down: the port is left for the next start.
+                Ok(_) if self.inner.stopping.is_cancelled() => return,
                 Ok(proxy) => {
                     let mut st = app.lock();
                     let port = proxy.port();
