@@ -17,4 +17,6 @@ mod processes;
 mod scale;
 mod scaling;
 mod telemetry;
+mod tokens;
+mod webhooks;
 mod workflow;

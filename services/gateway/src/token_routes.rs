@@ -83,6 +83,7 @@ pub(crate) async fn create(
         }))
         .await?
         .into_inner();
+    state.tokens.refresh(&mut state.token_client.clone()).await;
     Ok(Json(CreatedToken {
         token: token_json(answer.token.unwrap_or_default()),
         value: answer.value.map(|v| v.value).unwrap_or_default(),
@@ -115,5 +116,6 @@ pub(crate) async fn revoke(
         .clone()
         .revoke_token(caller.actor.request(rpb::RevokeTokenRequest { name }))
         .await?;
+    state.tokens.refresh(&mut state.token_client.clone()).await;
     Ok(ok())
 }

@@ -102,6 +102,22 @@ impl Tokens {
         tokio::spawn(refresh_loop(weak, client));
     }
 
+    /// Fetches and loads the table now (after this gateway created or
+    /// revoked a token, so that it holds here at once; other replicas see
+    /// it at their next refresh).
+    pub async fn refresh(&self, client: &mut TokenServiceClient<Channel>) {
+        match client.get_token_table(rpb::GetTokenTableRequest {}).await {
+            Ok(answer) => {
+                if let Err(e) = self.load(answer.into_inner()) {
+                    tracing::error!("failed to load the token table: {e}");
+                }
+            }
+            Err(status) => {
+                tracing::warn!("failed to refresh the token table: {}", status.message())
+            }
+        }
+    }
+
     /// Replaces the table with what `GetTokenTable` answered.
     pub fn load(&self, answer: rpb::GetTokenTableResponse) -> Result<(), String> {
         let key = answer
