@@ -19,6 +19,8 @@ pub const MANIFEST: &str =
 
 pub struct TestApp {
     pub client: ReleaseServiceClient<Channel>,
+    /// `http://addr` of the running server (for the other services' clients).
+    pub endpoint: String,
     pub db: TestDb,
     pub config: Config,
     stop: Option<oneshot::Sender<()>>,
@@ -42,6 +44,7 @@ impl TestApp {
         tweak(&mut config);
         let mut app = Self {
             client: placeholder_client(),
+            endpoint: String::new(),
             db,
             config,
             stop: None,
@@ -66,6 +69,7 @@ impl TestApp {
             },
         )));
         self.stop = Some(tx);
+        self.endpoint = format!("http://{addr}");
         self.client = ReleaseServiceClient::new(
             slipway_rpc::channel("release", &[format!("http://{addr}")], &Default::default())
                 .unwrap(),
@@ -87,6 +91,7 @@ impl TestApp {
         let db = self.db.share();
         let mut app = Self {
             client: placeholder_client(),
+            endpoint: String::new(),
             db,
             config,
             stop: None,
@@ -166,6 +171,7 @@ impl TestApp {
                 set,
                 unset: unset.iter().map(|k| k.to_string()).collect(),
                 parent_release: None,
+                expected_newest_release: None,
             })
             .await
             .map(|r| r.into_inner().release.unwrap())

@@ -5,9 +5,11 @@
 #![allow(unreachable_pub)]
 mod helpers;
 
+mod access;
 mod bounds;
 mod dispatch;
 mod idempotency;
 mod ledger;
 mod promotions;
 mod safety;
+mod webhooks;

@@ -50,6 +50,8 @@ impl Store {
             || super::idempotency::in_scope()
             || request.parent.is_some()
             || request.copy_of.is_some()
+            // The newest must be read under the lock to be compared.
+            || request.expected_newest.is_some()
         {
             return None;
         }
@@ -95,8 +97,8 @@ impl Store {
                      env_sealed, description, parent, rollback_of, actor, created_at) \
                  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM bump RETURNING id \
              ), aud AS ( \
-                 INSERT INTO audit_events (at, actor, action, app, subject, detail) \
-                 SELECT $13, $12, 'release.create', $14, id, $15 FROM ins \
+                 INSERT INTO audit_events (at, actor, source, action, app, subject, detail) \
+                 SELECT $13, $12, $17, 'release.create', $14, id, $15 FROM ins \
              ), ev AS ( \
                  INSERT INTO webhook_events (id, action, status, app, actor, subject, message, created_at) \
                  SELECT $16, 'release:create', 'success', $14, $12, id, $9, $13 FROM ins RETURNING id \
@@ -119,6 +121,8 @@ impl Store {
         .bind(app.as_str())
         .bind(&detail)
         .bind(crate::webhooks::new_id('E'))
+        // The audit record's source (see `slipway_rpc::actor::current`).
+        .bind(slipway_rpc::actor::current().source)
         .fetch_one(&self.db.pool)
         .await?
         .try_get("n")?;
@@ -201,9 +205,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             audit(&mut tx, actor, "release.create", app.as_str(), id.as_str(), &draft.audit_detail()).await?;
-            super::idempotency::record(&mut tx, super::idempotency::RELEASE, id.as_str()).await?;
             let event = Event::new(RELEASE_CREATE, "success", app.as_str(), actor, id.as_str(), &draft.description, now);
             record_event(&mut tx, &event).await?;
+            super::idempotency::record(&mut tx, super::idempotency::RELEASE, id.as_str()).await?;
             tx.commit().await?;
             self.wake_outbox();
             let release = draft.into_release(id, app, seq, actor, time(now));
