@@ -11,6 +11,7 @@ mod convox_wire;
 mod deploy_stream;
 mod env_basis;
 mod env_values;
+mod faults;
 mod isolation;
 mod logs;
 mod processes;

@@ -1,0 +1,200 @@
+//! Faults users never see (issue 17), on the scale setup as processes (two
+//! gateways, two release replicas, two rollout replicas, one build service,
+//! PostgreSQL, Redis): while two writers change env through both gateways,
+//! a release replica is SIGKILLed, or a gateway is. No acknowledged write is
+//! lost or applied twice, and no write fails but those in flight on a killed
+//! gateway, which the client sends again with the same `Idempotency-Key`
+//! to the other gateway and which then apply once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use slipway_e2e::cluster::{Cluster, ClusterOptions, PASSWORD};
+use slipway_e2e::read_answer;
+use tokio::io::AsyncWriteExt as _;
+
+/// Writes per writer.
+const WRITES: usize = 60;
+/// Acknowledged writes (of both writers) before the fault.
+const FAULT_AFTER: usize = 12;
+
+/// One HTTP request to a gateway; `None` when no answer came (refused, or
+/// the connection dropped), the one case a client resends.
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    body: &str,
+    key: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("convox:{PASSWORD}"));
+    let key = key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\n\
+         Content-Type: application/json\r\n{key}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.write_all(body.as_bytes()).await.ok()?;
+    let (status, body) = read_answer(&mut stream).await;
+    (status != 0).then_some((status, body))
+}
+
+/// What the writers saw.
+#[derive(Default)]
+struct Tally {
+    /// Keys acknowledged (200), with the release that answered.
+    acked: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Requests that got no answer and were sent again with their key.
+    resent: AtomicUsize,
+    /// Answers other than 200 (each a failed write).
+    failed: std::sync::Mutex<Vec<String>>,
+}
+
+/// Writer `w`: `WRITES` env changes `W<w>_<i>=<i>`, each with its own
+/// idempotency key, first to `gateways[w % 2]`; a request without an answer
+/// goes to the other gateway with the same key (the client is pointed at both).
+async fn writer(w: usize, gateways: [SocketAddr; 2], tally: Arc<Tally>) {
+    for i in 0..WRITES {
+        let var = format!("W{w}_{i}");
+        let key = format!("faults-{w}-{i}-{}", uuid::Uuid::new_v4().simple());
+        let body = format!(r#"{{"set":{{"{var}":"{i}"}},"unset":[]}}"#);
+        let mut g = w % 2;
+        let mut answer = None;
+        for _ in 0..20 {
+            answer = send(gateways[g], "POST", "/apps/myapp/env", &body, Some(&key)).await;
+            if answer.is_some() {
+                break;
+            }
+            tally.resent.fetch_add(1, Ordering::SeqCst);
+            g = 1 - g;
+        }
+        match answer {
+            Some((200, release)) => {
+                let id = serde_json::from_str::<serde_json::Value>(&release)
+                    .ok()
+                    .and_then(|r| r["id"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                tally.acked.lock().unwrap().insert(var, id);
+            }
+            other => tally
+                .failed
+                .lock()
+                .unwrap()
+                .push(format!("{var}: {other:?}")),
+        }
+    }
+}
+
+/// Runs two writers and applies `fault` once `FAULT_AFTER` writes were
+/// acknowledged; then checks the ledger.
+async fn writes_through(cluster: &mut Cluster, fault: &[&str]) -> Arc<Tally> {
+    let gateways = [cluster.addr("gateway-a"), cluster.addr("gateway-b")];
+    let (status, body) = send(gateways[0], "POST", "/apps", "name=myapp", None)
+        .await
+        .expect("create the app");
+    assert!(
+        status == 200 || body.contains("myapp"),
+        "apps create: {status} {body}"
+    );
+    let tally = Arc::new(Tally::default());
+    let writers: Vec<_> = (0..2)
+        .map(|w| tokio::spawn(writer(w, gateways, tally.clone())))
+        .collect();
+    slipway_e2e::eventually(Duration::from_secs(60), "writes before the fault", || {
+        let n = tally.acked.lock().unwrap().len();
+        async move { (n >= FAULT_AFTER).then_some(()) }
+    })
+    .await;
+    for name in fault {
+        cluster.kill(name).await;
+    }
+    let at_fault = tally.acked.lock().unwrap().len();
+    assert!(
+        at_fault + 20 <= 2 * WRITES,
+        "the fault came too late to matter ({at_fault} writes done)"
+    );
+    for w in writers {
+        tokio::time::timeout(Duration::from_secs(120), w)
+            .await
+            .expect("writers finish")
+            .unwrap();
+    }
+    let failed = tally.failed.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "writes failed after killing {fault:?}: {failed:?}\n{}",
+        cluster.logs()
+    );
+    check_ledger(cluster, &tally).await;
+    tally
+}
+
+/// Every acknowledged change is in the ledger exactly once, as the release
+/// that acknowledged it, and the newest release carries every variable.
+async fn check_ledger(cluster: &Cluster, tally: &Tally) {
+    let db = slipway_storage::connect(&cluster.release_db, &Default::default())
+        .await
+        .expect("connect to the release database");
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT r.id, r.description FROM releases r JOIN apps a ON a.id = r.app_id \
+         WHERE a.name = 'myapp' ORDER BY r.seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("read the ledger");
+    db.pool.close().await;
+    let acked = tally.acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 2 * WRITES, "every write acknowledged");
+    for (var, release) in &acked {
+        let made: Vec<&String> = rows
+            .iter()
+            .filter(|(_, d)| d == &format!("env add:{var}"))
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(made, [release], "{var} applied {} times", made.len());
+    }
+    assert_eq!(
+        rows.len(),
+        2 * WRITES,
+        "releases beyond the writes: {rows:?}"
+    );
+    let (status, newest) = send(
+        cluster.addr("gateway-b"),
+        "GET",
+        "/apps/myapp/releases?limit=1",
+        "",
+        None,
+    )
+    .await
+    .expect("list releases");
+    assert_eq!(status, 200, "{newest}");
+    for var in acked.keys() {
+        assert!(
+            newest.contains(&format!("{var}=")),
+            "{var} missing in the newest release: {newest}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_replica_killed_under_load_costs_no_write() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    writes_through(&mut cluster, &["release-a"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_other_release_replica_and_a_gateway_killed_under_load_cost_no_write() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let tally = writes_through(&mut cluster, &["release-b", "gateway-a"]).await;
+    // Writer 0 was on gateway A: its next request found it gone and went to B.
+    assert!(
+        tally.resent.load(Ordering::SeqCst) > 0,
+        "no request was resent after gateway A died"
+    );
+}
