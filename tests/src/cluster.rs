@@ -1,8 +1,10 @@
 //! The scale setup in one test: every service as its own process (two
 //! gateways, two release replicas, two rollout replicas, one build service)
 //! on PostgreSQL and Redis, the way `deploy/` runs them, with the rollout
-//! service on the Kubernetes runtime against the fake API server (no API
-//! server can run here). The local runtime is a one-machine runtime (one
+//! service on the Kubernetes runtime against the fake API server and
+//! cluster, `slipway-kube-fake`, also a process of its own (no API server
+//! can run here; see `crates/kube-fake` for how its pods behave). The
+//! local runtime is a one-machine runtime (one
 //! rollout replica supervises its processes), so the replicated setup uses
 //! the runtime it is meant for.
 //!
@@ -12,22 +14,16 @@
 //! replicas can be told theirs (the two call each other).
 
 use std::ffi::OsString;
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
-
-#[allow(dead_code, unreachable_pub, clippy::all)]
-#[path = "../../services/rollout/tests/k8s_fake/mod.rs"]
-mod k8s_fake;
-
-use k8s_fake::FakeKube;
 
 /// The rack password of the cluster's gateways.
 pub const PASSWORD: &str = "scale-secret-0123456";
@@ -65,9 +61,10 @@ impl Default for ClusterOptions {
 /// A running scale setup.
 pub struct Cluster {
     replicas: Vec<Replica>,
-    kube: FakeKube,
-    /// While set, Deployments stay where they are (a rollout in flight).
-    paused: Arc<AtomicBool>,
+    /// The fake API server (`slipway-kube-fake`).
+    kube: SocketAddr,
+    /// Its kubeconfig, for the rollout replicas and `kubectl`.
+    pub kubeconfig: PathBuf,
     /// The rollout service's database (shared by both rollout replicas).
     pub rollout_db: String,
     /// The release service's database.
@@ -143,21 +140,7 @@ impl Cluster {
             build_db.url.clone(),
         );
 
-        let kube = FakeKube::start().await;
-        let paused = Arc::new(AtomicBool::new(false));
-        play_cluster(kube.clone(), paused.clone());
         let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
-                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
-                 current-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
-                kube.addr
-            ),
-        )
-        .expect("write kubeconfig");
-
         let env_key = key();
         let spec_key = key();
         let redis_prefix = format!("slipway-test-{}", uuid::Uuid::new_v4().simple());
@@ -167,13 +150,21 @@ impl Cluster {
 
         let mut cluster = Self {
             replicas: Vec::new(),
-            kube,
-            paused,
+            kube: SocketAddr::from(([127, 0, 0, 1], 0)),
+            kubeconfig: kubeconfig.clone(),
             rollout_db,
             release_db,
             redis_prefix,
             dir,
         };
+
+        let fake: Vec<OsString> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--write-kubeconfig".into(),
+            kubeconfig.clone().into(),
+        ];
+        cluster.kube = cluster.spawn("kube", "slipway-kube-fake", fake).await;
 
         let mut rollouts = Vec::new();
         for name in ["rollout-a", "rollout-b"] {
@@ -386,24 +377,53 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("signal {name}: {e}"));
     }
 
+    /// One request to the fake API server (plain HTTP/1.1, blocking: it
+    /// answers on loopback at once); the body of its answer.
+    fn kube_request(&self, method: &str, path: &str) -> String {
+        let mut stream = std::net::TcpStream::connect(self.kube).expect("connect to the fake");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.kube
+        )
+        .expect("send to the fake");
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .expect("read the fake's answer");
+        answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    }
+
     /// Holds every Deployment where it is (true) or lets the cluster's
     /// controllers finish them (false).
     pub fn pause_deployments(&self, paused: bool) {
-        self.paused.store(paused, Ordering::SeqCst);
+        self.kube_request("POST", &format!("/fake/v1/controller?paused={paused}"));
     }
 
     /// A Deployment of the fake cluster, as JSON.
     pub fn deployment(&self, namespace: &str, name: &str) -> Option<serde_json::Value> {
-        self.kube.object("deployments", namespace, name)
+        let body = self.kube_request(
+            "GET",
+            &format!("/apis/apps/v1/namespaces/{namespace}/deployments/{name}"),
+        );
+        let value: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (value["kind"] == "Deployment").then_some(value)
     }
 
     /// Every write (POST, PUT, PATCH, DELETE) the rollout replicas sent to
     /// the API server for `path_part`.
     pub fn writes_to(&self, path_part: &str) -> usize {
-        self.kube
-            .requests()
+        let body = self.kube_request("GET", "/fake/v1/requests");
+        let requests: Vec<serde_json::Value> =
+            serde_json::from_str(&body).expect("the fake's requests");
+        requests
             .iter()
-            .filter(|r| r.method != "GET" && r.path.contains(path_part))
+            .filter(|r| {
+                r["method"] != "GET" && r["path"].as_str().is_some_and(|p| p.contains(path_part))
+            })
             .count()
     }
 
@@ -417,32 +437,6 @@ impl Cluster {
         }
         out
     }
-}
-
-/// The cluster's controllers: every 50 ms, each Deployment that is not
-/// complete becomes complete, unless paused.
-fn play_cluster(kube: FakeKube, paused: Arc<AtomicBool>) {
-    let weak = Arc::downgrade(&kube.shared);
-    tokio::spawn(async move {
-        while weak.strong_count() > 1 {
-            if !paused.load(Ordering::SeqCst) {
-                let deployments = kube.objects("deployments", "");
-                for d in deployments {
-                    let generation = &d["metadata"]["generation"];
-                    let n = d["spec"]["replicas"].as_u64().unwrap_or(1);
-                    let done = d["status"]["observedGeneration"] == *generation
-                        && d["status"]["updatedReplicas"].as_u64() == Some(n)
-                        && d["status"]["replicas"].as_u64() == Some(n);
-                    if !done {
-                        let ns = d["metadata"]["namespace"].as_str().unwrap_or_default();
-                        let name = d["metadata"]["name"].as_str().unwrap_or_default();
-                        kube.complete_deployment(ns, name);
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
 }
 
 impl Drop for Cluster {

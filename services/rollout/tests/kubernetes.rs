@@ -14,8 +14,7 @@ use slipway_rollout::runtime::conformance::{Behaviour, Fixture};
 use slipway_rollout::runtime::kubernetes::{KubernetesConfig, KubernetesRuntime};
 use slipway_rollout::runtime::{EventSink, Progress, Runtime, RuntimeError, Spec};
 
-use crate::k8s_fake::FakeKube;
-use crate::k8s_fake::controller::PodFate;
+use slipway_kube_fake::{FakeKube, PodFate};
 
 const RACK: &str = "test";
 
@@ -569,10 +568,11 @@ struct ImageFixture;
 
 impl Fixture for ImageFixture {
     fn spec(&self, app: &str, release: &str, behaviour: Behaviour, count: u32) -> Spec {
+        // The fake's pod behaviours (slipway_kube_fake's docs).
         let tag = match behaviour {
-            Behaviour::Healthy => "healthy",
-            Behaviour::ExitAtStart => "exit-at-start",
-            Behaviour::NeverHealthy => "never-healthy",
+            Behaviour::Healthy => "ready",
+            Behaviour::ExitAtStart => "crash",
+            Behaviour::NeverHealthy => "unready",
         };
         let manifest = format!(
             "services:\n  web:\n    build: .\n    port: 3000\n    health:\n      path: /\n      grace: 1\n      interval: 1\n      timeout: 1\n    scale:\n      count: {count}\n"

@@ -4,7 +4,6 @@
 mod bus;
 mod crash;
 mod helpers;
-mod k8s_fake;
 mod kubernetes;
 mod logs;
 mod release_phase;

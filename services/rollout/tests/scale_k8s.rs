@@ -14,7 +14,7 @@ use slipway_rollout::overrides::ServiceScale;
 use slipway_rollout::runtime::kubernetes::{KubernetesConfig, KubernetesRuntime};
 use slipway_rollout::runtime::{EventSink, Progress, Runtime, Spec};
 
-use crate::k8s_fake::FakeKube;
+use slipway_kube_fake::FakeKube;
 
 struct Quiet;
 
