@@ -14,6 +14,7 @@ mod run;
 mod scale;
 mod stats;
 mod upload;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 
@@ -53,6 +54,9 @@ enum Command {
     /// One-off processes: `slipway run web true` beside spawning `true`,
     /// and `run web cat` throughput beside a loopback TCP echo.
     Run(run::Args),
+    /// Webhook delivery latency, event to receiver, with 1 and 50
+    /// receivers, beside a direct POST to the same receivers.
+    Webhooks(webhooks::Args),
     /// The app the `rollout` benchmark deploys (and spawns as its baseline):
     /// sleeps `APP_DELAY_MS`, then answers 200 to every request on `$PORT`.
     #[command(hide = true)]
@@ -78,6 +82,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Deploy(args) => deploy::run(args).await,
                 Command::Console(args) => console::run(args).await,
                 Command::Run(args) => run::run(args).await,
+                Command::Webhooks(args) => webhooks::run(args).await,
                 Command::ServeApp => unreachable!("handled above"),
             }
         })

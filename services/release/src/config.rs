@@ -64,6 +64,10 @@ pub struct Config {
     /// Development mode: allows a generated env key.
     #[arg(long, env = "SLIPWAY_DEV")]
     pub dev: bool,
+
+    /// Webhook delivery (`--rack-name`, `--webhook-*`).
+    #[command(flatten)]
+    pub webhooks: crate::webhooks::WebhookArgs,
 }
 
 impl Config {
@@ -80,6 +84,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             redispatch_every: Duration::from_secs(5),
             dev: true,
+            webhooks: Default::default(),
         }
     }
 
@@ -101,6 +106,7 @@ impl Config {
             return Err("--env-key (SLIPWAY_ENV_KEY) is required outside --dev: it seals env snapshots at rest".into());
         }
         self.store.validate()?;
+        self.webhooks.validate()?;
         Ok(())
     }
 

@@ -104,7 +104,7 @@ pub async fn run(
             .clone()
             .redispatch_loop(config.redispatch_every, background.clone()),
     );
-    let webhook_args = webhooks::WebhookArgs::default();
+    let webhook_args = config.webhooks.clone();
     let dispatcher = Arc::new(
         webhooks::deliver::Dispatcher::new(service.store().clone(), webhook_args.clone())
             .context("set up webhook delivery")?,
