@@ -159,7 +159,6 @@ pub async fn run_with_builder(
         limits: config.limits(),
         work_root,
     };
-    let background = CancellationToken::new();
     let mut service = BuildService::new(
         pipeline,
         config.max_concurrent_builds,
