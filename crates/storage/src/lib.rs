@@ -230,6 +230,23 @@ pub fn classify(err: &sqlx::Error) -> ErrorClass {
     }
 }
 
+/// Whether `err` means the database could not be reached (no connection
+/// within the pool's acquire timeout, a connection lost, the server shutting
+/// down or refusing connections): a condition that passes, answered as
+/// "database unavailable, retrying" rather than an internal error. The pool
+/// needs no restart: it opens new connections once the database answers.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Class 08 (connection exception); 57P01-57P03 (admin shutdown,
+            // crash shutdown, cannot connect now).
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
 /// SQLite reports `UNIQUE constraint failed: table.col, table.col`.
 fn sqlite_unique_target(message: &str) -> String {
     message

@@ -56,6 +56,10 @@ impl From<Error> for Status {
                 tracing::warn!("failed to reach the rollout service: {msg}");
                 Status::unavailable(format!("rollout service unavailable: {msg}"))
             }
+            Error::Store(e) if slipway_storage::is_unavailable(&e) => {
+                tracing::warn!("database unavailable: {e}");
+                Status::unavailable("database unavailable, retrying: try again shortly")
+            }
             Error::Store(_) | Error::Crypto(_) => {
                 tracing::error!(error = %err, "request failed");
                 Status::internal("internal error")

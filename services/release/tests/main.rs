@@ -7,6 +7,7 @@ mod helpers;
 
 mod access;
 mod bounds;
+mod database;
 mod dispatch;
 mod idempotency;
 mod ledger;
