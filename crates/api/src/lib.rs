@@ -115,6 +115,7 @@ impl fmt::Debug for release::v1::ChangeEnvRequest {
             .field("set_keys", &self.set.keys().collect::<Vec<_>>())
             .field("unset", &self.unset)
             .field("parent_release", &self.parent_release)
+            .field("expected_newest_release", &self.expected_newest_release)
             .finish()
     }
 }

@@ -327,6 +327,7 @@ pub(crate) async fn change_env(
         set: change.set.into_iter().collect(),
         unset: change.unset,
         parent_release: change.parent.filter(|p| !p.is_empty()),
+        expected_newest_release: None,
     };
     let release = state
         .release

@@ -11,7 +11,7 @@ use slipway_domain::promotion::PromotionOutcome;
 use slipway_domain::{AppName, BuildId, Env, PromotionId, ReleaseId};
 use tonic::{Request, Response, Status};
 
-use crate::model::{App, AuditEvent, EnvInput, Promotion, Release, ReleaseRequest};
+use crate::model::{App, AuditEvent, EnvInput, ExpectedNewest, Promotion, Release, ReleaseRequest};
 use crate::service::{Promoted, ReleaseService};
 use crate::store::idempotency::{self, Fingerprint, Recorded};
 
@@ -116,6 +116,7 @@ impl ReleaseRpc for Grpc {
             description: req.description,
             parent: parent_release(req.parent_release.as_deref())?,
             copy_of: None,
+            expected_newest: None,
         };
         let release = self.release_once(claim, &app, &request, &actor).await?;
         Ok(Response::new(pb::CreateReleaseResponse {
@@ -132,15 +133,15 @@ impl ReleaseRpc for Grpc {
         let req = request.into_inner();
         let mut unset = req.unset.clone();
         unset.sort();
-        let claim = self.service.store().claim(
-            key,
-            "ChangeEnv",
-            Fingerprint::default()
-                .field(&req.app)
-                .map(&req.set)
-                .field(unset.join("\0"))
-                .field(format!("{:?}", req.parent_release)),
-        );
+        let mut fingerprint = Fingerprint::default()
+            .field(&req.app)
+            .map(&req.set)
+            .field(unset.join("\0"))
+            .field(format!("{:?}", req.parent_release));
+        if let Some(expected) = &req.expected_newest_release {
+            fingerprint = fingerprint.field(format!("expected {expected}"));
+        }
+        let claim = self.service.store().claim(key, "ChangeEnv", fingerprint);
         let app = app_name(&req.app)?;
         if req.set.is_empty() && req.unset.is_empty() {
             return Err(Status::invalid_argument(
@@ -153,6 +154,14 @@ impl ReleaseRpc for Grpc {
                 unset: req.unset,
             },
             parent: parent_release(req.parent_release.as_deref())?,
+            expected_newest: req
+                .expected_newest_release
+                .as_deref()
+                .map(|id| match id {
+                    "" => Ok(ExpectedNewest::NoRelease),
+                    id => release_id("expected_newest_release", id).map(ExpectedNewest::Release),
+                })
+                .transpose()?,
             ..ReleaseRequest::keep()
         };
         let release = self.release_once(claim, &app, &request, &actor).await?;

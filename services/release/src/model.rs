@@ -196,6 +196,18 @@ pub struct ReleaseRequest {
     pub parent: Option<ReleaseId>,
     /// Copy this release (a rollback): its build, manifest and env.
     pub copy_of: Option<ReleaseId>,
+    /// Apply only if the app's newest release is this (compare-and-set).
+    pub expected_newest: Option<ExpectedNewest>,
+}
+
+/// What an editor saw as the app's newest release: the change applies only
+/// if that is still so (checked in `plan`, under the app row's lock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExpectedNewest {
+    /// The app had no release.
+    NoRelease,
+    /// This release was the newest.
+    Release(ReleaseId),
 }
 
 impl ReleaseRequest {
@@ -209,8 +221,39 @@ impl ReleaseRequest {
             description: None,
             parent: None,
             copy_of: None,
+            expected_newest: None,
         }
     }
+}
+
+/// Refuses a change whose editor saw another newest release than `base`
+/// (the newest, since the request names no parent), naming the newer one.
+fn check_newest(
+    base: Option<&Release>,
+    expected: &ExpectedNewest,
+    request: &ReleaseRequest,
+) -> Result<(), Error> {
+    if request.parent.is_some() || request.copy_of.is_some() {
+        return Err(Error::InvalidArgument(
+            "expected_newest_release cannot be combined with parent_release".into(),
+        ));
+    }
+    let seen = match expected {
+        ExpectedNewest::NoRelease => None,
+        ExpectedNewest::Release(id) => Some(id),
+    };
+    if base.map(|b| &b.id) == seen {
+        return Ok(());
+    }
+    let expected = seen.map_or("no release", ReleaseId::as_str);
+    Err(Error::FailedPrecondition(match base {
+        Some(newest) => format!(
+            "the app's newest release is {} (by {}), not {expected}: the environment changed \
+             since it was read; nothing was changed",
+            newest.id, newest.actor
+        ),
+        None => format!("the app has no release, not {expected}; nothing was changed"),
+    }))
 }
 
 /// What the fork logic needs to know about an earlier release of a build.
@@ -327,6 +370,9 @@ pub fn plan(
     request: &ReleaseRequest,
     build_info: Option<BuildInfo>,
 ) -> Result<Draft, Error> {
+    if let Some(expected) = &request.expected_newest {
+        check_newest(base, expected, request)?;
+    }
     let forked_env = base.map(|b| b.env.clone()).unwrap_or_default();
     let mut draft = Draft {
         build: base.and_then(|b| b.build.clone()),
@@ -620,6 +666,41 @@ mod tests {
         };
         let err = plan(None, None, &request, None).unwrap_err().to_string();
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn an_expected_newest_release_is_compare_and_set() {
+        let newest = release("RBBBBBBBBBB", None, "A=2", "");
+        let seen = |id: &str| ExpectedNewest::Release(ReleaseId::parse(id).unwrap());
+        let mut request = ReleaseRequest {
+            env: EnvInput::Change {
+                set: [("A".to_owned(), "3".to_owned())].into(),
+                unset: vec![],
+            },
+            expected_newest: Some(seen("RBBBBBBBBBB")),
+            ..ReleaseRequest::keep()
+        };
+        assert!(plan(Some(&newest), None, &request, None).is_ok());
+        // Someone else's release came first: refused, naming it.
+        request.expected_newest = Some(seen("RAAAAAAAAAA"));
+        let err = plan(Some(&newest), None, &request, None).unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
+        assert!(err.to_string().contains("RBBBBBBBBBB"), "{err}");
+        assert!(err.to_string().contains("not RAAAAAAAAAA"), "{err}");
+        assert!(!err.to_string().contains('3'), "no value: {err}");
+        // "No release yet" holds only while there is none.
+        request.expected_newest = Some(ExpectedNewest::NoRelease);
+        assert!(plan(None, None, &request, None).is_ok());
+        assert!(matches!(
+            plan(Some(&newest), None, &request, None),
+            Err(Error::FailedPrecondition(_))
+        ));
+        // With a parent the base is not the newest: refused as malformed.
+        request.parent = Some(newest.id.clone());
+        assert!(matches!(
+            plan(Some(&newest), None, &request, None),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]

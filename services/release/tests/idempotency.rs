@@ -29,6 +29,7 @@ fn env_change(app: &str, key: &str, value: &str) -> pb::ChangeEnvRequest {
         set: [(key.to_owned(), value.to_owned())].into(),
         unset: vec![],
         parent_release: None,
+        expected_newest_release: None,
     }
 }
 

@@ -13,7 +13,89 @@ slipway_storage::both_backends!(
     releases_fork_from_the_newest_release,
     a_build_without_manifest_reuses_its_earlier_release,
     two_replicas_interleaving_lose_nothing,
+    an_expected_newest_release_is_a_compare_and_set,
 );
+
+fn guarded(app: &str, key: &str, expected: &str) -> pb::ChangeEnvRequest {
+    pb::ChangeEnvRequest {
+        app: app.into(),
+        set: [(key.to_owned(), "secret-value".to_owned())].into(),
+        unset: vec![],
+        parent_release: None,
+        expected_newest_release: Some(expected.into()),
+    }
+}
+
+async fn an_expected_newest_release_is_a_compare_and_set(backend: Backend) {
+    let a = TestApp::spawn(backend).await;
+    let b = a.replica().await;
+    a.create_app("guarded").await;
+    let mut client = a.client.clone();
+    // No release yet: "" is what the editor saw.
+    let first = client
+        .change_env(guarded("guarded", "K0", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .release
+        .unwrap();
+    a.env_set("guarded", &[("K1", "1")]).await.unwrap();
+    // b writes behind a's back: a's remembered head is stale, and the
+    // comparison must still see b's release as the newest.
+    let seen = b.env_set("guarded", &[("K2", "2")]).await.unwrap();
+    let ok = client
+        .change_env(guarded("guarded", "K3", &seen.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .release
+        .unwrap();
+    assert_eq!(ok.parent, seen.id);
+    assert_eq!(env_text(&ok).lines().count(), 4);
+
+    // An editor that saw an older release is refused, naming the newer.
+    for stale in [first.id.as_str(), seen.id.as_str(), ""] {
+        let refused = client
+            .change_env(guarded("guarded", "LATE", stale))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "{refused:?}"
+        );
+        assert!(refused.message().contains(&ok.id), "{}", refused.message());
+        assert!(!refused.message().contains("secret-value"));
+    }
+    assert_eq!(a.releases("guarded", 100).await.len(), 4, "nothing created");
+
+    // Racing editors that all saw the same newest release: exactly one wins.
+    let racers = futures::future::join_all((0..12).map(|i| {
+        let (t, id) = (if i % 2 == 0 { &a } else { &b }, ok.id.clone());
+        async move {
+            t.client
+                .clone()
+                .change_env(guarded("guarded", &format!("R{i}"), &id))
+                .await
+        }
+    }))
+    .await;
+    let won = racers.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "{racers:?}");
+    assert!(
+        racers
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| e.code() == tonic::Code::FailedPrecondition)
+    );
+    assert_eq!(a.releases("guarded", 100).await.len(), 5);
+    // A malformed expectation is refused as such.
+    let bad = client
+        .change_env(guarded("guarded", "X", "nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+}
 
 async fn two_replicas_interleaving_lose_nothing(backend: Backend) {
     let a = TestApp::spawn(backend).await;
@@ -182,6 +264,7 @@ async fn releases_fork_from_the_newest_release(backend: Backend) {
             set: [("OTHER".to_owned(), "2".to_owned())].into(),
             unset: vec![],
             parent_release: Some(first.id.clone()),
+            expected_newest_release: None,
         })
         .await
         .unwrap()

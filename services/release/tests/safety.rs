@@ -286,6 +286,7 @@ async fn the_audit_log_names_the_actor_but_no_values(backend: Backend) {
         set: [("TOKEN".to_owned(), "tok-123456".to_owned())].into(),
         unset: vec![],
         parent_release: None,
+        expected_newest_release: None,
     });
     request
         .metadata_mut()
