@@ -241,29 +241,11 @@ pub(crate) async fn change(
         Ok(edit) => edit,
         Err(errors) => return refuse(errors, StatusCode::BAD_REQUEST).await,
     };
+    // The release the page showed: the change applies only if it is still
+    // the newest, checked by the release service in the same transaction
+    // as the change (a compare-and-set), so an edit made elsewhere since
+    // the page was rendered is never merged into or overwritten.
     let parent = posted.field("parent").unwrap_or_default().to_owned();
-    // Refuse an edit of an environment that has moved on since the page
-    // was rendered: the person must see the new one first.
-    let newest = match console.release_of(&app, "").await {
-        Ok(r) => Some(r),
-        Err(PageError::Upstream(s)) if s.code() == tonic::Code::NotFound => None,
-        Err(e) => return e.into_response(),
-    };
-    let newest_id = newest.as_ref().map(|r| r.id.clone()).unwrap_or_default();
-    if newest_id != parent {
-        let by = newest
-            .as_ref()
-            .map(|r| format!(" ({} by {})", r.id, r.actor))
-            .unwrap_or_default();
-        return refuse(
-            vec![format!(
-                "The environment changed since you opened this page{by}. Nothing was saved: \
-                 review it below and make your change again."
-            )],
-            StatusCode::CONFLICT,
-        )
-        .await;
-    }
     let actor = posted.session.actor.clone();
     let keys: Vec<&String> = edit.set.keys().chain(edit.unset.iter()).collect();
     tracing::info!(target: "slipway_console::audit", action = "env.change", %actor, %app, keys = ?keys, apply, "console env change");
@@ -274,10 +256,8 @@ pub(crate) async fn change(
                 app: app.clone(),
                 set: edit.set.into_iter().collect(),
                 unset: edit.unset.into_iter().collect(),
-                // Empty: the delta applies to the newest release atomically,
-                // so a change slipping in between the check above and this
-                // call is merged by key, never lost.
                 parent_release: None,
+                expected_newest_release: Some(parent),
             },
             &actor,
         ))
@@ -288,6 +268,18 @@ pub(crate) async fn change(
             return refuse(
                 vec!["No release was created.".into()],
                 StatusCode::BAD_GATEWAY,
+            )
+            .await;
+        }
+        // The newest release is no longer the one the page showed.
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            return refuse(
+                vec![format!(
+                    "The environment changed since you opened this page: {}. Nothing was \
+                     saved: review it below and make your change again.",
+                    status.message()
+                )],
+                StatusCode::CONFLICT,
             )
             .await;
         }
