@@ -173,7 +173,7 @@ async fn confirm_page(
             }
         ),
         button,
-        read_only: console.inner.read_only,
+        read_only: !console.may_change(session, app_name),
     })
 }
 
@@ -195,7 +195,7 @@ pub(crate) async fn act(
     Path((app, id, action)): Path<(String, String, String)>,
     posted: Posted,
 ) -> Response {
-    if console.inner.read_only {
+    if !console.may_change(&posted.session, &app) {
         return Forbidden::ReadOnly.into_response();
     }
     let kind = match kind(&action) {
@@ -275,7 +275,7 @@ pub(crate) async fn confirm_cancel(
         chrome: Chrome::new(format!("Cancel the deployment of {app}?"), &viewer.session),
         open: found.open_promotion,
         error: None,
-        read_only: console.inner.read_only,
+        read_only: !console.may_change(&viewer.session, &app),
         app,
     };
     Ok(views::html(&page, StatusCode::OK))
@@ -287,7 +287,7 @@ pub(crate) async fn cancel(
     Path(app): Path<String>,
     posted: Posted,
 ) -> Response {
-    if console.inner.read_only {
+    if !console.may_change(&posted.session, &app) {
         return Forbidden::ReadOnly.into_response();
     }
     let result = console
@@ -312,7 +312,7 @@ pub(crate) async fn cancel(
                 chrome: Chrome::new(format!("Cancel the deployment of {app}?"), &posted.session),
                 open,
                 error: Some(message),
-                read_only: console.inner.read_only,
+                read_only: !console.may_change(&posted.session, &app),
                 app,
             };
             views::html(&page, code)

@@ -53,7 +53,11 @@ pub(crate) async fn list(
         .list_apps(rpb::ListAppsRequest {})
         .await?
         .into_inner()
-        .apps;
+        .apps
+        .into_iter()
+        // A token session sees the apps of its scope.
+        .filter(|a| console.may_see(&viewer.session, &a.name))
+        .collect::<Vec<_>>();
     let now = Utc::now();
     let lasts = futures::future::join_all(apps.iter().map(|app| {
         let mut client = console.release();
@@ -203,7 +207,7 @@ pub(crate) async fn show(
         next_page: Some(page.next_page_token)
             .filter(|t| !t.is_empty())
             .map(|t| format!("/console/apps/{name}?page={}", auth::encode(&t))),
-        read_only: console.inner.read_only,
+        read_only: !console.may_change(&viewer.session, &name),
         app: name,
     };
     Ok(views::html(&page, StatusCode::OK))

@@ -37,7 +37,10 @@ impl FromRequestParts<Console> for Viewer {
 
     async fn from_request_parts(parts: &mut Parts, console: &Console) -> Result<Self, Response> {
         match console.session(&parts.headers).await {
-            Ok(Some((_, session))) => Ok(Self { session }),
+            Ok(Some((_, session))) => {
+                out_of_scope(console, &session, parts.uri.path())?;
+                Ok(Self { session })
+            }
             Ok(None) => {
                 let here = parts
                     .uri
@@ -81,6 +84,7 @@ impl FromRequest<Console> for Posted {
             Some(found) => found,
             None => return Err(Forbidden::NoSession.into_response()),
         };
+        out_of_scope(console, &session, request.uri().path())?;
         // Not a form (or not one we can read): it carries no token either.
         let fields = axum::Form::<Vec<(String, String)>>::from_request(request, console)
             .await
@@ -97,9 +101,25 @@ impl FromRequest<Console> for Posted {
     }
 }
 
+/// Refuses a page or form of an app a token session's scope leaves out.
+fn out_of_scope(console: &Console, session: &Session, path: &str) -> Result<(), Response> {
+    let app = path
+        .strip_prefix("/console/apps/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|app| !app.is_empty());
+    match app {
+        Some(app) if !console.may_see(session, app) => Err(views::error_page(
+            StatusCode::FORBIDDEN,
+            &format!("{} may not see {app}", session.actor),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Console {
     /// The valid session a request's cookie names, kept alive; `None` when
-    /// there is none (or it expired, or the password changed since).
+    /// there is none (or it expired, or the password changed since, or its
+    /// token was revoked or expired).
     async fn session(
         &self,
         headers: &HeaderMap,
@@ -115,7 +135,10 @@ impl Console {
         };
         let now = Utc::now();
         let password = session::password_fingerprint(inner.password.as_ref().map(|p| p.expose()));
-        if session.password != password || !inner.lifetimes.valid(&session, now) {
+        if session.password != password
+            || !inner.lifetimes.valid(&session, now)
+            || !self.token_usable(&session)
+        {
             inner.sessions.remove(&key).await.map_err(store_failed)?;
             return Ok(None);
         }
@@ -251,7 +274,20 @@ pub(crate) async fn login(State(console): State<Console>, request: Request) -> R
         Some(expected) => security::token_matches(Some(given), expected.expose()),
         None => true,
     };
-    if !right {
+    // A scoped token logs in with its role, under its own name.
+    let token = if right {
+        None
+    } else {
+        console.inner.tokens.as_ref().and_then(|t| t.login(given))
+    };
+    let (actor, grant) = match token {
+        Some((id, name, grant)) => (
+            format!("token:{name}"),
+            Some(crate::access::SessionGrant::new(id, &grant)),
+        ),
+        None => (actor, None),
+    };
+    if !right && grant.is_none() {
         console.login_failed(peer);
         tracing::info!(target: "slipway_console::audit", action = "login.failed", %actor, peer = ?peer, "console login refused");
         return login_form(
@@ -278,6 +314,7 @@ pub(crate) async fn login(State(console): State<Console>, request: Request) -> R
         password: session::password_fingerprint(
             console.inner.password.as_ref().map(|p| p.expose()),
         ),
+        grant,
     };
     let id = session::random_token();
     let ttl = console.inner.lifetimes.ttl(&session, now);
@@ -290,6 +327,7 @@ pub(crate) async fn login(State(console): State<Console>, request: Request) -> R
         return store_failed(e);
     }
     tracing::info!(target: "slipway_console::audit", action = "login", %actor, "console login");
+    console.audit(&actor, "console.login", "", "");
     let mut response = Redirect::to(&next).into_response();
     let h = response.headers_mut();
     h.append(

@@ -64,6 +64,10 @@ pub(crate) async fn page(
     Query(reveal): Query<Reveal>,
     viewer: Viewer,
 ) -> Result<Response, PageError> {
+    if let Some(key) = reveal.reveal.as_deref() {
+        // Who looked at which values (never the values) is on the trail.
+        console.audit(&viewer.session.actor, "env.reveal", &app, key);
+    }
     let page = env_page(
         &console,
         &viewer.session,
@@ -137,7 +141,7 @@ async fn env_page(
         new_rows: (0..NEW_ROWS).collect(),
         errors,
         notice,
-        read_only: console.inner.read_only,
+        read_only: !console.may_change(session, app_name),
         all_revealed: all,
     })
 }
@@ -212,7 +216,7 @@ pub(crate) async fn change(
     Path(app): Path<String>,
     posted: Posted,
 ) -> Response {
-    if console.inner.read_only {
+    if !console.may_change(&posted.session, &app) {
         return Forbidden::ReadOnly.into_response();
     }
     let refuse = |errors: Vec<String>, status: StatusCode| {

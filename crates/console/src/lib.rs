@@ -9,6 +9,7 @@
 //! action is a plain form, so the console works without JavaScript. The
 //! design is `shared/CONSOLE.md`; decisions are in DEVELOPING.md.
 
+mod access;
 mod actions;
 mod app_logs;
 mod apps;
@@ -32,11 +33,13 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::routing::{get, post};
 use slipway_api::build::v1::build_service_client::BuildServiceClient;
+use slipway_api::release::v1::audit_service_client::AuditServiceClient;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_api::rollout::v1::rollout_service_client::RolloutServiceClient;
 use slipway_domain::Secret;
 use slipway_rpc::Channel;
 
+pub use access::{SessionGrant, TokenLogin};
 pub use live::MAX_STREAMS_PER_SESSION;
 pub use session::{Lifetimes, MemoryStore, RedisStore, Session, SessionStore};
 
@@ -64,6 +67,11 @@ pub struct Options {
     pub sessions: Arc<dyn SessionStore>,
     /// No action buttons, and every POST but login and logout refused.
     pub read_only: bool,
+    /// Scoped tokens, which log in with their role (see access.rs);
+    /// `None`: only the rack password logs in.
+    pub tokens: Option<Arc<dyn TokenLogin>>,
+    /// Where logins and reveals are recorded (the audit trail).
+    pub audit: Option<AuditServiceClient<Channel>>,
 }
 
 /// The console's shared state.
@@ -81,6 +89,8 @@ struct Inner {
     lifetimes: Lifetimes,
     sessions: Arc<dyn SessionStore>,
     read_only: bool,
+    tokens: Option<Arc<dyn TokenLogin>>,
+    audit: Option<AuditServiceClient<Channel>>,
     /// Failed logins per source address: count and time of the last one.
     failures: Mutex<HashMap<IpAddr, (u32, tokio::time::Instant)>>,
     /// Open live streams per session.
@@ -102,6 +112,8 @@ impl Console {
                 lifetimes: options.lifetimes,
                 sessions: options.sessions,
                 read_only: options.read_only,
+                tokens: options.tokens,
+                audit: options.audit,
                 failures: Mutex::default(),
                 streams: live::Streams::default(),
             }),

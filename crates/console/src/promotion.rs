@@ -111,7 +111,7 @@ pub(crate) async fn page(
         log,
         last_event,
         live,
-        read_only: console.inner.read_only,
+        read_only: !console.may_change(&viewer.session, &app),
         app,
         id,
     };
@@ -189,7 +189,7 @@ pub(crate) async fn stream(
     Path((app, id)): Path<(String, String)>,
     Query(query): Query<After>,
     headers: HeaderMap,
-    _viewer: Viewer,
+    viewer: Viewer,
 ) -> Result<Response, PageError> {
     let promotion = console.promotion_of(&app, &id).await?;
     let slot = match console.stream_slot(&headers) {
@@ -202,7 +202,10 @@ pub(crate) async fn stream(
         .map(str::to_owned)
         .or(query.after)
         .unwrap_or_default();
-    Ok(crate::live::sse(events(console, promotion, after), slot))
+    // A token session's stream ends once its token is revoked or expires.
+    let ended = console.clone().session_ended(viewer.session);
+    let events = futures::StreamExt::take_until(events(console, promotion, after), ended);
+    Ok(crate::live::sse(events, slot))
 }
 
 /// Wait before a browser reconnects when the rollout cannot be watched yet

@@ -271,6 +271,9 @@ fn console(state: &AppState, config: &Config) -> slipway_console::Console {
         lifetimes: slipway_console::Lifetimes::default(),
         sessions: state.console_sessions.clone(),
         read_only: config.console_read_only,
+        // Tokens log in to the console with their role (tokens.rs).
+        tokens: Some(state.tokens.clone()),
+        audit: Some(state.audit.clone()),
     })
 }
 

@@ -61,7 +61,7 @@ impl TokenGrant {
 struct Table {
     mac: HmacSha256,
     by_hash: HashMap<[u8; 32], Arc<TokenGrant>>,
-    ids: HashSet<i64>,
+    by_id: HashMap<i64, Arc<TokenGrant>>,
     loaded: Instant,
 }
 
@@ -129,7 +129,7 @@ impl Tokens {
             .map_err(|_| "the token table's key is not base64")?;
         let mac = HmacSha256::new_from_slice(&key).expect("HMAC takes keys of any length");
         let mut by_hash = HashMap::with_capacity(answer.tokens.len());
-        let mut ids = HashSet::with_capacity(answer.tokens.len());
+        let mut by_id = HashMap::with_capacity(answer.tokens.len());
         for entry in answer.tokens {
             let Ok(hash) = <[u8; 32]>::try_from(entry.hash.as_slice()) else {
                 tracing::warn!(token = %entry.name, "skipping a token whose hash is not 32 bytes");
@@ -157,16 +157,14 @@ impl Tokens {
                 SystemTime::UNIX_EPOCH
                     + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32)
             });
-            ids.insert(entry.id);
-            by_hash.insert(
-                hash,
-                Arc::new(TokenGrant {
-                    id: entry.id,
-                    name: entry.name,
-                    grant: Grant { role, apps },
-                    expires,
-                }),
-            );
+            let grant = Arc::new(TokenGrant {
+                id: entry.id,
+                name: entry.name,
+                grant: Grant { role, apps },
+                expires,
+            });
+            by_id.insert(grant.id, grant.clone());
+            by_hash.insert(hash, grant);
         }
         *self
             .table
@@ -174,7 +172,7 @@ impl Tokens {
             .expect("the table lock is never poisoned") = Some(Table {
             mac,
             by_hash,
-            ids,
+            by_id,
             loaded: Instant::now(),
         });
         Ok(())
@@ -209,11 +207,17 @@ impl Tokens {
     /// Whether the token `grant` was checked as is still usable (not
     /// revoked, not expired, table fresh).
     pub fn still_usable(&self, grant: &TokenGrant) -> bool {
+        self.usable_id(grant.id)
+    }
+
+    /// Whether the token with table id `id` is usable now.
+    fn usable_id(&self, id: i64) -> bool {
         let guard = self.table.read().expect("the table lock is never poisoned");
         match &*guard {
-            Some(t) if t.loaded.elapsed() <= MAX_STALE => {
-                t.ids.contains(&grant.id) && grant.usable_at(SystemTime::now())
-            }
+            Some(t) if t.loaded.elapsed() <= MAX_STALE => t
+                .by_id
+                .get(&id)
+                .is_some_and(|g| g.usable_at(SystemTime::now())),
             _ => false,
         }
     }
@@ -237,6 +241,22 @@ impl Tokens {
             .expect("the use lock is never poisoned")
             .drain()
             .collect()
+    }
+}
+
+/// Console logins with a token (the console keeps the grant in its
+/// session and asks whether the token is still usable on every request).
+impl slipway_console::TokenLogin for Tokens {
+    fn login(&self, value: &str) -> Option<(i64, String, Grant)> {
+        if !value.starts_with(TOKEN_PREFIX) {
+            return None;
+        }
+        let token = self.check(value).ok()?;
+        Some((token.id, token.name.clone(), token.grant.clone()))
+    }
+
+    fn usable(&self, id: i64) -> bool {
+        self.usable_id(id)
     }
 }
 

@@ -9,6 +9,7 @@ mod http;
 mod replicas;
 mod rules;
 mod streams;
+mod tokens;
 
 use std::sync::{Arc, Mutex, OnceLock};
 

@@ -35,6 +35,10 @@ pub struct Session {
     pub last_seen: DateTime<Utc>,
     /// [`password_fingerprint`] of the password it was opened with.
     pub password: String,
+    /// The token's role and apps, when a token opened it (`None`: the
+    /// rack password, admin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<crate::access::SessionGrant>,
 }
 
 /// The store's key for a session id: its SHA-256, hex.
@@ -205,6 +209,7 @@ pub(crate) async fn conformance(store: &dyn SessionStore) {
         created: now,
         last_seen: now,
         password: password_fingerprint(Some("pw")),
+        grant: None,
     };
     let key = SessionKey::of(&random_token());
     assert_eq!(store.get(&key).await.unwrap(), None, "absent");
@@ -261,6 +266,7 @@ mod tests {
             created: now,
             last_seen: now,
             password: password_fingerprint(Some("pw")),
+            grant: None,
         }
     }
 
