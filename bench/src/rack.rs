@@ -42,6 +42,7 @@ impl BenchRack {
             quickstart: false,
             quickstart_app: PathBuf::new(),
             stop_apps: false,
+            webhook_allow_private: false,
             apps: Default::default(),
         };
         let rack = slipway_rack::Rack::start(&config).await?;

@@ -50,6 +50,7 @@ impl TestRack {
             quickstart: false,
             quickstart_app: PathBuf::new(),
             stop_apps: false,
+            webhook_allow_private: false,
             apps: Default::default(),
         };
         let rack = Rack::start(&config).await.expect("rack starts");

@@ -253,3 +253,109 @@ fn rand_key() -> [u8; 32] {
     }
     key
 }
+
+/// `slipway webhooks …` against the embedded rack (which refuses
+/// non-public receivers, as a rack does unless `--webhook-allow-private`):
+/// add (the first prints its signing key once, on stdout alone), list with
+/// secrets hidden, refusals of other schemes and of loopback literals, a
+/// build's `build:create` relayed from the build service's outbox into a
+/// delivery whose attempts are refused at connection time (the name
+/// resolves to loopback) and shown by `webhooks deliveries`, keys, remove.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_manages_webhooks_and_the_rack_refuses_loopback_receivers() {
+    let rack = slipway_e2e::TestRack::start().await;
+    let cwd = tempfile::tempdir().unwrap();
+    let dir = cwd.path();
+    let (addr, got) = receiver(Mode::Ok).await;
+    rack.slipway_ok(dir, &["apps", "create", "myapp"]).await;
+
+    let url = format!(
+        "http://bot:hunter2-canary@localhost:{}/hook?k=canary",
+        addr.port()
+    );
+    let added = rack
+        .slipway(dir, &["webhooks", "add", &url, "-a", "myapp"])
+        .await;
+    let stdout = slipway_e2e::ok_stdout(&added, "webhooks add");
+    let stderr = String::from_utf8_lossy(&added.stderr);
+    assert!(stdout.starts_with("Adding webhook... OK, W"), "{stdout}");
+    let key = stdout.lines().nth(1).expect("the key on its own line");
+    assert!(key.starts_with("slwhk_"), "{stdout}");
+    assert!(stderr.contains("shown only this once"), "{stderr}");
+    let webhook = stdout
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let list = rack.slipway_ok(dir, &["webhooks"]).await;
+    assert!(list.contains(&webhook) && list.contains("myapp"), "{list}");
+    assert!(!list.contains("canary") && list.contains("***"), "{list}");
+
+    for (bad, needle) in [
+        ("ftp://example.com/x".to_owned(), "http:// or https://"),
+        (format!("http://127.0.0.1:{}/", addr.port()), "not public"),
+    ] {
+        let out = rack.slipway(dir, &["webhooks", "add", &bad]).await;
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{bad}: {err}");
+    }
+
+    // A build: its start goes through the build service's outbox to the
+    // release service, which writes the delivery.
+    let source = slipway_e2e::example("myapp");
+    rack.slipway_ok(
+        dir,
+        &["build", source.to_str().unwrap(), "-a", "myapp", "--id"],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let shown = loop {
+        let shown = rack.slipway_ok(dir, &["webhooks", "deliveries"]).await;
+        let refused = |action: &str| {
+            shown
+                .lines()
+                .any(|l| l.contains(action) && l.contains("pending") && l.contains("not public"))
+        };
+        if refused("build:create") && refused("release:create") {
+            break shown;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refused build:create delivery: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!shown.contains("canary"), "{shown}");
+    assert!(
+        got.deliveries.lock().unwrap().is_empty(),
+        "nothing reached loopback"
+    );
+
+    let keys = rack.slipway_ok(dir, &["webhooks", "keys"]).await;
+    assert_eq!(keys.lines().count(), 2, "{keys}");
+    assert!(!keys.contains(key), "{keys}");
+    let second = rack.slipway_ok(dir, &["webhooks", "keys", "add"]).await;
+    assert!(second.trim().starts_with("slwhk_") && second.trim() != key);
+    assert_eq!(
+        rack.slipway_ok(dir, &["webhooks", "keys"])
+            .await
+            .lines()
+            .count(),
+        3
+    );
+
+    let removed = rack
+        .slipway_ok(dir, &["webhooks", "remove", &webhook])
+        .await;
+    assert_eq!(removed.trim(), format!("Removing webhook {webhook}... OK"));
+    let list = rack.slipway_ok(dir, &["webhooks"]).await;
+    assert!(!list.contains(&webhook), "{list}");
+    let after = rack.slipway_ok(dir, &["webhooks", "deliveries"]).await;
+    assert!(!after.contains("pending"), "removal cancels: {after}");
+    assert!(after.contains("cancelled"), "{after}");
+}

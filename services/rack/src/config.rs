@@ -117,6 +117,12 @@ pub struct Config {
     /// always stops the app it deployed.
     #[arg(long, env = "SLIPWAY_STOP_APPS")]
     pub stop_apps: bool,
+
+    /// Deliver webhooks to loopback, private and link-local addresses too
+    /// (receivers on this machine or its network). Off by default: a
+    /// webhook URL must not reach the rack's own network (SSRF).
+    #[arg(long, env = "SLIPWAY_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
 }
 
 impl Config {
@@ -178,6 +184,7 @@ mod tests {
             quickstart_app: PathBuf::new(),
             stop_apps: false,
             apps: Default::default(),
+            webhook_allow_private: false,
         }
     }
 

@@ -98,6 +98,8 @@ impl Rack {
         release.security = security.clone();
         release.rollout_endpoints = vec![url(rollout_addr)];
         release.default_deadline = config.default_deadline;
+        release.webhooks.rack_name = config.name.clone();
+        release.webhooks.webhook_allow_private = config.webhook_allow_private;
 
         let mut build = slipway_build::Config::dev(data.join("build"));
         build.security = security.clone();

@@ -24,6 +24,7 @@ fn config(dir: &std::path::Path) -> Config {
         quickstart: false,
         quickstart_app: PathBuf::new(),
         stop_apps: false,
+        webhook_allow_private: false,
         apps: Default::default(),
     }
 }
