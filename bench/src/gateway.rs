@@ -9,6 +9,11 @@
 //!
 //! Goal (issue 5): ≤ 1 ms added at p50, ≤ 2 ms at p99.
 //!
+//! Then the cost of a scoped token (issue 16): the same `releases list`
+//! with a deploy token as the Basic password beside the rack password, in
+//! alternating batches (goal: ≤ 0.1 ms added at p50), and the token check
+//! itself (`Tokens::check`: one HMAC-SHA256 and a hash lookup) in-process.
+//!
 //! Then the throughput a normal client gets (`releases list`, closed loop)
 //! while idle and slowloris connections are open, beside the same client
 //! without them, in alternating rounds (issue 11: ≥ 90%).
@@ -50,6 +55,9 @@ pub(crate) struct Args {
     /// Concurrent normal clients.
     #[arg(long, default_value = "4")]
     clients: usize,
+    /// Calls per credential in the token-versus-password comparison.
+    #[arg(long, default_value = "3000")]
+    token_calls: usize,
 }
 
 const APP: &str = "bench-gateway";
@@ -159,7 +167,97 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
             "goal_met": a50 <= 1.0 && a99 <= 2.0,
         })
     );
+    tokens(args, rack, &http).await?;
     under_attack(args, rack).await
+}
+
+/// `releases list` with a deploy token beside the rack password, and the
+/// token check alone.
+async fn tokens(
+    args: &Args,
+    rack: &BenchRack,
+    password: &slipway_client::Client,
+) -> anyhow::Result<()> {
+    let created = password
+        .token_create(&slipway_client::NewToken {
+            name: "bench".into(),
+            role: "deploy".into(),
+            apps: vec![APP.into()],
+            expires: None,
+        })
+        .await?;
+    // http://convox:PASSWORD@host → http://convox:TOKEN@host
+    let (before, host) = rack.url.split_once('@').expect("a URL with credentials");
+    let (user, _) = before.rsplit_once(':').expect("a URL with a password");
+    let with_token = slipway_client::Client::new(&format!("{user}:{}@{host}", created.value))?;
+    anyhow::ensure!(
+        with_token.releases(APP, None).await?.len() == 10,
+        "the token is refused"
+    );
+    let (mut by_token, mut by_password) = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        with_token.releases(APP, None).await?;
+        password.releases(APP, None).await?;
+    }
+    let mut calls = 0;
+    while calls < args.token_calls {
+        let n = args.batch.min(args.token_calls - calls);
+        for (client, samples) in [(&with_token, &mut by_token), (password, &mut by_password)] {
+            for _ in 0..n {
+                let started = Instant::now();
+                let releases = client.releases(APP, None).await?;
+                samples.push(started.elapsed());
+                anyhow::ensure!(releases.len() == 10, "short page");
+            }
+        }
+        calls += n;
+    }
+    let p = |s: &mut Vec<Duration>, q| percentile_ms(s, q);
+    let (t50, t99) = (p(&mut by_token, 50.0), p(&mut by_token, 99.0));
+    let (w50, w99) = (p(&mut by_password, 50.0), p(&mut by_password, 99.0));
+
+    // The check alone, on a table loaded from this rack.
+    let table = slipway_gateway::tokens::Tokens::new();
+    let mut client = slipway_api::release::v1::token_service_client::TokenServiceClient::new(
+        rack.channel("release", 0)?,
+    );
+    table.refresh(&mut client).await;
+    let mut checks = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let started = Instant::now();
+        for _ in 0..100 {
+            anyhow::ensure!(table.check(&created.value).is_ok(), "the check failed");
+        }
+        checks.push(started.elapsed() / 100);
+    }
+    let c50 = percentile_ms(&mut checks, 50.0) * 1000.0;
+    let c99 = percentile_ms(&mut checks, 99.0) * 1000.0;
+    println!(
+        "{:<10} {:>14} {:>14} {:>10} {:>8} {:>5}",
+        "token", "token (ms)", "password (ms)", "added", "goal", "met"
+    );
+    println!(
+        "{:<10} {t50:>14.3} {w50:>14.3} {:>10.3} {:>8} {:>5}",
+        "p50",
+        t50 - w50,
+        "0.1",
+        if t50 - w50 <= 0.1 { "yes" } else { "NO" }
+    );
+    println!("{:<10} {t99:>14.3} {w99:>14.3} {:>10.3}", "p99", t99 - w99);
+    println!("token check alone: p50 {c50:.2} µs, p99 {c99:.2} µs");
+    println!(
+        "{}",
+        json!({
+            "calls_per_credential": args.token_calls,
+            "token_ms": {"p50": t50, "p99": t99},
+            "password_ms": {"p50": w50, "p99": w99},
+            "added_ms": {"p50": t50 - w50, "p99": t99 - w99},
+            "check_us": {"p50": c50, "p99": c99},
+            "goal_added_p50_ms": 0.1,
+            "goal_met": t50 - w50 <= 0.1,
+        })
+    );
+    Ok(())
 }
 
 /// Requests/second of `clients` normal clients without and with the idle
