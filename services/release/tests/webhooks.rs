@@ -484,6 +484,27 @@ async fn deliveries_are_signed_with_every_active_key(backend: Backend) {
     assert_eq!(verifying(&got, &first), 0, "removed key");
     assert_eq!(verifying(&got, &second), 1);
 
+    // The last key stays while a receiver does.
+    let last = s
+        .webhooks
+        .clone()
+        .list_webhook_keys(pb::ListWebhookKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(last.len(), 1);
+    let err = s
+        .webhooks
+        .clone()
+        .delete_webhook_key(pb::DeleteWebhookKeyRequest {
+            id: last[0].id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("last signing key"), "{err:?}");
+
     // At most four keys at once.
     s.add_key().await;
     s.add_key().await;

@@ -355,6 +355,25 @@ impl Store {
     pub async fn delete_webhook_key(&self, id: &str, actor: &str) -> Result<()> {
         retry(|| async {
             let mut tx = self.begin().await?;
+            // Nothing is ever sent unsigned: the last key stays while any
+            // receiver does (rotate by adding a key first).
+            let keys: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM webhook_keys WHERE deleted_at IS NULL")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            let hooks: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM webhooks WHERE deleted_at IS NULL")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            if keys <= 1 && hooks > 0 {
+                return Err(Error::FailedPrecondition(
+                    "this is the last signing key and webhooks exist: add a key first \
+                     (deliveries are never sent unsigned)"
+                        .into(),
+                ));
+            }
             let done = sqlx::query(
                 "UPDATE webhook_keys SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL",
             )
