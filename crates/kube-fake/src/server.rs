@@ -127,6 +127,15 @@ pub(crate) async fn handle(
             "the server could not find the requested resource",
         ));
     };
+    // kubectl writes built-in kinds as protobuf; the fake decodes JSON and
+    // YAML only (reads are JSON whatever the client accepts).
+    if content_type.contains("protobuf") {
+        return error(&ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the fake API server decodes JSON and YAML bodies only",
+        ));
+    }
     let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     let verb = match (&method, target.name.is_some()) {
         (&Method::GET, false) if watch => "watch",

@@ -113,6 +113,12 @@ async fn the_exact_objects_are_applied_server_side() {
         ]
     );
     for p in &patches {
+        // Golden bodies, and each one fits its schema (what apply with
+        // strict field validation would refuse, the fake refuses too).
+        let kind = p.body["kind"].as_str().unwrap();
+        if let Err(e) = slipway_kube_fake::schema::validate(kind, &p.body) {
+            panic!("{kind} body does not fit the schema: {e}");
+        }
         assert_eq!(p.content_type, "application/apply-patch+yaml");
         assert!(
             p.query.contains("fieldManager=slipway") && p.query.contains("force=true"),
@@ -648,6 +654,34 @@ async fn the_fake_keeps_the_real_apis_write_semantics() {
     assert_eq!(after.metadata.generation, Some(2));
     assert_eq!(after.spec.unwrap().replicas, Some(5));
     assert_eq!(after.status.unwrap().replicas, Some(5));
+
+    // A misspelt or mistyped field is refused, naming it, as a real
+    // server's strict field validation does.
+    let mut body = serde_json::to_value(api.get("web").await.unwrap()).unwrap();
+    body["metadata"] = json!({"name": "web", "namespace": "test-shop"});
+    body.as_object_mut().unwrap().remove("status");
+    body["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["periodSecond"] = json!(3);
+    let patch = kube::api::Patch::Apply(&body);
+    let params = kube::api::PatchParams::apply("slipway").force();
+    let kube::Error::Api(status) = api.patch("web", &params, &patch).await.unwrap_err() else {
+        panic!("expected an API error");
+    };
+    assert_eq!(status.code, 400);
+    assert!(
+        status
+            .message
+            .contains("spec.template.spec.containers[0].readinessProbe.periodSecond"),
+        "{}",
+        status.message
+    );
+    body["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] =
+        json!({"httpGet": {"path": "/", "port": 3000}});
+    body["spec"]["replicas"] = json!("two");
+    let patch = kube::api::Patch::Apply(&body);
+    let kube::Error::Api(status) = api.patch("web", &params, &patch).await.unwrap_err() else {
+        panic!("expected an API error");
+    };
+    assert_eq!(status.code, 400, "{}", status.message);
 }
 
 /// Two replicas: A drives the first rollout to its end, B the next. Each

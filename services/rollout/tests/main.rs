@@ -4,6 +4,7 @@
 mod bus;
 mod crash;
 mod helpers;
+mod kubectl;
 mod kubernetes;
 mod logs;
 mod release_phase;
