@@ -113,6 +113,33 @@ async fn the_seed_flow_runs_on_the_scale_setup_across_gateways() {
     }
     let first = release_of(&out);
 
+    // kubectl, reading the fake cluster on its own, sees the same outcome:
+    // the Deployment rolled out, running the release Slipway promoted.
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .args(["--namespace", "scale-myapp", "--request-timeout", "10s"])
+            .args(args)
+            .output()
+            .expect("kubectl must be installed (it is on the development machines)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = kubectl(&["rollout", "status", "deployment/web", "--watch=false"]);
+    assert!(
+        ok && text.contains("successfully rolled out"),
+        "kubectl: {text}"
+    );
+    let (ok, text) = kubectl(&[
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.metadata.labels.release}",
+    ]);
+    assert!(ok && text == first, "kubectl: {text}, Slipway: {first}");
+
     // Gateway B streamed the rollout gateway A started.
     let seen = tokio::time::timeout(Duration::from_secs(30), async {
         let mut seen = Vec::new();

@@ -961,7 +961,11 @@ fn kubelet(store: &mut Store, k: &Key, now: DateTime<Utc>, options: Options) {
             ("Running", running, false, 0, Value::Null)
         }
         t if t.starts_with("slow-") => {
-            let after = t["slow-".len()..].parse::<i64>().unwrap_or(0) * 1000;
+            let n = &t["slow-".len()..];
+            let after = match n.strip_suffix("ms") {
+                Some(ms) => ms.parse::<i64>().unwrap_or(0),
+                None => n.parse::<i64>().unwrap_or(0) * 1000,
+            };
             let ready = since >= after;
             if has_probe {
                 failing_probe(store, Some(after - 1));

@@ -27,7 +27,7 @@
 //!   | --- | --- |
 //!   | `crash` | exits at start, over and over: `CrashLoopBackOff`, `restartCount` growing, `BackOff` events |
 //!   | `unready` | runs, never passes its readiness probe: `Unhealthy` events every probe period |
-//!   | `slow-N` | runs, becomes ready N seconds after it started (probe failures until then) |
+//!   | `slow-N`, `slow-Nms` | runs, becomes ready N seconds (milliseconds) after it was created (probe failures until then) |
 //!   | `pull-error` | cannot be pulled: `ErrImagePull` (manifest not found), then `ImagePullBackOff` |
 //!   | `unschedulable` | stays `Pending`: `PodScheduled=False/Unschedulable`, `FailedScheduling` events |
 //!   | `forbidden` | is never created: the ReplicaSet reports `FailedCreate` (quota), the Deployment `ReplicaFailure` |

@@ -207,7 +207,10 @@ impl Store {
         self.uid += 1;
         let meta = &mut object["metadata"];
         meta["uid"] = json!(format!("00000000-0000-4000-8000-{:012}", self.uid));
-        meta["creationTimestamp"] = json!(now());
+        // Milliseconds, so that pods can be timed finer than a second
+        // (`slow-250ms`); RFC 3339 either way.
+        meta["creationTimestamp"] =
+            json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         if resource == "deployments" {
             meta["generation"] = json!(1);
         }

@@ -117,6 +117,12 @@ pub struct Config {
     /// sharing one Redis different prefixes.
     #[arg(long, env = "SLIPWAY_REDIS_PREFIX", default_value = "rollout")]
     pub redis_prefix: String,
+
+    /// Kubernetes: a Secret of type `kubernetes.io/dockerconfigjson`,
+    /// present in every app namespace, that pods pull their images with
+    /// (a private registry, such as the oci builder's `--registry`).
+    #[arg(long, env = "SLIPWAY_KUBE_IMAGE_PULL_SECRET")]
+    pub kube_image_pull_secret: Option<String>,
 }
 
 /// How the local runtime keeps apps away from the rack and each other
@@ -235,6 +241,7 @@ impl Config {
             kube_in_cluster: false,
             redis_url: None,
             redis_prefix: "rollout".to_owned(),
+            kube_image_pull_secret: None,
         }
     }
 

@@ -112,7 +112,8 @@ pub async fn start_runtime(
                     rack: config.rack.clone(),
                     restart_limit: config.restart_limit,
                 },
-            ))
+            )
+            .with_image_pull_secret(config.kube_image_pull_secret.clone()))
         }
     })
 }
