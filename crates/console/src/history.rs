@@ -113,6 +113,10 @@ struct ActivityRow {
     subject: String,
     link: Option<String>,
     detail: String,
+    /// The client's address (the audit trail's source).
+    source: String,
+    /// `ok`, or `denied` for a refused change.
+    outcome: String,
 }
 
 #[derive(Template)]
@@ -130,30 +134,57 @@ pub(crate) async fn activity(
     viewer: Viewer,
 ) -> Result<Response, PageError> {
     console.app(&app).await?;
-    let events = console
-        .release()
-        .list_audit_events(rpb::ListAuditEventsRequest {
-            app: app.clone(),
-            limit: LIMIT,
-        })
-        .await?
-        .into_inner()
-        .events;
     let now = Utc::now();
-    let mut events: Vec<ActivityRow> = events
-        .into_iter()
-        .map(|e| ActivityRow {
-            when: When::of(e.time.as_ref(), now),
-            link: e
-                .subject
-                .starts_with('P')
-                .then(|| format!("/console/apps/{app}/promotions/{}", e.subject)),
-            actor: e.actor,
-            action: e.action,
-            subject: e.subject,
-            detail: e.detail,
-        })
-        .collect();
+    let link = |subject: &str| {
+        subject
+            .starts_with('P')
+            .then(|| format!("/console/apps/{app}/promotions/{subject}"))
+    };
+    // The audit trail with sources and outcomes, when the console has it.
+    let mut events: Vec<ActivityRow> = match console.inner.audit.clone() {
+        Some(mut audit) => audit
+            .list_audit(rpb::ListAuditRequest {
+                app: app.clone(),
+                since: None,
+                limit: LIMIT,
+            })
+            .await?
+            .into_inner()
+            .records
+            .into_iter()
+            .map(|r| ActivityRow {
+                when: When::of(r.time.as_ref(), now),
+                link: link(&r.target),
+                actor: r.actor,
+                action: r.action,
+                subject: r.target,
+                detail: r.detail,
+                source: r.source,
+                outcome: r.outcome,
+            })
+            .collect(),
+        None => console
+            .release()
+            .list_audit_events(rpb::ListAuditEventsRequest {
+                app: app.clone(),
+                limit: LIMIT,
+            })
+            .await?
+            .into_inner()
+            .events
+            .into_iter()
+            .map(|e| ActivityRow {
+                when: When::of(e.time.as_ref(), now),
+                link: link(&e.subject),
+                actor: e.actor,
+                action: e.action,
+                subject: e.subject,
+                detail: e.detail,
+                source: String::new(),
+                outcome: String::new(),
+            })
+            .collect(),
+    };
     events.sort_by(|a, b| b.when.iso.cmp(&a.when.iso));
     let page = ActivityPage {
         chrome: Chrome::new(format!("Activity of {app}"), &viewer.session),

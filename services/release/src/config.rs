@@ -68,6 +68,12 @@ pub struct Config {
     /// Webhook delivery (`--rack-name`, `--webhook-*`).
     #[command(flatten)]
     pub webhooks: crate::webhooks::WebhookArgs,
+
+    /// Base64-encoded 32-byte key the access tokens' HMACs are made with.
+    /// Default: derived from the env key (every replica sharing it agrees).
+    /// Changing it makes every existing token unusable.
+    #[arg(long, env = "SLIPWAY_TOKEN_KEY")]
+    pub token_key: Option<Secret>,
 }
 
 impl Config {
@@ -85,6 +91,7 @@ impl Config {
             redispatch_every: Duration::from_secs(5),
             dev: true,
             webhooks: Default::default(),
+            token_key: None,
         }
     }
 
@@ -107,6 +114,10 @@ impl Config {
         }
         self.store.validate()?;
         self.webhooks.validate()?;
+        if let Some(key) = &self.token_key {
+            crate::access::TokenKey::from_base64(key.expose())
+                .map_err(|e| format!("--token-key: {e}"))?;
+        }
         Ok(())
     }
 

@@ -115,7 +115,11 @@ pub async fn run(
     // Tokens and the audit trail (see access.rs).
     let access = access::Access::new(
         service.store().clone(),
-        access::TokenKey::new(service.store().derived_token_key()),
+        match &config.token_key {
+            Some(key) => access::TokenKey::from_base64(key.expose())
+                .map_err(|e| anyhow::anyhow!("--token-key: {e}"))?,
+            None => access::TokenKey::new(service.store().derived_token_key()),
+        },
     );
     let routes = routes
         .add_service(TokenServiceServer::new(access.clone()).with_message_limits())
