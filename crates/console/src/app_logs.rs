@@ -4,11 +4,13 @@
 //! server-sent events. Without JavaScript the page has a Refresh button.
 //!
 //! `StreamAppLogs` has no cursor, so a message's `id:` is the event's time
-//! in microseconds and its id (`<micros>.<id>`). A reconnect asks for the
-//! backlog since a moment before that time and skips what the browser
-//! already has: everything older, and at the same microsecond everything up
-//! to the same id. If that id is not among the events of that microsecond
-//! (the log moved on), those are sent: a line twice rather than a gap.
+//! in microseconds and a digest of its line (`<micros>.<digest>`; not the
+//! event's id, which differs between the live bus and the durable log a
+//! backlog reads). A reconnect asks for the backlog since a moment before
+//! that time and skips what the browser already has: everything older, and
+//! at the same microsecond everything up to the same line. If that line is
+//! not among the events of that microsecond (the log moved on), those are
+//! sent: a line twice rather than a gap.
 
 use std::time::Duration;
 
@@ -57,9 +59,13 @@ impl LogQuery {
     }
 }
 
-/// An event's SSE id: `<micros>.<id>`.
+/// An event's SSE id: `<micros>.<digest of its line>`.
 fn cursor(event: &opb::Event) -> String {
-    format!("{}.{}", micros_of(event), event.id)
+    format!("{}.{}", micros_of(event), line_digest(event))
+}
+
+fn line_digest(event: &opb::Event) -> String {
+    live::digest(&[&event.source, &event.message])
 }
 
 fn micros_of(event: &opb::Event) -> i64 {
@@ -132,19 +138,19 @@ pub(crate) async fn page(
     Ok(views::html(&page, StatusCode::OK))
 }
 
-/// Where a resumed tail starts: after the event with this time and id.
+/// Where a resumed tail starts: after the event with this time and line.
 #[derive(Debug, PartialEq, Eq)]
 struct Resume {
     micros: i64,
-    id: String,
+    line: String,
 }
 
 impl Resume {
     fn parse(text: &str) -> Option<Self> {
-        let (micros, id) = text.split_once('.')?;
+        let (micros, line) = text.split_once('.')?;
         Some(Self {
             micros: micros.parse().ok()?,
-            id: id.to_owned(),
+            line: line.to_owned(),
         })
     }
 }
@@ -152,7 +158,7 @@ impl Resume {
 /// Drops the events a resumed browser already has (see the module docs).
 struct Skip {
     resume: Option<Resume>,
-    /// Events at the resume time seen before its id turned up.
+    /// Events at the resume time seen before its line turned up.
     held: Vec<opb::Event>,
 }
 
@@ -174,7 +180,7 @@ impl Skip {
             return Vec::new();
         }
         if at == resume.micros {
-            if event.id == resume.id {
+            if line_digest(&event) == resume.line {
                 // Everything held came before it: the browser has it.
                 self.held.clear();
                 self.resume = None;
@@ -183,7 +189,7 @@ impl Skip {
             }
             return Vec::new();
         }
-        // Past the resume time without meeting its id: send what was held.
+        // Past the resume time without meeting its line: send what was held.
         self.resume = None;
         let mut out = std::mem::take(&mut self.held);
         out.push(event);
@@ -281,6 +287,7 @@ mod tests {
     fn event(micros: i64, id: &str) -> opb::Event {
         opb::Event {
             id: id.to_owned(),
+            message: id.to_owned(),
             time: Some(prost_types::Timestamp {
                 seconds: micros / 1_000_000,
                 nanos: i32::try_from(micros % 1_000_000).unwrap() * 1000,
@@ -293,24 +300,27 @@ mod tests {
         events.into_iter().map(|e| e.id).collect()
     }
 
+    fn at(micros: i64, line: &str) -> Option<Resume> {
+        Resume::parse(&cursor(&event(micros, line)))
+    }
+
     #[test]
-    fn cursors_round_trip() {
+    fn cursors_round_trip_and_ignore_the_events_id() {
         let e = event(1_700_000_000_123_456, "1700000000123-0");
-        assert_eq!(
-            Resume::parse(&cursor(&e)),
-            Some(Resume {
-                micros: 1_700_000_000_123_456,
-                id: "1700000000123-0".into()
-            })
-        );
-        // Durable ids carry a colon; the first dot splits.
-        assert_eq!(Resume::parse("5.P1:3").unwrap().id, "P1:3");
+        let resume = Resume::parse(&cursor(&e)).unwrap();
+        assert_eq!(resume.micros, 1_700_000_000_123_456);
+        // The same line read from the durable log has another id.
+        let durable = opb::Event {
+            id: "P1:3".into(),
+            ..e.clone()
+        };
+        assert_eq!(cursor(&durable), cursor(&e));
         assert_eq!(Resume::parse("nonsense"), None);
     }
 
     #[test]
     fn a_resume_skips_what_was_sent_and_nothing_else() {
-        let mut skip = Skip::new(Resume::parse("20.b"));
+        let mut skip = Skip::new(at(20, "b"));
         let mut out = Vec::new();
         for e in [
             event(10, "x"),
@@ -323,7 +333,7 @@ mod tests {
         }
         assert_eq!(ids(out), ["c", "d"]);
         // The id is gone (trimmed): the events of that moment are sent.
-        let mut skip = Skip::new(Resume::parse("20.z"));
+        let mut skip = Skip::new(at(20, "z"));
         let mut out = Vec::new();
         for e in [event(20, "a"), event(30, "d")] {
             out.extend(skip.next(e));

@@ -6,6 +6,7 @@
 #![allow(unreachable_pub)]
 
 mod http;
+mod live;
 mod replicas;
 mod rules;
 mod streams;
