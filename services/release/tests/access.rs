@@ -23,8 +23,12 @@ fn clients(
     TokenServiceClient<slipway_rpc::Channel>,
     AuditServiceClient<slipway_rpc::Channel>,
 ) {
-    let channel =
-        slipway_rpc::channel("release", &[t.endpoint.clone()], &Default::default()).unwrap();
+    let channel = slipway_rpc::channel(
+        "release",
+        std::slice::from_ref(&t.endpoint),
+        &Default::default(),
+    )
+    .unwrap();
     (
         TokenServiceClient::new(channel.clone()),
         AuditServiceClient::new(channel),
