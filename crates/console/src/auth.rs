@@ -38,7 +38,9 @@ impl FromRequestParts<Console> for Viewer {
     async fn from_request_parts(parts: &mut Parts, console: &Console) -> Result<Self, Response> {
         match console.session(&parts.headers).await {
             Ok(Some((_, session))) => {
-                out_of_scope(console, &session, parts.uri.path())?;
+                if let Some(refused) = out_of_scope(console, &session, parts.uri.path()) {
+                    return Err(refused);
+                }
                 Ok(Self { session })
             }
             Ok(None) => {
@@ -84,7 +86,9 @@ impl FromRequest<Console> for Posted {
             Some(found) => found,
             None => return Err(Forbidden::NoSession.into_response()),
         };
-        out_of_scope(console, &session, request.uri().path())?;
+        if let Some(refused) = out_of_scope(console, &session, request.uri().path()) {
+            return Err(refused);
+        }
         // Not a form (or not one we can read): it carries no token either.
         let fields = axum::Form::<Vec<(String, String)>>::from_request(request, console)
             .await
@@ -101,18 +105,19 @@ impl FromRequest<Console> for Posted {
     }
 }
 
-/// Refuses a page or form of an app a token session's scope leaves out.
-fn out_of_scope(console: &Console, session: &Session, path: &str) -> Result<(), Response> {
+/// The refusal of a page or form of an app a token session's scope
+/// leaves out; `None` when the session may see it.
+fn out_of_scope(console: &Console, session: &Session, path: &str) -> Option<Response> {
     let app = path
         .strip_prefix("/console/apps/")
         .and_then(|rest| rest.split('/').next())
         .filter(|app| !app.is_empty());
     match app {
-        Some(app) if !console.may_see(session, app) => Err(views::error_page(
+        Some(app) if !console.may_see(session, app) => Some(views::error_page(
             StatusCode::FORBIDDEN,
             &format!("{} may not see {app}", session.actor),
         )),
-        _ => Ok(()),
+        _ => None,
     }
 }
 
