@@ -394,3 +394,55 @@ async fn a_keyed_call_that_lost_its_answer_is_sent_again() {
         }
     }
 }
+
+/// A replica shut down the way SIGTERM does it (NOT_SERVING, the drain
+/// delay, in-flight calls finished, port closed) under a steady stream of
+/// calls costs none of them: callers stop sending before the port closes,
+/// and a call that still finds it closed was never read and goes to the
+/// other replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_shut_down_under_load_costs_no_call() {
+    let (a, b) = (server().await, server().await);
+    let channel = channel(&[a.addr, b.addr]);
+    eventually("both replicas get calls", async || {
+        assert_eq!(call(&channel).await, Ok("0".to_owned()));
+        a.calls.load(Ordering::SeqCst) > 0 && b.calls.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (channel, closed) = (channel.clone(), closed.clone());
+            tokio::spawn(async move {
+                let (mut failed, mut after) = (Vec::new(), 0);
+                // Calls until the replica's port is closed, and 50 more.
+                while after < 50 {
+                    if let Err(e) = call(&channel).await {
+                        failed.push(e);
+                    }
+                    if closed.load(Ordering::SeqCst) {
+                        after += 1;
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    a.stop.cancel();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(a.addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replica never shut down"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    closed.store(true, Ordering::SeqCst);
+    for worker in load {
+        let failed = worker.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "calls failed across a shutdown: {failed:?}"
+        );
+    }
+}
