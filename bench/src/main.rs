@@ -11,6 +11,7 @@ mod ledger;
 mod rack;
 mod rollout;
 mod run;
+mod faults;
 mod scale;
 mod stats;
 mod upload;
@@ -46,6 +47,10 @@ enum Command {
     /// gateway replicas on the same PostgreSQL (the scale setup), and
     /// Redis event fan-out latency beside a bare Redis round trip.
     Scale(scale::Args),
+    /// Failed requests and p99 latency of steady `env set` through two
+    /// gateways while a release replica is SIGKILLed, beside the same load
+    /// with no fault.
+    Faults(faults::Args),
     /// The wall time of the real `slipway deploy` (start to exit) of a small
     /// app already built once, beside the app's own spawn -> first 200.
     Deploy(deploy::Args),
@@ -79,6 +84,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Upload(args) => upload::run(args).await,
                 Command::Gateway(args) => gateway::run(args).await,
                 Command::Scale(args) => scale::run(args).await,
+                Command::Faults(args) => faults::run(args).await,
                 Command::Deploy(args) => deploy::run(args).await,
                 Command::Console(args) => console::run(args).await,
                 Command::Run(args) => run::run(args).await,
