@@ -154,6 +154,7 @@ async fn the_console_in_chromium() {
     failures.extend(run!(&world, "env", true, scenarios::env));
     failures.extend(run!(&world, "crosssite", true, scenarios::cross_site));
     failures.extend(run!(&world, "nojs", false, scenarios::no_javascript));
+    failures.extend(run!(&world, "live", true, scenarios::live));
     assert!(
         failures.is_empty(),
         "{} failed:\n{}",

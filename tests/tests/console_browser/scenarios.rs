@@ -358,3 +358,70 @@ pub async fn no_javascript(world: &World, browser: &Browser) -> anyhow::Result<(
     );
     Ok(())
 }
+
+/// The live pages: the app page renders itself again when a release is
+/// made elsewhere (its status stream, no reload by the test), the logs
+/// page appends a promotion's lines as they happen (the same document: a
+/// marker set before is still there), the processes page follows the
+/// promotion to the new release, and a build's page shows its log.
+pub async fn live(world: &World, browser: &Browser) -> anyhow::Result<()> {
+    world.deployed("live").await;
+    browser.goto(&world.url("/console/apps/live")).await?;
+    browser.wait_for_text("Releases of live").await?;
+    let staged = world
+        .release_from(&["env", "set", "LIVE_FLAG=on", "-a", "live"])
+        .await;
+    browser
+        .wait_for_text(&format!("release-{staged}"))
+        .await
+        .context("the app page follows its status stream")?;
+
+    browser.goto(&world.url("/console/apps/live/logs")).await?;
+    browser.wait_for_text("Logs of live").await?;
+    accessible(browser).await?;
+    browser
+        .client
+        .execute("window.slipwayMarker = 'same page'; return null;", vec![])
+        .await?;
+    world
+        .slipway(&["releases", "promote", &staged, "-a", "live"])
+        .await;
+    let log = browser
+        .wait_for_text(&format!("Deploying release {staged}"))
+        .await
+        .context("the logs page appends the promotion's lines")?;
+    ensure!(log.contains("system/local/"), "{log}");
+    let marker = browser
+        .client
+        .execute("return window.slipwayMarker || null;", vec![])
+        .await?;
+    ensure!(
+        marker.as_str() == Some("same page"),
+        "the lines came without a reload"
+    );
+    world.shot(browser, "logs").await?;
+
+    browser
+        .goto(&world.url("/console/apps/live/processes"))
+        .await?;
+    browser
+        .wait_for_text(&format!("<code>{staged}</code> (active)"))
+        .await?;
+    accessible(browser).await?;
+    world.shot(browser, "processes").await?;
+
+    browser
+        .goto(&world.url("/console/apps/live/builds"))
+        .await?;
+    browser.wait_for_text("Builds of live").await?;
+    browser.click("tbody th a").await?;
+    let page = browser.wait_for_text("complete").await?;
+    ensure!(page.contains("role=\"log\""), "{page}");
+    ensure!(
+        !browser.text("#events").await?.is_empty(),
+        "the build's log"
+    );
+    accessible(browser).await?;
+    world.shot(browser, "build-log").await?;
+    Ok(())
+}
