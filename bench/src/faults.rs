@@ -2,8 +2,8 @@
 //! scale setup (two gateways, two release and two rollout replicas, one
 //! build service, each its own process, PostgreSQL and Redis), `env set`
 //! (`POST /apps/{app}/env`) arrives at a steady rate, open loop, spread over
-//! both gateways and over `--apps` apps; each request carries its own
-//! `Idempotency-Key`. The same load runs on a fresh setup without a fault
+//! both gateways and over `--apps` apps (the gateway gives each request its
+//! idempotency key). The same load runs on a fresh setup without a fault
 //! (the baseline) and with release replica A SIGKILLed a third of the way
 //! in. Figures: failed requests, and p99 latency as a ratio to the
 //! fault-free run's (overall and over the second after the kill).
