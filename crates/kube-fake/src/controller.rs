@@ -155,8 +155,7 @@ pub(crate) fn record(
         "Unhealthy" | "BackOff" | "Failed" | "FailedCreate" | "FailedScheduling"
     );
     let existing = store
-        .objects
-        .iter()
+        .in_namespace("events", ns)
         .find(|(k, e)| {
             k.0 == "events"
                 && k.1 == ns
@@ -792,8 +791,7 @@ fn pod_condition(old: &Value, kind: &str, status: bool, now: DateTime<Utc>) -> V
 fn probe_failures(store: &mut Store, ns: &str, pod: &str, failures: i64, now: DateTime<Utc>) {
     const MESSAGE: &str = "Readiness probe failed: HTTP probe failed with statuscode: 503";
     let seen = store
-        .objects
-        .iter()
+        .in_namespace("events", ns)
         .find(|(k, e)| {
             k.0 == "events"
                 && k.1 == ns

@@ -367,10 +367,12 @@ async fn watch_response(
                 ));
             }
             Some(rv) => {
+                // History is in version order: start at the first change after rv.
+                let first = store.history.partition_point(|c| c.rv <= rv);
                 for c in store
                     .history
-                    .iter()
-                    .filter(|c| c.rv > rv && matches(&c.key, &c.object))
+                    .range(first..)
+                    .filter(|c| matches(&c.key, &c.object))
                 {
                     let _ = tx.try_send(line(c.kind, &c.object));
                 }

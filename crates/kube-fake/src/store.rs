@@ -510,12 +510,26 @@ impl Store {
         selector: &str,
         fields: &str,
     ) -> Vec<Value> {
-        self.objects
-            .iter()
+        self.in_namespace(resource, ns)
             .filter(|(k, _)| k.0 == resource && (ns.is_empty() || k.1 == ns))
             .filter(|(_, v)| matches_selector(v, selector) && matches_fields(v, fields))
             .map(|(_, v)| v.clone())
             .collect()
+    }
+
+    /// Objects of `resource` in `ns` ("" = every namespace), by key range.
+    pub(crate) fn in_namespace<'a>(
+        &'a self,
+        resource: &str,
+        ns: &str,
+    ) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
+        let from: Key = (resource.to_owned(), ns.to_owned(), String::new());
+        let to: Key = if ns.is_empty() {
+            (format!("{resource}\0"), String::new(), String::new())
+        } else {
+            (resource.to_owned(), format!("{ns}\0"), String::new())
+        };
+        self.objects.range(from..to)
     }
 
     /// Drops the history: watches from before now get 410 Gone.

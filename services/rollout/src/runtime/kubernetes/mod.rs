@@ -119,6 +119,9 @@ struct AppEntry {
     watcher: Arc<Watcher>,
     /// What fail-fast is measured against (see [`Baseline`]).
     baseline: Arc<std::sync::Mutex<Baseline>>,
+    /// The resourceVersions of the last progress read's Deployment and pod
+    /// lists, which the wait for a change watches from.
+    versions: Arc<std::sync::Mutex<(String, String)>>,
 }
 
 fn backend(e: impl std::fmt::Display) -> RuntimeError {
@@ -253,6 +256,64 @@ impl KubernetesRuntime {
         Ok(())
     }
 
+    /// Lists like [`Self::list`], with the list's resourceVersion.
+    async fn list_versioned<K>(
+        &self,
+        ns: &str,
+        resource: &'static str,
+        selector: &str,
+    ) -> Result<(Vec<K>, String), RuntimeError>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = self.namespaced(ns);
+        let params = ListParams::default().labels(selector);
+        let op = Op {
+            verb: "list",
+            resource,
+            namespace: Some(ns),
+            name: None,
+        };
+        let list = api::call(op, || api.list(&params)).await?;
+        Ok((
+            list.items,
+            list.metadata.resource_version.unwrap_or_default(),
+        ))
+    }
+
+    /// Waits up to `limit` for a change of `resource` objects matching
+    /// `selector` after version `rv` (a pod turning Ready, an old pod gone:
+    /// changes no Event reports). Any failure just ends the wait.
+    async fn changed_since<K>(&self, ns: &str, selector: &str, rv: &str, limit: Duration)
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = self.namespaced(ns);
+        let secs = u32::try_from(limit.as_secs()).unwrap_or(1).max(1);
+        let params = kube::api::WatchParams::default()
+            .labels(selector)
+            .timeout(secs)
+            .disable_bookmarks();
+        let wait = async {
+            use futures::StreamExt as _;
+            if let Ok(stream) = api.watch(&params, rv).await {
+                let mut stream = std::pin::pin!(stream);
+                let _ = stream.next().await;
+            } else {
+                tokio::time::sleep(limit).await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+    }
+
     async fn entry(&self, app: &str) -> Option<AppEntry> {
         self.inner.apps.lock().await.get(app).cloned()
     }
@@ -272,14 +333,13 @@ impl KubernetesRuntime {
         }
         let ns = namespace_name(self.rack(), &spec.app);
         let selector = format!("{LABEL_APP}={}", spec.app);
-        let deployments: Vec<Deployment> = self
-            .list(&self.namespaced(&ns), "deployments", &ns, &selector)
+        let (deployments, deployments_rv) = self
+            .list_versioned::<Deployment>(&ns, "deployments", &selector)
             .await?;
         // Every release's pods: old ones still terminating keep a rollout
         // from being complete.
-        let pods: Vec<Pod> = self
-            .list(&self.namespaced(&ns), "pods", &ns, &selector)
-            .await?;
+        let (pods, pods_rv) = self.list_versioned::<Pod>(&ns, "pods", &selector).await?;
+        *entry.versions.lock().unwrap_or_else(|e| e.into_inner()) = (deployments_rv, pods_rv);
         let unhealthy = entry
             .watcher
             .unhealthy
@@ -456,6 +516,7 @@ impl Runtime for KubernetesRuntime {
                     spec: spec.clone(),
                     watcher,
                     baseline,
+                    versions: Arc::default(),
                 },
             );
         }
@@ -542,7 +603,21 @@ impl Runtime for KubernetesRuntime {
         changed.borrow_and_update();
         let mut progress = self.progress_now(&entry, release).await?;
         if matches!(progress, Progress::Progressing { .. }) {
-            let _ = tokio::time::timeout(wait.min(POLL), changed.changed()).await;
+            // Until the next Event, or a change of the app's pods or
+            // Deployments since the versions just read, or POLL.
+            let limit = wait.min(POLL);
+            let ns = namespace_name(self.rack(), app);
+            let selector = format!("{LABEL_APP}={app}");
+            let (deployments_rv, pods_rv) = entry
+                .versions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            tokio::select! {
+                _ = tokio::time::timeout(limit, changed.changed()) => {}
+                () = self.changed_since::<Pod>(&ns, &selector, &pods_rv, limit) => {}
+                () = self.changed_since::<Deployment>(&ns, &selector, &deployments_rv, limit) => {}
+            }
             progress = self.progress_now(&entry, release).await?;
         }
         if !matches!(progress, Progress::Progressing { .. }) {
