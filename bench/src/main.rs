@@ -7,6 +7,7 @@ mod cli;
 mod console;
 mod deploy;
 mod gateway;
+mod kube;
 mod ledger;
 mod rack;
 mod rollout;
@@ -62,6 +63,10 @@ enum Command {
     /// Webhook delivery latency, event to receiver, with 1 and 50
     /// receivers, beside a direct POST to the same receivers.
     Webhooks(webhooks::Args),
+    /// Promote -> running on the Kubernetes runtime against the fake API
+    /// server, 1 and 20 replicas, beside the pods' fixed ready delay and a
+    /// watch round trip.
+    Kube(kube::Args),
     /// The app the `rollout` benchmark deploys (and spawns as its baseline):
     /// sleeps `APP_DELAY_MS`, then answers 200 to every request on `$PORT`.
     #[command(hide = true)]
@@ -89,6 +94,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Console(args) => console::run(args).await,
                 Command::Run(args) => run::run(args).await,
                 Command::Webhooks(args) => webhooks::run(args).await,
+                Command::Kube(args) => kube::run(args).await,
                 Command::ServeApp => unreachable!("handled above"),
             }
         })
