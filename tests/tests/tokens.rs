@@ -126,6 +126,12 @@ async fn open_socket(rack: &TestRack, path: &str, password: &str) -> (Socket, u1
     (ws, response.status().as_u16())
 }
 
+/// (role needed, app or None, method, target, body)
+type Route<'a> = (&'a str, Option<&'a str>, &'a str, String, &'a [u8]);
+
+/// (label, password, role (None: refused), apps it covers (None: every app))
+type Credential<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a [&'a str]>);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
     /// Served: neither 401 nor 403 (the handler may still refuse the
@@ -187,7 +193,7 @@ async fn every_credential_gets_what_its_role_allows_and_refusals_change_nothing(
     // (role needed, app or None, method, target, body)
     let promote = format!("/apps/web/releases/{release}/promote");
     let rollback = format!("/apps/web/releases/{release}/rollback");
-    let routes: Vec<(&str, Option<&str>, &str, String, &[u8])> = vec![
+    let routes: Vec<Route<'_>> = vec![
         ("read", None, "GET", "/apps".into(), b""),
         ("read", Some("web"), "GET", "/apps/web".into(), b""),
         ("read", Some("web"), "GET", "/apps/web/releases".into(), b""),
@@ -292,7 +298,7 @@ async fn every_credential_gets_what_its_role_allows_and_refusals_change_nothing(
         _ => 2,
     };
     // (label, password, role, apps it covers (None: every app))
-    let credentials: Vec<(&str, &str, Option<&str>, Option<&[&str]>)> = vec![
+    let credentials: Vec<Credential<'_>> = vec![
         ("password", pw.as_str(), Some("admin"), None),
         ("token boss", admin.as_str(), Some("admin"), None),
         (
