@@ -442,11 +442,7 @@ fn discovery(path: &str, _headers: &HeaderMap) -> Option<Response> {
             .iter()
             .filter(|r| r.1 == gv)
             .flat_map(|(plural, _, kind, namespaced)| {
-                let verbs = if *plural == "events" || *plural == "pods" || *plural == "replicasets" {
-                    json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"])
-                } else {
-                    json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"])
-                };
+                let verbs = json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]);
                 let short: Vec<&str> = match *plural {
                     "pods" => vec!["po"],
                     "services" => vec!["svc"],
@@ -474,7 +470,7 @@ fn discovery(path: &str, _headers: &HeaderMap) -> Option<Response> {
             .collect();
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list})
     };
-    Some(match path {
+    let answer = match path {
         "/version" => json!({
             "major": "1", "minor": "33", "gitVersion": "v1.33.0-slipway-fake",
             "gitCommit": "", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
@@ -509,8 +505,8 @@ fn discovery(path: &str, _headers: &HeaderMap) -> Option<Response> {
             )));
         }
         _ => return None,
-    })
-    .map(json)
+    };
+    Some(json(answer))
 }
 
 /// The fake's own endpoints, for a test driving it as another process:
