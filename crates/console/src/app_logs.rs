@@ -17,8 +17,8 @@ use std::time::Duration;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use axum::response::sse::Event;
+use axum::response::{IntoResponse as _, Response};
 use chrono::Utc;
 use serde::Deserialize;
 use slipway_api::events::event_line;
@@ -224,7 +224,7 @@ pub(crate) async fn stream(
     };
     let slot = match console.stream_slot(&headers) {
         Ok(slot) => slot,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(refused.into_response()),
     };
     let mut logs = console
         .rollout()

@@ -14,8 +14,8 @@ use std::time::Duration;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use axum::response::sse::Event;
+use axum::response::{IntoResponse as _, Response};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use slipway_api::build::v1 as bpb;
@@ -200,7 +200,7 @@ pub(crate) async fn stream(
         .unwrap_or(0);
     let slot = match console.stream_slot(&headers) {
         Ok(slot) => slot,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(refused.into_response()),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(16);
     tokio::spawn(async move {

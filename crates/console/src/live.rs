@@ -80,12 +80,18 @@ impl Streams {
 impl Console {
     /// A place for one more stream of the request's session, or the
     /// refusal (429, saying why and what to do).
-    pub(crate) fn stream_slot(&self, headers: &HeaderMap) -> Result<Slot, Response> {
+    pub(crate) fn stream_slot(&self, headers: &HeaderMap) -> Result<Slot, TooMany> {
         let id = security::cookie(headers, self.inner.cookies.session_name()).unwrap_or_default();
-        self.inner
-            .streams
-            .take(SessionKey::of(id))
-            .ok_or_else(too_many)
+        self.inner.streams.take(SessionKey::of(id)).ok_or(TooMany)
+    }
+}
+
+/// The refusal of one stream too many.
+pub(crate) struct TooMany;
+
+impl IntoResponse for TooMany {
+    fn into_response(self) -> Response {
+        too_many()
     }
 }
 
@@ -223,7 +229,7 @@ pub(crate) async fn rack_stream(
 ) -> Response {
     let slot = match console.stream_slot(&headers) {
         Ok(slot) => slot,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let look = move || {
         let mut client = console.release();
@@ -259,7 +265,7 @@ pub(crate) async fn app_stream(
     console.app(&app).await?;
     let slot = match console.stream_slot(&headers) {
         Ok(slot) => slot,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(refused.into_response()),
     };
     let look = move || {
         let (console, app) = (console.clone(), app.clone());
@@ -306,7 +312,7 @@ pub(crate) async fn processes_stream(
     console.app(&app).await?;
     let slot = match console.stream_slot(&headers) {
         Ok(slot) => slot,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(refused.into_response()),
     };
     let look = move || {
         let (console, app) = (console.clone(), app.clone());

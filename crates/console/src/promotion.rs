@@ -12,8 +12,8 @@ use std::time::Duration;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use axum::response::sse::Event;
+use axum::response::{IntoResponse as _, Response};
 use chrono::Utc;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
@@ -194,7 +194,7 @@ pub(crate) async fn stream(
     let promotion = console.promotion_of(&app, &id).await?;
     let slot = match console.stream_slot(&headers) {
         Ok(slot) => slot,
-        Err(refused) => return Ok(refused),
+        Err(refused) => return Ok(refused.into_response()),
     };
     let after = headers
         .get("last-event-id")
