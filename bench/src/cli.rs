@@ -47,7 +47,16 @@ impl BenchCli {
     pub(crate) fn app_command(&self) -> String {
         format!("exec {} serve-app", self.exe.display())
     }
+}
 
+/// The start command of the app the benches deploy: this binary's
+/// `serve-app`, which listens on `PORT` after `APP_DELAY_MS`.
+pub(crate) fn serve_app_command() -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("find the bench binary")?;
+    Ok(format!("exec {} serve-app", exe.display()))
+}
+
+impl BenchCli {
     /// Writes a one-service app (`web`, health on `/health`, one process)
     /// into `dir`, with `extra` appended to the service's block.
     pub(crate) fn write_app(&self, dir: &Path, extra: &str) -> anyhow::Result<()> {

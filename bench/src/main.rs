@@ -17,6 +17,7 @@ mod scale;
 mod stats;
 mod upload;
 mod webhooks;
+mod width;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +39,9 @@ enum Command {
     /// Promote-to-healthy on the local runtime beside the app's own
     /// time-to-first-healthy-response, and event latency to a subscriber.
     Rollout(rollout::Args),
+    /// Promote-to-running at 1, 10 and 50 processes beside the app's own
+    /// start, and the rack's resident memory with 100 apps deployed.
+    Width(width::Args),
     /// Source upload throughput beside a raw loopback socket copy, and the
     /// time of a cached rebuild of an unchanged 50 MB source.
     Upload(upload::Args),
@@ -86,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             match command {
                 Command::Ledger(args) => ledger::run(args).await,
                 Command::Rollout(args) => rollout::run(args).await,
+                Command::Width(args) => width::run(args).await,
                 Command::Upload(args) => upload::run(args).await,
                 Command::Gateway(args) => gateway::run(args).await,
                 Command::Scale(args) => scale::run(args).await,

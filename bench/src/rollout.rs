@@ -59,8 +59,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// One promotion, timed from the caller's side.
-struct Promotion {
-    to_running: Duration,
+pub(crate) struct Promotion {
+    pub(crate) to_running: Duration,
     to_first_healthy_event: Option<Duration>,
     /// Arrival minus event time, for events emitted after subscribing.
     live_latencies: Vec<Duration>,
@@ -99,8 +99,8 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
         if round > 0 {
             baselines.push(baseline(&command, &artifact, &env).await?);
         }
-        let id = create_release(&mut release, &manifest, &env, &artifact).await?;
-        let promotion = promote(&mut release, rollout.clone(), &id).await?;
+        let id = create_release(&mut release, APP, &manifest, &env, &artifact).await?;
+        let promotion = promote(&mut release, rollout.clone(), APP, &id).await?;
         if round > 0 {
             promotions.push(promotion);
         }
@@ -193,17 +193,18 @@ async fn measure(args: &Args, rack: &BenchRack) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn create_release(
+pub(crate) async fn create_release(
     release: &mut slipway_api::release::v1::release_service_client::ReleaseServiceClient<
         slipway_rpc::Channel,
     >,
+    app: &str,
     manifest: &str,
     env: &HashMap<String, String>,
     artifact: &Path,
 ) -> anyhow::Result<String> {
     let created = release
         .create_release(rpb::CreateReleaseRequest {
-            app: APP.into(),
+            app: app.into(),
             build: Some(BUILD.into()),
             manifest: Some(manifest.into()),
             env_vars: Some(rpb::EnvVars { vars: env.clone() }),
@@ -222,17 +223,18 @@ async fn create_release(
 }
 
 /// Promotes `release` and follows its rollout to the end.
-async fn promote(
+pub(crate) async fn promote(
     release: &mut slipway_api::release::v1::release_service_client::ReleaseServiceClient<
         slipway_rpc::Channel,
     >,
     mut rollout: RolloutServiceClient<slipway_rpc::Channel>,
+    app: &str,
     id: &str,
 ) -> anyhow::Result<Promotion> {
     let started = Instant::now();
     let promotion = release
         .promote_release(rpb::PromoteReleaseRequest {
-            app: APP.into(),
+            app: app.into(),
             release: id.into(),
             force: false,
             deadline_seconds: 0,

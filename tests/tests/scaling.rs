@@ -48,6 +48,26 @@ async fn running(rack: &TestRack, n: usize, release: Option<&str>) -> Vec<String
     .await
 }
 
+/// Whether a process whose working directory is below `dir` runs with a
+/// data-size limit (soft and hard) of `bytes`.
+fn data_limited_processes(dir: &std::path::Path, bytes: u64) -> bool {
+    let want = bytes.to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
+        .any(|e| {
+            std::fs::read_to_string(e.path().join("limits")).is_ok_and(|limits| {
+                limits.lines().any(|l| {
+                    let fields: Vec<&str> = l.split_whitespace().collect();
+                    l.starts_with("Max data size")
+                        && fields.get(3) == Some(&want.as_str())
+                        && fields.get(4) == Some(&want.as_str())
+                })
+            })
+        })
+}
+
 fn scale_row(out: &str, service: &str) -> Vec<String> {
     out.lines()
         .find(|l| l.starts_with(&format!("{service} ")))
@@ -115,6 +135,15 @@ async fn scale_and_restart_like_convox() {
         )
         .await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // New memory replaces the processes, rolling: the new one runs held by
+    // the kernel to the limit, and then it is the only one.
+    // The memory is a limit the kernel holds the new process to.
+    eventually(
+        Duration::from_secs(60),
+        "a process of the app limited to 256 MiB of data",
+        || async { data_limited_processes(rack.dir(), 256 << 20).then_some(()) },
+    )
+    .await;
     running(&rack, 1, Some(&first)).await;
     let out = ok_stdout(
         &rack.slipway(dir, &["scale", "web", "-a", "myapp"]).await,
@@ -298,13 +327,19 @@ async fn a_count_set_by_hand_survives_a_restart_of_the_services_and_a_later_prom
     let mut after = running(&rack, 3, None).await;
     before.sort();
     after.sort();
-    assert_eq!(before, after, "the running processes are adopted, not replaced");
+    assert_eq!(
+        before, after,
+        "the running processes are adopted, not replaced"
+    );
     let out = rack.slipway_ok(dir, &["scale", "web", "-a", "myapp"]).await;
     assert_eq!(scale_row(&out, "web")[..3], ["web", "3", "3"], "{out}");
 
     // A later promotion keeps the hand-set count, not the manifest's 2.
     let out = rack
-        .slipway_ok(dir, &["env", "set", "AFTER=restart", "-a", "myapp", "--promote"])
+        .slipway_ok(
+            dir,
+            &["env", "set", "AFTER=restart", "-a", "myapp", "--promote"],
+        )
         .await;
     let release = out
         .lines()

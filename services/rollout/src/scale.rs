@@ -180,11 +180,19 @@ impl Scales {
         if let Some(count) = change.count {
             scale.count = Some(count);
         }
+        let resources = (scale.cpu, scale.memory);
         scale.cpu = change.cpu.unwrap_or(scale.cpu);
         scale.memory = change.memory.unwrap_or(scale.memory);
         upsert(&self.store, app, service, scale).await?;
         let mut next = (*spec).clone();
         next.overrides.restarted.clear();
+        if resources != (scale.cpu, scale.memory) {
+            // New limits apply to new processes: the service's processes
+            // are replaced, rolling, as a restart replaces them.
+            next.overrides
+                .restarted
+                .insert(service.to_owned(), Utc::now());
+        }
         next.overrides.scale = records(&self.store, app.as_str())
             .await?
             .into_iter()
@@ -350,6 +358,9 @@ impl Scales {
     fn limits_note(&self) -> String {
         match self.runtime.name() {
             "k8s" => String::new(),
+            "local" => {
+                "memory: a data limit per process; cpu: not enforced (no cgroup v2)".to_owned()
+            }
             name => format!("cpu and memory are recorded, not enforced, on the {name} runtime"),
         }
     }

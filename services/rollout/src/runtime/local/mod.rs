@@ -64,6 +64,10 @@ use super::{
 };
 use crate::store::Store;
 
+/// Processes of one app started at once (each start records the process,
+/// copies nothing after the first, and spawns).
+const START_CONCURRENCY: usize = 16;
+
 /// Settings of the local runtime.
 #[derive(Clone, Debug)]
 pub struct LocalConfig {
@@ -192,19 +196,16 @@ impl LocalRuntime {
                 plan::plan(&mut st, Instant::now())
             };
             let acted = !actions.is_empty();
+            let mut starts = Vec::new();
             for action in actions {
                 match action {
-                    Action::Start { service, spec } => {
-                        if let Err(e) = self.start_process(&app, &service, &spec).await {
-                            let reason = format!("service {service}: {e}");
-                            self.fail(&app, &spec.release, &service, reason);
-                        }
-                    }
+                    Action::Start { service, spec } => starts.push((service, spec)),
                     Action::Stop { proc, grace } => {
                         tokio::spawn(self.clone().stop_process(app.clone(), proc, grace));
                     }
                 }
             }
+            self.start_processes(&app, starts).await;
             if acted {
                 continue;
             }
@@ -214,6 +215,29 @@ impl LocalRuntime {
                 () = self.inner.stopping.cancelled() => {}
             }
         }
+    }
+
+    /// Starts the planned processes: the first alone (it makes the
+    /// release's working copy, which the others then find), the rest
+    /// [`START_CONCURRENCY`] at a time, so a rollout's length does not grow
+    /// with its width. A start that fails fails its target.
+    async fn start_processes(&self, app: &Arc<App>, starts: Vec<(String, Arc<Spec>)>) {
+        use futures::StreamExt as _;
+        let start = |(service, spec): (String, Arc<Spec>)| async move {
+            if let Err(e) = self.start_process(app, &service, &spec).await {
+                let reason = format!("service {service}: {e}");
+                self.fail(app, &spec.release, &service, reason);
+            }
+        };
+        let mut starts = starts.into_iter();
+        if let Some(first) = starts.next() {
+            start(first).await;
+        }
+        futures::stream::iter(starts)
+            .map(start)
+            .buffer_unordered(START_CONCURRENCY)
+            .collect::<()>()
+            .await;
     }
 
     /// Ends every app's reconcile loop and closes the stable ports, leaving

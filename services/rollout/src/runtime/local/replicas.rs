@@ -106,6 +106,7 @@ impl LocalRuntime {
             port,
             log: &log,
             launch: &launch,
+            memory_mib: spec.resources(service).1,
         });
         let child = match spawned {
             Ok(child) => child,

@@ -40,6 +40,22 @@ pub(super) struct Spawn<'a> {
     pub(super) log: &'a Path,
     /// Where and as whom it runs.
     pub(super) launch: &'a Launch,
+    /// Memory set by hand (`scale --memory`), in MiB; 0 is no limit.
+    pub(super) memory_mib: u32,
+}
+
+/// The shell script a process runs: its command, after a data-size limit
+/// (`RLIMIT_DATA`: heap and private writable mappings, which is what a
+/// process's memory use grows) when memory is set. The shell's `ulimit`
+/// sets it because the workspace forbids the unsafe `pre_exec`; it sets
+/// both the soft and the hard limit, so the app cannot raise it again.
+pub(super) fn script(command: &str, memory_mib: u32) -> String {
+    if memory_mib == 0 {
+        command.to_owned()
+    } else {
+        let kib = u64::from(memory_mib) * 1024;
+        format!("ulimit -d {kib} || exit 126\n{command}")
+    }
 }
 
 /// Spawns the process in a process group of its own, detached from us (it
@@ -54,7 +70,9 @@ pub(super) fn spawn(s: &Spawn<'_>) -> std::io::Result<tokio::process::Child> {
         .open(s.log)?;
     let err = out.try_clone()?;
     let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-c").arg(s.command).env_clear();
+    cmd.arg("-c")
+        .arg(script(s.command, s.memory_mib))
+        .env_clear();
     for key in INHERITED_ENV {
         if let Some(value) = std::env::var_os(key) {
             cmd.env(key, value);
@@ -198,5 +216,31 @@ pub(super) async fn terminate(proc: &Proc, grace: Duration, on_kill: impl FnOnce
         on_kill();
         proc.signal(Signal::SIGKILL);
         let _ = tokio::time::timeout(Duration::from_secs(10), proc.gone.cancelled()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::script;
+
+    #[test]
+    fn memory_set_by_hand_becomes_a_data_limit_before_the_command() {
+        assert_eq!(script("exec ./web", 0), "exec ./web");
+        assert_eq!(
+            script("exec ./web", 256),
+            "ulimit -d 262144 || exit 126\nexec ./web"
+        );
+    }
+
+    #[test]
+    fn the_shell_holds_the_process_to_it() {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script("grep 'Max data size' /proc/self/limits", 64))
+            .output()
+            .unwrap();
+        let line = String::from_utf8(out.stdout).unwrap();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[3..5], ["67108864", "67108864"], "{line}");
     }
 }
