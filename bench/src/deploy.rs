@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::json;
 
+use crate::cli::BenchCli;
 use crate::rack::BenchRack;
 use crate::rollout::baseline;
-use crate::cli::BenchCli;
 use crate::stats::{Spread, paired_overheads};
 
 /// Options of the `deploy` benchmark.

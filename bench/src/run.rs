@@ -19,8 +19,8 @@ use anyhow::Context as _;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::rack::BenchRack;
 use crate::cli::BenchCli;
+use crate::rack::BenchRack;
 use crate::stats::{Spread, paired_overheads};
 
 /// Options of the `run` benchmark.
