@@ -6,13 +6,13 @@
 mod cli;
 mod console;
 mod deploy;
+mod faults;
 mod gateway;
 mod kube;
 mod ledger;
 mod rack;
 mod rollout;
 mod run;
-mod faults;
 mod scale;
 mod stats;
 mod upload;

@@ -33,7 +33,7 @@ pub use exec::{
 };
 pub use promotion::{AFTER_HEADER, PromotionEvents, PromotionFrame, PromotionResult, TYPED_HEADER};
 pub use rack::RackUrl;
-pub use slipway_convox::{access as access_types, types};
 pub use slipway_convox::webhooks as webhook_types;
+pub use slipway_convox::{access as access_types, types};
 pub use socket::{LogStream, stream_error};
 pub use tls::TlsOptions;

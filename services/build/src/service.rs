@@ -185,7 +185,12 @@ impl BuildService {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(build.id.clone(), running.clone());
-        if let Err(e) = self.pipeline.store.insert_by(&build, &self.runner, &actor).await {
+        if let Err(e) = self
+            .pipeline
+            .store
+            .insert_by(&build, &self.runner, &actor)
+            .await
+        {
             self.running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -105,15 +105,17 @@ pub async fn start_runtime(
             .client()
             .await
             .context("connect to kubernetes")?;
-            Arc::new(KubernetesRuntime::new(
-                client,
-                events,
-                KubernetesConfig {
-                    rack: config.rack.clone(),
-                    restart_limit: config.restart_limit,
-                },
+            Arc::new(
+                KubernetesRuntime::new(
+                    client,
+                    events,
+                    KubernetesConfig {
+                        rack: config.rack.clone(),
+                        restart_limit: config.restart_limit,
+                    },
+                )
+                .with_image_pull_secret(config.kube_image_pull_secret.clone()),
             )
-            .with_image_pull_secret(config.kube_image_pull_secret.clone()))
         }
     })
 }

@@ -17,8 +17,8 @@
 //! `rows` (row mapping). Each holds its own `impl Store` block.
 
 mod apps;
-pub mod idempotency;
 mod audit;
+pub mod idempotency;
 mod ledger;
 mod promotions;
 mod rows;
