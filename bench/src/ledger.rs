@@ -13,14 +13,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use base64::Engine as _;
 use serde_json::json;
 use slipway_api::release::v1 as pb;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_rpc::Channel;
-use sqlx::Connection as _;
 
+use crate::scratch::with_scratch_database;
 use crate::stats::{percentile_ms, throughput};
 
 /// Options of the `ledger` benchmark.
@@ -44,27 +43,8 @@ pub(crate) struct Args {
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let scratch = format!("slipway_bench_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&args.database_url)
-        .await
-        .context("connect to PostgreSQL (set SLIPWAY_BENCH_DATABASE_URL)")?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {scratch}"))
-        .execute(&mut admin)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {scratch}"))
-        .execute(&mut admin)
-        .await?;
-    let base = args
-        .database_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(&args.database_url);
-    let url = format!("{base}/{scratch}");
-    let result = measure(&args, &url).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
-    result
+    let admin = args.database_url.clone();
+    with_scratch_database(&admin, "", |url| async move { measure(&args, &url).await }).await
 }
 
 async fn measure(args: &Args, url: &str) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ mod rack;
 mod rollout;
 mod run;
 mod scale;
+mod scratch;
 mod stats;
 mod upload;
 mod webhooks;

@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -27,9 +26,9 @@ use serde_json::json;
 use slipway_api::release::v1 as pb;
 use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_api::release::v1::webhook_service_client::WebhookServiceClient;
-use sqlx::Connection as _;
 use tokio::sync::Notify;
 
+use crate::scratch::with_scratch_database;
 use crate::stats::Spread;
 
 /// Options of the `webhooks` benchmark.
@@ -109,26 +108,11 @@ async fn receivers(n: usize, arrivals: &Arrivals) -> anyhow::Result<Vec<SocketAd
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let scratch = format!("slipway_bench_webhooks_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&args.database_url)
-        .await
-        .context("connect to PostgreSQL (set SLIPWAY_BENCH_DATABASE_URL)")?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {scratch}"))
-        .execute(&mut admin)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {scratch}"))
-        .execute(&mut admin)
-        .await?;
-    let base = args
-        .database_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(&args.database_url);
-    let result = measure(&args, &format!("{base}/{scratch}")).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
-    result
+    let admin = args.database_url.clone();
+    with_scratch_database(&admin, "webhooks_", |url| async move {
+        measure(&args, &url).await
+    })
+    .await
 }
 
 async fn measure(args: &Args, url: &str) -> anyhow::Result<()> {
