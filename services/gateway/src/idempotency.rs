@@ -42,21 +42,9 @@ pub(crate) async fn scope(request: Request, next: Next) -> Response {
     with_key(key, next.run(request)).await
 }
 
-/// A key no other request gets: the time, a counter and the process's
-/// random hash keys.
+/// A key no other request gets: 128 bits from the thread's CSPRNG.
 fn fresh_key() -> String {
-    use std::hash::BuildHasher as _;
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let hasher = std::collections::hash_map::RandomState::new();
-    let (a, b) = (
-        hasher.hash_one((n, nanos)),
-        hasher.hash_one((nanos, n, 1u8)),
-    );
-    format!("gw-{nanos:x}-{a:016x}{b:016x}")
+    format!("gw-{:032x}", rand::random::<u128>())
 }
 
 #[cfg(test)]
