@@ -18,16 +18,14 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use slipway_api::release::v1 as pb;
-use slipway_api::release::v1::release_service_client::ReleaseServiceClient;
 use slipway_api::release::v1::webhook_service_client::WebhookServiceClient;
 use slipway_release::Config;
 use slipway_rpc::Channel;
 use slipway_rpc::actor::Actor;
-use slipway_storage::testing::TestDb;
 use tokio::sync::oneshot;
 use tonic::Code;
 
-use crate::helpers::{Backend, MANIFEST};
+use crate::helpers::{Backend, MANIFEST, TestApp};
 
 slipway_storage::both_backends!(
     deliveries_are_signed_with_every_active_key,
@@ -188,69 +186,47 @@ impl Drop for Receiver {
 
 // ----------------------------------------------------------------- service
 
-/// One release service on a fresh database, with both clients.
+/// One release service on a fresh database (the suite's [`TestApp`]), set
+/// up to deliver to loopback receivers quickly, with a webhooks client.
 struct Service {
-    release: ReleaseServiceClient<Channel>,
+    app: TestApp,
     webhooks: WebhookServiceClient<Channel>,
-    db: TestDb,
-    config: Config,
-    stop: Option<oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
 }
 
 impl Service {
     async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
-        slipway_telemetry::init_for_tests();
-        let db = backend.db().await;
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::dev(dir.path().to_path_buf());
-        config.store.database_url = Some(db.url.clone().into());
-        let key: [u8; 32] = rand::random();
-        config.env_key = Some(base64::engine::general_purpose::STANDARD.encode(key).into());
-        config.webhooks.rack_name = "test-rack".into();
-        config.webhooks.webhook_allow_private = true;
-        config.webhooks.webhook_backoff = Duration::from_millis(50);
-        config.webhooks.webhook_poll = Duration::from_millis(100);
-        tweak(&mut config);
-        Self::start(db, config, dir).await
+        let app = TestApp::spawn_with(backend, |config| {
+            config.webhooks.rack_name = "test-rack".into();
+            config.webhooks.webhook_allow_private = true;
+            config.webhooks.webhook_backoff = Duration::from_millis(50);
+            config.webhooks.webhook_poll = Duration::from_millis(100);
+            tweak(config);
+        })
+        .await;
+        Self::around(app).await
     }
 
-    async fn start(db: TestDb, config: Config, dir: tempfile::TempDir) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(slipway_release::run(config.clone(), listener, async {
-            let _ = rx.await;
-        }));
+    /// `app` with a webhooks client, once it answers.
+    async fn around(app: TestApp) -> Self {
         let channel =
-            slipway_rpc::channel("release", &[format!("http://{addr}")], &Default::default())
-                .unwrap();
-        let service = Self {
-            release: ReleaseServiceClient::new(channel.clone()),
-            webhooks: WebhookServiceClient::new(channel),
-            db,
-            config,
-            stop: Some(tx),
-            _dir: dir,
-        };
+            slipway_rpc::channel("release", &[app.endpoint.clone()], &Default::default()).unwrap();
         eventually("the release service to answer", || async {
-            service
-                .release
+            app.client
                 .clone()
                 .list_apps(pb::ListAppsRequest {})
                 .await
                 .ok()
         })
         .await;
-        service
+        Self {
+            app,
+            webhooks: WebhookServiceClient::new(channel),
+        }
     }
 
     /// Another replica on the same database and key.
     async fn replica(&self) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = self.config.clone();
-        config.store.data_dir = dir.path().to_path_buf();
-        Self::start(self.db.share(), config, dir).await
+        Self::around(self.app.replica().await).await
     }
 
     fn as_actor<T>(message: T) -> tonic::Request<T> {
@@ -288,7 +264,8 @@ impl Service {
     }
 
     async fn create_app(&self, name: &str) {
-        self.release
+        self.app
+            .client
             .clone()
             .create_app(Self::as_actor(pb::CreateAppRequest {
                 name: name.into(),
@@ -299,7 +276,8 @@ impl Service {
     }
 
     async fn release(&self, app: &str) -> pb::Release {
-        self.release
+        self.app
+            .client
             .clone()
             .create_release(Self::as_actor(pb::CreateReleaseRequest {
                 app: app.into(),
@@ -317,7 +295,8 @@ impl Service {
     }
 
     async fn promote(&self, app: &str, release: &str) -> pb::Promotion {
-        self.release
+        self.app
+            .client
             .clone()
             .promote_release(Self::as_actor(pb::PromoteReleaseRequest {
                 app: app.into(),
@@ -338,16 +317,7 @@ impl Service {
         outcome: pb::PromotionOutcome,
         reason: &str,
     ) -> Result<pb::Promotion, tonic::Status> {
-        self.release
-            .clone()
-            .complete_promotion(pb::CompletePromotionRequest {
-                promotion: promotion.into(),
-                outcome: outcome as i32,
-                reason: reason.into(),
-                lease_epoch: 1,
-            })
-            .await
-            .map(|r| r.into_inner().promotion.unwrap())
+        self.app.complete(promotion, outcome, reason).await
     }
 
     async fn deliveries(&self) -> Vec<pb::WebhookDelivery> {
@@ -370,14 +340,6 @@ impl Service {
             (!all.is_empty() && all.iter().all(|d| d.state != "pending")).then_some(all)
         })
         .await
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 
@@ -756,7 +718,7 @@ async fn urls_and_keys_are_sealed_and_lists_hide_secrets(backend: Backend) {
         "audit_events",
     ] {
         let rows = sqlx::query(&format!("SELECT * FROM {table}"))
-            .fetch_all(&s.db.db.pool)
+            .fetch_all(&s.app.db.db.pool)
             .await
             .unwrap();
         for row in rows {
