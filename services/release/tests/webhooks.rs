@@ -208,8 +208,12 @@ impl Service {
 
     /// `app` with a webhooks client, once it answers.
     async fn around(app: TestApp) -> Self {
-        let channel =
-            slipway_rpc::channel("release", &[app.endpoint.clone()], &Default::default()).unwrap();
+        let channel = slipway_rpc::channel(
+            "release",
+            std::slice::from_ref(&app.endpoint),
+            &Default::default(),
+        )
+        .unwrap();
         eventually("the release service to answer", || async {
             app.client
                 .clone()
