@@ -7,8 +7,8 @@
 //! values it understands and reports every problem with the file's line and column and
 //! the key path (`services.web.port`). Keys it does not understand are kept out of the
 //! way and listed in [`Manifest::ignored_keys`] so callers can warn about them; real
-//! Convox manifests use many keys (`resources`, `domain`, `scale.cpu`, …) that have no
-//! meaning here, and refusing them would refuse working apps.
+//! Convox manifests use many keys (`resources`, `domain`, `scale.targets`, …) that have
+//! no meaning here, and refusing them would refuse working apps.
 //!
 //! The YAML is first read into a generic tree (so syntax errors carry the parser's
 //! position), then walked by hand (so every semantic error can say exactly what was
@@ -48,6 +48,13 @@ pub const DEFAULT_DEPLOYMENT_MAXIMUM: u32 = 200;
 pub const DEFAULT_TERMINATION_GRACE_SECS: u32 = 30;
 /// Default request timeout in seconds.
 pub const DEFAULT_TIMEOUT_SECS: u32 = 60;
+
+/// Largest `scale.cpu`, in millicores (1000 is one CPU).
+pub const MAX_CPU_MILLICORES: u32 = 1_000_000;
+/// Largest `scale.memory`, in MB (MiB, as Kubernetes' `Mi`): 16 TiB.
+pub const MAX_MEMORY_MB: u32 = 16 * 1024 * 1024;
+/// Smallest non-zero `scale.memory`, in MB: less cannot start a container.
+pub const MIN_MEMORY_MB: u32 = 4;
 
 /// Longest string value echoed back in an error message.
 const MAX_ECHO: usize = 60;
@@ -112,6 +119,20 @@ pub enum ManifestErrorKind {
     OutOfRange {
         /// The allowed range in words, e.g. `from 0 to 100`.
         range: String,
+        /// What was found instead.
+        got: String,
+    },
+    /// `scale.cpu` or `scale.memory` was not a whole number in its range.
+    #[error("expected {unit} as a whole number from {min} to {max}{hint}, got {got}")]
+    Resource {
+        /// The unit the number is in, e.g. `millicores`.
+        unit: &'static str,
+        /// The smallest accepted value other than 0 (which means unset).
+        min: u32,
+        /// The largest accepted value.
+        max: u32,
+        /// A note on the unit, e.g. ` (1000 is one CPU)`, or nothing.
+        hint: &'static str,
         /// What was found instead.
         got: String,
     },
@@ -327,17 +348,32 @@ pub struct EnvRequirement {
     pub default: Option<String>,
 }
 
-/// How many processes a service runs.
+/// How many processes a service runs, and what each one is given.
+///
+/// `cpu` and `memory` are what every process of the service reserves: on
+/// Kubernetes the container's requests (and memory also its limit), on the
+/// local runtime memory is a per-process data limit. Values set by hand
+/// with `scale --cpu/--memory` win over these, field by field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Scale {
     /// Number of processes; 0 stops the service.
     pub count: u32,
+    /// Millicores each process reserves (1000 is one CPU); `None` (or 0 in
+    /// the file) reserves none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+    /// MB (MiB) of memory each process reserves and may use at most; `None`
+    /// (or 0 in the file) sets no figure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u32>,
 }
 
 impl Default for Scale {
     fn default() -> Self {
         Self {
             count: DEFAULT_SCALE_COUNT,
+            cpu: None,
+            memory: None,
         }
     }
 }

@@ -52,7 +52,11 @@ fn convox_example() {
                 disabled: false,
             },
             environment: vec![],
-            scale: Scale { count: 1 },
+            scale: Scale {
+                count: 1,
+                cpu: None,
+                memory: None
+            },
             deployment: Deployment {
                 minimum: 50,
                 maximum: 200
@@ -297,8 +301,6 @@ params:
             "resources",
             "services.web.foo",
             "services.web.domain",
-            "services.web.scale.cpu",
-            "services.web.scale.memory",
             "services.web.health.unhealthy",
             "services.web.deployment.strategy",
             "services.web.termination.signal",
@@ -306,7 +308,67 @@ params:
             "params",
         ]
     );
-    assert_eq!(m.service("web").unwrap().scale.count, 2);
+    let scale = m.service("web").unwrap().scale;
+    assert_eq!(
+        (scale.count, scale.cpu, scale.memory),
+        (2, Some(256), Some(512))
+    );
+}
+
+#[test]
+fn scale_cpu_and_memory() {
+    let scale = |text: &str| {
+        parse(&format!(
+            "services:\n  web:\n    build: .\n    scale:\n{text}"
+        ))
+        .services["web"]
+            .scale
+    };
+    let s = scale("      cpu: 250\n      memory: \"1024\"\n");
+    assert_eq!((s.cpu, s.memory), (Some(250), Some(1024)));
+    // 0, or nothing, sets no figure.
+    let s = scale("      cpu: 0\n      memory:\n");
+    assert_eq!((s.cpu, s.memory), (None, None));
+    assert_eq!(scale("      count: 2\n").cpu, None);
+    let s = scale("      cpu: 1000000\n      memory: 4\n");
+    assert_eq!((s.cpu, s.memory), (Some(1_000_000), Some(4)));
+}
+
+#[test]
+fn bad_scale_cpu_and_memory_name_line_unit_and_value() {
+    let err = error("services:\n  web:\n    build: .\n    scale:\n      cpu: 0.5\n");
+    assert_eq!((err.line, err.column), (Some(5), Some(12)));
+    assert_eq!(err.path, "services.web.scale.cpu");
+    assert_eq!(
+        err.to_string(),
+        "convox.yml line 5, column 12: services.web.scale.cpu: expected millicores as a whole number from 1 to 1000000 (1000 is one CPU), or 0 for none, got 0.5"
+    );
+    let err =
+        error("services:\n  web:\n    build: .\n    scale:\n      count: 2\n      memory: 512Mi\n");
+    assert_eq!((err.line, err.column), (Some(6), Some(15)));
+    assert_eq!(
+        err.to_string(),
+        r#"convox.yml line 6, column 15: services.web.scale.memory: expected MB as a whole number from 4 to 16777216 (MiB), or 0 for none, got "512Mi""#
+    );
+    for bad in ["-1", "1000001", "[1]", "true", "\"1 CPU\""] {
+        let err = error(&format!(
+            "services:\n  web:\n    build: .\n    scale:\n      cpu: {bad}\n"
+        ));
+        assert!(
+            matches!(err.kind, ManifestErrorKind::Resource { .. }),
+            "{bad}: {err}"
+        );
+        assert_eq!(err.line, Some(5), "{bad}");
+    }
+    for bad in ["1", "3", "16777217", "-512"] {
+        let err = error(&format!(
+            "services:\n  web:\n    build: .\n    scale:\n      memory: {bad}\n"
+        ));
+        assert!(
+            err.to_string().contains("from 4 to 16777216"),
+            "{bad}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -14,8 +14,8 @@ use serde_norway::{Mapping, Value};
 use super::locate::{KeyPath, Locator};
 use super::{
     BuildSpec, DEFAULT_HEALTH_INTERVAL_SECS, DEFAULT_TERMINATION_GRACE_SECS, DEFAULT_TIMEOUT_SECS,
-    Deployment, EnvRequirement, Health, MAX_ECHO, MAX_SERVICE_NAME_LEN, ManifestError,
-    ManifestErrorKind, Port, Scale, Service,
+    Deployment, EnvRequirement, Health, MAX_CPU_MILLICORES, MAX_ECHO, MAX_MEMORY_MB,
+    MAX_SERVICE_NAME_LEN, MIN_MEMORY_MB, ManifestError, ManifestErrorKind, Port, Scale, Service,
 };
 use crate::env;
 
@@ -398,16 +398,63 @@ impl Walker<'_> {
         for (key, value) in map {
             let key = self.key_str(key, path)?;
             let field = path.key(key);
-            if key == "count" {
-                if let Some(count) = self.count(value, &field)? {
-                    scale.count = count;
+            match key {
+                "count" => {
+                    if let Some(count) = self.count(value, &field)? {
+                        scale.count = count;
+                    }
                 }
-            } else {
-                // cpu, memory, targets, …: meaningful to Convox, not to Slipway.
-                self.ignored.push(field.to_string());
+                "cpu" => {
+                    let hint = " (1000 is one CPU), or 0 for none";
+                    scale.cpu =
+                        self.resource(value, &field, "millicores", 1, MAX_CPU_MILLICORES, hint)?;
+                }
+                "memory" => {
+                    let hint = " (MiB), or 0 for none";
+                    scale.memory =
+                        self.resource(value, &field, "MB", MIN_MEMORY_MB, MAX_MEMORY_MB, hint)?;
+                }
+                // targets (autoscaling), …: meaningful to Convox, not to Slipway.
+                _ => self.ignored.push(field.to_string()),
             }
         }
         Ok(scale)
+    }
+
+    /// `scale.cpu` or `scale.memory`: a whole number in `min..=max`, or 0
+    /// (like nothing) for none. Numeric strings are accepted, as for every
+    /// number; units (`512Mi`, `0.5`) are not, since the unit is fixed.
+    fn resource(
+        &self,
+        value: &Value,
+        path: &KeyPath,
+        unit: &'static str,
+        min: u32,
+        max: u32,
+        hint: &'static str,
+    ) -> Walked<Option<u32>> {
+        let number = match value {
+            Value::Null => return Ok(None),
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse::<u64>().ok(),
+            _ => None,
+        };
+        match number {
+            Some(0) => Ok(None),
+            Some(n) if n >= u64::from(min) && n <= u64::from(max) => {
+                Ok(Some(u32::try_from(n).expect("bounded by a u32 maximum")))
+            }
+            _ => Err(self.error(
+                ManifestErrorKind::Resource {
+                    unit,
+                    min,
+                    max,
+                    hint,
+                    got: describe(value),
+                },
+                path,
+            )),
+        }
     }
 
     /// `count` is a number, or a Convox autoscaling range `min-max`, whose minimum is
