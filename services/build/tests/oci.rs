@@ -12,7 +12,11 @@ use slipway_api::build::v1::BuildStatus;
 use slipway_build::BuilderKind;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 
-use crate::helpers::{Backend, Tarball, TestApp, artifacts, status};
+use slipway_api::build::v1 as pb;
+use slipway_api::build::v1::build_archive_service_client::BuildArchiveServiceClient;
+use slipway_api::build::v1::{ExportBuildRequest, ImportBuildRequest};
+
+use crate::helpers::{Backend, Tarball, TestApp, artifacts, find_named, status};
 
 const MANIFEST: &str = "services:\n  web:\n    build: .\n    command: /bin/busybox httpd -f -p 3000\n    port: 3000\n  db:\n    image: postgres:16\n";
 const DOCKERFILE: &str =
@@ -147,4 +151,175 @@ async fn oci_builder_pushes_an_image_the_registry_serves() {
     assert_eq!(get_manifest(port, "myapp", digest).await.0, 200);
     assert_eq!(app.releases.calls()[0].artifacts["web"], arts["web"]);
     app.shutdown().await;
+}
+
+/// Exports build `id` of `app` through the archive service.
+async fn export(app: &TestApp, name: &str, id: &str) -> Vec<u8> {
+    let channel = slipway_rpc::channel(
+        "build",
+        &[format!("http://{}", app.addr)],
+        &Default::default(),
+    )
+    .unwrap();
+    let mut client = BuildArchiveServiceClient::new(channel);
+    let mut stream = client
+        .export_build(ExportBuildRequest {
+            app: name.into(),
+            id: id.into(),
+        })
+        .await
+        .expect("export")
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.expect("export stream") {
+        bytes.extend_from_slice(&chunk.chunk);
+    }
+    bytes
+}
+
+/// Uploads `tgz` to `name` and imports it.
+async fn import(app: &TestApp, name: &str, tgz: &[u8]) -> Result<pb::Build, tonic::Status> {
+    let url = app.upload(name, tgz).await?;
+    let channel = slipway_rpc::channel(
+        "build",
+        &[format!("http://{}", app.addr)],
+        &Default::default(),
+    )
+    .unwrap();
+    BuildArchiveServiceClient::new(channel)
+        .import_build(ImportBuildRequest {
+            app: name.into(),
+            source_url: url,
+        })
+        .await
+        .map(|r| r.into_inner().build.expect("a build"))
+}
+
+/// The names of a gzip'd tar's entries, in order.
+fn entry_names(tgz: &[u8]) -> Vec<String> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tgz));
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            e.path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_oci_build_exports_with_its_image_and_imports_into_another_rack() {
+    for tool in ["buildah", "docker-registry"] {
+        require(tool);
+    }
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox: install busybox-static");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_registry_a, port_a) = start_registry(dir_a.path()).await;
+    let (_registry_b, port_b) = start_registry(dir_b.path()).await;
+    let registry_a = format!("127.0.0.1:{port_a}");
+    let registry_b = format!("127.0.0.1:{port_b}");
+    let rack_a = TestApp::spawn_with(Backend::Sqlite, None, |c| {
+        c.builder = BuilderKind::Oci;
+        c.registry = Some(registry_a.clone());
+    })
+    .await;
+    let tgz = Tarball::new()
+        .file("convox.yml", MANIFEST.as_bytes(), 0o644)
+        .file("Dockerfile", DOCKERFILE.as_bytes(), 0o644)
+        .file("busybox", &busybox, 0o755)
+        .finish();
+    let (build, log) = rack_a.build("myapp", &tgz, "to carry").await;
+    assert_eq!(status(&build), BuildStatus::Complete, "{log}");
+
+    let exported = export(&rack_a, "myapp", &build.id).await;
+    let names = entry_names(&exported);
+    assert_eq!(names[0], "slipway-build.json", "{names:?}");
+    assert!(names.iter().any(|n| n == "convox.yml"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n == ".slipway-images/web.oci.tar"),
+        "{names:?}"
+    );
+    // `image:` services are named by the manifest, not carried; no source.
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("db") || n == "busybox" || n == "Dockerfile"),
+        "{names:?}"
+    );
+
+    // Another rack, with its own registry, and another app.
+    let rack_b = TestApp::spawn_with(Backend::Sqlite, None, |c| {
+        c.builder = BuilderKind::Oci;
+        c.registry = Some(registry_b.clone());
+    })
+    .await;
+    let imported = import(&rack_b, "copy", &exported).await.expect("import");
+    assert_eq!(
+        status(&imported),
+        BuildStatus::Complete,
+        "{}",
+        imported.reason
+    );
+    assert_eq!(imported.description, "to carry");
+    let arts = artifacts(&imported);
+    assert_eq!(arts["db"], "postgres:16");
+    let tag = format!("web.{}", imported.id);
+    let (reference, digest) = arts["web"].split_once('@').expect("tag@digest");
+    assert_eq!(reference, format!("{registry_b}/copy:{tag}"));
+    let (code, served, _) = get_manifest(port_b, "copy", &tag).await;
+    assert_eq!((code, served.as_str()), (200, digest));
+    assert_eq!(get_manifest(port_b, "copy", digest).await.0, 200);
+    let log = String::from_utf8(rack_b.logs("copy", &imported.id, 0).await).unwrap();
+    assert!(log.contains("importing its image from the export"), "{log}");
+    assert!(
+        !log.contains("buildah bud"),
+        "the image is not built again: {log}"
+    );
+    let release = rack_b.releases.calls().last().cloned().expect("a release");
+    assert_eq!(release.artifacts["web"], arts["web"]);
+
+    // Hostile imports: an image entry leaving the source, and one past the
+    // unpacked cap. Nothing is written outside, and no release is made.
+    let marker = format!("escape-{:08x}", rand::random::<u32>());
+    let record = br#"{"id":"BX","app":"x","description":"hostile"}"#;
+    let hostile = Tarball::new()
+        .file("slipway-build.json", record, 0o644)
+        .file("convox.yml", MANIFEST.as_bytes(), 0o644)
+        .file(
+            &format!(".slipway-images/../../{marker}.oci.tar"),
+            b"x",
+            0o644,
+        )
+        .finish();
+    let calls = rack_b.releases.calls().len();
+    let refused = import(&rack_b, "copy", &hostile)
+        .await
+        .expect_err("escape refused");
+    assert!(
+        refused.message().contains("leaves the source directory"),
+        "{refused:?}"
+    );
+    let root = rack_b.data_dir.parent().unwrap();
+    assert!(find_named(root, &format!("{marker}.oci.tar")).is_empty());
+    assert!(find_named(std::path::Path::new("/tmp"), &format!("{marker}.oci.tar")).is_empty());
+    let rack_c = TestApp::spawn_with(Backend::Sqlite, None, |c| {
+        c.builder = BuilderKind::Oci;
+        c.registry = Some(registry_b.clone());
+        c.max_unpacked_bytes = 256 << 10;
+    })
+    .await;
+    let refused = import(&rack_c, "copy", &exported)
+        .await
+        .expect_err("oversize refused");
+    assert!(refused.message().contains("byte limit"), "{refused:?}");
+    assert_eq!(rack_b.releases.calls().len(), calls);
+    assert!(rack_c.releases.calls().is_empty());
+    for rack in [rack_a, rack_b, rack_c] {
+        rack.shutdown().await;
+    }
 }

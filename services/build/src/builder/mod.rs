@@ -87,6 +87,11 @@ pub trait Builder: Send + Sync + std::fmt::Debug + 'static {
 
     /// Builds every service of `job.manifest`.
     async fn build(&self, job: BuildJob<'_>) -> Result<Artifacts, BuildError>;
+
+    /// The oci builder, which exports its builds' images (`builds export`).
+    fn oci(&self) -> Option<&oci::OciBuilder> {
+        None
+    }
 }
 
 /// The directory a service builds from (`build: path`), checked to be a real

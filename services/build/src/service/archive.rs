@@ -12,7 +12,14 @@
 //! exported artifact, plus the small `slipway-build.json` record.
 //!
 //! Builds of the oci builder keep no tree (their artifacts are registry
-//! images), and are refused with a message saying so.
+//! images). Their export holds the record, the manifest at its path, and
+//! each image the build pushed as an OCI archive at
+//! [`export_image_path`] (pulled from the registry by digest; `image:`
+//! services are named by the manifest and carried by no archive). Such an
+//! export is a source too: importing it on a rack with the oci builder
+//! goes through the same pipeline (caps, safe unpacking, manifest), and the
+//! builder pushes each carried image to that rack's registry under the new
+//! build's tag instead of building it.
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -25,6 +32,7 @@ use slipway_domain::{AppName, BuildId};
 use tokio::sync::mpsc;
 
 use super::{BuildService, NewBuild};
+use crate::builder::oci::export_image_path;
 use crate::error::{Error, Result};
 use crate::model::{Build, BuildStatus};
 use crate::objects::ObjectRef;
@@ -54,12 +62,16 @@ impl BuildService {
                 build.status
             )));
         }
-        let root = snapshot_root(&build)?;
         let record = record(&build);
         let work_root = self.pipeline.work_root.clone();
-        let file = tokio::task::spawn_blocking(move || write_archive(&work_root, &record, &root))
-            .await
-            .map_err(|e| Error::Internal(format!("export task failed: {e}")))??;
+        let file = match snapshot_root(&build)? {
+            Some(root) => {
+                tokio::task::spawn_blocking(move || write_archive(&work_root, &record, &root))
+                    .await
+                    .map_err(|e| Error::Internal(format!("export task failed: {e}")))??
+            }
+            None => self.export_images(&build, record).await?,
+        };
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let mut file = file;
@@ -82,6 +94,62 @@ impl BuildService {
             }
         });
         Ok(rx)
+    }
+
+    /// The archive of a build of the oci builder: its record, its manifest
+    /// and the OCI archive of each image it pushed, gathered in a private
+    /// directory under the work root that is removed afterwards.
+    async fn export_images(&self, build: &Build, record: Vec<u8>) -> Result<std::fs::File> {
+        let Some(oci) = self.pipeline.builder.oci() else {
+            return Err(Error::FailedPrecondition(format!(
+                "build {}: its services run registry images, which this build service \
+                 (the {} builder) cannot read; export it from a rack with the oci builder",
+                build.id,
+                self.pipeline.builder.name()
+            )));
+        };
+        let work_root = self.pipeline.work_root.clone();
+        let dir = work_root.join(format!("export-{:016x}", rand::random::<u64>()));
+        slipway_storage::files::create_private_dir_all(&dir)
+            .map_err(|e| Error::Internal(format!("export: work directory: {e}")))?;
+        let gathered = async {
+            let manifest = inside(&dir, &build.manifest_path).ok_or_else(|| {
+                Error::Internal(format!(
+                    "build {}: manifest path {:?} leaves the tree",
+                    build.id, build.manifest_path
+                ))
+            })?;
+            write_file(&manifest, build.manifest.as_bytes())?;
+            for (service, artifact) in &build.artifacts {
+                // `image:` services: the manifest names their image.
+                if !oci.built_here(build.app.as_str(), service, build.id.as_str(), artifact) {
+                    continue;
+                }
+                let out = dir.join(export_image_path(service));
+                if let Some(parent) = out.parent() {
+                    slipway_storage::files::create_private_dir_all(parent)
+                        .map_err(|e| Error::Internal(format!("export: image directory: {e}")))?;
+                }
+                oci.export_image(artifact, &out).await.map_err(|e| {
+                    Error::FailedPrecondition(format!(
+                        "build {}: could not export the image of service {service} \
+                         ({artifact}): {e}",
+                        build.id
+                    ))
+                })?;
+            }
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || write_archive(&work_root, &record, &dir))
+                .await
+                .map_err(|e| Error::Internal(format!("export task failed: {e}")))?
+        }
+        .await;
+        let cleanup = dir.clone();
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(cleanup)).await;
+        if let Ok(Err(e)) = removed {
+            tracing::warn!("failed to remove export directory {}: {e}", dir.display());
+        }
+        gathered
     }
 
     /// Builds the uploaded export `source` into a new build of `app` and
@@ -188,9 +256,42 @@ fn record(build: &Build) -> Vec<u8> {
     serde_json::to_vec_pretty(&json).expect("a JSON value serialises")
 }
 
+/// `base/rel` if `rel` is relative, with no `..` and at least one name.
+fn inside(base: &Path, rel: &str) -> Option<PathBuf> {
+    let mut out = base.to_path_buf();
+    let mut named = false;
+    for component in Path::new(rel).components() {
+        match component {
+            Component::Normal(part) => {
+                out.push(part);
+                named = true;
+            }
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    named.then_some(out)
+}
+
+/// Writes a new private file (and its parent directories).
+fn write_file(path: &Path, contents: &[u8]) -> Result<()> {
+    let io = |e: std::io::Error| Error::Internal(format!("export: write {}: {e}", path.display()));
+    if let Some(parent) = path.parent() {
+        slipway_storage::files::create_private_dir_all(parent).map_err(io)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(contents).map_err(io)
+}
+
 /// The snapshot a build's artifacts live in: the `sha256-…` directory every
-/// `file://` artifact is inside.
-fn snapshot_root(build: &Build) -> Result<PathBuf> {
+/// `file://` artifact is inside; `None` when every artifact is a registry
+/// image (a build of the oci builder).
+fn snapshot_root(build: &Build) -> Result<Option<PathBuf>> {
     let mut root: Option<PathBuf> = None;
     for artifact in build.artifacts.values() {
         // Anything else is a registry image: built by the oci builder, or
@@ -227,15 +328,11 @@ fn snapshot_root(build: &Build) -> Result<PathBuf> {
         }
     }
     match root {
-        Some(root) => Ok(root),
+        Some(root) => Ok(Some(root)),
         None if build.artifacts.is_empty() => Err(Error::FailedPrecondition(
             "no services found to export".into(),
         )),
-        None => Err(Error::FailedPrecondition(format!(
-            "build {} has no source tree to export: its services run registry images \
-             (the oci builder); exporting those is not supported yet",
-            build.id
-        ))),
+        None => Ok(None),
     }
 }
 
