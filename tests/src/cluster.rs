@@ -12,6 +12,11 @@
 //! `127.0.0.1:0` and reports its address in its log, except the release
 //! replicas, whose addresses the rollout replicas need before the release
 //! replicas can be told theirs (the two call each other).
+//!
+//! Any service can be stopped (SIGTERM, drained), killed (SIGKILL) and
+//! started again on the same address with the same configuration
+//! ([`Cluster::restart`], [`Cluster::kill_and_restart`]), so rolling restarts
+//! and crashes with recovery can be tested; the names are [`SERVICES`].
 
 use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
@@ -33,11 +38,31 @@ pub const LEASE_TTL: Duration = Duration::from_secs(2);
 /// One service process.
 struct Replica {
     name: String,
+    /// The binary and the arguments it was started with, its `--listen`
+    /// pinned to the address it bound first, so a restart comes back there.
+    bin: String,
+    args: Vec<OsString>,
     child: Child,
     addr: SocketAddr,
-    /// Its last log lines, shown when a test fails.
+    /// Its last log lines (of every start), shown when a test fails.
     log: Arc<Mutex<Vec<String>>>,
 }
+
+/// The service processes of a cluster by name, in the order a rolling
+/// restart takes them (the fake API server, `kube`, is not a Slipway service
+/// and keeps its state in memory, so it is not among them).
+pub const SERVICES: [&str; 7] = [
+    "release-a",
+    "release-b",
+    "build",
+    "rollout-a",
+    "rollout-b",
+    "gateway-a",
+    "gateway-b",
+];
+
+/// How long a SIGTERMed service may take to drain and exit.
+pub const STOP_LIMIT: Duration = Duration::from_secs(30);
 
 /// Settings of a cluster.
 #[derive(Clone, Debug)]
@@ -128,8 +153,15 @@ fn join(addrs: &[SocketAddr]) -> String {
 }
 
 impl Cluster {
-    /// Starts the whole setup on fresh PostgreSQL databases.
+    /// Starts the whole setup on fresh PostgreSQL databases, with rollout
+    /// leases of [`LEASE_TTL`].
     pub async fn start(options: ClusterOptions) -> Self {
+        Self::start_with_lease(options, LEASE_TTL).await
+    }
+
+    /// [`Cluster::start`] with rollout leases of `lease_ttl` (a long lease
+    /// tells a prompt hand-over from a takeover after expiry).
+    pub async fn start_with_lease(options: ClusterOptions, lease_ttl: Duration) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let release_db = slipway_storage::testing::postgres().await;
         let rollout_db = slipway_storage::testing::postgres().await;
@@ -183,7 +215,7 @@ impl Cluster {
             .collect();
             args.extend([
                 "--lease-ttl".into(),
-                humantime::format_duration(LEASE_TTL).to_string().into(),
+                humantime::format_duration(lease_ttl).to_string().into(),
             ]);
             args.extend(["--kubeconfig".into(), kubeconfig.clone().into()]);
             args.extend(["--database-url".into(), cluster.rollout_db.clone().into()]);
@@ -247,59 +279,24 @@ impl Cluster {
 
     /// Starts `bin` and waits for the `serving addr=` line of its log.
     async fn spawn(&mut self, name: &str, bin: &str, args: Vec<OsString>) -> SocketAddr {
-        let mut child = Command::new(binary(bin))
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {bin}: {e}"));
         let log = Arc::new(Mutex::new(Vec::new()));
-        let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-        let found = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                log.lock().expect("log lock").push(line.clone());
-                if line.contains("serving")
-                    && let Some(rest) = line.split("addr=").nth(1)
-                    && let Some(addr) = rest
-                        .split_whitespace()
-                        .next()
-                        .and_then(|a| a.trim_matches('"').parse::<SocketAddr>().ok())
-                {
-                    return Some(addr);
-                }
-            }
-            None
-        })
-        .await;
-        let addr = match found {
-            Ok(Some(addr)) => addr,
-            _ => panic!(
-                "{name} ({bin} {args:?}) did not start serving; its log:\n{}",
-                log.lock().expect("log lock").join("\n")
-            ),
-        };
-        let tail = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut tail = tail.lock().expect("log lock");
-                tail.push(line);
-                if tail.len() > 400 {
-                    tail.drain(..200);
-                }
-            }
-        });
+        let (child, addr) = launch(name, bin, &args, &log, None).await;
         self.replicas.push(Replica {
             name: name.to_owned(),
+            bin: bin.to_owned(),
+            args: pin_listen(args, addr),
             child,
             addr,
             log,
         });
         addr
+    }
+
+    fn replica_mut(&mut self, name: &str) -> &mut Replica {
+        self.replicas
+            .iter_mut()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no replica {name}"))
     }
 
     fn replica(&self, name: &str) -> &Replica {
@@ -356,13 +353,77 @@ impl Cluster {
 
     /// SIGKILLs replica `name` and waits for it to be gone.
     pub async fn kill(&mut self, name: &str) {
-        let replica = self
-            .replicas
-            .iter_mut()
-            .find(|r| r.name == name)
-            .unwrap_or_else(|| panic!("no replica {name}"));
-        replica.child.start_kill().expect("SIGKILL");
+        let replica = self.replica_mut(name);
+        let _ = replica.child.start_kill();
         let _ = replica.child.wait().await;
+    }
+
+    /// Stops replica `name` the way an orchestrator does (SIGTERM), waits
+    /// for it to drain and exit ([`STOP_LIMIT`]) and returns its exit status
+    /// (the test fails if it does not exit in time).
+    pub async fn stop(&mut self, name: &str) -> std::process::ExitStatus {
+        let replica = self.replica_mut(name);
+        if let Ok(Some(status)) = replica.child.try_wait() {
+            return status;
+        }
+        let pid = replica.child.id().expect("a running child has a pid");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits in i32"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .unwrap_or_else(|e| panic!("SIGTERM {name}: {e}"));
+        match tokio::time::timeout(STOP_LIMIT, replica.child.wait()).await {
+            Ok(Ok(status)) => status,
+            _ => panic!(
+                "{name} did not exit within {STOP_LIMIT:?} of SIGTERM; its log:\n{}",
+                replica.log.lock().expect("log lock").join("\n")
+            ),
+        }
+    }
+
+    /// Starts replica `name` again (after [`Cluster::stop`] or
+    /// [`Cluster::kill`]) with the same binary, arguments and address, and
+    /// waits until it serves. Its peers keep their endpoint lists, so they
+    /// find it where it was.
+    pub async fn start_again(&mut self, name: &str) {
+        let replica = self.replica_mut(name);
+        if let Ok(None) = replica.child.try_wait() {
+            panic!("{name} is still running: stop or kill it first");
+        }
+        let (bin, args, addr, log) = (
+            replica.bin.clone(),
+            replica.args.clone(),
+            replica.addr,
+            replica.log.clone(),
+        );
+        log.lock()
+            .expect("log lock")
+            .push(format!("----- {name} started again -----"));
+        let (child, bound) = launch(name, &bin, &args, &log, Some(addr)).await;
+        assert_eq!(bound, addr, "{name} came back on another address");
+        self.replica_mut(name).child = child;
+    }
+
+    /// A rolling-restart step: [`Cluster::stop`] (SIGTERM, drain, exit),
+    /// then [`Cluster::start_again`] on the same address. Panics unless the
+    /// process exited cleanly on SIGTERM.
+    pub async fn restart(&mut self, name: &str) {
+        let status = self.stop(name).await;
+        assert!(
+            status.success(),
+            "{name} exited with {status} on SIGTERM; its log:\n{}",
+            self.replica(name).log.lock().expect("log lock").join("\n")
+        );
+        self.start_again(name).await;
+    }
+
+    /// A crash and a restart: SIGKILL, then [`Cluster::start_again`].
+    pub async fn kill_and_restart(&mut self, name: &str) {
+        self.kill(name).await;
+        self.start_again(name).await;
+    }
+
+    /// Whether replica `name` is running.
+    pub fn is_running(&mut self, name: &str) -> bool {
+        matches!(self.replica_mut(name).child.try_wait(), Ok(None))
     }
 
     /// Sends `signal` to replica `name` (SIGSTOP/SIGCONT to pause one).
@@ -436,6 +497,96 @@ impl Cluster {
             out.push('\n');
         }
         out
+    }
+}
+
+/// `args` with the value of `--listen` replaced by `addr`, the address the
+/// process bound (its first start may have asked for port 0).
+fn pin_listen(mut args: Vec<OsString>, addr: SocketAddr) -> Vec<OsString> {
+    if let Some(i) = args.iter().position(|a| a == "--listen")
+        && let Some(value) = args.get_mut(i + 1)
+    {
+        *value = addr.to_string().into();
+    }
+    args
+}
+
+/// Starts `bin args…`, appending its log to `log`, and waits for the
+/// `serving addr=` line. A restart (`again`: the address it must bind)
+/// whose port is still held for a moment (a lingering socket) is tried
+/// again for a few seconds.
+async fn launch(
+    name: &str,
+    bin: &str,
+    args: &[OsString],
+    log: &Arc<Mutex<Vec<String>>>,
+    again: Option<SocketAddr>,
+) -> (Child, SocketAddr) {
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    let mut pause = Duration::from_millis(25);
+    loop {
+        let mut child = Command::new(binary(bin))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+        let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.lock().expect("log lock").push(line.clone());
+                if line.contains("serving")
+                    && let Some(rest) = line.split("addr=").nth(1)
+                    && let Some(addr) = rest
+                        .split_whitespace()
+                        .next()
+                        .and_then(|a| a.trim_matches('"').parse::<SocketAddr>().ok())
+                {
+                    return Some(addr);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(addr)) => {
+                let tail = log.clone();
+                tokio::spawn(async move {
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let mut tail = tail.lock().expect("log lock");
+                        tail.push(line);
+                        if tail.len() > 400 {
+                            tail.drain(..200);
+                        }
+                    }
+                });
+                return (child, addr);
+            }
+            _ => {
+                let in_use = log
+                    .lock()
+                    .expect("log lock")
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .any(|l| l.contains("Address already in use"));
+                if again.is_some() && in_use && std::time::Instant::now() < give_up {
+                    let _ = child.kill().await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+                panic!(
+                    "{name} ({bin} {args:?}) did not start serving; its log:\n{}",
+                    log.lock().expect("log lock").join("\n")
+                )
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! the `convox` CLI sends them.
 
 pub mod cluster;
+pub mod load;
 
 use std::path::PathBuf;
 use std::process::Output;
