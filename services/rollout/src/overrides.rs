@@ -9,7 +9,9 @@
 //! service that is new or was never scaled by hand; once `scale` set a
 //! count, every later rollout of the app (promotions, rollbacks, restarts)
 //! runs that count until it is set again. cpu and memory set by hand are
-//! kept the same way.
+//! kept the same way, field by field: a service's processes get the cpu
+//! and memory set by hand where `scale` set one, else the manifest's
+//! `scale.cpu`/`scale.memory` of the release they run ([`Spec::resources`]).
 
 use std::collections::BTreeMap;
 
@@ -63,12 +65,21 @@ impl Spec {
             .unwrap_or(manifest)
     }
 
-    /// cpu (millicores) and memory (MiB) set by hand for `service`; 0 when unset.
+    /// cpu (millicores) and memory (MiB) of each process of `service`,
+    /// field by field: the value set by hand, else the manifest's
+    /// `scale.cpu`/`scale.memory`; 0 when neither sets one. A value set by
+    /// hand to 0 (`scale --cpu 0`) clears the hand-set value, so the
+    /// manifest's applies again.
     pub fn resources(&self, service: &str) -> (u32, u32) {
-        self.overrides
-            .scale
-            .get(service)
-            .map_or((0, 0), |s| (s.cpu, s.memory))
+        let manifest = self.manifest.service(service).map(|s| s.scale);
+        let hand = self.overrides.scale.get(service);
+        let pick = |hand: Option<u32>, manifest: Option<u32>| {
+            hand.filter(|v| *v > 0).or(manifest).unwrap_or(0)
+        };
+        (
+            pick(hand.map(|s| s.cpu), manifest.and_then(|m| m.cpu)),
+            pick(hand.map(|s| s.memory), manifest.and_then(|m| m.memory)),
+        )
     }
 
     /// Whether a process of `service` started at `started` predates the
@@ -138,5 +149,33 @@ mod tests {
         assert!(back.restarted_since("web", DateTime::UNIX_EPOCH));
         assert!(!back.restarted_since("web", at));
         assert_eq!(back.count("nosuch"), 0);
+    }
+
+    /// cpu and memory: set by hand wins, field by field, over the
+    /// manifest's; a hand-set 0 gives the manifest's back.
+    #[test]
+    fn resources_set_by_hand_win_over_the_manifest_field_by_field() {
+        let record = crate::model::SpecRecord {
+            app: "shop".into(),
+            release: "RAAAAAAAAAA".into(),
+            build: String::new(),
+            manifest: "services:\n  web:\n    command: sleep 1\n    scale:\n      cpu: 250\n      memory: 512\n  worker:\n    command: sleep 1\n".into(),
+            env: Default::default(),
+            artifacts: Default::default(),
+        };
+        let mut spec = Spec::from_record(record).unwrap();
+        assert_eq!(spec.resources("web"), (250, 512), "the manifest's");
+        assert_eq!(spec.resources("worker"), (0, 0), "none");
+        let hand = |cpu, memory| ServiceScale {
+            count: None,
+            cpu,
+            memory,
+        };
+        spec.overrides.scale.insert("web".into(), hand(0, 1024));
+        assert_eq!(spec.resources("web"), (250, 1024));
+        spec.overrides.scale.insert("web".into(), hand(100, 0));
+        assert_eq!(spec.resources("web"), (100, 512));
+        spec.overrides.scale.insert("worker".into(), hand(0, 64));
+        assert_eq!(spec.resources("worker"), (0, 64));
     }
 }

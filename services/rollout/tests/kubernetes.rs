@@ -16,6 +16,9 @@ use slipway_rollout::runtime::{EventSink, Progress, Runtime, RuntimeError, Spec}
 
 use slipway_kube_fake::{FakeKube, PodFate};
 
+/// The rollout driver on this runtime, end to end.
+mod driver;
+
 const RACK: &str = "test";
 
 #[derive(Default)]
@@ -178,8 +181,15 @@ async fn the_exact_objects_are_applied_server_side() {
                     "metadata": {"labels": {"app": "shop", "service": "web", "release": "RAAAAAAAAAA"}},
                     "spec": {
                         "terminationGracePeriodSeconds": 20,
-                        // No API token, no privilege escalation.
+                        // No API token.
                         "automountServiceAccountToken": false,
+                        // Pod Security `restricted`: non-root by uid and
+                        // gid, default seccomp profile, and (below) no
+                        // privilege escalation and no capabilities.
+                        "securityContext": {
+                            "runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
                         // No `<SERVICE>_PORT=tcp://…` variables.
                         "enableServiceLinks": false,
                         "containers": [{
@@ -188,7 +198,7 @@ async fn the_exact_objects_are_applied_server_side() {
                             "envFrom": [{"secretRef": {"name": "web-env-raaaaaaaaaa"}}],
                             "securityContext": {
                                 "allowPrivilegeEscalation": false,
-                                "seccompProfile": {"type": "RuntimeDefault"},
+                                "capabilities": {"drop": ["ALL"]},
                             },
                             "env": [{"name": "PORT", "value": "3000"}],
                             "ports": [{"name": "main", "containerPort": 3000, "protocol": "TCP"}],
@@ -740,4 +750,75 @@ async fn event_watchers_end_with_their_rollout() {
             .all(|t| t.as_deref() == Some("PROMO1"))
     );
     assert_eq!(tags(&events_b), [Some("PROMO2".to_owned())]);
+}
+
+/// Waits (polling the runtime as the driver does) until `release` of
+/// `app` reaches an outcome.
+async fn outcome(rt: &KubernetesRuntime, app: &str, release: &str) -> Progress {
+    let start = Instant::now();
+    loop {
+        let p = rt
+            .progress(app, release, Duration::from_millis(200))
+            .await
+            .unwrap();
+        if !matches!(p, Progress::Progressing { .. }) {
+            return p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "stuck: {p:?}");
+    }
+}
+
+/// The manifest's `scale.cpu`/`scale.memory` reach the pods as requests
+/// (memory also as the limit), through the fake's schema-checked apply and
+/// its ReplicaSet; a value set by hand wins over the manifest's, field by
+/// field, and rolls the pods.
+#[tokio::test]
+async fn manifest_resources_reach_the_pods_and_hand_set_ones_win() {
+    let fake = FakeKube::start().await;
+    fake.run_controller();
+    let (rt, _) = runtime(&fake);
+    let manifest = MANIFEST.replace(
+        "      count: 2\n",
+        "      count: 2\n      cpu: 250\n      memory: 256\n",
+    );
+    let mut spec = spec_with("shop", "RAAAAAAAAAA", &manifest, "registry.test/shop/web:1");
+    rt.apply("PROMO1", Arc::new(spec.clone()), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(&rt, "shop", "RAAAAAAAAAA").await,
+        Progress::Complete
+    );
+    let resources = |fake: &FakeKube| -> Vec<serde_json::Value> {
+        fake.objects("pods", "test-shop")
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| p["spec"]["containers"][0]["resources"].clone())
+            .collect()
+    };
+    let manifest_resources = json!({"requests": {"cpu": "250m", "memory": "256Mi"},
+                                    "limits": {"memory": "256Mi"}});
+    assert_eq!(
+        resources(&fake),
+        [manifest_resources.clone(), manifest_resources]
+    );
+
+    spec.overrides.scale.insert(
+        "web".into(),
+        slipway_rollout::overrides::ServiceScale {
+            count: None,
+            cpu: 0,
+            memory: 512,
+        },
+    );
+    rt.apply("SCALE1", Arc::new(spec), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome(&rt, "shop", "RAAAAAAAAAA").await,
+        Progress::Complete
+    );
+    let hand_set = json!({"requests": {"cpu": "250m", "memory": "512Mi"},
+                          "limits": {"memory": "512Mi"}});
+    assert_eq!(resources(&fake), [hand_set.clone(), hand_set]);
 }

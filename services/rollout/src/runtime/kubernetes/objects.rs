@@ -6,13 +6,20 @@
 //! to read here and to assert in tests; status is read back typed.
 //!
 //! App pods get no service-account token (they have no business with the
-//! API server), no privilege escalation (setuid binaries and file
-//! capabilities do not raise privileges) and the runtime's default seccomp
-//! profile. They are not forced to `runAsNonRoot` or to drop every
-//! capability: the runtime cannot know an image's user, and images that
-//! start as root (to bind port 80, or to drop to their own user) would fail
-//! to start; a cluster that wants that enforces Pod Security `restricted`
-//! on app namespaces.
+//! API server) and, by default, the Pod Security `restricted` profile: they
+//! run as a non-root user ([`DEFAULT_POD_USER`], uid and gid, whatever the
+//! image's `USER` says), without privilege escalation, with every
+//! capability dropped and the runtime's default seccomp profile (see
+//! [`pod_security_context`]). An image that must start as root (to bind a
+//! port under 1024 on a container runtime without unprivileged low ports,
+//! or to drop to its own user itself) runs with `--kube-pod-user 0`: then
+//! pods run as the image says, keeping only no privilege escalation and
+//! the default seccomp profile. The root filesystem stays writable: apps
+//! write caches, temporary files and pid files next to their code, and a
+//! read-only root would break them in ways only a crash shows.
+//!
+//! cpu and memory come from [`Spec::resources`]: set by hand with `scale`,
+//! field by field, else the manifest's `scale.cpu`/`scale.memory`.
 //!
 //! Every body carries only the fields Slipway owns: with server-side apply
 //! a field left out is a field given up, and defaults stay the server's.
@@ -32,6 +39,11 @@ pub(crate) const LABEL_APP: &str = "app";
 pub(crate) const LABEL_SERVICE: &str = "service";
 /// See [`LABEL_RACK`].
 pub(crate) const LABEL_RELEASE: &str = "release";
+
+/// The uid and gid app pods run as by default (`--kube-pod-user`): the
+/// first user `useradd`/`adduser` make in Debian, Ubuntu and Alpine
+/// images, so an image that made one user for its app runs as it.
+pub(crate) const DEFAULT_POD_USER: u32 = 1000;
 
 /// Readiness-probe failures in a row that make a pod unready.
 pub(crate) const FAILURE_THRESHOLD: u32 = 3;
@@ -198,15 +210,36 @@ pub(crate) fn rolling_update(svc: &Service) -> Result<(String, String), ObjectEr
 /// The pod-template annotation a restart sets (as a Convox rack does).
 pub(crate) const RESTART_ANNOTATION: &str = "convox.com/restart";
 
-/// The Deployment of `svc` running `spec`'s release. The selector (app and
-/// service) never changes: Kubernetes refuses a changed selector, and the
-/// release label lives only on the pod template.
+/// The Deployment of `svc` running `spec`'s release, its pods as
+/// [`DEFAULT_POD_USER`] (see [`deployment_as`]).
 pub(crate) fn deployment(
     rack: &str,
     spec: &Spec,
     svc: &Service,
     deadline_secs: u64,
     pull_secret: Option<&str>,
+) -> Result<Value, ObjectError> {
+    deployment_as(
+        rack,
+        spec,
+        svc,
+        deadline_secs,
+        pull_secret,
+        DEFAULT_POD_USER,
+    )
+}
+
+/// The Deployment of `svc` running `spec`'s release, its pods as
+/// `pod_user` (0: as the image says). The selector (app and service)
+/// never changes: Kubernetes refuses a changed selector, and the release
+/// label lives only on the pod template.
+pub(crate) fn deployment_as(
+    rack: &str,
+    spec: &Spec,
+    svc: &Service,
+    deadline_secs: u64,
+    pull_secret: Option<&str>,
+    pod_user: u32,
 ) -> Result<Value, ObjectError> {
     let (surge, unavailable) = rolling_update(svc)?;
     let image = spec
@@ -219,16 +252,14 @@ pub(crate) fn deployment(
         "name": svc.name,
         "image": image,
         "envFrom": [{ "secretRef": { "name": secret_name(&svc.name, &spec.release) } }],
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "seccompProfile": { "type": "RuntimeDefault" },
-        },
+        "securityContext": container_security_context(pod_user),
     });
     if let Some(command) = &svc.command {
         container["command"] = json!(["/bin/sh", "-c", command]);
     }
-    // Scale set by hand: cpu (millicores) as the request, memory (MiB) as
-    // request and limit, as a Convox rack sets them.
+    // Set by hand, else the manifest's: cpu (millicores) as the request
+    // only (a cpu limit throttles even an idle node's spare cycles), memory
+    // (MiB) as request and limit, as a Convox rack sets them.
     let (cpu, memory) = spec.resources(&svc.name);
     if cpu > 0 || memory > 0 {
         let mut requests = serde_json::Map::new();
@@ -282,6 +313,7 @@ pub(crate) fn deployment(
     let mut pod_spec = json!({
         "terminationGracePeriodSeconds": svc.termination_grace_secs,
         "automountServiceAccountToken": false,
+        "securityContext": pod_security_context(pod_user),
         // Kubernetes would inject `<SERVICE>_PORT=tcp://…` for every
         // Service of the namespace, clobbering app variables such as
         // REDIS_PORT.
@@ -315,6 +347,32 @@ pub(crate) fn deployment(
             },
         },
     }))
+}
+
+/// The pod-level securityContext of app pods running as `user` (0: as the
+/// image says): with a user, non-root by uid and gid and the default
+/// seccomp profile, which with [`container_security_context`] passes Pod
+/// Security `restricted`; without, the seccomp profile only.
+pub(crate) fn pod_security_context(user: u32) -> Value {
+    let mut context = json!({ "seccompProfile": { "type": "RuntimeDefault" } });
+    if user != 0 {
+        context["runAsNonRoot"] = json!(true);
+        context["runAsUser"] = json!(user);
+        context["runAsGroup"] = json!(user);
+    }
+    context
+}
+
+/// The container-level securityContext of app containers (see
+/// [`pod_security_context`]): never privilege escalation; with a non-root
+/// user, no capabilities either (a root image keeps the runtime's default
+/// set, which it may need to drop to its own user).
+pub(crate) fn container_security_context(user: u32) -> Value {
+    let mut context = json!({ "allowPrivilegeEscalation": false });
+    if user != 0 {
+        context["capabilities"] = json!({ "drop": ["ALL"] });
+    }
+    context
 }
 
 #[cfg(test)]
@@ -367,6 +425,96 @@ mod tests {
         assert_eq!(pod["enableServiceLinks"], json!(false));
         let plain = deployment("prod", &spec, web, 60, None).unwrap();
         assert!(plain["spec"]["template"]["spec"]["imagePullSecrets"].is_null());
+    }
+
+    fn spec_of(manifest: &str) -> Spec {
+        Spec::from_record(crate::model::SpecRecord {
+            app: "shop".into(),
+            release: "RAAAAAAAAAA".into(),
+            build: "BAAAAAAAAAA".into(),
+            manifest: manifest.into(),
+            env: Default::default(),
+            artifacts: Default::default(),
+        })
+        .unwrap()
+    }
+
+    /// The manifest's cpu and memory become requests (memory also the
+    /// limit); a value set by hand wins, field by field.
+    #[test]
+    fn resources_come_from_the_manifest_unless_set_by_hand() {
+        let mut spec = spec_of(
+            "services:\n  web:\n    image: nginx\n    scale:\n      cpu: 250\n      memory: 512\n  worker:\n    image: nginx\n",
+        );
+        let body = |spec: &Spec, service: &str| {
+            let svc = &spec.manifest.services[service];
+            deployment("prod", spec, svc, 60, None).unwrap()["spec"]["template"]
+                ["spec"]["containers"][0]["resources"]
+                .clone()
+        };
+        assert_eq!(
+            body(&spec, "web"),
+            json!({"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "512Mi"}})
+        );
+        assert!(
+            body(&spec, "worker").is_null(),
+            "BestEffort without figures"
+        );
+        spec.overrides.scale.insert(
+            "web".into(),
+            crate::overrides::ServiceScale {
+                count: None,
+                cpu: 0,
+                memory: 1024,
+            },
+        );
+        spec.overrides.scale.insert(
+            "worker".into(),
+            crate::overrides::ServiceScale {
+                count: Some(2),
+                cpu: 100,
+                memory: 0,
+            },
+        );
+        assert_eq!(
+            body(&spec, "web"),
+            json!({"requests": {"cpu": "250m", "memory": "1024Mi"}, "limits": {"memory": "1024Mi"}})
+        );
+        assert_eq!(body(&spec, "worker"), json!({"requests": {"cpu": "100m"}}));
+    }
+
+    /// Restricted by default; `--kube-pod-user 0` runs images as they say.
+    #[test]
+    fn pods_run_restricted_unless_the_pod_user_is_zero() {
+        let spec = spec_of("services:\n  web:\n    image: nginx\n    port: 80\n");
+        let web = &spec.manifest.services["web"];
+        let d = deployment("prod", &spec, web, 60, None).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["securityContext"],
+            json!({"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000,
+                   "seccompProfile": {"type": "RuntimeDefault"}})
+        );
+        assert_eq!(
+            pod["containers"][0]["securityContext"],
+            json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}})
+        );
+        assert_eq!(pod["automountServiceAccountToken"], json!(false));
+        let d = deployment_as("prod", &spec, web, 60, None, 0).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["securityContext"],
+            json!({"seccompProfile": {"type": "RuntimeDefault"}})
+        );
+        assert_eq!(
+            pod["containers"][0]["securityContext"],
+            json!({"allowPrivilegeEscalation": false})
+        );
+        // Both shapes are valid core/v1.
+        for user in [0, DEFAULT_POD_USER] {
+            let d = deployment_as("prod", &spec, web, 60, None, user).unwrap();
+            let _: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(d).unwrap();
+        }
     }
 
     #[test]
