@@ -156,17 +156,23 @@ pub(crate) fn record(
         reason,
         "Unhealthy" | "BackOff" | "Failed" | "FailedCreate" | "FailedScheduling"
     );
-    let existing = store
-        .in_namespace("events", ns)
-        .find(|(k, e)| {
-            k.0 == "events"
-                && k.1 == ns
-                && e["involvedObject"]["kind"] == kind
-                && e["involvedObject"]["name"] == name
-                && e["reason"] == reason
-                && e["message"] == message
-        })
-        .map(|(k, e)| (k.clone(), e.clone()));
+    // The server keys its deduplication by subject; so does the fake (a
+    // scan of every event per event grew with the cluster's history).
+    let subject = (
+        ns.to_owned(),
+        kind.to_owned(),
+        name.to_owned(),
+        reason.to_owned(),
+        message.to_owned(),
+    );
+    let existing = store.event_subjects.get(&subject).and_then(|k| {
+        let e = store.objects.get(k)?;
+        (e["involvedObject"]["kind"] == kind
+            && e["involvedObject"]["name"] == name
+            && e["reason"] == reason
+            && e["message"] == message)
+            .then(|| (k.clone(), e.clone()))
+    });
     if let Some((k, mut event)) = existing {
         event["count"] = json!(int(&event["count"]) + 1);
         event["lastTimestamp"] = json!(ts(now));
@@ -192,7 +198,9 @@ pub(crate) fn record(
         "reportingComponent": component, "reportingInstance": "",
     });
     store.stamp_new("events", &mut event);
-    store.commit("ADDED", key("events", ns, &event_name), event);
+    let k = key("events", ns, &event_name);
+    store.event_subjects.insert(subject, k.clone());
+    store.commit("ADDED", k, event);
 }
 
 impl FakeKube {
@@ -220,10 +228,8 @@ fn reconcile(shared: &Shared) {
     let now = Utc::now();
     let keys = |store: &Store, resource: &str| -> Vec<Key> {
         store
-            .objects
-            .keys()
-            .filter(|k| k.0 == resource)
-            .cloned()
+            .in_namespace(resource, "")
+            .map(|(k, _)| k.clone())
             .collect()
     };
     if !paused {
@@ -263,9 +269,9 @@ fn scale(store: &mut Store, rs: &Value, deployment: &str, to: i64, now: DateTime
 
 fn replica_sets(store: &Store, ns: &str, uid: &Value) -> Vec<Value> {
     let mut sets: Vec<Value> = store
-        .list("replicasets", ns, "")
-        .into_iter()
-        .filter(|rs| owned_by(rs, uid) && !terminating(rs))
+        .in_namespace("replicasets", ns)
+        .filter(|(_, rs)| owned_by(rs, uid) && !terminating(rs))
+        .map(|(_, rs)| rs.clone())
         .collect();
     // Oldest first, as the controller scales old ones down.
     sets.sort_by_key(|rs| {
@@ -628,9 +634,8 @@ fn collect_garbage(store: &mut Store, limit: &i64, sets: &[Value], new_name: &st
         let uid = rs["metadata"]["uid"].clone();
         let ns = text(&rs["metadata"]["namespace"]);
         let pods_left = store
-            .objects
-            .iter()
-            .any(|(k, p)| k.0 == "pods" && k.1 == ns && owned_by(p, &uid));
+            .in_namespace("pods", &ns)
+            .any(|(_, p)| owned_by(p, &uid));
         if !pods_left {
             let _ = store.delete(key("replicasets", &ns, &text(&rs["metadata"]["name"])));
         }
@@ -662,10 +667,11 @@ fn sync_replicaset(store: &mut Store, k: &Key, now: DateTime<Utc>) {
     let want = int(&rs["spec"]["replicas"]);
     let template = rs["spec"]["template"].clone();
     let image = text(&template["spec"]["containers"][0]["image"]);
+    // Only this ReplicaSet's pods are cloned, not the namespace's.
     let pods: Vec<Value> = store
-        .list("pods", &ns, "")
-        .into_iter()
-        .filter(|p| owned_by(p, &uid))
+        .in_namespace("pods", &ns)
+        .filter(|(_, p)| owned_by(p, &uid))
+        .map(|(_, p)| p.clone())
         .collect();
     let mut active: Vec<Value> = pods.into_iter().filter(|p| !terminating(p)).collect();
     let have = i64::try_from(active.len()).unwrap_or(0);

@@ -5,7 +5,7 @@
 //! subresource split, schema validation of every write, graceful deletion
 //! of pods and garbage collection of dependents (by `ownerReferences`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
@@ -117,8 +117,16 @@ pub(crate) struct Store {
     pub(crate) applied: BTreeMap<(Key, String), Value>,
     /// Where changes go live.
     pub(crate) changes: broadcast::Sender<Change>,
+    /// The events the controllers recorded, by subject (namespace,
+    /// involved kind and name, reason, message), for the server's
+    /// deduplication; an entry whose event is gone is stale and ignored.
+    pub(crate) event_subjects: HashMap<EventSubject, Key>,
     uid: u64,
 }
+
+/// What makes two events the same for deduplication: namespace, involved
+/// object's kind and name, reason, message.
+pub(crate) type EventSubject = (String, String, String, String, String);
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -177,6 +185,7 @@ impl Store {
             floor: 1,
             applied: BTreeMap::new(),
             changes: broadcast::channel(4096).0,
+            event_subjects: HashMap::new(),
             uid: 0,
         }
     }
