@@ -37,6 +37,17 @@
 //!   segment (`registry.test/shop/web:slow-5`); an image pinned by digest
 //!   only is "anything else".
 //!
+//! - **Real processes** (`exec.rs`): a pod with `restartPolicy: Never` (a
+//!   one-off process) runs its container's command as a real local process
+//!   with the pod's env (its `envFrom` Secrets and `env`), is `Running`
+//!   while it runs, then `Succeeded` or `Failed` with the exit code;
+//!   `activeDeadlineSeconds` kills it (`DeadlineExceeded`), and deleting it
+//!   kills its processes. The `exec` subresource is served over a websocket
+//!   with the Kubernetes channel framing (`v5.channel.k8s.io` or
+//!   `v4.channel.k8s.io`: stdin, stdout, stderr, the error channel's exit
+//!   `Status`, stdin close), running the command as a real local process
+//!   with the pod's env, in any running pod.
+//!
 //! Tests script it as well: deny a verb (RBAC), fail the next calls, drop
 //! or hold watches, compact history, and play the controllers by hand
 //! ([`script`]). The binary `slipway-kube-fake` serves it on an address
@@ -44,6 +55,7 @@
 //! at it by hand.
 
 mod controller;
+mod exec;
 pub mod schema;
 mod script;
 mod server;
@@ -148,6 +160,10 @@ impl FakeKube {
         });
         let addr = listener.local_addr().expect("a bound listener");
         let app = axum::Router::new()
+            .route(
+                "/api/v1/namespaces/{ns}/pods/{name}/exec",
+                axum::routing::get(exec::handle).post(exec::handle),
+            )
             .fallback(server::handle)
             .with_state(shared.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });

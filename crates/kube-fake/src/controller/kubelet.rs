@@ -43,6 +43,10 @@ fn probe_failures(store: &mut Store, ns: &str, pod: &str, failures: i64, now: Da
 /// The kubelet: pod status from the image's tag and the clock; a deleted
 /// pod goes once its process has stopped.
 pub(super) fn kubelet(store: &mut Store, k: &Key, now: DateTime<Utc>, options: Options) {
+    // Pods that run to completion run real processes (exec.rs).
+    if crate::exec::kubelet(store, k, now, options) {
+        return;
+    }
     let Some(pod) = store.objects.get(k).cloned() else {
         return;
     };
