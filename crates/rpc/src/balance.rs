@@ -31,7 +31,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -215,7 +215,8 @@ impl Balanced {
                 let mut last = None;
                 for i in round {
                     let member = &this.members[i];
-                    let request = http::Request::from_parts(parts.clone(), source.body());
+                    let (body, read) = source.body();
+                    let request = http::Request::from_parts(parts.clone(), body);
                     let mut channel = member.channel.clone();
                     let answer = match channel.ready().await {
                         Ok(channel) => tower::Service::call(channel, request).await,
@@ -234,6 +235,8 @@ impl Balanced {
                         // read the message.
                         Source::Slot(slot) if slot.lock().expect("body slot").is_some() => {}
                         Source::Slot(_) => return Err(error.into()),
+                        // Never read (refused, no stream): not a resend.
+                        Source::Whole(_) if !read.load(Ordering::Relaxed) => {}
                         // Sent, no answer: the server dedupes by key.
                         Source::Whole(_) if resends < MAX_RESENDS => {
                             resends += 1;
@@ -263,14 +266,20 @@ enum Source {
 }
 
 impl Source {
-    fn body(&self) -> Body {
-        match self {
+    /// An attempt's body, and a flag set once a transport read it.
+    fn body(&self) -> (Body, Arc<AtomicBool>) {
+        let read = Arc::new(AtomicBool::new(false));
+        let body = match self {
             Self::Slot(slot) => Body::new(Unsent {
                 slot: slot.clone(),
                 taken: None,
             }),
-            Self::Whole(bytes) => Body::new(Whole(Some(bytes.clone()))),
-        }
+            Self::Whole(bytes) => Body::new(Whole {
+                bytes: Some(bytes.clone()),
+                read: read.clone(),
+            }),
+        };
+        (body, read)
     }
 }
 
@@ -292,8 +301,12 @@ async fn collect(mut body: Body) -> Result<Bytes, BoxError> {
     Ok(out.freeze())
 }
 
-/// A body of one chunk.
-struct Whole(Option<Bytes>);
+/// A body of one chunk that tells whether a transport read it (a keyed
+/// call refused before anything was read is no resend).
+struct Whole {
+    bytes: Option<Bytes>,
+    read: Arc<AtomicBool>,
+}
 
 impl http_body::Body for Whole {
     type Data = Bytes;
@@ -303,15 +316,16 @@ impl http_body::Body for Whole {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+        self.read.store(true, Ordering::Relaxed);
+        Poll::Ready(self.bytes.take().map(|b| Ok(http_body::Frame::data(b))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_none()
+        self.bytes.is_none()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.0.as_ref().map_or(0, |b| b.len() as u64))
+        http_body::SizeHint::with_exact(self.bytes.as_ref().map_or(0, |b| b.len() as u64))
     }
 }
 

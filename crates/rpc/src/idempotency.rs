@@ -3,7 +3,8 @@
 //! same way, and no message changes. The gateway sets one per HTTP request
 //! (the client's `Idempotency-Key` header, else a fresh one); a service that
 //! records it answers the same key with the first result instead of acting
-//! twice (see DEVELOPING.md, "Faults").
+//! twice (see DEVELOPING.md, "Faults"). Services record keys through
+//! `slipway_storage::idempotency`, for a day.
 //!
 //! A caller that makes its calls on behalf of one request of its own (the
 //! gateway for an HTTP request) runs them in [`with_key`]: every call a
@@ -48,6 +49,8 @@ pub const HONOURED: &[&str] = &[
     "/slipway.release.v1.ReleaseService/PromoteRelease",
     "/slipway.release.v1.ReleaseService/RollbackRelease",
     "/slipway.release.v1.ReleaseService/CancelPromotion",
+    "/slipway.build.v1.BuildService/CreateBuild",
+    "/slipway.build.v1.BuildService/CancelBuild",
 ];
 
 /// Whether `request` carries a key for a method in [`HONOURED`].
@@ -57,9 +60,6 @@ pub(crate) fn honoured<B>(request: &http::Request<B>) -> bool {
 
 /// Longest key accepted.
 pub const MAX_KEY_LEN: usize = 128;
-
-/// How long a recorded key answers with its first result.
-pub const TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Checks a key's shape: 1 to [`MAX_KEY_LEN`] characters of `A-Z a-z 0-9 - _ . :`.
 pub fn check_key(key: &str) -> Result<(), String> {

@@ -395,6 +395,42 @@ async fn a_keyed_call_that_lost_its_answer_is_sent_again() {
     }
 }
 
+/// A keyed write to the only replica while it restarts (connections
+/// refused for longer than three quick attempts take): each refused attempt
+/// was never read, so it is no resend; the call waits within its budget and
+/// is answered once the replica is back, once.
+#[tokio::test]
+async fn a_keyed_call_waits_for_the_only_replica_to_come_back() {
+    let (answering, answered) = release_standin(false).await;
+    let relay = Relay::start(answering).await;
+    let channel = channel(&[relay.addr]);
+    relay.refuse.store(true, Ordering::SeqCst);
+    relay.cut().await;
+    relay.restore().await;
+    let request = http::Request::builder()
+        .uri("http://test/slipway.release.v1.ReleaseService/ChangeEnv")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header(slipway_rpc::idempotency::KEY, "k-restart")
+        .body(Body::new(String::from("\0\0\0\0\0")))
+        .unwrap();
+    let pending = tokio::spawn(channel.clone().oneshot(request));
+    eventually("the call was refused more than three times", async || {
+        relay.dropped.load(Ordering::SeqCst) >= 5
+    })
+    .await;
+    if pending.is_finished() {
+        panic!(
+            "the keyed call gave up while the replica restarted: {:?}",
+            pending.await.unwrap().map(|r| r.headers().clone())
+        );
+    }
+    relay.refuse.store(false, Ordering::SeqCst);
+    let response = pending.await.unwrap().expect("answered once back");
+    assert_eq!(response.headers()["grpc-status"], "0");
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+}
+
 /// A replica shut down the way SIGTERM does it (NOT_SERVING, the drain
 /// delay, in-flight calls finished, port closed) under a steady stream of
 /// calls costs none of them: callers stop sending before the port closes,

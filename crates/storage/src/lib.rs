@@ -20,6 +20,8 @@ pub use sqlx::{AnyPool, Transaction};
 
 mod args;
 pub mod files;
+pub mod outbox;
+pub mod idempotency;
 
 pub use args::StoreArgs;
 #[cfg(feature = "testing")]
@@ -229,6 +231,10 @@ pub fn classify(err: &sqlx::Error) -> ErrorClass {
         _ => ErrorClass::Other,
     }
 }
+
+/// What a service answers (gRPC UNAVAILABLE) to a call that failed because
+/// [`is_unavailable`]: the condition passes, and the caller may retry.
+pub const UNAVAILABLE_MESSAGE: &str = "database unavailable, retrying: try again shortly";
 
 /// Whether `err` means the database could not be reached (no connection
 /// within the pool's acquire timeout, a connection lost, the server shutting

@@ -5,6 +5,8 @@
 
 use super::{Database, PoolOptions, connect};
 
+pub mod relay;
+
 /// The admin URL used to create test databases.
 pub fn postgres_admin_url() -> String {
     std::env::var("SLIPWAY_TEST_DATABASE_URL")

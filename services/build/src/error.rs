@@ -18,6 +18,9 @@ pub enum Error {
     /// The named object does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// An idempotency key was used for a different request.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The request is valid but the build's state refuses it.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -48,13 +51,31 @@ impl From<objects::Error> for Error {
     }
 }
 
+impl From<slipway_storage::idempotency::KeyError> for Error {
+    fn from(err: slipway_storage::idempotency::KeyError) -> Self {
+        match err {
+            slipway_storage::idempotency::KeyError::Reused { .. } => {
+                Self::AlreadyExists(err.to_string())
+            }
+            slipway_storage::idempotency::KeyError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::InvalidArgument(msg) => Status::invalid_argument(msg),
             Error::NotFound(msg) => Status::not_found(msg),
+            Error::AlreadyExists(msg) => Status::already_exists(msg),
             Error::FailedPrecondition(msg) => Status::failed_precondition(msg),
             Error::TooLarge(msg) => Status::resource_exhausted(msg),
+            // PostgreSQL restarting or unreachable: a passing condition the
+            // caller may retry (the pool reconnects by itself).
+            Error::Store(e) if slipway_storage::is_unavailable(&e) => {
+                tracing::warn!("database unavailable: {e}");
+                Status::unavailable(slipway_storage::UNAVAILABLE_MESSAGE)
+            }
             Error::Store(_) | Error::Objects(_) | Error::Internal(_) => {
                 tracing::error!(error = %err, "request failed");
                 Status::internal("internal error")

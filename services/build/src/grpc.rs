@@ -11,6 +11,7 @@ use slipway_api::build::v1 as pb;
 use slipway_api::build::v1::build_service_server::BuildService as BuildRpc;
 use slipway_api::timestamp;
 use slipway_domain::{AppName, BuildId};
+use slipway_storage::idempotency::{Claim, Fingerprint};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::model::{Build, BuildStatus};
@@ -55,6 +56,7 @@ impl BuildRpc for Grpc {
         request: Request<pb::CreateBuildRequest>,
     ) -> Result<Response<pb::CreateBuildResponse>, Status> {
         let actor = slipway_rpc::actor(&request);
+        let key = slipway_rpc::idempotency::key_of(&request)?;
         let req = request.into_inner();
         let app = app_name(&req.app)?;
         let source = ObjectRef::parse_url(&req.source_url).map_err(|e| field("source_url", e))?;
@@ -73,6 +75,17 @@ impl BuildRpc for Grpc {
                 )));
             }
         }
+        let claim = claim(
+            key,
+            "CreateBuild",
+            Fingerprint::default()
+                .field(app.as_str())
+                .field(&req.source_url)
+                .field(&manifest_path)
+                .field(&req.description)
+                .field(&req.git_sha)
+                .field([u8::from(req.no_cache)]),
+        );
         let request = NewBuild {
             app,
             source,
@@ -80,7 +93,7 @@ impl BuildRpc for Grpc {
             description: req.description,
             git_sha: req.git_sha,
         };
-        let build = self.service.create(request, actor).await?;
+        let build = self.service.create_keyed(request, actor, claim).await?;
         Ok(Response::new(pb::CreateBuildResponse {
             build: Some(build_pb(build)),
         }))
@@ -147,11 +160,17 @@ impl BuildRpc for Grpc {
         &self,
         request: Request<pb::CancelBuildRequest>,
     ) -> Result<Response<pb::CancelBuildResponse>, Status> {
+        let key = slipway_rpc::idempotency::key_of(&request)?;
         let req = request.into_inner();
-        let build = self
-            .service
-            .cancel(&app_name(&req.app)?, &build_id(&req.id)?)
-            .await?;
+        let (app, id) = (app_name(&req.app)?, build_id(&req.id)?);
+        let claim = claim(
+            key,
+            "CancelBuild",
+            Fingerprint::default()
+                .field(app.as_str())
+                .field(id.as_str()),
+        );
+        let build = self.service.cancel(&app, &id, claim).await?;
         Ok(Response::new(pb::CancelBuildResponse {
             build: Some(build_pb(build)),
         }))
@@ -247,6 +266,15 @@ fn until_last(
         },
     );
     futures::stream::iter([Ok(first)]).chain(rest)
+}
+
+/// The claim of a keyed call: its request reduced to a SHA-256 (a build
+/// request holds no secret; the digest just keeps rows small).
+fn claim(key: Option<String>, method: &'static str, request: Fingerprint) -> Option<Claim> {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(request.bytes());
+    let fingerprint = digest.iter().map(|b| format!("{b:02x}")).collect();
+    key.map(|key| Claim::new(key, method, fingerprint))
 }
 
 fn field(name: &str, err: impl std::fmt::Display) -> Status {

@@ -32,6 +32,8 @@ use crate::log::{BusEntry, LogBus, Step, Stitch};
 use crate::model::{Build, BuildStatus, Outcome};
 use crate::objects::{ObjectRef, PutError};
 use crate::pipeline::{Pipeline, Running, Stop};
+use crate::store::{BUILD_STEP, CANCEL_STEP};
+use slipway_storage::idempotency::Claim;
 
 /// How often open builds' heartbeats are refreshed and checked.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
@@ -157,6 +159,45 @@ impl BuildService {
 
     /// Records a build and starts it in the background.
     pub async fn create(self: &Arc<Self>, request: NewBuild, actor: String) -> Result<Build> {
+        self.create_keyed(request, actor, None).await
+    }
+
+    /// Records a build and starts it in the background. A keyed call
+    /// (`claim`) makes one build per key: the same key again answers that
+    /// build as it is now.
+    pub async fn create_keyed(
+        self: &Arc<Self>,
+        request: NewBuild,
+        actor: String,
+        claim: Option<Claim>,
+    ) -> Result<Build> {
+        let store = self.pipeline.store.clone();
+        store
+            .keys()
+            .once(claim.as_ref(), |done| {
+                let (request, actor) = (request.clone(), actor.clone());
+                let claim = claim.as_ref();
+                async move {
+                    match done.get(BUILD_STEP) {
+                        Some(id) => {
+                            let id = BuildId::parse(id).map_err(|_| {
+                                Error::Internal(format!("corrupt idempotency record: {id}"))
+                            })?;
+                            self.get(&request.app, &id).await
+                        }
+                        None => self.create_new(request, actor, claim).await,
+                    }
+                }
+            })
+            .await
+    }
+
+    async fn create_new(
+        self: &Arc<Self>,
+        request: NewBuild,
+        actor: String,
+        claim: Option<&Claim>,
+    ) -> Result<Build> {
         if request.source.app != request.app {
             return Err(Error::InvalidArgument(format!(
                 "source_url: object belongs to app {}, not {}",
@@ -188,7 +229,7 @@ impl BuildService {
         if let Err(e) = self
             .pipeline
             .store
-            .insert_by(&build, &self.runner, &actor)
+            .insert_by(&build, &self.runner, &actor, claim)
             .await
         {
             self.running
@@ -306,8 +347,25 @@ impl BuildService {
         self.pipeline.store.list(app, limit).await
     }
 
-    /// Cancels an open build; a build that already ended is returned as is.
-    pub async fn cancel(&self, app: &AppName, id: &BuildId) -> Result<Build> {
+    /// Cancels an open build; a build that already ended is returned as is
+    /// (so cancelling twice changes nothing). A keyed call records the key
+    /// once the cancel is done; the same key with another build is refused.
+    pub async fn cancel(&self, app: &AppName, id: &BuildId, claim: Option<Claim>) -> Result<Build> {
+        let keys = self.pipeline.store.keys();
+        // The recorded steps are only checked: a repeated cancel is the same
+        // cancel, answered with the build as it is now.
+        let claim = claim.as_ref();
+        if let Some(claim) = claim {
+            keys.recorded(claim).await?;
+        }
+        let build = self.cancel_now(app, id).await?;
+        if let Some(claim) = claim {
+            keys.record_done(claim, CANCEL_STEP, id.as_str()).await;
+        }
+        Ok(build)
+    }
+
+    async fn cancel_now(&self, app: &AppName, id: &BuildId) -> Result<Build> {
         let build = self.get(app, id).await?;
         if build.status.is_terminal() {
             return Ok(build);

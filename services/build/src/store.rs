@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use slipway_domain::{AppName, BuildId};
+use slipway_storage::idempotency::{Claim, Keys};
 use slipway_storage::{Database, micros, now_micros, time};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
@@ -29,6 +30,11 @@ const COLUMNS: &str = "id, app, status, reason, description, git_sha, source_url
      release_id, artifacts, started_at, ended_at";
 const OPEN: &str = "('created', 'running')";
 
+/// The step a keyed CreateBuild records (the result is the build's id).
+pub const BUILD_STEP: &str = "build";
+/// The step a keyed CancelBuild records (the result is the build's id).
+pub const CANCEL_STEP: &str = "cancel";
+
 /// Builds on a SQL database.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -36,12 +42,15 @@ pub struct Store {
     /// Notified after a commit that wrote a webhook event (the relay wakes
     /// at once instead of at its next poll).
     outbox: std::sync::Arc<tokio::sync::Notify>,
+    /// Idempotency keys of CreateBuild and CancelBuild.
+    keys: Keys,
 }
 
 impl Store {
     /// A store over `db` (call [`Store::migrate`] first).
     pub fn new(db: Database) -> Self {
         Self {
+            keys: Keys::new(db.clone()),
             db,
             outbox: Default::default(),
         }
@@ -52,15 +61,27 @@ impl Store {
         self.db.migrate(&POSTGRES_MIGRATOR, &SQLITE_MIGRATOR).await
     }
 
+    /// The idempotency keys of the build service's writes.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
     /// Records a new build in `created`, run by `runner`.
     pub async fn insert(&self, build: &Build, runner: &str) -> Result<()> {
-        self.insert_by(build, runner, "unknown").await
+        self.insert_by(build, runner, "unknown", None).await
     }
 
     /// Records a new build in `created`, run by `runner`, started by
-    /// `actor`, with its `build:create` webhook event in the same
-    /// transaction.
-    pub async fn insert_by(&self, build: &Build, runner: &str, actor: &str) -> Result<()> {
+    /// `actor`, with its `build:create` webhook event and, for a keyed call,
+    /// its idempotency key (step [`BUILD_STEP`], the build's id) in the
+    /// same transaction.
+    pub async fn insert_by(
+        &self,
+        build: &Build,
+        runner: &str,
+        actor: &str,
+        claim: Option<&Claim>,
+    ) -> Result<()> {
         let now = now_micros();
         let mut tx = self
             .db
@@ -102,6 +123,10 @@ impl Store {
             &message,
         )
         .await?;
+        if let Some(claim) = claim {
+            slipway_storage::idempotency::record(&mut tx, claim, BUILD_STEP, build.id.as_str())
+                .await?;
+        }
         tx.commit().await?;
         self.outbox.notify_one();
         Ok(())

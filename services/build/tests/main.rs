@@ -8,6 +8,8 @@ mod helpers;
 
 mod bus;
 mod cancel;
+mod database;
+mod idempotency;
 mod logs;
 mod oci;
 mod releases;

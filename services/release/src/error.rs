@@ -58,7 +58,7 @@ impl From<Error> for Status {
             }
             Error::Store(e) if slipway_storage::is_unavailable(&e) => {
                 tracing::warn!("database unavailable: {e}");
-                Status::unavailable("database unavailable, retrying: try again shortly")
+                Status::unavailable(slipway_storage::UNAVAILABLE_MESSAGE)
             }
             Error::Store(_) | Error::Crypto(_) => {
                 tracing::error!(error = %err, "request failed");

@@ -34,6 +34,12 @@ impl From<Error> for Status {
             Error::InvalidArgument(msg) => Status::invalid_argument(msg),
             Error::NotFound(msg) => Status::not_found(msg),
             Error::FailedPrecondition(msg) => Status::failed_precondition(msg),
+            // PostgreSQL restarting or unreachable: a passing condition the
+            // caller may retry (the pool reconnects by itself).
+            Error::Store(e) if slipway_storage::is_unavailable(&e) => {
+                tracing::warn!("database unavailable: {e}");
+                Status::unavailable(slipway_storage::UNAVAILABLE_MESSAGE)
+            }
             Error::Store(_) | Error::Corrupt(_) | Error::Runtime(_) => {
                 tracing::error!(error = %err, "request failed");
                 Status::internal("internal error")

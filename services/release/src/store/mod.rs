@@ -59,12 +59,15 @@ pub struct Store {
     /// Notified after a commit that wrote webhook deliveries (this
     /// replica's dispatcher wakes at once instead of at its next poll).
     outbox: Arc<tokio::sync::Notify>,
+    /// The idempotency keys of keyed calls (`idempotency.rs`).
+    keys: slipway_storage::idempotency::Keys,
 }
 
 impl Store {
     /// A store over a migrated database.
     pub fn new(db: Database, cipher: EnvCipher) -> Self {
         Self {
+            keys: slipway_storage::idempotency::Keys::new(db.clone()),
             db,
             cipher,
             heads: Arc::default(),
