@@ -12,7 +12,8 @@ pub struct Cli {
     /// The app (default: the contents of .convox/app, else the current directory's name).
     #[arg(short, long, global = true, value_name = "NAME")]
     pub app: Option<String>,
-    /// The rack URL, `http://convox:PASSWORD@HOST:PORT` (default: the URL `slipway login` stored).
+    /// The rack URL, `http://convox:PASSWORD@HOST:PORT`, or several gateways' URLs separated by
+    /// commas (default: the URL `slipway login` stored).
     #[arg(
         long,
         global = true,

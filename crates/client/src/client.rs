@@ -6,6 +6,7 @@
 //! `https://` racks go through hyper-rustls (see [`crate::tls`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,10 +29,21 @@ use crate::{AFTER_HEADER, Error, PromotionEvents, RackUrl, TYPED_HEADER, TlsOpti
 /// The `User-Agent` of every request.
 const USER_AGENT: &str = concat!("slipway/", env!("CARGO_PKG_VERSION"));
 
-/// A client of one rack. Cheap to clone; connections are reused.
+/// A client of one rack, through one gateway or several (`RACK_URL` may
+/// list several, comma-separated). Cheap to clone; connections are reused.
+///
+/// With several gateways a call goes to the one that last answered and
+/// moves on to the next when the connection is refused or the request
+/// provably never left; a write (every non-GET request carries its own
+/// `Idempotency-Key`, the same on every attempt) also moves on after an
+/// ambiguous failure (sent, no answer), because the rack answers a repeated
+/// key with the first result instead of acting twice.
 #[derive(Clone, Debug)]
 pub struct Client {
-    rack: RackUrl,
+    /// The gateways, in the order given.
+    racks: Arc<[RackUrl]>,
+    /// The gateway calls go to first: the last one that answered.
+    active: Arc<AtomicUsize>,
     http: HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// How the rack's certificate is checked (HTTP and websockets alike).
     tls: Arc<rustls::ClientConfig>,
@@ -89,7 +101,8 @@ pub(crate) enum Body {
 }
 
 impl Client {
-    /// A client of the rack at `rack_url` (`http://user:password@host:port[/prefix]`).
+    /// A client of the rack at `rack_url` (`http://user:password@host:port[/prefix]`,
+    /// or several such URLs, comma-separated: the rack's gateways).
     /// An `https://` rack's certificate must chain to the system's roots.
     pub fn new(rack_url: &str) -> Result<Self, Error> {
         Self::with_tls(rack_url, &TlsOptions::default())
@@ -98,7 +111,7 @@ impl Client {
     /// A client of the rack at `rack_url`, checking an `https://` rack's
     /// certificate as `tls` says (a CA file, or no check at all).
     pub fn with_tls(rack_url: &str, tls: &TlsOptions) -> Result<Self, Error> {
-        Self::from_rack_with_tls(RackUrl::parse(rack_url)?, tls)
+        Self::from_racks_with_tls(RackUrl::parse_list(rack_url)?, tls)
     }
 
     /// A client of an already parsed rack URL (system roots only).
@@ -108,9 +121,20 @@ impl Client {
 
     /// A client of an already parsed rack URL, with `tls`.
     pub fn from_rack_with_tls(rack: RackUrl, tls: &TlsOptions) -> Result<Self, Error> {
-        let config = crate::tls::client_config(tls, rack.is_https())?;
+        Self::from_racks_with_tls(vec![rack], tls)
+    }
+
+    /// A client of a rack's gateways (at least one), with `tls`.
+    pub fn from_racks_with_tls(racks: Vec<RackUrl>, tls: &TlsOptions) -> Result<Self, Error> {
+        if racks.is_empty() {
+            return Err(Error::RackUrl {
+                url: String::new(),
+                reason: "no rack URL".to_owned(),
+            });
+        }
+        let config = crate::tls::client_config(tls, racks.iter().any(RackUrl::is_https))?;
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(30)));
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         connector.enforce_http(false);
         // hyper-rustls adds ALPN `http/1.1` to its copy; the websocket copy
@@ -124,7 +148,8 @@ impl Client {
         let mut socket_config = rustls::ClientConfig::clone(&config);
         socket_config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
-            rack,
+            racks: racks.into(),
+            active: Arc::default(),
             http,
             tls: Arc::new(socket_config),
             traceparent: None,
@@ -149,9 +174,33 @@ impl Client {
         }
     }
 
-    /// The rack this client talks to.
+    /// The rack this client talks to (the gateway that last answered).
     pub fn rack(&self) -> &RackUrl {
-        &self.rack
+        &self.racks[self.active.load(Ordering::Relaxed) % self.racks.len()]
+    }
+
+    /// Every gateway this client may use, in the order given.
+    pub fn racks(&self) -> &[RackUrl] {
+        &self.racks
+    }
+
+    /// Opens the websocket at `segments` on the current gateway, or the next
+    /// one that accepts a connection.
+    async fn stream(&self, segments: &[&str], options: &SocketOptions) -> Result<LogStream, Error> {
+        let first = self.active.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..self.racks.len() {
+            let at = (first + i) % self.racks.len();
+            match LogStream::connect(&self.racks[at], segments, options).await {
+                Ok(stream) => {
+                    self.active.store(at, Ordering::Relaxed);
+                    return Ok(stream);
+                }
+                Err(e @ Error::Connect { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one rack"))
     }
 
     /// `GET /system`.
@@ -281,8 +330,7 @@ impl Client {
 
     /// The build's log (websocket): from byte 0, live until the build ends.
     pub async fn build_logs(&self, app: &str, id: &str) -> Result<LogStream, Error> {
-        LogStream::connect(
-            &self.rack,
+        self.stream(
             &["apps", app, "builds", id, "logs"],
             &self.socket_options(Vec::new()),
         )
@@ -391,8 +439,7 @@ impl Client {
     /// `<time> system/<runtime>/<object> <message>` line each, from the
     /// start; the stream ends when the rollout ends.
     pub async fn promotion_events(&self, app: &str, id: &str) -> Result<LogStream, Error> {
-        LogStream::connect(
-            &self.rack,
+        self.stream(
             &["apps", app, "promotions", id, "events"],
             &self.socket_options(Vec::new()),
         )
@@ -412,8 +459,7 @@ impl Client {
         if !after.is_empty() {
             headers.push((AFTER_HEADER, after.to_owned()));
         }
-        LogStream::connect(
-            &self.rack,
+        self.stream(
             &["apps", app, "promotions", id, "events"],
             &self.socket_options(headers),
         )
@@ -490,14 +536,10 @@ impl Client {
         let socket = self.socket_options(headers);
         match &options.service {
             Some(service) => {
-                LogStream::connect(
-                    &self.rack,
-                    &["apps", app, "services", service, "logs"],
-                    &socket,
-                )
-                .await
+                self.stream(&["apps", app, "services", service, "logs"], &socket)
+                    .await
             }
-            None => LogStream::connect(&self.rack, &["apps", app, "logs"], &socket).await,
+            None => self.stream(&["apps", app, "logs"], &socket).await,
         }
     }
 
@@ -523,7 +565,6 @@ impl Client {
         query: &[(&str, String)],
         body: Body,
     ) -> Result<Bytes, Error> {
-        let url = self.rack.route(segments, query);
         let mut options = Vec::new();
         let (content_type, data) = match body {
             Body::Empty => ("application/octet-stream", Vec::new()),
@@ -543,53 +584,105 @@ impl Client {
             Body::Json(data) => ("application/json", data),
             Body::Raw(data) => ("application/octet-stream", data),
         };
-        let mut request = Request::builder()
-            .method(method)
+        let request = Outgoing {
+            method,
+            segments,
+            query,
+            content_type,
+            data: Bytes::from(data),
+            options,
+        };
+        // One key per logical write, the same on every attempt: the rack
+        // answers a repeated key with the first result.
+        let key = (!matches!(request.method, Method::GET | Method::HEAD)).then(idempotency_key);
+        let n = self.racks.len();
+        let first = self.active.load(Ordering::Relaxed);
+        let mut last = None;
+        for attempt in 0..n * ROUNDS {
+            if attempt > 0 && attempt % n == 0 {
+                tokio::time::sleep(ROUND_PAUSE * (attempt / n) as u32).await;
+            }
+            let at = (first + attempt) % n;
+            let error = match self.send(&self.racks[at], &request, key.as_deref()).await {
+                Ok(answer) => {
+                    self.active.store(at, Ordering::Relaxed);
+                    return answer;
+                }
+                Err(error) => error,
+            };
+            // Never sent (refused, no route): any request may go elsewhere.
+            // Sent without an answer: a read, or a write with its key.
+            let again = matches!(error, Error::Connect { .. } | Error::Transport { .. });
+            if !again {
+                return Err(error);
+            }
+            last = Some(error);
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    /// One attempt of `request` at `rack`: the rack's answer (`Ok`, an API
+    /// error included), or why none came (`Err`: a connect or transport
+    /// failure, or a refused certificate).
+    async fn send(
+        &self,
+        rack: &RackUrl,
+        request: &Outgoing<'_>,
+        key: Option<&str>,
+    ) -> Result<Result<Bytes, Error>, Error> {
+        let url = rack.route(request.segments, request.query);
+        let mut builder = Request::builder()
+            .method(request.method.clone())
             .uri(url.as_str())
             .header(header::USER_AGENT, USER_AGENT)
             .header(header::ACCEPT, "*/*")
-            .header(header::CONTENT_TYPE, content_type);
-        for (name, value) in options {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                request = request.header(name, value);
+            .header(header::CONTENT_TYPE, request.content_type);
+        for (name, value) in &request.options {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                builder = builder.header(*name, value);
             }
         }
-        if let Some(auth) = self
-            .rack
+        if let Some(key) = key.and_then(|k| HeaderValue::from_str(k).ok()) {
+            builder = builder.header(IDEMPOTENCY_KEY, key);
+        }
+        if let Some(auth) = rack
             .authorization()
             .and_then(|a| HeaderValue::from_str(&a).ok())
         {
-            request = request.header(header::AUTHORIZATION, auth);
+            builder = builder.header(header::AUTHORIZATION, auth);
         }
         if let Some(traceparent) = self
             .traceparent
             .as_deref()
             .and_then(|t| HeaderValue::from_str(t).ok())
         {
-            request = request.header("traceparent", traceparent);
+            builder = builder.header("traceparent", traceparent);
         }
-        let request = request
-            .body(Full::new(Bytes::from(data)))
-            .map_err(|e| Error::RackUrl {
-                url: self.rack.to_string(),
-                reason: e.to_string(),
-            })?;
-        let response = self.http.request(request).await.map_err(|e| {
+        let http_request = match builder.body(Full::new(request.data.clone())) {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(Err(Error::RackUrl {
+                    url: rack.to_string(),
+                    reason: e.to_string(),
+                }));
+            }
+        };
+        let response = self.http.request(http_request).await.map_err(|e| {
             if let Some(problem) = crate::tls::certificate_problem(&e) {
                 return Error::Certificate {
-                    rack: self.rack.to_string(),
+                    rack: rack.to_string(),
                     problem,
                 };
             }
             let reason = root_cause(&e);
             if e.is_connect() {
                 Error::Connect {
-                    rack: self.rack.to_string(),
+                    rack: rack.to_string(),
                     reason,
                 }
             } else {
                 Error::Transport {
-                    rack: self.rack.to_string(),
+                    rack: rack.to_string(),
                     reason,
                 }
             }
@@ -600,18 +693,58 @@ impl Client {
             .collect()
             .await
             .map_err(|e| Error::Transport {
-                rack: self.rack.to_string(),
+                rack: rack.to_string(),
                 reason: root_cause(&e),
             })?
             .to_bytes();
         if status >= 400 {
-            return Err(Error::Api {
+            return Ok(Err(Error::Api {
                 status,
                 message: api_message(status, &bytes),
-            });
+            }));
         }
-        Ok(bytes)
+        Ok(Ok(bytes))
     }
+}
+
+/// A request as [`Client::call`] sends it, once per attempt.
+struct Outgoing<'a> {
+    method: Method,
+    segments: &'a [&'a str],
+    query: &'a [(&'a str, String)],
+    content_type: &'static str,
+    data: Bytes,
+    options: Vec<(&'static str, String)>,
+}
+
+/// The header carrying a write's idempotency key.
+pub(crate) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// How often every gateway is tried before a call fails.
+const ROUNDS: usize = 3;
+/// Pause before the second round (twice that before the third).
+const ROUND_PAUSE: Duration = Duration::from_millis(300);
+/// How long a connection to a gateway may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A key no other write gets: 128 bits from the system's random source
+/// (else the time, the process and a counter, which still differ per write).
+fn idempotency_key() -> String {
+    use std::io::Read as _;
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes[..8].copy_from_slice(&nanos.to_be_bytes());
+        bytes[8..12].copy_from_slice(&std::process::id().to_be_bytes());
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed) as u32;
+        bytes[12..].copy_from_slice(&n.to_be_bytes());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cli-{hex}")
 }
 
 /// The innermost error's message (e.g. `Connection refused (os error 111)`).
@@ -645,8 +778,88 @@ pub fn go_duration(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::go_duration;
-    use std::time::Duration;
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    /// Reads a request's head (the test's requests have no body).
+    async fn head(stream: &mut tokio::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1 {
+            buf.push(byte[0]);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    fn key_of(head: &str) -> Option<String> {
+        head.lines()
+            .find_map(|l| l.strip_prefix("idempotency-key: "))
+            .map(str::to_owned)
+    }
+
+    #[tokio::test]
+    async fn a_write_goes_past_a_dead_gateway_and_a_lost_answer_with_one_key() {
+        // Nothing listens here: refused.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        // Reads the request, then closes without an answer.
+        let lost = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ok = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (lost_addr, ok_addr) = (lost.local_addr().unwrap(), ok.local_addr().unwrap());
+        let lost_task = tokio::spawn(async move {
+            let (mut s, _) = lost.accept().await.unwrap();
+            head(&mut s).await
+        });
+        let ok_task = tokio::spawn(async move {
+            let mut heads = Vec::new();
+            for _ in 0..2 {
+                let (mut s, _) = ok.accept().await.unwrap();
+                heads.push(head(&mut s).await);
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                    .await
+                    .unwrap();
+            }
+            heads
+        });
+        let client = Client::new(&format!(
+            "http://convox:pw@{dead},http://convox:pw@{lost_addr},http://convox:pw@{ok_addr}"
+        ))
+        .unwrap();
+        client
+            .call(Method::POST, &["apps", "x", "cancel"], &[], Body::Empty)
+            .await
+            .expect("the third gateway answers");
+        let lost_head = lost_task.await.unwrap();
+        // The client stays with the gateway that answered; a read has no key.
+        assert_eq!(client.rack().to_string(), format!("http://{ok_addr}"));
+        client
+            .call(Method::GET, &["apps"], &[], Body::Empty)
+            .await
+            .unwrap();
+        let ok_heads = ok_task.await.unwrap();
+        let key = key_of(&lost_head).expect("a write carries a key");
+        assert!(key.starts_with("cli-"), "{key}");
+        assert_eq!(key_of(&ok_heads[0]).as_deref(), Some(key.as_str()));
+        assert_eq!(key_of(&ok_heads[1]), None, "{}", ok_heads[1]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_fails_after_its_rounds_naming_the_rack() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let client = Client::new(&format!("http://convox:pw@{dead}")).unwrap();
+        let err = client
+            .call(Method::POST, &["apps"], &[], Body::Empty)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
+        assert!(err.to_string().contains(&dead.to_string()), "{err}");
+    }
 
     #[test]
     fn durations_print_like_go() {

@@ -56,6 +56,37 @@ impl RackUrl {
         })
     }
 
+    /// Parses one rack URL or several, comma-separated (a rack's gateways:
+    /// `http://convox:PW@gw-a:5443,http://convox:PW@gw-b:5443`). A list is
+    /// split only at a comma followed by `http://` or `https://`, so a comma
+    /// inside a password needs no escaping.
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, Error> {
+        let mut starts = vec![0];
+        for (i, _) in text.match_indices(',') {
+            let rest = text[i + 1..].trim_start().to_ascii_lowercase();
+            if rest.starts_with("http://") || rest.starts_with("https://") {
+                starts.push(i + 1);
+            }
+        }
+        starts.push(text.len() + 1);
+        starts
+            .windows(2)
+            .map(|w| &text[w[0]..w[1] - 1])
+            .filter(|part| !part.trim().is_empty())
+            .map(Self::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|racks| {
+                if racks.is_empty() {
+                    Err(Error::RackUrl {
+                        url: String::new(),
+                        reason: "empty (expected http://convox:PASSWORD@HOST:PORT)".to_owned(),
+                    })
+                } else {
+                    Ok(racks)
+                }
+            })
+    }
+
     /// Whether the rack is `https://` (and its streams `wss://`).
     pub fn is_https(&self) -> bool {
         self.base.scheme() == "https"
@@ -145,6 +176,28 @@ fn redact(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_names_each_gateway_and_keeps_commas_in_passwords() {
+        let racks =
+            RackUrl::parse_list("http://convox:a,b@10.0.0.1:5443, https://convox:x@gw-b:443/p")
+                .unwrap();
+        assert_eq!(racks.len(), 2);
+        assert_eq!(racks[0].to_string(), "http://10.0.0.1:5443");
+        assert_eq!(
+            racks[0].authorization(),
+            RackUrl::parse("http://convox:a,b@10.0.0.1:5443")
+                .unwrap()
+                .authorization()
+        );
+        assert_eq!(racks[1].to_string(), "https://gw-b/p");
+        assert_eq!(
+            RackUrl::parse_list("http://convox:pw@h:1").unwrap().len(),
+            1
+        );
+        assert!(RackUrl::parse_list(" ").is_err());
+        assert!(RackUrl::parse_list("http://h:1,ftp://x").is_err());
+    }
 
     #[test]
     fn credentials_stay_percent_escaped_and_out_of_display() {
