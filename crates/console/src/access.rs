@@ -108,20 +108,21 @@ impl Console {
         }
     }
 
-    /// Writes an audit record for `actor` in the background (when the
-    /// console has the audit client).
-    pub(crate) fn audit(&self, actor: &str, action: &str, app: &str, target: &str) {
+    /// Writes an audit record for `actor` at `source` (the client's
+    /// address) in the background (when the console has the audit client).
+    pub(crate) fn audit(&self, actor: &str, source: &str, action: &str, app: &str, target: &str) {
         let Some(client) = &self.inner.audit else {
             return;
         };
         let mut client = client.clone();
-        let request = slipway_rpc::actor::Actor::new(actor, "").request(rpb::RecordAuditRequest {
-            action: action.to_owned(),
-            app: app.to_owned(),
-            target: target.to_owned(),
-            outcome: "ok".into(),
-            detail: String::new(),
-        });
+        let request =
+            slipway_rpc::actor::Actor::new(actor, source).request(rpb::RecordAuditRequest {
+                action: action.to_owned(),
+                app: app.to_owned(),
+                target: target.to_owned(),
+                outcome: "ok".into(),
+                ..Default::default()
+            });
         tokio::spawn(async move {
             if let Err(status) = client.record_audit(request).await {
                 tracing::warn!(

@@ -213,6 +213,7 @@ pub(crate) async fn act(
                     ..Default::default()
                 },
                 actor,
+                &posted.source,
             ))
             .await
             .map(|r| {
@@ -227,6 +228,7 @@ pub(crate) async fn act(
                     ..Default::default()
                 },
                 actor,
+                &posted.source,
             ))
             .await
             .map(|r| (r.into_inner().promotion, None)),
@@ -295,6 +297,7 @@ pub(crate) async fn cancel(
         .cancel_promotion(grpc::as_actor(
             rpb::CancelPromotionRequest { app: app.clone() },
             &posted.session.actor,
+            &posted.source,
         ))
         .await;
     match result {

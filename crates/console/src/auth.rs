@@ -20,6 +20,18 @@ use crate::{Console, views};
 /// A logged-in browser looking at a page.
 pub(crate) struct Viewer {
     pub(crate) session: Session,
+    /// The client's address (`ip:port`), for the audit trail.
+    pub(crate) source: String,
+}
+
+/// The client's address as the server saw it (`ip:port`; empty when not
+/// known), the audit trail's source, as the gateway records it for API
+/// calls.
+pub(crate) fn source_of(extensions: &axum::http::Extensions) -> String {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default()
 }
 
 /// What a page answers without a session: the login page, coming back
@@ -41,7 +53,10 @@ impl FromRequestParts<Console> for Viewer {
                 if let Some(refused) = out_of_scope(console, &session, parts.uri.path()) {
                     return Err(refused);
                 }
-                Ok(Self { session })
+                Ok(Self {
+                    session,
+                    source: source_of(&parts.extensions),
+                })
             }
             Ok(None) => {
                 let here = parts
@@ -58,6 +73,8 @@ impl FromRequestParts<Console> for Viewer {
 /// A form posted by a logged-in browser of this site, with its fields.
 pub(crate) struct Posted {
     pub(crate) session: Session,
+    /// The client's address (`ip:port`), for the audit trail.
+    pub(crate) source: String,
     pub(crate) key: SessionKey,
     pub(crate) fields: Vec<(String, String)>,
 }
@@ -89,6 +106,7 @@ impl FromRequest<Console> for Posted {
         if let Some(refused) = out_of_scope(console, &session, request.uri().path()) {
             return Err(refused);
         }
+        let source = source_of(request.extensions());
         // Not a form (or not one we can read): it carries no token either.
         let fields = axum::Form::<Vec<(String, String)>>::from_request(request, console)
             .await
@@ -99,6 +117,7 @@ impl FromRequest<Console> for Posted {
         }
         Ok(Self {
             session,
+            source,
             key,
             fields,
         })
@@ -231,6 +250,7 @@ fn login_form(console: &Console, next: &str, error: Option<&str>, status: Status
 
 /// `POST /console/login`.
 pub(crate) async fn login(State(console): State<Console>, request: Request) -> Response {
+    let source = source_of(request.extensions());
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -332,7 +352,7 @@ pub(crate) async fn login(State(console): State<Console>, request: Request) -> R
         return store_failed(e);
     }
     tracing::info!(target: "slipway_console::audit", action = "login", %actor, "console login");
-    console.audit(&actor, "console.login", "", "");
+    console.audit(&actor, &source, "console.login", "", "");
     let mut response = Redirect::to(&next).into_response();
     let h = response.headers_mut();
     h.append(

@@ -66,7 +66,13 @@ pub(crate) async fn page(
 ) -> Result<Response, PageError> {
     if let Some(key) = reveal.reveal.as_deref() {
         // Who looked at which values (never the values) is on the trail.
-        console.audit(&viewer.session.actor, "env.reveal", &app, key);
+        console.audit(
+            &viewer.session.actor,
+            &viewer.source,
+            "env.reveal",
+            &app,
+            key,
+        );
     }
     let page = env_page(
         &console,
@@ -264,6 +270,7 @@ pub(crate) async fn change(
                 expected_newest_release: Some(parent),
             },
             &actor,
+            &posted.source,
         ))
         .await;
     let release = match created.map(|r| r.into_inner().release) {
@@ -304,6 +311,7 @@ pub(crate) async fn change(
                 ..Default::default()
             },
             &actor,
+            &posted.source,
         ))
         .await;
     match promoted.map(|r| r.into_inner().promotion) {

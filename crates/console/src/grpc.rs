@@ -11,13 +11,10 @@ use tonic::Code;
 use crate::Console;
 use crate::views;
 
-/// A gRPC request carrying the console user as its audit actor.
-pub(crate) fn as_actor<T>(message: T, actor: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Ok(value) = actor.parse() {
-        request.metadata_mut().insert("x-slipway-actor", value);
-    }
-    request
+/// A gRPC request carrying the console user as its audit actor, and the
+/// user's address (`source`) as its audit source (`slipway_rpc::actor`).
+pub(crate) fn as_actor<T>(message: T, actor: &str, source: &str) -> tonic::Request<T> {
+    slipway_rpc::actor::Actor::new(actor, source).request(message)
 }
 
 /// A page that could not be shown.

@@ -87,4 +87,26 @@ pub struct WebhookDelivery {
     /// When it was delivered.
     #[serde(default)]
     pub delivered: Option<DateTime<Utc>>,
+    /// The most recent attempts, newest first (at most 10; attempts are
+    /// kept for 7 days).
+    #[serde(default)]
+    pub recent_attempts: Vec<WebhookAttempt>,
+}
+
+/// One attempt of a delivery.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct WebhookAttempt {
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// When it was made.
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
+    /// HTTP status; 0 when it got none.
+    pub status: u32,
+    /// Why it failed; empty when delivered.
+    #[serde(default)]
+    pub error: String,
+    /// How long it took, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: u32,
 }

@@ -21,6 +21,7 @@ pub use sqlx::{AnyPool, Transaction};
 mod args;
 pub mod files;
 pub mod outbox;
+pub mod outbox;
 pub mod idempotency;
 
 pub use args::StoreArgs;

@@ -24,7 +24,7 @@ pub mod release;
 pub mod service;
 pub mod store;
 pub mod unpack;
-pub mod webhooks;
+pub mod relay;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -146,7 +146,7 @@ pub async fn run_with_builder(
         .with_context(|| format!("clear {}", work_root.display()))?;
     let sweeper = objects.clone();
     let background = CancellationToken::new();
-    tokio::spawn(webhooks::relay_loop(
+    tokio::spawn(relay::relay_loop(
         store.clone(),
         channel.clone(),
         background.clone(),

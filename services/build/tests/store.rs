@@ -136,3 +136,117 @@ async fn conformance(backend: Backend) {
 }
 
 slipway_storage::both_backends!(conformance);
+
+/// A forwarder standing in for the release service: refuses while `down`,
+/// records every id it accepted (a repeat is the receiver's to drop).
+#[derive(Clone, Default)]
+struct Receiver {
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    got:
+        std::sync::Arc<std::sync::Mutex<Vec<(String, slipway_storage::outbox::audit::AuditEntry)>>>,
+}
+
+impl slipway_storage::outbox::Forward for Receiver {
+    type Item = slipway_storage::outbox::audit::AuditEntry;
+
+    fn decode(&self, row: &sqlx::any::AnyRow) -> Result<Self::Item, sqlx::Error> {
+        slipway_storage::outbox::audit::AuditEntry::from_row(row)
+    }
+
+    async fn forward(&self, id: &str, item: &Self::Item) -> Result<(), String> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("UNAVAILABLE: release service down".into());
+        }
+        self.got.lock().unwrap().push((id.to_owned(), item.clone()));
+        Ok(())
+    }
+}
+
+/// Every build started leaves one `build.create` audit row, written with
+/// the build (a store that is dropped right after, as a killed service,
+/// loses nothing); a relay that cannot reach the release service keeps
+/// the rows and retries; each row is relayed once acknowledged, and
+/// published rows are pruned after the retention, unpublished never.
+async fn builds_are_audited_through_the_outbox(backend: Backend) {
+    use slipway_storage::outbox::relay_once;
+
+    let db = backend.db().await;
+    let store = Store::new(db.db.clone());
+    store.migrate().await.unwrap();
+    let builds: Vec<Build> = (0..3).map(|n| new_build("myapp", n)).collect();
+    for b in &builds {
+        store
+            .insert_by(b, "runner-a", "token:ci-web", None)
+            .await
+            .unwrap();
+    }
+    // The service "dies" here: a new store on the same database relays.
+    drop(store);
+    let store = Store::new(db.db.clone());
+    let outbox = store.audit_outbox();
+    assert_eq!(outbox.unpublished().await.unwrap(), 3);
+
+    let receiver = Receiver::default();
+    receiver
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = relay_once(&outbox, &receiver).await;
+    assert!(failed.unwrap_err().contains("release service down"));
+    assert_eq!(outbox.unpublished().await.unwrap(), 3, "nothing dropped");
+    // Not due again before the backoff (at least half a second).
+    assert_eq!(relay_once(&outbox, &receiver).await, Ok(0));
+
+    receiver
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    // Each row falls due after its own backoff (a second at most here).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut relayed = 0;
+    while outbox.unpublished().await.unwrap() > 0 {
+        assert!(std::time::Instant::now() < deadline, "rows not relayed");
+        relayed += relay_once(&outbox, &receiver).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(relayed, 3);
+    assert_eq!(relay_once(&outbox, &receiver).await, Ok(0), "relayed once");
+    let got = receiver.got.lock().unwrap().clone();
+    let mut ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "{got:?}");
+    for (id, entry) in &got {
+        assert!(id.starts_with('A') && id.len() == 33, "{id}");
+        assert_eq!(
+            (
+                entry.action.as_str(),
+                entry.app.as_str(),
+                entry.actor.as_str()
+            ),
+            ("build.create", "myapp", "token:ci-web")
+        );
+        assert!(builds.iter().any(|b| b.id.as_str() == entry.target));
+    }
+    // Published rows go after the retention; a failed build is no audit row.
+    assert_eq!(
+        outbox
+            .prune(slipway_storage::now_micros() - 60_000_000)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        outbox
+            .prune(slipway_storage::now_micros() + 1)
+            .await
+            .unwrap(),
+        3
+    );
+    let webhooks = store.webhook_outbox();
+    assert_eq!(
+        webhooks.unpublished().await.unwrap(),
+        3,
+        "build:create events wait apart"
+    );
+}
+
+slipway_storage::both_backends!(builds_are_audited_through_the_outbox);

@@ -88,14 +88,13 @@ fn query_app(query: Option<&str>) -> Option<String> {
 }
 
 /// The audit action of a change the gateway passes to a service that does
-/// not audit it itself (builds, uploads, scale, restart, one-off
-/// processes), recorded after it succeeded; `None` for everything else
-/// (the release service audits its own changes in their transactions).
+/// not audit it itself (scale, restart, one-off processes), recorded after
+/// it succeeded; `None` for everything else (the release service audits
+/// its own changes in their transactions, the build service its builds
+/// through its audit outbox).
 pub fn audited_elsewhere(method: &Method, path: &str) -> Option<(&'static str, String, String)> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (app, action, target) = match (method, segments.as_slice()) {
-        (&Method::POST, ["apps", app, "builds"]) => (app, "build.create", ""),
-        (&Method::POST, ["apps", app, "builds", "import"]) => (app, "build.import", ""),
         (&Method::PUT, ["apps", app, "services", service]) => (app, "service.scale", *service),
         (&Method::POST, ["apps", app, "services", service, "restart"]) => {
             (app, "service.restart", *service)

@@ -2,7 +2,9 @@
 //!
 //! The release service records its own changes (apps, releases, env,
 //! promotions, rollbacks, cancels, tokens) in their transactions. Changes
-//! other services own (builds, imports, scale, restart, one-off processes)
+//! other services own and do not audit themselves yet (scale, restart,
+//! one-off processes; builds and imports are audited by the build service
+//! through its audit outbox)
 //! and refusals of changes are recorded here, through `RecordAudit`, after
 //! the answer: a change is recorded once it succeeded, a refusal once it
 //! was refused. Those records are written in the background with at most
@@ -45,6 +47,7 @@ pub(crate) fn refused(state: &AppState, caller: &Caller, method: &Method, need: 
         target: String::new(),
         outcome: "denied".into(),
         detail: why.to_owned(),
+        ..Default::default()
     };
     send(state, caller, record);
 }
@@ -62,7 +65,7 @@ pub(crate) fn succeeded(
         app,
         target,
         outcome: "ok".into(),
-        detail: String::new(),
+        ..Default::default()
     };
     send(state, caller, record);
 }

@@ -204,5 +204,16 @@ fn delivery(d: pb::WebhookDelivery) -> wire::WebhookDelivery {
         created: time(d.created),
         next_attempt: d.next_attempt.map(|t| time(Some(t))),
         delivered: d.delivered.map(|t| time(Some(t))),
+        recent_attempts: d
+            .recent_attempts
+            .into_iter()
+            .map(|a| wire::WebhookAttempt {
+                number: a.number,
+                at: a.at.map(|t| time(Some(t))),
+                status: a.status,
+                error: a.error,
+                duration_ms: a.duration_ms,
+            })
+            .collect(),
     }
 }

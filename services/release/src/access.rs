@@ -306,13 +306,19 @@ impl AuditRpc for Access {
             "" | "ok" => "ok",
             "denied" => "denied",
             "failed" => "failed",
+            "unknown" => "unknown",
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "outcome: ok, denied or failed, got {other:?}"
+                    "outcome: ok, denied, failed or unknown, got {other:?}"
                 )));
             }
         };
         let detail: String = req.detail.chars().take(MAX_AUDIT_DETAIL).collect();
+        if req.id.len() > MAX_AUDIT_FIELD {
+            return Err(Status::invalid_argument(format!(
+                "id: at most {MAX_AUDIT_FIELD} characters"
+            )));
+        }
         self.store
             .record_audit(&NewAuditRecord {
                 actor: actor.name,
@@ -322,6 +328,8 @@ impl AuditRpc for Access {
                 target: req.target,
                 outcome: outcome.to_owned(),
                 detail,
+                dedup_key: req.id,
+                at: req.time.as_ref().map(|t| micros(from_timestamp(t))),
             })
             .await?;
         Ok(Response::new(pb::RecordAuditResponse {}))

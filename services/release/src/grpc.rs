@@ -393,7 +393,13 @@ impl ReleaseRpc for Grpc {
         let promotion = promotion_id(&req.promotion)?;
         let promotion = self
             .service
-            .complete(&promotion, outcome, &req.reason, req.lease_epoch)
+            .complete(
+                &promotion,
+                outcome,
+                &req.reason,
+                req.lease_epoch,
+                req.cancelled,
+            )
             .await?;
         Ok(Response::new(pb::CompletePromotionResponse {
             promotion: Some(promotion_pb(promotion)),

@@ -155,6 +155,9 @@ impl ReleaseService {
                 }
             }
             _ => {
+                // Recorded first, so the end the rollout reports is
+                // announced as a cancel even when it says nothing of it.
+                self.store.request_cancel(&current, actor).await?;
                 self.rollouts
                     .cancel(&current.id)
                     .await
@@ -171,6 +174,7 @@ impl ReleaseService {
         outcome: slipway_domain::promotion::PromotionOutcome,
         reason: &str,
         lease_epoch: u64,
+        cancelled: Option<bool>,
     ) -> Result<Promotion> {
         // A retried report (same outcome) answers the recorded state again;
         // count each promotion's end once.
@@ -182,12 +186,13 @@ impl ReleaseService {
             .map(|p| p.state);
         let done = self
             .store
-            .finish_promotion(
+            .end_promotion(
                 promotion,
                 outcome.into_state(),
                 reason,
                 lease_epoch,
                 "rollout",
+                cancelled,
             )
             .await?;
         tracing::info!(%promotion, app = %done.app, state = done.state.as_str(), "promotion finished");

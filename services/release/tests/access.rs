@@ -251,7 +251,7 @@ async fn the_audit_trail_is_append_only_and_names_actor_and_source(backend: Back
                 app: "web".into(),
                 target: "BABC".into(),
                 outcome: "ok".into(),
-                detail: String::new(),
+                ..Default::default()
             }),
         )
         .await

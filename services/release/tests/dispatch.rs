@@ -18,7 +18,7 @@ slipway_storage::both_backends!(
 );
 
 #[derive(Default, Clone)]
-struct Recorder {
+pub(crate) struct Recorder {
     started: Arc<Mutex<Vec<rpb::StartRolloutRequest>>>,
     cancelled: Arc<Mutex<Vec<String>>>,
 }
@@ -81,7 +81,7 @@ impl RolloutService for Recorder {
     }
 }
 
-async fn rollout_server(recorder: Recorder) -> String {
+pub(crate) async fn rollout_server(recorder: Recorder) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(

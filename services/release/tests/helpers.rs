@@ -207,6 +207,7 @@ impl TestApp {
                 outcome: outcome as i32,
                 reason: reason.into(),
                 lease_epoch: 1,
+                cancelled: None,
             })
             .await
             .map(|r| r.into_inner().promotion.unwrap())

@@ -12,5 +12,6 @@ mod dispatch;
 mod idempotency;
 mod ledger;
 mod promotions;
+mod relay;
 mod safety;
 mod webhooks;

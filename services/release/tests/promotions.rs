@@ -145,6 +145,7 @@ async fn stale_or_conflicting_reports_are_refused(backend: Backend) {
                     outcome: outcome as i32,
                     reason: String::new(),
                     lease_epoch: epoch,
+                    cancelled: None,
                 })
                 .await
         }

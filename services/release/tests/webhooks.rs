@@ -43,7 +43,7 @@ slipway_storage::both_backends!(
 
 /// How the receiver answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// 200.
     Ok,
     /// This status.
@@ -54,16 +54,16 @@ enum Mode {
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
-struct Received {
+pub(crate) struct Received {
     headers: HeaderMap,
     body: Bytes,
 }
 
 impl Received {
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("a JSON body")
     }
-    fn action(&self) -> String {
+    pub(crate) fn action(&self) -> String {
         self.json()["action"]
             .as_str()
             .unwrap_or_default()
@@ -86,14 +86,14 @@ struct ReceiverState {
 }
 
 /// A real HTTP receiver on loopback.
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
     state: ReceiverState,
     stop: Option<oneshot::Sender<()>>,
 }
 
 impl Receiver {
-    async fn start(mode: Mode) -> Self {
+    pub(crate) async fn start(mode: Mode) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let state = ReceiverState {
             mode: Arc::new(Mutex::new(mode)),
@@ -143,7 +143,7 @@ impl Receiver {
     }
 
     /// Stops listening: connections are refused until [`Receiver::up`].
-    async fn down(&mut self) {
+    pub(crate) async fn down(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -158,20 +158,20 @@ impl Receiver {
     }
 
     /// Listens again on the same port.
-    async fn up(&mut self) {
+    pub(crate) async fn up(&mut self) {
         let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
         self.serve(listener);
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    fn set(&self, mode: Mode) {
+    pub(crate) fn set(&self, mode: Mode) {
         *self.state.mode.lock().unwrap() = mode;
     }
 
-    fn got(&self) -> Vec<Received> {
+    pub(crate) fn got(&self) -> Vec<Received> {
         self.state.got.lock().unwrap().clone()
     }
 }
@@ -188,13 +188,13 @@ impl Drop for Receiver {
 
 /// One release service on a fresh database (the suite's [`TestApp`]), set
 /// up to deliver to loopback receivers quickly, with a webhooks client.
-struct Service {
-    app: TestApp,
-    webhooks: WebhookServiceClient<Channel>,
+pub(crate) struct Service {
+    pub(crate) app: TestApp,
+    pub(crate) webhooks: WebhookServiceClient<Channel>,
 }
 
 impl Service {
-    async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+    pub(crate) async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
         let app = TestApp::spawn_with(backend, |config| {
             config.webhooks.rack_name = "test-rack".into();
             config.webhooks.webhook_allow_private = true;
@@ -229,7 +229,7 @@ impl Service {
     }
 
     /// Another replica on the same database and key.
-    async fn replica(&self) -> Self {
+    pub(crate) async fn replica(&self) -> Self {
         Self::around(self.app.replica().await).await
     }
 
@@ -249,7 +249,7 @@ impl Service {
             .value
     }
 
-    async fn add_webhook(
+    pub(crate) async fn add_webhook(
         &self,
         url: &str,
         events: &[&str],
@@ -267,7 +267,7 @@ impl Service {
             .into_inner()
     }
 
-    async fn create_app(&self, name: &str) {
+    pub(crate) async fn create_app(&self, name: &str) {
         self.app
             .client
             .clone()
@@ -279,7 +279,7 @@ impl Service {
             .unwrap();
     }
 
-    async fn release(&self, app: &str) -> pb::Release {
+    pub(crate) async fn release(&self, app: &str) -> pb::Release {
         self.app
             .client
             .clone()
@@ -298,7 +298,7 @@ impl Service {
             .unwrap()
     }
 
-    async fn promote(&self, app: &str, release: &str) -> pb::Promotion {
+    pub(crate) async fn promote(&self, app: &str, release: &str) -> pb::Promotion {
         self.app
             .client
             .clone()
@@ -315,7 +315,7 @@ impl Service {
             .unwrap()
     }
 
-    async fn complete(
+    pub(crate) async fn complete(
         &self,
         promotion: &str,
         outcome: pb::PromotionOutcome,
@@ -324,7 +324,7 @@ impl Service {
         self.app.complete(promotion, outcome, reason).await
     }
 
-    async fn deliveries(&self) -> Vec<pb::WebhookDelivery> {
+    pub(crate) async fn deliveries(&self) -> Vec<pb::WebhookDelivery> {
         self.webhooks
             .clone()
             .list_webhook_deliveries(pb::ListWebhookDeliveriesRequest {
@@ -338,7 +338,7 @@ impl Service {
     }
 
     /// Waits until every delivery has left `pending`, and returns them.
-    async fn settled(&self) -> Vec<pb::WebhookDelivery> {
+    pub(crate) async fn settled(&self) -> Vec<pb::WebhookDelivery> {
         eventually("every delivery to settle", || async {
             let all = self.deliveries().await;
             (!all.is_empty() && all.iter().all(|d| d.state != "pending")).then_some(all)
@@ -348,7 +348,7 @@ impl Service {
 }
 
 /// Polls `probe` every 20 ms until it answers, for at most 30 s.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

@@ -49,6 +49,9 @@ impl Reporter {
             outcome: outcome as i32,
             reason: rollout.reason.clone(),
             lease_epoch: rollout.epoch,
+            // Unset: the release service decides whether the end was a
+            // cancel (see CompletePromotionRequest.cancelled).
+            cancelled: None,
         };
         let mut delay = Duration::from_millis(100);
         loop {

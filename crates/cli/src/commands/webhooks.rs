@@ -81,6 +81,7 @@ pub(crate) async fn webhooks(
                             }
                         })
                         .unwrap_or_default();
+                    let recent = recent_attempts(&d.recent_attempts, now);
                     vec![
                         d.id,
                         d.action,
@@ -90,18 +91,59 @@ pub(crate) async fn webhooks(
                         result,
                         next,
                         relative(d.created, now),
+                        recent,
                     ]
                 })
                 .collect();
             print(&table(
                 &[
-                    "ID", "ACTION", "APP", "STATE", "ATTEMPTS", "RESULT", "NEXT", "CREATED",
+                    "ID",
+                    "ACTION",
+                    "APP",
+                    "STATE",
+                    "ATTEMPTS",
+                    "RESULT",
+                    "NEXT",
+                    "CREATED",
+                    "RECENT ATTEMPTS",
                 ],
                 &rows,
             ))?;
         }
     }
     Ok(())
+}
+
+/// The last attempts of a delivery, newest first, at most five:
+/// `#3 200 (12ms, 1m ago); #2 503; #1 no answer within 10s`.
+fn recent_attempts(
+    attempts: &[slipway_client::webhook_types::WebhookAttempt],
+    now: chrono::DateTime<Utc>,
+) -> String {
+    attempts
+        .iter()
+        .take(5)
+        .enumerate()
+        .map(|(i, a)| {
+            let result = if a.status != 0 {
+                a.status.to_string()
+            } else {
+                a.error.clone()
+            };
+            if i == 0 {
+                let when = a.at.map(|t| format!(", {}", relative(t, now)));
+                format!(
+                    "#{} {result} ({}ms{})",
+                    a.number,
+                    a.duration_ms,
+                    when.unwrap_or_default()
+                )
+            } else {
+                format!("#{} {result}", a.number)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 async fn keys(ctx: &Context, command: Option<WebhookKeysCommand>) -> anyhow::Result<()> {

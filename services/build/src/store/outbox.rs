@@ -1,9 +1,13 @@
-//! The build service's webhook outbox (`build_outbox`): `build:create`
-//! events written in the transaction that records a build's start or its
-//! failure, claimed under a lease by the relay (`crate::webhooks`) and
-//! marked published once the release service has recorded them.
+//! The build service's outboxes (see `slipway_storage::outbox`): the
+//! webhook outbox (`build_outbox`: `build:create` events written in the
+//! transaction that records a build's start or its failure) and the audit
+//! outbox (`build_audit_outbox`: a `build.create` record per build started,
+//! written in the same transaction). The relays (`crate::relay`) forward
+//! them to the release service and mark them published once it recorded
+//! them.
 
 use slipway_storage::now_micros;
+use slipway_storage::outbox::{Outbox, audit};
 use sqlx::{Any, Row as _, Transaction};
 
 use super::Store;
@@ -39,7 +43,10 @@ fn event_id() -> String {
     format!("E{bits:032x}")
 }
 
-/// Writes a `build:create` event in `tx`.
+/// Writes a `build:create` event in `tx`. A build's start (`success`) is
+/// also the change the audit trail records as `build.create`: its audit
+/// outbox row is written here too, in the same transaction, with the
+/// calling request's source (see `slipway_rpc::actor::current`).
 pub(super) async fn announce(
     tx: &mut Transaction<'static, Any>,
     status: &str,
@@ -63,7 +70,27 @@ pub(super) async fn announce(
     .bind(now)
     .execute(&mut **tx)
     .await?;
+    if status == "success" {
+        let entry = audit::AuditEntry {
+            actor: actor.to_owned(),
+            source: slipway_rpc::actor::current().source,
+            action: "build.create".to_owned(),
+            app: app.to_owned(),
+            target: build.to_owned(),
+            outcome: "ok".to_owned(),
+            detail: message.chars().take(1024).collect(),
+            at_micros: now,
+        };
+        audit::write(tx, AUDIT_TABLE, &audit_id(), &entry).await?;
+    }
     Ok(())
+}
+
+/// A fresh audit outbox id: `A` and 32 hex digits, the release service's
+/// dedup key.
+fn audit_id() -> String {
+    let bits: u128 = rand::random();
+    format!("A{bits:032x}")
 }
 
 /// Who started `build`, as its start event recorded.
@@ -82,92 +109,43 @@ pub(super) async fn starter(tx: &mut Transaction<'static, Any>, build: &str) -> 
     })
 }
 
+/// The build service's audit outbox table.
+pub const AUDIT_TABLE: &str = "build_audit_outbox";
+
+/// The webhook outbox's payload columns.
+const WEBHOOK_COLUMNS: &str = "action, status, app, actor, subject, message";
+
+impl OutboxEvent {
+    /// Reads a claimed row of the webhook outbox.
+    pub fn from_row(row: &sqlx::any::AnyRow) -> std::result::Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            action: row.try_get("action")?,
+            status: row.try_get("status")?,
+            app: row.try_get("app")?,
+            actor: row.try_get("actor")?,
+            subject: row.try_get("subject")?,
+            message: row.try_get("message")?,
+            at_micros: row.try_get("created_at")?,
+        })
+    }
+}
+
 impl Store {
-    /// What the relay waits on besides its poll interval.
-    pub fn outbox_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
-        self.outbox.clone()
+    /// The webhook outbox (`build_outbox`), woken after each commit that
+    /// wrote an event.
+    pub fn webhook_outbox(&self) -> Outbox {
+        Outbox::with_wake(
+            self.db.clone(),
+            "build_outbox",
+            WEBHOOK_COLUMNS,
+            self.outbox.clone(),
+        )
     }
 
-    /// Claims up to `limit` due events; none of them is due again before
-    /// `lease_until` unless recorded.
-    pub async fn claim_outbox(
-        &self,
-        token: &str,
-        lease_until: i64,
-        limit: usize,
-    ) -> Result<Vec<OutboxEvent>> {
-        let now = now_micros();
-        let rows = sqlx::query(
-            "UPDATE build_outbox SET claim = $1, next_attempt_at = $2 \
-             WHERE published_at IS NULL AND next_attempt_at <= $3 AND id IN ( \
-                 SELECT id FROM build_outbox WHERE published_at IS NULL AND next_attempt_at <= $3 \
-                 ORDER BY next_attempt_at LIMIT $4) \
-             RETURNING id, action, status, app, actor, subject, message, created_at",
-        )
-        .bind(token)
-        .bind(lease_until)
-        .bind(now)
-        .bind(limit as i64)
-        .fetch_all(&self.db.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutboxEvent {
-                    id: row.try_get("id")?,
-                    action: row.try_get("action")?,
-                    status: row.try_get("status")?,
-                    app: row.try_get("app")?,
-                    actor: row.try_get("actor")?,
-                    subject: row.try_get("subject")?,
-                    message: row.try_get("message")?,
-                    at_micros: row.try_get("created_at")?,
-                })
-            })
-            .collect()
-    }
-
-    /// Marks a claimed event published.
-    pub async fn outbox_published(&self, id: &str, token: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE build_outbox SET published_at = $1, claim = '', attempts = attempts + 1 \
-             WHERE id = $2 AND claim = $3",
-        )
-        .bind(now_micros())
-        .bind(id)
-        .bind(token)
-        .execute(&self.db.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Records a failed relay of a claimed event; it is due again at `retry_at`.
-    pub async fn outbox_failed(
-        &self,
-        id: &str,
-        token: &str,
-        error: &str,
-        retry_at: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE build_outbox SET next_attempt_at = $1, claim = '', attempts = attempts + 1, last_error = $2 \
-             WHERE id = $3 AND claim = $4",
-        )
-        .bind(retry_at)
-        .bind(error)
-        .bind(id)
-        .bind(token)
-        .execute(&self.db.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// When the earliest unpublished event falls due, if any.
-    pub async fn outbox_next_due(&self) -> Result<Option<i64>> {
-        let row = sqlx::query(
-            "SELECT MIN(next_attempt_at) AS t FROM build_outbox WHERE published_at IS NULL",
-        )
-        .fetch_one(&self.db.pool)
-        .await?;
-        Ok(row.try_get::<Option<i64>, _>("t")?)
+    /// The audit outbox (`build_audit_outbox`): one `build.create` row per
+    /// build started, written with the build.
+    pub fn audit_outbox(&self) -> Outbox {
+        Outbox::new(self.db.clone(), AUDIT_TABLE, audit::COLUMNS)
     }
 }

@@ -50,16 +50,23 @@ pub struct NewAuditRecord {
     pub outcome: String,
     /// See [`AuditRecord`].
     pub detail: String,
+    /// The sending service's outbox id: the record is appended once per
+    /// id (a repeat appends nothing). Empty: appended every time.
+    pub dedup_key: String,
+    /// When the change was made, microseconds (`None`: now).
+    pub at: Option<i64>,
 }
 
 impl Store {
-    /// Appends `record` on its own.
-    pub async fn record_audit(&self, record: &NewAuditRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_events (at, actor, source, action, app, subject, outcome, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    /// Appends `record` on its own. Returns false when a record with its
+    /// dedup key was appended before (nothing appended).
+    pub async fn record_audit(&self, record: &NewAuditRecord) -> Result<bool> {
+        let now = now_micros();
+        let done = sqlx::query(
+            "INSERT INTO audit_events (at, actor, source, action, app, subject, outcome, detail, dedup_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (dedup_key) DO NOTHING",
         )
-        .bind(now_micros())
+        .bind(record.at.map_or(now, |at| at.min(now)))
         .bind(&record.actor)
         .bind(&record.source)
         .bind(&record.action)
@@ -67,9 +74,10 @@ impl Store {
         .bind(&record.target)
         .bind(&record.outcome)
         .bind(&record.detail)
+        .bind((!record.dedup_key.is_empty()).then_some(record.dedup_key.as_str()))
         .execute(&self.db.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// Records newest first: of `app` (every app when `None`), at or after

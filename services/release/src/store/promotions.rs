@@ -170,6 +170,62 @@ impl Store {
         lease_epoch: u64,
         actor: &str,
     ) -> Result<Promotion> {
+        self.end_promotion(promotion, outcome, reason, lease_epoch, actor, None)
+            .await
+    }
+
+    /// Records that `actor` asked to cancel a rolling-out promotion (the
+    /// rollout service is told next, reverts and reports ROLLED_BACK; that
+    /// end is announced as `app:promote:cancelled` by `actor`), with its
+    /// audit record. The first request is kept; false when the promotion
+    /// was no longer rolling out or a cancel was requested before.
+    pub async fn request_cancel(&self, promotion: &Promotion, actor: &str) -> Result<bool> {
+        retry(|| async {
+            let mut tx = self.begin().await?;
+            let done = sqlx::query(
+                "UPDATE promotions SET cancelled_by = $1, updated_at = $2 \
+                 WHERE id = $3 AND state = $4 AND cancelled_by IS NULL",
+            )
+            .bind(actor)
+            .bind(now_micros())
+            .bind(promotion.id.as_str())
+            .bind(PromotionState::RollingOut.as_str())
+            .execute(&mut *tx)
+            .await?;
+            let fresh = done.rows_affected() == 1;
+            if fresh {
+                let detail = format!("release {}, while rolling out", promotion.release);
+                audit(
+                    &mut tx,
+                    actor,
+                    "promotion.cancel",
+                    promotion.app.as_str(),
+                    promotion.id.as_str(),
+                    &detail,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(fresh)
+        })
+        .await
+    }
+
+    /// [`Store::finish_promotion`], told by the rollout whether its end
+    /// was a cancel (`cancelled`; `None`: a rollout that does not say, and
+    /// a cancel requested while rolling out that ends rolled back counts).
+    /// A cancelled end that is not a success is announced as
+    /// `app:promote:cancelled` by whoever cancelled, whatever the state it
+    /// leaves (a reverted rollout stays `rolled_back`).
+    pub async fn end_promotion(
+        &self,
+        promotion: &PromotionId,
+        outcome: PromotionState,
+        reason: &str,
+        lease_epoch: u64,
+        actor: &str,
+        cancelled: Option<bool>,
+    ) -> Result<Promotion> {
         retry(|| async {
             let mut tx = self.begin().await?;
             let mut current = self.promotion_in(&mut tx, promotion, true).await?;
@@ -232,10 +288,27 @@ impl Store {
             // Exactly one end event per promotion: a repeated report of the
             // same outcome returned above, another outcome is refused by
             // `transition`.
-            if let Some((action, status, message)) = promotion_end(outcome, reason) {
+            let cancelled_by: Option<String> =
+                sqlx::query("SELECT cancelled_by FROM promotions WHERE id = $1")
+                    .bind(promotion.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("cancelled_by")?;
+            let was_cancel = outcome != PromotionState::Succeeded
+                && outcome != PromotionState::Cancelled
+                && cancelled
+                    .unwrap_or(cancelled_by.is_some() && outcome == PromotionState::RolledBack);
+            let end = if was_cancel {
+                promotion_end(PromotionState::Cancelled, reason)
+            } else {
+                promotion_end(outcome, reason)
+            };
+            if let Some((action, status, message)) = end {
                 // Who promoted, except for a cancel: who cancelled.
                 let by = if outcome == PromotionState::Cancelled {
                     actor
+                } else if was_cancel {
+                    cancelled_by.as_deref().unwrap_or(current.actor.as_str())
                 } else {
                     current.actor.as_str()
                 };

@@ -23,6 +23,8 @@ const FAN_OUT: &str = "INSERT INTO webhook_deliveries \
      SELECT CAST($1 AS TEXT) || '-' || w.id, $1, w.id, 'pending', $2, $2, $2 FROM webhooks w \
      WHERE w.deleted_at IS NULL AND (w.app = '' OR w.app = $3) AND (w.events = '' OR w.events LIKE $4)";
 
+mod attempts;
+
 /// A delivery claimed for one attempt.
 #[derive(Clone, Debug)]
 pub struct Claimed {
@@ -49,6 +51,8 @@ pub struct AttemptRecord {
     pub error: String,
     /// When to try again (pending only).
     pub next_attempt_micros: i64,
+    /// How long the attempt took.
+    pub duration_ms: u32,
 }
 
 /// Writes `event` and its deliveries in `tx`. Returns how many receivers
@@ -533,10 +537,11 @@ impl Store {
     ) -> Result<bool> {
         let now = now_micros();
         let delivered = (record.state == "delivered").then_some(now);
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, last_status = $2, \
              last_error = $3, next_attempt_at = $4, claim = '', updated_at = $5, delivered_at = $6 \
-             WHERE id = $7 AND claim = $8 AND state = 'pending'",
+             WHERE id = $7 AND claim = $8 AND state = 'pending' RETURNING attempts",
         )
         .bind(record.state)
         .bind(i64::from(record.status))
@@ -546,9 +551,23 @@ impl Store {
         .bind(delivered)
         .bind(delivery)
         .bind(token)
-        .execute(&self.db.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let Some(row) = done else {
+            return Ok(false);
+        };
+        let number: i64 = row.try_get("attempts")?;
+        attempts::record(
+            &mut tx,
+            delivery,
+            number,
+            record.status,
+            &record.error,
+            record.duration_ms,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// When the earliest pending delivery falls due, if any.
@@ -586,12 +605,19 @@ impl Store {
             .fetch_all(&self.db.pool)
             .await?,
         };
+        let ids = rows
+            .iter()
+            .map(|row| row.try_get::<String, _>("id"))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut recent = self.recent_attempts(&ids).await?;
         rows.iter()
             .map(|row| {
                 let state: String = row.try_get("state")?;
                 let delivered: Option<i64> = row.try_get("delivered_at")?;
+                let id: String = row.try_get("id")?;
                 Ok(Delivery {
-                    id: row.try_get("id")?,
+                    recent_attempts: recent.remove(&id).unwrap_or_default(),
+                    id,
                     webhook: row.try_get("webhook_id")?,
                     action: row.try_get("action")?,
                     app: row.try_get("app")?,

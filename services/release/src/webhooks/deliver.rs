@@ -32,6 +32,8 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// A claim outlives its attempt's timeout by this much before the delivery
 /// is due again (a worker killed mid-attempt).
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
+/// How often a replica prunes the webhook outbox.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Delivers the outbox.
 pub struct Dispatcher {
@@ -89,13 +91,34 @@ impl Dispatcher {
         })
     }
 
+    /// Deletes finished deliveries, attempts and events older than the
+    /// outbox retention (7 days; pending deliveries stay).
+    async fn prune(&self) {
+        let cutoff = now_micros() - slipway_storage::outbox::RETENTION.as_micros() as i64;
+        match self.store.prune_webhooks(cutoff).await {
+            Ok(p) if p == Default::default() => {}
+            Ok(p) => tracing::info!(
+                deliveries = p.deliveries,
+                attempts = p.attempts,
+                events = p.events,
+                "pruned webhook deliveries finished over 7 days ago"
+            ),
+            Err(e) => tracing::warn!("failed to prune webhook deliveries: {e}"),
+        }
+    }
+
     /// Claims and delivers until `stop` is cancelled.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let wake = self.store.outbox_signal();
         let mut failing = false;
+        let mut pruned_at: Option<tokio::time::Instant> = None;
         loop {
             if stop.is_cancelled() {
                 return;
+            }
+            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                pruned_at = Some(tokio::time::Instant::now());
+                self.prune().await;
             }
             let claimed = match self.claim_round().await {
                 Ok(n) => {
@@ -197,7 +220,9 @@ impl Dispatcher {
             }
         };
         let body = payload::body(&claimed.event, &claimed.delivery, &self.args.rack_name);
+        let started = std::time::Instant::now();
         let attempt = self.post(&url, &claimed.delivery, body, keys).await;
+        let duration_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
         let now = now_micros();
         let age = Duration::from_micros((now - claimed.created_micros).max(0) as u64);
         let decided = verdict(
@@ -227,12 +252,14 @@ impl Dispatcher {
                 status,
                 error,
                 next_attempt_micros: now,
+                duration_ms,
             },
             Verdict::Retry(delay) => AttemptRecord {
                 state: "pending",
                 status,
                 error,
                 next_attempt_micros: now + delay.as_micros() as i64,
+                duration_ms,
             },
             Verdict::GiveUp => {
                 tracing::warn!(
@@ -247,6 +274,7 @@ impl Dispatcher {
                     status,
                     error,
                     next_attempt_micros: now,
+                    duration_ms,
                 }
             }
         };

@@ -231,6 +231,17 @@ fn delivery_pb(d: Delivery) -> pb::WebhookDelivery {
         created: Some(timestamp(d.created)),
         next_attempt: d.next_attempt.map(timestamp),
         delivered: d.delivered.map(timestamp),
+        recent_attempts: d
+            .recent_attempts
+            .into_iter()
+            .map(|a| pb::WebhookAttempt {
+                number: a.number,
+                at: Some(timestamp(a.at)),
+                status: a.status,
+                error: a.error,
+                duration_ms: a.duration_ms,
+            })
+            .collect(),
     }
 }
 

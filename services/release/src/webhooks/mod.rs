@@ -150,6 +150,23 @@ pub struct Delivery {
     pub next_attempt: Option<DateTime<Utc>>,
     /// When it was delivered.
     pub delivered: Option<DateTime<Utc>>,
+    /// The most recent attempts, newest first (at most 10).
+    pub recent_attempts: Vec<DeliveryAttempt>,
+}
+
+/// One attempt of a delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    /// 1 for the first.
+    pub number: u32,
+    /// When it was made (its result recorded).
+    pub at: DateTime<Utc>,
+    /// HTTP status (0: none).
+    pub status: u32,
+    /// Why it failed; empty when delivered.
+    pub error: String,
+    /// How long it took.
+    pub duration_ms: u32,
 }
 
 /// A fresh id: `prefix` and 32 hex digits (128 random bits).
