@@ -21,7 +21,6 @@ pub use sqlx::{AnyPool, Transaction};
 mod args;
 pub mod files;
 pub mod outbox;
-pub mod outbox;
 pub mod idempotency;
 
 pub use args::StoreArgs;
