@@ -12,9 +12,10 @@
 //! capability dropped and the runtime's default seccomp profile (see
 //! [`pod_security_context`]). An image that must start as root (to bind a
 //! port under 1024 on a container runtime without unprivileged low ports,
-//! or to drop to its own user itself) runs with `--kube-pod-user 0`: then
-//! pods run as the image says, keeping only no privilege escalation and
-//! the default seccomp profile. The root filesystem stays writable: apps
+//! or to drop to its own user itself) needs a pod user of 0
+//! ([`deployment_as`]; the runtime's `with_pod_user`): then pods run as the
+//! image says, keeping only no privilege escalation and the default
+//! seccomp profile. (The rollout service has no flag for it yet.) The root filesystem stays writable: apps
 //! write caches, temporary files and pid files next to their code, and a
 //! read-only root would break them in ways only a crash shows.
 //!
@@ -40,9 +41,9 @@ pub(crate) const LABEL_SERVICE: &str = "service";
 /// See [`LABEL_RACK`].
 pub(crate) const LABEL_RELEASE: &str = "release";
 
-/// The uid and gid app pods run as by default (`--kube-pod-user`): the
-/// first user `useradd`/`adduser` make in Debian, Ubuntu and Alpine
-/// images, so an image that made one user for its app runs as it.
+/// The uid and gid app pods run as by default: the first user
+/// `useradd`/`adduser` make in Debian, Ubuntu and Alpine images, so an
+/// image that made one user for its app runs as it.
 pub(crate) const DEFAULT_POD_USER: u32 = 1000;
 
 /// Readiness-probe failures in a row that make a pod unready.
@@ -211,7 +212,9 @@ pub(crate) fn rolling_update(svc: &Service) -> Result<(String, String), ObjectEr
 pub(crate) const RESTART_ANNOTATION: &str = "convox.com/restart";
 
 /// The Deployment of `svc` running `spec`'s release, its pods as
-/// [`DEFAULT_POD_USER`] (see [`deployment_as`]).
+/// [`DEFAULT_POD_USER`] (see [`deployment_as`]). The runtime moves to
+/// `deployment_as` with its configured user; until then this is its call.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn deployment(
     rack: &str,
     spec: &Spec,
