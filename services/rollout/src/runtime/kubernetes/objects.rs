@@ -15,9 +15,10 @@
 //! or to drop to its own user itself) needs a pod user of 0
 //! ([`deployment_as`]; the runtime's `with_pod_user`): then pods run as the
 //! image says, keeping only no privilege escalation and the default
-//! seccomp profile. (The rollout service has no flag for it yet.) The root filesystem stays writable: apps
-//! write caches, temporary files and pid files next to their code, and a
-//! read-only root would break them in ways only a crash shows.
+//! seccomp profile (the rollout service has no flag for it yet). The root
+//! filesystem stays writable: apps write caches, temporary files and pid
+//! files next to their code, and a read-only root would break them in ways
+//! only a crash shows.
 //!
 //! cpu and memory come from [`Spec::resources`]: set by hand with `scale`,
 //! field by field, else the manifest's `scale.cpu`/`scale.memory`.
