@@ -87,27 +87,6 @@ fn query_app(query: Option<&str>) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// The audit action of a change the gateway passes to a service that does
-/// not audit it itself (scale, restart, one-off processes), recorded after
-/// it succeeded; `None` for everything else (the release service audits
-/// its own changes in their transactions, the build service its builds
-/// through its audit outbox).
-pub fn audited_elsewhere(method: &Method, path: &str) -> Option<(&'static str, String, String)> {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (app, action, target) = match (method, segments.as_slice()) {
-        (&Method::PUT, ["apps", app, "services", service]) => (app, "service.scale", *service),
-        (&Method::POST, ["apps", app, "services", service, "restart"]) => {
-            (app, "service.restart", *service)
-        }
-        (&Method::POST, ["apps", app, "services", service, "processes"]) => {
-            (app, "process.run", *service)
-        }
-        (&Method::DELETE, ["apps", app, "processes", pid]) => (app, "process.stop", *pid),
-        _ => return None,
-    };
-    Some((action, (*app).to_owned(), target.to_owned()))
-}
-
 /// Requests in flight per credential, each at most `cap`: the gateway's
 /// concurrency limit applied per credential too, so one runaway CI token
 /// cannot take every slot from the console and the other tokens.

@@ -1,13 +1,13 @@
 //! The gateway's part of the audit trail, and its routes.
 //!
-//! The release service records its own changes (apps, releases, env,
-//! promotions, rollbacks, cancels, tokens) in their transactions. Changes
-//! other services own and do not audit themselves yet (scale, restart,
-//! one-off processes; builds and imports are audited by the build service
-//! through its audit outbox)
-//! and refusals of changes are recorded here, through `RecordAudit`, after
-//! the answer: a change is recorded once it succeeded, a refusal once it
-//! was refused. Those records are written in the background with at most
+//! Every change is audited by the service that makes it, in the change's
+//! transaction: the release service its own (apps, releases, env,
+//! promotions, rollbacks, cancels, tokens, webhooks); the build and rollout
+//! services theirs (builds and imports; scale, restart, one-off processes)
+//! through their audit outboxes, relayed to the release service with a
+//! dedup key (`slipway_storage::outbox`). What is recorded here, through
+//! `RecordAudit`, is only what changed nothing: refusals of changes, once
+//! refused. Those records are written in the background with at most
 //! [`PENDING`] at once; past that they are dropped with a warning rather
 //! than slowing requests (the log line still names them).
 
@@ -47,24 +47,6 @@ pub(crate) fn refused(state: &AppState, caller: &Caller, method: &Method, need: 
         target: String::new(),
         outcome: "denied".into(),
         detail: why.to_owned(),
-        ..Default::default()
-    };
-    send(state, caller, record);
-}
-
-/// Records a change another service made for `caller`.
-pub(crate) fn succeeded(
-    state: &AppState,
-    caller: &Caller,
-    action: &str,
-    app: String,
-    target: String,
-) {
-    let record = rpb::RecordAuditRequest {
-        action: action.to_owned(),
-        app,
-        target,
-        outcome: "ok".into(),
         ..Default::default()
     };
     send(state, caller, record);

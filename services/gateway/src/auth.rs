@@ -230,16 +230,12 @@ pub async fn authenticate_first(
         }
         .into_response();
     };
-    let audited = crate::access::audited_elsewhere(request.method(), request.uri().path());
     request.extensions_mut().insert(caller.clone());
-    // Every call the handler makes carries the caller (slipway_rpc::actor).
-    let response = slipway_rpc::actor::scope(caller.actor.clone(), next.run(request)).await;
-    if let Some((action, app, target)) = audited
-        && response.status().is_success()
-    {
-        crate::audit::succeeded(&state, &caller, action, app, target);
-    }
-    response
+    // Every call the handler makes carries the caller (slipway_rpc::actor):
+    // each service audits the changes it makes for it, in their
+    // transactions (the build and rollout services through their audit
+    // outboxes).
+    slipway_rpc::actor::scope(caller.actor.clone(), next.run(request)).await
 }
 
 /// Why credentials were refused (for the log; never the password).

@@ -6,6 +6,7 @@
 //!
 //! `run` is the whole service; `main.rs` only parses config and binds.
 
+pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod driver;
@@ -161,8 +162,11 @@ pub async fn run_with_bus(
         .context("open the rollout store")?;
     let recorder = Recorder::start(store.clone(), bus.clone());
     let runtime = start_runtime(&config, store.clone(), Arc::new(recorder.clone())).await?;
+    let background = CancellationToken::new();
     let reporter = if config.release_endpoints.is_empty() {
-        tracing::warn!("no release endpoint configured: rollout outcomes are not reported");
+        tracing::warn!(
+            "no release endpoint configured: rollout outcomes and audit records are not reported"
+        );
         Reporter::new(None)
     } else {
         let channel = slipway_rpc::channel(
@@ -174,9 +178,13 @@ pub async fn run_with_bus(
                 ..Default::default()
             },
         )?;
+        tokio::spawn(audit::relay_loop(
+            store.clone(),
+            channel.clone(),
+            background.clone(),
+        ));
         Reporter::new(Some(channel))
     };
-    let background = CancellationToken::new();
     let replica = config
         .replica_id
         .clone()
@@ -192,7 +200,7 @@ pub async fn run_with_bus(
         background.clone(),
     );
     tokio::spawn(drivers.clone().takeover_loop());
-    let processes = processes::Processes::new(runtime.clone());
+    let processes = processes::Processes::new(runtime.clone(), store.clone());
     let held = runtime.clone();
     let service = Arc::new(Rollouts::new(
         store,

@@ -15,22 +15,43 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::audit;
 use crate::model::Spec;
 use crate::runtime::oneoff::{DEFAULT_TIMEOUT, MAX_TIMEOUT};
 use crate::runtime::{
     DynRuntime, OneOffInfo, RunRequest, RuntimeError, SessionKind, SessionOutput,
 };
+use crate::store::Store;
 
 /// The process service over a runtime.
 pub struct Processes {
     runtime: DynRuntime,
+    /// Where runs and stops are audited (`crate::audit`).
+    store: Store,
 }
 
 impl Processes {
-    /// Serves one-off processes of `runtime`.
-    pub fn new(runtime: DynRuntime) -> Self {
-        Self { runtime }
+    /// Serves one-off processes of `runtime`, auditing into `store`.
+    pub fn new(runtime: DynRuntime, store: Store) -> Self {
+        Self { runtime, store }
     }
+}
+
+/// Writes the held audit record of an action (see `crate::audit`); an
+/// action that cannot be audited is not made.
+async fn audit_hold(
+    store: &Store,
+    action: &str,
+    app: &str,
+    target: &str,
+    actor: &str,
+) -> Result<audit::Held, Status> {
+    audit::hold(store, action, app, target, actor)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "failed to write an audit record");
+            Status::unavailable("the audit record could not be written: try again shortly")
+        })
 }
 
 /// One place where runtime failures become gRPC codes: what the caller got
@@ -108,15 +129,27 @@ impl ProcessService for Processes {
         &self,
         request: Request<pb::RunProcessRequest>,
     ) -> Result<Response<pb::RunProcessResponse>, Status> {
+        let actor = slipway_rpc::actor(&request);
         let (spec, run) = run_request(request.into_inner())?;
         let span = tracing::Span::current();
         span.record("app", tracing::field::display(&spec.app));
         span.record("service", run.service.as_str());
-        let info = self
-            .runtime
-            .run(Arc::new(spec), run)
-            .await
-            .map_err(status)?;
+        let held = audit_hold(
+            &self.store,
+            "process.run",
+            spec.app.as_str(),
+            &run.service,
+            &actor,
+        )
+        .await?;
+        let info = match self.runtime.run(Arc::new(spec), run).await {
+            Ok(info) => info,
+            Err(e) => {
+                held.refused().await;
+                return Err(status(e));
+            }
+        };
+        held.done(&format!("process {}", info.id)).await;
         Ok(Response::new(pb::RunProcessResponse {
             process: Some(process(info)),
         }))
@@ -143,13 +176,23 @@ impl ProcessService for Processes {
         &self,
         request: Request<pb::StopProcessRequest>,
     ) -> Result<Response<pb::StopProcessResponse>, Status> {
+        let actor = slipway_rpc::actor(&request);
         let request = request.into_inner();
         required(&request.app, "app")?;
         required(&request.id, "id")?;
-        self.runtime
-            .stop(&request.app, &request.id)
-            .await
-            .map_err(status)?;
+        let held = audit_hold(
+            &self.store,
+            "process.stop",
+            &request.app,
+            &request.id,
+            &actor,
+        )
+        .await?;
+        if let Err(e) = self.runtime.stop(&request.app, &request.id).await {
+            held.refused().await;
+            return Err(status(e));
+        }
+        held.done("").await;
         Ok(Response::new(pb::StopProcessResponse {}))
     }
 

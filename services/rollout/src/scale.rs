@@ -305,6 +305,9 @@ impl Scales {
         let (db, cipher) = self.store.parts();
         let now = now_micros();
         let sealed = cipher.seal(app.as_str(), &spec.to_json());
+        // The rollout row, the scale record and the audit record commit
+        // together (crate::audit).
+        let mut tx = db.pool.begin_with(db.dialect.begin_write()).await?;
         let inserted = sqlx::query(
             "INSERT INTO rollouts (id, app, release_id, fallback_release, target_spec, fallback_spec, phase, \
              deadline_secs, deadline_at, owner, lease_expires, epoch, reported, created_at, finished_at) \
@@ -320,7 +323,7 @@ impl Scales {
         .bind(now)
         .bind(now)
         .bind(app.as_str())
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
             return Err(updating(app));
@@ -336,8 +339,12 @@ impl Scales {
         .bind(actor)
         .bind(&id)
         .bind(now)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
+        let what = format!("service.{action}");
+        crate::audit::record(&mut tx, &what, app.as_str(), service, detail, actor).await?;
+        tx.commit().await?;
+        crate::audit::wake();
         tracing::info!(app = %app, service, action, rollout = %id, actor, "scale change");
         self.runtime
             .apply(&id, Arc::new(spec), std::time::Duration::from_secs(600))
