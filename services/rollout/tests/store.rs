@@ -186,16 +186,50 @@ async fn the_local_runtimes_records_are_kept(backend: Backend) {
         port: 41000,
         started: chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap(),
     };
-    local.insert_process(&record).await.unwrap();
-    local.set_pid("web-1", 4242).await.unwrap();
+    // A width is recorded in one write, then its pids in another.
+    let second = ProcessRecord {
+        id: "web-2".into(),
+        port: 41001,
+        ..record.clone()
+    };
+    local
+        .insert_processes(&[record.clone(), second.clone()])
+        .await
+        .unwrap();
+    local
+        .set_pids(&[("web-1".into(), 4242), ("web-2".into(), 4243)])
+        .await
+        .unwrap();
+    let mut found = local.processes().await.unwrap();
+    found.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(
-        local.processes().await.unwrap(),
-        [ProcessRecord {
-            pid: Some(4242),
-            ..record
-        }]
+        found,
+        [
+            ProcessRecord {
+                pid: Some(4242),
+                ..record.clone()
+            },
+            ProcessRecord {
+                pid: Some(4243),
+                ..second
+            }
+        ]
     );
+    // One record whose id is taken fails the whole width: none is written.
+    let third = ProcessRecord {
+        id: "web-3".into(),
+        ..record.clone()
+    };
+    assert!(
+        local
+            .insert_processes(&[third, record.clone()])
+            .await
+            .is_err()
+    );
+    assert_eq!(local.processes().await.unwrap().len(), 2);
+    local.set_pid("web-1", 4244).await.unwrap();
     local.delete_process("web-1").await.unwrap();
+    local.delete_processes(&["web-2".into()]).await.unwrap();
     assert!(local.processes().await.unwrap().is_empty());
     local.set_app("app1", "{}", P1).await.unwrap();
     local.set_app("app1", "{\"x\":1}", P2).await.unwrap();

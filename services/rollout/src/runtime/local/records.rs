@@ -181,19 +181,37 @@ impl LocalRecords {
 
     /// Records a process about to be spawned.
     pub async fn insert_process(&self, p: &ProcessRecord) -> Result<()> {
-        retry(|| {
-            sqlx::query(
-                "INSERT INTO local_processes (id, app, service, release_id, pid, port, started_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&p.id)
-            .bind(&p.app)
-            .bind(&p.service)
-            .bind(&p.release)
-            .bind(p.pid.map(i64::from))
-            .bind(i64::from(p.port))
-            .bind(micros(p.started))
-            .execute(&self.db.pool)
+        self.insert_processes(std::slice::from_ref(p)).await
+    }
+
+    /// Records processes about to be spawned (a width's starts), in one
+    /// transaction: one write however wide the rollout is.
+    pub async fn insert_processes(&self, ps: &[ProcessRecord]) -> Result<()> {
+        if ps.is_empty() {
+            return Ok(());
+        }
+        retry(|| async {
+            let mut tx = self
+                .db
+                .pool
+                .begin_with(self.db.dialect.begin_write())
+                .await?;
+            for p in ps {
+                sqlx::query(
+                    "INSERT INTO local_processes (id, app, service, release_id, pid, port, started_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&p.id)
+                .bind(&p.app)
+                .bind(&p.service)
+                .bind(&p.release)
+                .bind(p.pid.map(i64::from))
+                .bind(i64::from(p.port))
+                .bind(micros(p.started))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
         })
         .await?;
         Ok(())
@@ -201,11 +219,52 @@ impl LocalRecords {
 
     /// Records the OS pid of a spawned process.
     pub async fn set_pid(&self, id: &str, pid: u32) -> Result<()> {
-        retry(|| {
-            sqlx::query("UPDATE local_processes SET pid = $1 WHERE id = $2")
-                .bind(i64::from(pid))
-                .bind(id)
-                .execute(&self.db.pool)
+        self.set_pids(&[(id.to_owned(), pid)]).await
+    }
+
+    /// Records the OS pids of spawned processes (id, pid), in one transaction.
+    pub async fn set_pids(&self, pids: &[(String, u32)]) -> Result<()> {
+        if pids.is_empty() {
+            return Ok(());
+        }
+        retry(|| async {
+            let mut tx = self
+                .db
+                .pool
+                .begin_with(self.db.dialect.begin_write())
+                .await?;
+            for (id, pid) in pids {
+                sqlx::query("UPDATE local_processes SET pid = $1 WHERE id = $2")
+                    .bind(i64::from(*pid))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets processes that are gone (or were never spawned), in one
+    /// transaction.
+    pub async fn delete_processes(&self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        retry(|| async {
+            let mut tx = self
+                .db
+                .pool
+                .begin_with(self.db.dialect.begin_write())
+                .await?;
+            for id in ids {
+                sqlx::query("DELETE FROM local_processes WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
         })
         .await?;
         Ok(())
