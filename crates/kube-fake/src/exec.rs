@@ -106,10 +106,11 @@ fn kill_pod(key: &str, main: bool) {
         for pgid in p.execs.drain(..) {
             kill_group(pgid, Signal::SIGKILL);
         }
-        if main && p.exit.is_none() {
-            if let Some(pgid) = p.main {
-                kill_group(pgid, Signal::SIGKILL);
-            }
+        if main
+            && p.exit.is_none()
+            && let Some(pgid) = p.main
+        {
+            kill_group(pgid, Signal::SIGKILL);
         }
     }
 }
@@ -612,10 +613,10 @@ async fn session(
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Binary(bytes))) if !bytes.is_empty() => match bytes[0] {
                     STDIN => {
-                        if let Some(pipe) = stdin.as_mut() {
-                            if pipe.write_all(&bytes[1..]).await.is_err() {
-                                stdin = None;
-                            }
+                        if let Some(pipe) = stdin.as_mut()
+                            && pipe.write_all(&bytes[1..]).await.is_err()
+                        {
+                            stdin = None;
                         }
                     }
                     CLOSE if v5 && bytes.get(1) == Some(&STDIN) => stdin = None,

@@ -202,7 +202,9 @@ pub(super) fn bridge(stream: ExecStream) -> (Session, oneshot::Receiver<Ended>) 
                 message = source.next() => match message {
                     Some(Ok(Message::Binary(bytes))) if bytes.len() > 1 => match bytes[0] {
                         STDOUT | STDERR => {
-                            if out_tx.send(SessionOutput::Data(bytes[1..].to_vec())).await.is_err() {
+                            let data = SessionOutput::Data(bytes[1..].to_vec());
+                            let sent = out_tx.send(data).await;
+                            if sent.is_err() {
                                 break Ended::Abandoned;
                             }
                         }
