@@ -7,6 +7,7 @@ mod cli;
 mod console;
 mod deploy;
 mod faults;
+mod faults_db;
 mod gateway;
 mod kube;
 mod ledger;
@@ -57,6 +58,10 @@ enum Command {
     /// gateways while a release replica is SIGKILLed, beside the same load
     /// with no fault.
     Faults(faults::Args),
+    /// Case (c) of `faults`: steady `env set` through two gateways while
+    /// PostgreSQL is unreachable for 20 s (through a relay): lost
+    /// acknowledged writes, and the time to recover to the fault-free rate.
+    FaultsDb(faults_db::Args),
     /// The wall time of the real `slipway deploy` (start to exit) of a small
     /// app already built once, beside the app's own spawn -> first 200.
     Deploy(deploy::Args),
@@ -96,6 +101,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Gateway(args) => gateway::run(args).await,
                 Command::Scale(args) => scale::run(args).await,
                 Command::Faults(args) => faults::run(args).await,
+                Command::FaultsDb(args) => faults_db::run(args).await,
                 Command::Deploy(args) => deploy::run(args).await,
                 Command::Console(args) => console::run(args).await,
                 Command::Run(args) => run::run(args).await,

@@ -30,6 +30,10 @@ use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
+/// The PostgreSQL relay [`Cluster::start_via`] takes (for benches, which
+/// reach the test helpers through this crate).
+pub use slipway_storage::testing::relay::{Relay, postgres_addr};
+
 /// The rack password of the cluster's gateways.
 pub const PASSWORD: &str = "scale-secret-0123456";
 /// The rollout lease: how long a killed replica's rollouts wait for takeover.
@@ -162,6 +166,26 @@ impl Cluster {
     /// [`Cluster::start`] with rollout leases of `lease_ttl` (a long lease
     /// tells a prompt hand-over from a takeover after expiry).
     pub async fn start_with_lease(options: ClusterOptions, lease_ttl: Duration) -> Self {
+        Self::start_full(options, lease_ttl, None).await
+    }
+
+    /// [`Cluster::start`] with every service reaching PostgreSQL at
+    /// `postgres` (a relay a test or bench cuts and restores:
+    /// `slipway_storage::testing::relay`). The `*_db` fields keep the
+    /// direct URLs, for checks made past the relay.
+    pub async fn start_via(options: ClusterOptions, postgres: Option<SocketAddr>) -> Self {
+        Self::start_full(options, LEASE_TTL, postgres).await
+    }
+
+    async fn start_full(
+        options: ClusterOptions,
+        lease_ttl: Duration,
+        postgres: Option<SocketAddr>,
+    ) -> Self {
+        let via = |url: &str| match postgres {
+            Some(addr) => slipway_storage::testing::relay::through(url, addr),
+            None => url.to_owned(),
+        };
         let dir = tempfile::tempdir().expect("temp dir");
         let release_db = slipway_storage::testing::postgres().await;
         let rollout_db = slipway_storage::testing::postgres().await;
@@ -218,7 +242,7 @@ impl Cluster {
                 humantime::format_duration(lease_ttl).to_string().into(),
             ]);
             args.extend(["--kubeconfig".into(), kubeconfig.clone().into()]);
-            args.extend(["--database-url".into(), cluster.rollout_db.clone().into()]);
+            args.extend(["--database-url".into(), via(&cluster.rollout_db).into()]);
             args.extend(["--release-endpoint".into(), join(&release_addrs).into()]);
             args.extend(["--spec-key".into(), spec_key.clone().into()]);
             args.extend([
@@ -235,7 +259,7 @@ impl Cluster {
         for (i, name) in ["release-a", "release-b"].into_iter().enumerate() {
             let mut args: Vec<OsString> =
                 vec!["--listen".into(), release_addrs[i].to_string().into()];
-            args.extend(["--database-url".into(), cluster.release_db.clone().into()]);
+            args.extend(["--database-url".into(), via(&cluster.release_db).into()]);
             args.extend(["--env-key".into(), env_key.clone().into()]);
             args.extend(["--rollout-endpoint".into(), join(&rollouts).into()]);
             args.extend(["--redispatch-every".into(), "1s".into()]);
@@ -247,7 +271,7 @@ impl Cluster {
         }
 
         let mut args: Vec<OsString> = vec!["--listen".into(), "127.0.0.1:0".into()];
-        args.extend(["--database-url".into(), build_db.into()]);
+        args.extend(["--database-url".into(), via(&build_db).into()]);
         args.extend(["--release-endpoint".into(), join(&release_addrs).into()]);
         args.extend([
             "--data-dir".into(),

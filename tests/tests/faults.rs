@@ -28,9 +28,10 @@ async fn send(
     addr: SocketAddr,
     method: &str,
     target: &str,
-    body: &str,
+    body: impl AsRef<[u8]>,
     key: Option<&str>,
 ) -> Option<(u16, String)> {
+    let body = body.as_ref();
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("convox:{PASSWORD}"));
     let key = key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
@@ -40,7 +41,7 @@ async fn send(
         body.len()
     );
     stream.write_all(head.as_bytes()).await.ok()?;
-    stream.write_all(body.as_bytes()).await.ok()?;
+    stream.write_all(body).await.ok()?;
     let (status, body) = read_answer(&mut stream).await;
     (status != 0).then_some((status, body))
 }
@@ -197,4 +198,218 @@ async fn the_other_release_replica_and_a_gateway_killed_under_load_cost_no_write
         tally.resent.load(Ordering::SeqCst) > 0,
         "no request was resent after gateway A died"
     );
+}
+
+/// Builds per writer in the build-service test.
+const BUILDS: usize = 16;
+
+/// Writer `w` of builds: `BUILDS` CreateBuilds described `B<w>_<i>`, each
+/// with its own key, first to `gateways[w % 2]`; a request without an
+/// answer, or answered 502/503 (the gateway could not reach the build
+/// service in time), goes again with the same key to the other gateway.
+async fn builder(w: usize, gateways: [SocketAddr; 2], url: String, tally: Arc<Tally>) {
+    for i in 0..BUILDS {
+        let description = format!("B{w}_{i}");
+        let key = format!("builds-{w}-{i}-{}", uuid::Uuid::new_v4().simple());
+        let body = format!("url={url}&description={description}");
+        let mut g = w % 2;
+        let mut answer = None;
+        for _ in 0..20 {
+            answer = send(gateways[g], "POST", "/apps/myapp/builds", &body, Some(&key)).await;
+            if !matches!(answer, None | Some((502 | 503, _))) {
+                break;
+            }
+            tally.resent.fetch_add(1, Ordering::SeqCst);
+            g = 1 - g;
+        }
+        match answer {
+            Some((200, build)) => {
+                let id = serde_json::from_str::<serde_json::Value>(&build)
+                    .ok()
+                    .and_then(|b| b["id"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                tally.acked.lock().unwrap().insert(description, id);
+            }
+            other => tally
+                .failed
+                .lock()
+                .unwrap()
+                .push(format!("{description}: {other:?}")),
+        }
+    }
+}
+
+/// A gzip'd tar of a web app with its manifest.
+fn source() -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, body, mode) in [
+        (
+            "convox.yml",
+            "services:\n  web:\n    build: .\n    command: ./run.sh\n    port: 3000\n",
+            0o644,
+        ),
+        ("run.sh", "#!/bin/sh\nexec sleep 600\n", 0o755),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(mode);
+        tar.append_data(&mut header, name, body.as_bytes()).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_build_service_killed_under_load_costs_no_build() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let gateways = [cluster.addr("gateway-a"), cluster.addr("gateway-b")];
+    let (status, body) = send(gateways[0], "POST", "/apps", "name=myapp", None)
+        .await
+        .expect("create the app");
+    assert_eq!(status, 200, "apps create: {body}");
+    let (status, object) = send(
+        gateways[1],
+        "POST",
+        "/apps/myapp/objects/tmp/faults.tgz",
+        source(),
+        None,
+    )
+    .await
+    .expect("upload the source");
+    assert_eq!(status, 200, "upload: {object}");
+    let url = serde_json::from_str::<serde_json::Value>(&object).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let tally = Arc::new(Tally::default());
+    let writers: Vec<_> = (0..2)
+        .map(|w| tokio::spawn(builder(w, gateways, url.clone(), tally.clone())))
+        .collect();
+    slipway_e2e::eventually(Duration::from_secs(60), "builds before the fault", || {
+        let n = tally.acked.lock().unwrap().len();
+        async move { (n >= 4).then_some(()) }
+    })
+    .await;
+    cluster.kill("build").await;
+    let at_fault = tally.acked.lock().unwrap().len();
+    assert!(
+        at_fault + 8 <= 2 * BUILDS,
+        "the fault came too late to matter ({at_fault} builds made)"
+    );
+    cluster.start_again("build").await;
+    for w in writers {
+        tokio::time::timeout(Duration::from_secs(180), w)
+            .await
+            .expect("writers finish")
+            .unwrap();
+    }
+    let failed = tally.failed.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "builds failed after killing the build service: {failed:?}\n{}",
+        cluster.logs()
+    );
+    // Every acknowledged build exists once, as the build that acknowledged it.
+    let (status, list) = send(
+        gateways[0],
+        "GET",
+        "/apps/myapp/builds?limit=1000",
+        "",
+        None,
+    )
+    .await
+    .expect("list builds");
+    assert_eq!(status, 200, "{list}");
+    let builds: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+    let acked = tally.acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 2 * BUILDS, "every build acknowledged");
+    for (description, id) in &acked {
+        let made: Vec<&str> = builds
+            .iter()
+            .filter(|b| b["description"] == description.as_str())
+            .filter_map(|b| b["id"].as_str())
+            .collect();
+        assert_eq!(
+            made,
+            [id.as_str()],
+            "{description} made {} times",
+            made.len()
+        );
+    }
+    assert_eq!(builds.len(), 2 * BUILDS, "builds beyond the requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_pointed_at_both_gateways_survives_losing_one() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let both = format!(
+        "{},{}",
+        cluster.rack_url("gateway-a"),
+        cluster.rack_url("gateway-b")
+    );
+    let slipway = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(slipway_e2e::cluster::binary("slipway"));
+        command
+            .args(args)
+            .current_dir(dir.path())
+            .env("RACK_URL", &both)
+            .env_remove("CONVOX_RACK")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
+    };
+    let ok = |output: std::process::Output, what: &str| {
+        assert!(
+            output.status.success(),
+            "{what}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    ok(
+        slipway(&["apps", "create", "myapp"])
+            .output()
+            .await
+            .unwrap(),
+        "apps create",
+    );
+    ok(
+        slipway(&["env", "set", "BEFORE=1", "-a", "myapp"])
+            .output()
+            .await
+            .unwrap(),
+        "env set before",
+    );
+    // Gateway A (first in the list) gone: the CLI goes on through B.
+    cluster.kill("gateway-a").await;
+    for i in 0..3 {
+        ok(
+            slipway(&["env", "set", &format!("AFTER{i}=1"), "-a", "myapp"])
+                .output()
+                .await
+                .unwrap(),
+            "env set after gateway A died",
+        );
+    }
+    let env = ok(
+        slipway(&["env", "-a", "myapp"]).output().await.unwrap(),
+        "env",
+    );
+    for var in ["BEFORE=1", "AFTER0=1", "AFTER1=1", "AFTER2=1"] {
+        assert!(env.contains(var), "{var} missing: {env}");
+    }
+    let releases = ok(
+        slipway(&["releases", "-a", "myapp", "--limit", "20"])
+            .output()
+            .await
+            .unwrap(),
+        "releases",
+    );
+    for var in ["BEFORE", "AFTER0", "AFTER1", "AFTER2"] {
+        let n = releases.matches(&format!("env add:{var}")).count();
+        assert_eq!(n, 1, "{var} applied {n} times: {releases}");
+    }
 }
