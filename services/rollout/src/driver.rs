@@ -85,6 +85,12 @@ impl Drivers {
         self.lease_ttl
     }
 
+    /// Fires when this replica starts draining (after SIGTERM): its drivers
+    /// hand their rollouts back and its watches end.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// The runtime's name (`local`).
     pub fn runtime_name(&self) -> &'static str {
         self.runtime.name()
@@ -159,10 +165,12 @@ impl Drivers {
         }
     }
 
-    /// Takes over rollouts whose lease expired, now and every half lease,
-    /// until shutdown.
+    /// Takes over rollouts whose lease expired or was handed back (a
+    /// replica draining for a restart), now and every half lease but at
+    /// least every second, so a hand-over costs about a second, until
+    /// shutdown.
     pub async fn takeover_loop(self: Arc<Self>) {
-        let every = (self.lease_ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let every = (self.lease_ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
         loop {
             if let Err(e) = self.take_over().await {
                 tracing::warn!("failed to look for orphaned rollouts: {e}");

@@ -167,6 +167,10 @@ impl RolloutService for Grpc {
                 event: None,
                 finished: Some(rollout(r)),
             }),
+            // UNAVAILABLE: the caller's cue to watch again elsewhere.
+            Ok(WatchItem::Draining { after }) => Err(Status::unavailable(format!(
+                "this rollout replica is shutting down: watch again after event {after}"
+            ))),
             Err(e) => Err(Status::from(e)),
         });
         Ok(Response::new(Box::pin(stream)))

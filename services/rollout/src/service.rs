@@ -45,6 +45,13 @@ pub enum WatchItem {
     Event(StoredEvent),
     /// The rollout ended; the last item.
     Finished(Rollout),
+    /// This replica is shutting down: the watch ends here, after event
+    /// `after`, for the caller to watch again on another replica (or this
+    /// one restarted) from there; the last item.
+    Draining {
+        /// The last event id sent.
+        after: u64,
+    },
 }
 
 /// The service.
@@ -151,7 +158,10 @@ impl Rollouts {
     /// Streams a rollout's events after `after` (replayed from the log, then
     /// live), ending with the finished rollout once it is terminal. The bus
     /// only wakes the watcher up: without it (Redis down) the watcher polls
-    /// the durable log, which holds every event anyway.
+    /// the durable log, which holds every event anyway. When this replica
+    /// starts draining (SIGTERM) a live watch ends with
+    /// [`WatchItem::Draining`] at once, instead of holding the shutdown
+    /// until its grace runs out, so the caller resumes elsewhere.
     pub async fn watch(
         &self,
         id: &PromotionId,
@@ -172,6 +182,7 @@ impl Rollouts {
         let (tx, rx) = mpsc::channel(64);
         let store = self.store.clone();
         let id = id.to_string();
+        let draining = self.drivers.shutdown_token();
         tokio::spawn(async move {
             let mut last = after;
             loop {
@@ -220,6 +231,10 @@ impl Rollouts {
                 }
                 tokio::select! {
                     () = tx.closed() => return,
+                    () = draining.cancelled() => {
+                        let _ = tx.send(Ok(WatchItem::Draining { after: last })).await;
+                        return;
+                    }
                     () = tokio::time::sleep(WATCH_POLL) => {}
                     item = wakeups.next() => {
                         if item.is_none() {
