@@ -7,6 +7,7 @@
 mod auth;
 mod bounds;
 mod builds;
+mod chaos;
 mod convox_wire;
 mod deploy_stream;
 mod env_basis;
@@ -15,6 +16,7 @@ mod faults;
 mod isolation;
 mod logs;
 mod processes;
+mod rolling;
 mod scale;
 mod scaling;
 mod telemetry;
