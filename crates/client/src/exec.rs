@@ -160,22 +160,22 @@ impl ExecSession {
             });
         };
         let (mut sink, mut frames) = socket.split();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-        // Stdin is read in a task of its own: the command may end before
-        // its stdin does (`sleep 20 | … exec … true`).
-        let reader = tokio::spawn(async move {
+        // Stdin goes up in a task of its own, so that output keeps flowing
+        // down while a stdin frame waits to be sent (full duplex: `cat` of a
+        // large input would otherwise stall in turns); the command may also
+        // end before its stdin does (`sleep 20 | … exec … true`).
+        let writer = tokio::spawn(async move {
             let mut buf = vec![0; 64 * 1024];
             loop {
-                match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => {
-                        let _ = tx.send(Vec::new()).await;
-                        return;
-                    }
-                    Ok(n) => {
-                        if tx.send(buf[..n].to_vec()).await.is_err() {
-                            return;
-                        }
-                    }
+                let chunk = match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => Vec::new(),
+                    Ok(n) => buf[..n].to_vec(),
+                };
+                let end = chunk.is_empty();
+                // The empty binary frame is the end of stdin. A failed send
+                // shows up as the end of the output.
+                if sink.send(Message::Binary(chunk.into())).await.is_err() || end {
+                    return sink;
                 }
             }
         });
@@ -187,40 +187,31 @@ impl ExecSession {
             code: 0,
             error: None,
         };
-        let mut stdin_open = true;
         loop {
-            tokio::select! {
-                chunk = rx.recv(), if stdin_open => {
-                    let chunk = chunk.unwrap_or_default();
-                    stdin_open = !chunk.is_empty();
-                    // A failed send shows up as the end of the output.
-                    let _ = sink.send(Message::Binary(chunk.into())).await;
+            match frames.next().await {
+                Some(Ok(Message::Binary(bytes))) if bytes.is_empty() => break,
+                Some(Ok(Message::Binary(bytes))) => {
+                    stdout.write_all(&bytes).await.map_err(|e| Error::Stream {
+                        what: what.clone(),
+                        reason: format!("cannot write the output: {e}"),
+                    })?;
                 }
-                frame = frames.next() => match frame {
-                    Some(Ok(Message::Binary(bytes))) if bytes.is_empty() => break,
-                    Some(Ok(Message::Binary(bytes))) => {
-                        stdout.write_all(&bytes).await.map_err(|e| Error::Stream {
-                            what: what.clone(),
-                            reason: format!("cannot write the output: {e}"),
-                        })?;
+                Some(Ok(Message::Text(text))) => {
+                    if let Some(code) = exit_marker(&text) {
+                        outcome.code = code;
+                    } else if let Some(message) = crate::stream_error(&text) {
+                        outcome.error = Some(message.to_owned());
+                    } else {
+                        let _ = stdout.write_all(text.as_bytes()).await;
                     }
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(code) = exit_marker(&text) {
-                            outcome.code = code;
-                        } else if let Some(message) = crate::stream_error(&text) {
-                            outcome.error = Some(message.to_owned());
-                        } else {
-                            let _ = stdout.write_all(text.as_bytes()).await;
-                        }
-                    }
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Ok(_)) => {}
-                    Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break,
-                    Some(Err(e)) => return Err(broken(e)),
-                },
+                }
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {}
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break,
+                Some(Err(e)) => return Err(broken(e)),
             }
         }
-        reader.abort();
+        writer.abort();
         let _ = stdout.flush().await;
         Ok(outcome)
     }

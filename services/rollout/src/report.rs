@@ -18,6 +18,15 @@ pub fn outcome(phase: Phase) -> Option<PromotionOutcome> {
     slipway_api::promotion::rollout_outcome(crate::grpc::phase(phase)).map(PromotionOutcome::from)
 }
 
+/// Whether the rollout ended because its promotion was cancelled: a cancel
+/// was asked for and it is what stopped the rollout (the driver's reason for
+/// a cancel starts with "cancelled": while updating, or during the release
+/// command). A rollout already reverting after a failure when the cancel
+/// came ended for that failure.
+fn ended_by_cancel(rollout: &Rollout) -> bool {
+    rollout.cancel_requested && rollout.reason.starts_with("cancelled")
+}
+
 /// Sends outcomes to the release service (or nowhere, when none is configured).
 #[derive(Clone, Debug)]
 pub struct Reporter {
@@ -49,9 +58,7 @@ impl Reporter {
             outcome: outcome as i32,
             reason: rollout.reason.clone(),
             lease_epoch: rollout.epoch,
-            // Unset: the release service decides whether the end was a
-            // cancel (see CompletePromotionRequest.cancelled).
-            cancelled: None,
+            cancelled: Some(ended_by_cancel(rollout)),
         };
         let mut delay = Duration::from_millis(100);
         loop {

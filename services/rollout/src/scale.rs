@@ -365,9 +365,13 @@ impl Scales {
     fn limits_note(&self) -> String {
         match self.runtime.name() {
             "k8s" => String::new(),
-            "local" => {
-                "memory: a data limit per process; cpu: not enforced (no cgroup v2)".to_owned()
-            }
+            "local" => match crate::runtime::local::cpu_enforced() {
+                Ok(()) => "memory: a data limit per process; cpu: cgroup v2 cpu.max per process"
+                    .to_owned(),
+                Err(why) => {
+                    format!("memory: a data limit per process; cpu: not enforced ({why})")
+                }
+            },
             name => format!("cpu and memory are recorded, not enforced, on the {name} runtime"),
         }
     }

@@ -61,13 +61,15 @@ fn runtime(fake: &FakeKube) -> KubernetesRuntime {
 
 const MANIFEST: &str = "services:\n  web:\n    build: .\n    port: 3000\n    health:\n      path: /\n      grace: 1\n      interval: 1\n      timeout: 1\n    scale:\n      count: 1\n";
 
-fn spec(app: &str, release: &str, foo: &str, manifest: &str) -> Spec {
+fn spec(app: &str, release: &str, foo_value: &str, manifest: &str) -> Spec {
     Spec::from_record(SpecRecord {
         app: app.to_owned(),
         release: release.to_owned(),
         build: "BABCDEFGHI".to_owned(),
         manifest: manifest.to_owned(),
-        env: [("FOO".to_owned(), foo.to_owned())].into_iter().collect(),
+        env: [("FOO".to_owned(), foo_value.to_owned())]
+            .into_iter()
+            .collect(),
         artifacts: [("web".to_owned(), format!("registry.test/{app}/web:1"))]
             .into_iter()
             .collect(),

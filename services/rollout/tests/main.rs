@@ -3,7 +3,9 @@
 
 mod bus;
 mod crash;
+mod database;
 mod helpers;
+mod kube_oneoff;
 mod kubectl;
 mod kubernetes;
 mod logs;

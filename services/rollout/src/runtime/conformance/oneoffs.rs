@@ -47,7 +47,12 @@ fn request(command: &str, attach: bool) -> RunRequest {
 }
 
 /// Waits until `id` of `app` reports `status`.
-async fn wait_status<R: Runtime + ?Sized>(runtime: &R, app: &str, id: &str, status: OneOffStatus) {
+pub async fn wait_status<R: Runtime + ?Sized>(
+    runtime: &R,
+    app: &str,
+    id: &str,
+    status: OneOffStatus,
+) {
     let start = Instant::now();
     loop {
         let info = runtime.process(app, id).await.expect("process");

@@ -15,7 +15,9 @@
 mod api;
 mod events;
 mod objects;
+mod oneoff;
 mod progress;
+mod remote;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -36,7 +38,8 @@ use self::events::Watcher;
 use self::objects::{LABEL_APP, LABEL_RELEASE, LABEL_SERVICE, namespace_name};
 use self::progress::{Baseline, ServiceRead};
 use super::{
-    EventSink, ProcessInfo, Progress, Runtime, RuntimeError, ServiceInfo, ServiceProgress, Spec,
+    EventSink, OneOffInfo, ProcessInfo, Progress, RunRequest, Runtime, RuntimeError, ServiceInfo,
+    ServiceProgress, Session, SessionKind, Spec,
 };
 
 /// The field manager of every write.
@@ -108,7 +111,12 @@ struct Inner {
     /// namespace) named in every pod's `imagePullSecrets`, for a private
     /// registry; `None` for one that needs no login.
     pull_secret: Option<String>,
+    /// The uid and gid app pods run as; 0: as their image says (see
+    /// `objects.rs`).
+    pod_user: u32,
     apps: tokio::sync::Mutex<BTreeMap<String, AppEntry>>,
+    /// One-offs this replica saw end (see `oneoff.rs`).
+    oneoffs: oneoff::OneOffs,
 }
 
 /// What the runtime knows of an app beyond the API server: the spec it
@@ -137,7 +145,9 @@ impl KubernetesRuntime {
                 events,
                 config,
                 pull_secret: None,
+                pod_user: objects::DEFAULT_POD_USER,
                 apps: tokio::sync::Mutex::new(BTreeMap::new()),
+                oneoffs: oneoff::OneOffs::default(),
             }),
         }
     }
@@ -148,6 +158,16 @@ impl KubernetesRuntime {
         Arc::get_mut(&mut self.inner)
             .expect("a runtime being built has one owner")
             .pull_secret = secret;
+        self
+    }
+
+    /// Runs app pods as `user` (uid and gid, non-root, no capabilities);
+    /// 0 runs them as their image says, root included.
+    #[must_use]
+    pub fn with_pod_user(mut self, user: u32) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("a runtime being built has one owner")
+            .pod_user = user;
         self
     }
 
@@ -338,7 +358,9 @@ impl KubernetesRuntime {
             .await?;
         // Every release's pods: old ones still terminating keep a rollout
         // from being complete.
-        let (pods, pods_rv) = self.list_versioned::<Pod>(&ns, "pods", &selector).await?;
+        let (mut pods, pods_rv) = self.list_versioned::<Pod>(&ns, "pods", &selector).await?;
+        // One-off pods (`type=run`) are no part of any rollout.
+        pods.retain(|p| !oneoff::is_oneoff(p));
         *entry.versions.lock().unwrap_or_else(|e| e.into_inner()) = (deployments_rv, pods_rv);
         let unhealthy = entry
             .watcher
@@ -433,12 +455,13 @@ impl Runtime for KubernetesRuntime {
         // Build every object first: a spec that cannot run touches nothing.
         let mut deployments = Vec::new();
         for svc in spec.manifest.services.values() {
-            let body = objects::deployment(
+            let body = objects::deployment_as(
                 &rack,
                 &spec,
                 svc,
                 deadline.as_secs().max(1),
                 self.inner.pull_secret.as_deref(),
+                self.inner.pod_user,
             )
             .map_err(backend)?;
             deployments.push((svc, body));
@@ -676,7 +699,10 @@ impl Runtime for KubernetesRuntime {
                 &format!("{LABEL_APP}={app}"),
             )
             .await?;
-        let mut out: Vec<ProcessInfo> = pods.iter().map(process_info).collect();
+        let mut out: Vec<ProcessInfo> = pods
+            .iter()
+            .filter_map(|p| oneoff::listed(p, process_info(p)))
+            .collect();
         out.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
         Ok(out)
     }
@@ -714,6 +740,27 @@ impl Runtime for KubernetesRuntime {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    async fn run(&self, spec: Arc<Spec>, request: RunRequest) -> Result<OneOffInfo, RuntimeError> {
+        self.run_oneoff(spec, request).await
+    }
+
+    async fn process(&self, app: &str, id: &str) -> Result<OneOffInfo, RuntimeError> {
+        self.process_oneoff(app, id).await
+    }
+
+    async fn stop(&self, app: &str, id: &str) -> Result<(), RuntimeError> {
+        self.stop_oneoff(app, id).await
+    }
+
+    async fn session(
+        &self,
+        app: &str,
+        id: &str,
+        kind: SessionKind,
+    ) -> Result<Session, RuntimeError> {
+        self.session_oneoff(app, id, kind).await
     }
 }
 

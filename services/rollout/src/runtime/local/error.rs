@@ -41,6 +41,9 @@ pub enum LocalError {
         /// Why.
         source: io::Error,
     },
+    /// A started process could not be put in its cpu cgroup.
+    #[error("could not hold the process to its cpu (cgroup v2): {0}")]
+    CpuLimit(#[source] io::Error),
     /// A service's recorded stable port cannot be bound again.
     #[error("cannot listen on its port 127.0.0.1:{port}: {source}")]
     StablePortBusy {

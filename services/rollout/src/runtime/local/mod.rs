@@ -29,6 +29,7 @@
 //! `local_*` tables) and `error`.
 
 mod adopt;
+mod cgroup;
 mod error;
 mod health;
 mod isolation;
@@ -42,6 +43,7 @@ mod replicas;
 mod state;
 mod supervise;
 
+pub use self::cgroup::cpu_enforced;
 pub use self::error::{IsolationError, LocalError};
 pub use self::isolation::{UidRange, default_apps_dir};
 pub use self::records::{LocalRecords, ProcessRecord};
@@ -63,10 +65,6 @@ use super::{
     Session, SessionKind, Spec,
 };
 use crate::store::Store;
-
-/// Processes of one app started at once (each start records the process,
-/// copies nothing after the first, and spawns).
-const START_CONCURRENCY: usize = 16;
 
 /// Settings of the local runtime.
 #[derive(Clone, Debug)]
@@ -131,7 +129,7 @@ impl LocalRuntime {
             }),
         };
         runtime.recover().await?;
-        runtime.reap_orphans();
+        runtime.reap_orphans().await;
         runtime.inner.isolation.sweep().await;
         Ok(runtime)
     }
@@ -215,29 +213,6 @@ impl LocalRuntime {
                 () = self.inner.stopping.cancelled() => {}
             }
         }
-    }
-
-    /// Starts the planned processes: the first alone (it makes the
-    /// release's working copy, which the others then find), the rest
-    /// [`START_CONCURRENCY`] at a time, so a rollout's length does not grow
-    /// with its width. A start that fails fails its target.
-    async fn start_processes(&self, app: &Arc<App>, starts: Vec<(String, Arc<Spec>)>) {
-        use futures::StreamExt as _;
-        let start = |(service, spec): (String, Arc<Spec>)| async move {
-            if let Err(e) = self.start_process(app, &service, &spec).await {
-                let reason = format!("service {service}: {e}");
-                self.fail(app, &spec.release, &service, reason);
-            }
-        };
-        let mut starts = starts.into_iter();
-        if let Some(first) = starts.next() {
-            start(first).await;
-        }
-        futures::stream::iter(starts)
-            .map(start)
-            .buffer_unordered(START_CONCURRENCY)
-            .collect::<()>()
-            .await;
     }
 
     /// Ends every app's reconcile loop and closes the stable ports, leaving

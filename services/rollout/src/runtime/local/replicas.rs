@@ -4,6 +4,7 @@
 //! become healthy), and stopping it. The process-level work is
 //! [`supervise`](super::supervise)'s; this adds the app's bookkeeping.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use slipway_events::NewEvent;
 use tokio::time::Instant;
 
 use super::LocalRuntime;
+use super::cgroup;
 use super::error::LocalError;
 use super::process::{self, Proc, Status};
 use super::records::ProcessRecord;
@@ -45,20 +47,92 @@ impl LocalRuntime {
         app.poke();
     }
 
-    /// Starts one process of `service` from `spec` and supervises it.
-    pub(super) async fn start_process(
+    /// Starts the planned processes of `app` (a width of them at once) and
+    /// supervises them, in two writes however wide: every process is
+    /// recorded (one transaction) before any is spawned, so a crash cannot
+    /// leave an unknown process behind (re-adoption finds a recorded one
+    /// without a pid by its marker, and forgets one that never ran); then
+    /// they are spawned, the first making the release's working copy that
+    /// the others find; then their pids are recorded (one transaction). A
+    /// start that fails fails its target.
+    pub(super) async fn start_processes(&self, app: &Arc<App>, starts: Vec<(String, Arc<Spec>)>) {
+        let began = std::time::Instant::now();
+        let width = starts.len();
+        let mut planned = Vec::with_capacity(starts.len());
+        for (service, spec) in starts {
+            match self.plan_start(app, &service, spec.clone()) {
+                Ok(p) => planned.push(p),
+                Err(e) => self.fail(
+                    app,
+                    &spec.release,
+                    &service,
+                    format!("service {service}: {e}"),
+                ),
+            }
+        }
+        if planned.is_empty() {
+            return;
+        }
+        let records: Vec<ProcessRecord> = planned.iter().map(|p| p.record.clone()).collect();
+        if let Err(e) = self.records().insert_processes(&records).await {
+            let e = LocalError::from(e);
+            for p in &planned {
+                let reason = format!("service {}: {e}", p.record.service);
+                self.fail(app, &p.spec.release, &p.record.service, reason);
+            }
+            return;
+        }
+        let recorded = began.elapsed();
+        let mut pids = Vec::with_capacity(planned.len());
+        let mut unspawned = Vec::new();
+        for p in planned {
+            let (id, service, release) = (
+                p.record.id.clone(),
+                p.record.service.clone(),
+                p.spec.release.clone(),
+            );
+            match self.spawn_planned(app, p).await {
+                Ok(pid) => pids.push((id, pid)),
+                Err(e) => {
+                    unspawned.push(id);
+                    self.fail(app, &release, &service, format!("service {service}: {e}"));
+                }
+            }
+        }
+        let spawned = began.elapsed();
+        if let Err(e) = self.records().delete_processes(&unspawned).await {
+            tracing::warn!(app = %app.name, "failed to forget processes that did not start (re-adoption will): {e}");
+        }
+        // Until this lands a crash leaves them without a pid; re-adoption
+        // then finds them by their marker.
+        if let Err(e) = self.records().set_pids(&pids).await {
+            tracing::error!(app = %app.name, "failed to record the pids of started processes: {e}");
+        }
+        tracing::debug!(
+            app = %app.name,
+            width,
+            ?recorded,
+            ?spawned,
+            done = ?began.elapsed(),
+            "started a width of processes"
+        );
+    }
+
+    /// What one start of `service` will be: its record (id, port), command,
+    /// artifact directory and log.
+    fn plan_start(
         &self,
-        app: &Arc<App>,
+        app: &App,
         service: &str,
-        spec: &Arc<Spec>,
-    ) -> Result<(), LocalError> {
+        spec: Arc<Spec>,
+    ) -> Result<PlannedStart, LocalError> {
         let manifest_service = spec
             .manifest
             .service(service)
             .ok_or(LocalError::NotInManifest)?;
         let command = manifest_service
             .command
-            .as_deref()
+            .clone()
             .ok_or(LocalError::NoCommand)?;
         let dir = spec
             .artifacts
@@ -71,65 +145,79 @@ impl LocalRuntime {
         let id = format!("{service}-{:08x}", rand::random::<u32>());
         let port = process::free_port().map_err(LocalError::NoFreePort)?;
         let log = self.log_path(&app.name, &id);
-        let started = Utc::now();
         let record = ProcessRecord {
-            id: id.clone(),
+            id,
             app: app.name.clone(),
             service: service.to_owned(),
             release: spec.release.clone(),
             pid: None,
             port,
-            started,
+            started: Utc::now(),
         };
-        // Recorded before it exists, so a crash right after spawning cannot
-        // leave an unknown process behind (re-adoption finds it by marker).
-        self.records().insert_process(&record).await?;
-        let launch = match self
+        Ok(PlannedStart {
+            record,
+            spec,
+            command,
+            dir,
+            log,
+        })
+    }
+
+    /// Spawns a recorded start and supervises it; its pid.
+    async fn spawn_planned(&self, app: &Arc<App>, p: PlannedStart) -> Result<u32, LocalError> {
+        let PlannedStart {
+            record,
+            spec,
+            command,
+            dir,
+            log,
+        } = p;
+        let (id, service) = (&record.id, record.service.as_str());
+        let launch = self
             .inner
             .isolation
             .prepare(&app.name, &spec.release, &dir)
-            .await
-        {
-            Ok(launch) => launch,
-            Err(e) => {
-                let _ = self.records().delete_process(&id).await;
-                return Err(e.into());
-            }
-        };
+            .await?;
+        let (millicores, memory_mib) = spec.resources(service);
+        // cpu is held where cgroup v2 allows (`scale` says when not).
+        let cpu_cgroups = cgroup::detected().ok().filter(|_| millicores > 0);
         let spawned = supervise::spawn(&Spawn {
-            id: &id,
+            id,
             app: &app.name,
             service,
             release: &spec.release,
-            command,
+            command: &command,
             env: &spec.manifest.env_for(service, &spec.env),
-            port,
+            port: record.port,
             log: &log,
             launch: &launch,
-            memory_mib: spec.resources(service).1,
+            memory_mib,
+            cpu_cgroup: cpu_cgroups.is_some(),
         });
-        let child = match spawned {
+        let mut child = match spawned {
             Ok(child) => child,
             Err(source) => {
                 self.inner.isolation.release(&app.name, &spec.release).await;
-                let _ = self.records().delete_process(&id).await;
-                return Err(LocalError::Spawn {
-                    command: command.to_owned(),
-                    source,
-                });
+                return Err(LocalError::Spawn { command, source });
             }
         };
         let pid = child.id().unwrap_or_default();
-        if let Err(e) = self.records().set_pid(&id, pid).await {
-            tracing::error!(process = %id, "failed to record the pid of a process: {e}");
+        if let Some(cgroups) = cpu_cgroups
+            && let Err(source) = cgroups.limit(&app.name, id, pid, millicores)
+        {
+            // Its shell would give up on its own; do not wait for that.
+            let _ = child.kill().await;
+            cgroups.forget(&app.name, id);
+            self.inner.isolation.release(&app.name, &spec.release).await;
+            return Err(LocalError::CpuLimit(source));
         }
         let proc = Arc::new(Proc::new(
             id.clone(),
             service.to_owned(),
             spec.release.clone(),
             pid,
-            port,
-            started,
+            record.port,
+            record.started,
             log,
         ));
         {
@@ -148,7 +236,7 @@ impl LocalRuntime {
         }
         self.watch_process(app, proc, Some(child));
         app.poke();
-        Ok(())
+        Ok(pid)
     }
 
     /// Spawns the exit watcher, health watch and output forwarding of a
@@ -213,6 +301,9 @@ impl LocalRuntime {
         }
         let _ = self.records().delete_process(&proc.id).await;
         let _ = tokio::fs::remove_file(self.log_path(&app.name, &proc.id)).await;
+        if let Ok(cgroups) = cgroup::detected() {
+            cgroups.forget(&app.name, &proc.id);
+        }
         self.inner.isolation.release(&app.name, &proc.release).await;
         let (stopping, ever_healthy) = {
             let s = proc.lock();
@@ -357,6 +448,17 @@ impl LocalRuntime {
         })
         .await;
     }
+}
+
+/// A start of a width, decided before it is recorded.
+struct PlannedStart {
+    /// What is recorded before it is spawned (no pid yet).
+    record: ProcessRecord,
+    spec: Arc<Spec>,
+    command: String,
+    /// The artifact directory its working copy is made from.
+    dir: PathBuf,
+    log: PathBuf,
 }
 
 /// The event source of a process's output: `service/<service>/<process>`.

@@ -42,20 +42,38 @@ pub(super) struct Spawn<'a> {
     pub(super) launch: &'a Launch,
     /// Memory set by hand (`scale --memory`), in MiB; 0 is no limit.
     pub(super) memory_mib: u32,
+    /// Whether the caller puts it in a cpu cgroup once spawned: the shell
+    /// waits for that before the command runs.
+    pub(super) cpu_cgroup: bool,
 }
+
+/// How long a process's shell waits to be put in its cpu cgroup (in
+/// hundredths of a second) before it gives up with exit status 125.
+const CGROUP_WAIT_CS: u32 = 500;
 
 /// The shell script a process runs: its command, after a data-size limit
 /// (`RLIMIT_DATA`: heap and private writable mappings, which is what a
 /// process's memory use grows) when memory is set. The shell's `ulimit`
 /// sets it because the workspace forbids the unsafe `pre_exec`; it sets
 /// both the soft and the hard limit, so the app cannot raise it again.
-pub(super) fn script(command: &str, memory_mib: u32) -> String {
-    if memory_mib == 0 {
-        command.to_owned()
-    } else {
-        let kib = u64::from(memory_mib) * 1024;
-        format!("ulimit -d {kib} || exit 126\n{command}")
+/// With `cpu_cgroup`, the shell first waits until it is in its cpu cgroup
+/// (the caller moves it there once spawned), so nothing the command starts
+/// runs outside the limit.
+pub(super) fn script(command: &str, memory_mib: u32, cpu_cgroup: bool) -> String {
+    let mut script = String::new();
+    if cpu_cgroup {
+        let dir = super::cgroup::APPS_DIR;
+        script.push_str(&format!(
+            "i=0; until grep -qs '/{dir}/' /proc/$$/cgroup; do \
+             [ $i -ge {CGROUP_WAIT_CS} ] && exit 125; i=$((i+1)); sleep 0.01; done\n"
+        ));
     }
+    if memory_mib > 0 {
+        let kib = u64::from(memory_mib) * 1024;
+        script.push_str(&format!("ulimit -d {kib} || exit 126\n"));
+    }
+    script.push_str(command);
+    script
 }
 
 /// Spawns the process in a process group of its own, detached from us (it
@@ -71,7 +89,7 @@ pub(super) fn spawn(s: &Spawn<'_>) -> std::io::Result<tokio::process::Child> {
     let err = out.try_clone()?;
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(script(s.command, s.memory_mib))
+        .arg(script(s.command, s.memory_mib, s.cpu_cgroup))
         .env_clear();
     for key in INHERITED_ENV {
         if let Some(value) = std::env::var_os(key) {
@@ -225,18 +243,38 @@ mod tests {
 
     #[test]
     fn memory_set_by_hand_becomes_a_data_limit_before_the_command() {
-        assert_eq!(script("exec ./web", 0), "exec ./web");
+        assert_eq!(script("exec ./web", 0, false), "exec ./web");
         assert_eq!(
-            script("exec ./web", 256),
+            script("exec ./web", 256, false),
             "ulimit -d 262144 || exit 126\nexec ./web"
         );
+    }
+
+    #[test]
+    fn a_cpu_limited_shell_waits_for_its_cgroup_first() {
+        let s = script("exec ./web", 256, true);
+        let lines: Vec<&str> = s.lines().collect();
+        assert!(
+            lines[0].contains("grep -qs '/slipway-apps/' /proc/$$/cgroup"),
+            "{s}"
+        );
+        assert!(lines[0].contains("exit 125"), "{s}");
+        assert_eq!(lines[1..], ["ulimit -d 262144 || exit 126", "exec ./web"]);
+        // Never placed (as on a machine without cgroup v2): it gives up.
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script("echo ran", 0, true).replace("-ge 500", "-ge 3"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(125));
+        assert!(out.stdout.is_empty());
     }
 
     #[test]
     fn the_shell_holds_the_process_to_it() {
         let out = std::process::Command::new("/bin/sh")
             .arg("-c")
-            .arg(script("grep 'Max data size' /proc/self/limits", 64))
+            .arg(script("grep 'Max data size' /proc/self/limits", 64, false))
             .output()
             .unwrap();
         let line = String::from_utf8(out.stdout).unwrap();

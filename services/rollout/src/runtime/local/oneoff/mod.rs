@@ -9,13 +9,11 @@
 //! process's release (a one-off's, or a service process's while its release
 //! is the app's target), and die with that process.
 //!
-//! One-offs are not re-adopted after a restart of the rollout service:
-//! their sessions went through it. They carry a marker (`SLIPWAY_ONEOFF`:
-//! the time they must be stopped by, 0 for attached ones and exec
-//! sessions, and the apps directory), by which a restarted runtime stops
-//! attached ones at once and detached ones at their deadline
-//! ([`LocalRuntime::reap_orphans`]). Ended ones stay listed by id for
-//! [`KEEP_ENDED`], so a client can read how they ended.
+//! After a restart of the rollout service (see [`orphans`]), attached
+//! one-offs and exec sessions are stopped (their sessions went through
+//! it); detached ones are listed, followed, stoppable and stopped at their
+//! deadline again, from a record kept beside their log. Ended ones stay
+//! listed by id for [`KEEP_ENDED`], so a client can read how they ended.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -36,6 +34,8 @@ use super::isolation::Launch;
 use super::process::{self, Proc};
 use super::supervise;
 use crate::runtime::oneoff::{self, MAX_TIMEOUT};
+
+mod orphans;
 use crate::runtime::{
     OneOffInfo, OneOffStatus, ProcessInfo, RunRequest, RuntimeError, Session, SessionKind,
     SessionOutput, Spec,
@@ -47,8 +47,6 @@ pub(super) const KEEP_ENDED: Duration = Duration::from_secs(600);
 const CHUNK: usize = 64 * 1024;
 /// The env var that marks a one-off or exec session: `<deadline> <apps dir>`.
 const ORPHAN_MARKER: &str = "SLIPWAY_ONEOFF";
-/// How often an orphan's watchdog checks it is still there.
-const ORPHAN_POLL: Duration = Duration::from_secs(1);
 /// How long the output of an ended command may still drain (a descendant
 /// that left the process group can hold the pipe open).
 const DRAIN: Duration = Duration::from_secs(5);
@@ -87,8 +85,10 @@ struct Context {
     release: String,
     /// The artifact directory (each session counts as a user of its copy).
     artifact: PathBuf,
-    /// The env of the service in the release.
-    env: Env,
+    /// The env of the service in the release; `None` for a one-off a
+    /// previous run started (the env is kept nowhere outside the release's
+    /// sealed record, so nothing can be exec'd into it).
+    env: Option<Env>,
     /// SIGTERM to SIGKILL.
     grace: Duration,
 }
@@ -130,26 +130,43 @@ fn refused(message: impl Into<String>) -> RuntimeError {
     RuntimeError::Refused(message.into())
 }
 
+/// Where a detached command's output and exit status go.
+struct Detached<'a> {
+    log: &'a std::path::Path,
+    exit: &'a std::path::Path,
+}
+
+/// The shell a detached command runs under: the command itself with an
+/// empty stdin, then its status written to fd 0, which is the exit file
+/// opened for writing (no other descriptor can be handed to a child
+/// without `pre_exec`). A restarted runtime, no longer its parent, reads
+/// the status there.
+const DETACHED_SHELL: &str = "/bin/sh -c \"$1\" </dev/null; s=$?; echo \"$s\" >&0; exit \"$s\"";
+
 /// `sh -c <text>` in `launch`'s directory with the context's env, in a
-/// process group of its own; with `session`, stdin piped and stdout and
-/// stderr merged into one pipe, else stdin empty and output appended to
-/// `log`.
+/// process group of its own; without `detached`, stdin piped and stdout
+/// and stderr merged into one pipe, else stdin empty, output appended to
+/// the log and the exit status written to the exit file.
 fn prepare(
     ctx: &Context,
     launch: &Launch,
     text: &str,
     marker: (&str, &str),
     orphan: &str,
-    log: Option<&std::path::Path>,
+    detached: Option<Detached<'_>>,
 ) -> std::io::Result<Prepared> {
     let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-c").arg(text).env_clear();
+    match detached {
+        Some(_) => cmd.arg("-c").arg(DETACHED_SHELL).arg("sh").arg(text),
+        None => cmd.arg("-c").arg(text),
+    };
+    cmd.env_clear();
     for key in supervise::INHERITED_ENV {
         if let Some(value) = std::env::var_os(key) {
             cmd.env(key, value);
         }
     }
-    cmd.envs(ctx.env.iter())
+    cmd.envs(ctx.env.iter().flat_map(|env| env.iter()))
         .env("SLIPWAY_APP", &ctx.app)
         .env("SLIPWAY_SERVICE", &ctx.service)
         .env("SLIPWAY_RELEASE", &ctx.release)
@@ -157,8 +174,8 @@ fn prepare(
         .env(ORPHAN_MARKER, orphan)
         .process_group(0)
         .kill_on_drop(false);
-    let output = match log {
-        Some(log) => {
+    let output = match detached {
+        Some(Detached { log, exit }) => {
             if let Some(parent) = log.parent() {
                 slipway_storage::files::create_private_dir_all(parent)?;
             }
@@ -166,9 +183,12 @@ fn prepare(
                 .create(true)
                 .append(true)
                 .open(log)?;
-            cmd.stdin(std::process::Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out);
+            let status = slipway_storage::files::private_file_options()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(exit)?;
+            cmd.stdin(status).stdout(out.try_clone()?).stderr(out);
             None
         }
         None => {
@@ -303,7 +323,7 @@ impl LocalRuntime {
             service: request.service.clone(),
             release: release.clone(),
             artifact,
-            env: spec.manifest.env_for(&request.service, &spec.env),
+            env: Some(spec.manifest.env_for(&request.service, &spec.env)),
             grace: Duration::from_secs(u64::from(service.termination_grace_secs.max(1))),
         });
         let id = loop {
@@ -318,27 +338,52 @@ impl LocalRuntime {
             .prepare(&app, &release, &ctx.artifact)
             .await
             .map_err(|e| RuntimeError::Backend(e.to_string()))?;
-        let log = (!request.attach).then(|| self.log_path(&app, &id));
+        let log = self.log_path(&app, &id);
+        let exit = orphans::exit_path(&log);
+        let started = Utc::now();
+        let deadline = chrono::Duration::from_std(request.timeout)
+            .ok()
+            .map(|d| started + d);
+        let info = OneOffInfo {
+            id: id.clone(),
+            app: app.clone(),
+            service: request.service.clone(),
+            release: release.clone(),
+            command: command.clone(),
+            status: OneOffStatus::Running,
+            started,
+            deadline,
+            exit_code: None,
+        };
         // A detached one-off outlives a restart of the service until its
-        // deadline; an attached one's session cannot.
+        // deadline (its record says what it is); an attached one's session
+        // cannot.
         let stop_by = match request.attach {
             true => 0,
-            false => Utc::now()
-                .timestamp()
-                .saturating_add(request.timeout.as_secs() as i64),
+            false => deadline.map_or(i64::MAX, |d| d.timestamp()),
         };
-        let spawned = prepare(
-            &ctx,
-            &launch,
-            &command,
-            (process::MARKER, &id),
-            &self.orphan_marker(stop_by),
-            log.as_deref(),
-        )
+        let spawned = match request.attach {
+            true => Ok(()),
+            false => orphans::write_record(&log, &info, ctx.grace),
+        }
+        .and_then(|()| {
+            prepare(
+                &ctx,
+                &launch,
+                &command,
+                (process::MARKER, &id),
+                &self.orphan_marker(stop_by),
+                (!request.attach).then_some(Detached {
+                    log: &log,
+                    exit: &exit,
+                }),
+            )
+        })
         .and_then(spawn);
         let (child, pipes) = match spawned {
             Ok(spawned) => spawned,
             Err(e) => {
+                orphans::remove_files(&log).await;
                 self.inner.isolation.release(&app, &release).await;
                 return Err(RuntimeError::Backend(format!(
                     "could not start a process of service {}: {e}",
@@ -347,8 +392,6 @@ impl LocalRuntime {
             }
         };
         let pid = child.id().unwrap_or_default();
-        let started = Utc::now();
-        let log_path = log.unwrap_or_else(|| self.log_path(&app, &id));
         let proc = Arc::new(Proc::new(
             id.clone(),
             request.service.clone(),
@@ -356,26 +399,13 @@ impl LocalRuntime {
             pid,
             0,
             started,
-            log_path,
+            log,
         ));
-        let deadline = chrono::Duration::from_std(request.timeout)
-            .ok()
-            .map(|d| started + d);
         let oneoff = Arc::new(OneOff {
             ctx: ctx.clone(),
             proc: proc.clone(),
             state: Mutex::new(OneOffState {
-                info: OneOffInfo {
-                    id: id.clone(),
-                    app: app.clone(),
-                    service: request.service.clone(),
-                    release: release.clone(),
-                    command,
-                    status: OneOffStatus::Running,
-                    started,
-                    deadline,
-                    exit_code: None,
-                },
+                info,
                 ended: None,
                 stopping: None,
             }),
@@ -390,8 +420,27 @@ impl LocalRuntime {
             &ctx,
             format!("Started one-off process {id} (pid {pid}) of {release}"),
         );
-        self.supervise_oneoff(oneoff.clone(), child, request.timeout, !request.attach);
+        let detached = !request.attach;
+        self.supervise_oneoff(oneoff.clone(), request.timeout, detached);
         let info = oneoff.lock().info.clone();
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            let mut child = child;
+            let waited = tokio::select! {
+                waited = child.wait() => waited,
+                // Left running for the next run to take back or stop.
+                () = runtime.inner.stopping.cancelled() => return,
+            };
+            let code = match waited {
+                Ok(status) => Some(oneoff::exit_code(status)),
+                Err(e) => {
+                    tracing::warn!(process = %proc.id, "failed to wait for a one-off process: {e}");
+                    process::wait_adopted(proc.pid).await;
+                    None
+                }
+            };
+            runtime.finish_oneoff(&oneoff, code, detached).await;
+        });
         Ok(info)
     }
 
@@ -403,87 +452,78 @@ impl LocalRuntime {
         ));
     }
 
-    /// Waits for the one-off's exit, stops it at its timeout, forwards a
-    /// detached one's output, and records how it ended.
-    fn supervise_oneoff(
-        &self,
-        oneoff: Arc<OneOff>,
-        mut child: tokio::process::Child,
-        timeout: Duration,
-        detached: bool,
-    ) {
+    /// Forwards a detached one-off's output to the app's log and stops it
+    /// at its timeout.
+    fn supervise_oneoff(&self, oneoff: Arc<OneOff>, timeout: Duration, detached: bool) {
         let proc = oneoff.proc.clone();
         if detached {
             let (events, ctx, proc) = (self.inner.events.clone(), oneoff.ctx.clone(), proc.clone());
+            let stopping = self.inner.stopping.clone();
             tokio::spawn(async move {
                 let source = format!("service/{}/{}", ctx.service, proc.id);
-                supervise::forward_output(&proc, |line| {
+                let forward = supervise::forward_output(&proc, |line| {
                     events.emit(NewEvent::now(&ctx.app, source.clone(), line));
-                })
-                .await;
+                });
+                tokio::select! {
+                    () = forward => {}
+                    () = stopping.cancelled() => {}
+                }
             });
         }
-        tokio::spawn({
-            let (runtime, oneoff) = (self.clone(), oneoff.clone());
-            async move {
-                tokio::select! {
-                    () = tokio::time::sleep(timeout) => {}
-                    () = oneoff.proc.gone.cancelled() => return,
-                }
-                let why = format!("timed out after {}s", timeout.as_secs());
-                runtime.emit_oneoff(
-                    &oneoff.ctx,
-                    format!("One-off process {} {why}, stopping it", oneoff.proc.id),
-                );
-                runtime.stop_oneoff(&oneoff, why).await;
-            }
-        });
         let runtime = self.clone();
         tokio::spawn(async move {
-            let code = match child.wait().await {
-                Ok(status) => oneoff::exit_code(status),
-                Err(e) => {
-                    tracing::warn!(process = %proc.id, "failed to wait for a one-off process: {e}");
-                    process::wait_adopted(proc.pid).await;
-                    1
-                }
-            };
-            // Whatever it left running in its group goes with it.
-            proc.signal(Signal::SIGKILL);
-            let ctx = oneoff.ctx.clone();
-            if detached {
-                let lines = proc.tail.lock().await.pump(true).await;
-                let source = format!("service/{}/{}", ctx.service, proc.id);
-                for line in lines {
-                    runtime
-                        .inner
-                        .events
-                        .emit(NewEvent::now(&ctx.app, source.clone(), line));
-                }
-                let _ = tokio::fs::remove_file(runtime.log_path(&ctx.app, &proc.id)).await;
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => {}
+                () = oneoff.proc.gone.cancelled() => return,
+                () = runtime.inner.stopping.cancelled() => return,
             }
-            let how = {
-                let mut st = oneoff.lock();
-                st.info.exit_code = Some(code);
-                st.info.status = if code == 0 {
-                    OneOffStatus::Complete
-                } else {
-                    OneOffStatus::Failed
-                };
-                st.ended = Some(Instant::now());
-                match &st.stopping {
-                    Some(why) => format!("{why}, ended with status {code}"),
-                    None => format!("exited with status {code}"),
-                }
-            };
-            proc.gone.cancel();
-            runtime
-                .inner
-                .isolation
-                .release(&ctx.app, &ctx.release)
-                .await;
-            runtime.emit_oneoff(&ctx, format!("One-off process {} {how}", proc.id));
+            let why = format!("timed out after {}s", timeout.as_secs());
+            runtime.emit_oneoff(
+                &oneoff.ctx,
+                format!("One-off process {} {why}, stopping it", oneoff.proc.id),
+            );
+            runtime.stop_oneoff(&oneoff, why).await;
         });
+    }
+
+    /// Records how a one-off ended (`code`: `None` when nobody could tell)
+    /// and lets go of what it held.
+    async fn finish_oneoff(&self, oneoff: &OneOff, code: Option<i32>, detached: bool) {
+        let proc = &oneoff.proc;
+        // Whatever it left running in its group goes with it.
+        proc.signal(Signal::SIGKILL);
+        let ctx = oneoff.ctx.clone();
+        if detached {
+            let lines = proc.tail.lock().await.pump(true).await;
+            let source = format!("service/{}/{}", ctx.service, proc.id);
+            for line in lines {
+                self.inner
+                    .events
+                    .emit(NewEvent::now(&ctx.app, source.clone(), line));
+            }
+            orphans::remove_files(&self.log_path(&ctx.app, &proc.id)).await;
+        }
+        let how = {
+            let mut st = oneoff.lock();
+            st.info.exit_code = code;
+            st.info.status = match code {
+                Some(0) => OneOffStatus::Complete,
+                _ => OneOffStatus::Failed,
+            };
+            st.ended = Some(Instant::now());
+            let ended = match code {
+                Some(code) => format!("ended with status {code}"),
+                None => "ended; its exit status is unknown".to_owned(),
+            };
+            match (&st.stopping, code) {
+                (Some(why), _) => format!("{why}, {ended}"),
+                (None, Some(code)) => format!("exited with status {code}"),
+                (None, None) => ended,
+            }
+        };
+        proc.gone.cancel();
+        self.inner.isolation.release(&ctx.app, &ctx.release).await;
+        self.emit_oneoff(&ctx, format!("One-off process {} {how}", proc.id));
     }
 
     /// SIGTERM, then SIGKILL after the service's grace; `why` is how its
@@ -615,6 +655,13 @@ impl LocalRuntime {
             SessionKind::Exec(text) => text,
         };
         let (ctx, target) = match oneoff {
+            Some(oneoff) if oneoff.ctx.env.is_none() => {
+                return Err(refused(format!(
+                    "process {id} was started before the rollout service restarted: it can be \
+                     listed, followed and stopped, but not exec'd into (its env is kept only \
+                     in its release); start a new one-off with `run` instead"
+                )));
+            }
             Some(oneoff) => (oneoff.ctx.clone(), oneoff.proc.clone()),
             None => {
                 let (proc, spec) = self.service_process(app, id)?;
@@ -634,7 +681,7 @@ impl LocalRuntime {
                     service: proc.service.clone(),
                     release: proc.release.clone(),
                     artifact,
-                    env: spec.manifest.env_for(&proc.service, &spec.env),
+                    env: Some(spec.manifest.env_for(&proc.service, &spec.env)),
                     grace: Duration::from_secs(1),
                 };
                 (Arc::new(ctx), proc)
@@ -729,69 +776,5 @@ impl LocalRuntime {
             status.map(oneoff::exit_code).unwrap_or(1)
         };
         Ok(open_session(pipes, exit, move || group(Signal::SIGKILL)))
-    }
-
-    /// The orphan marker of a command to stop by `stop_by` (unix seconds;
-    /// 0: as soon as a restarted runtime finds it).
-    fn orphan_marker(&self, stop_by: i64) -> String {
-        format!("{stop_by} {}", self.inner.config.apps_dir.display())
-    }
-
-    /// Stops what a previous run of the runtime left of one-offs: attached
-    /// ones and exec sessions at once (their sessions are gone), detached
-    /// ones at their deadline. Call once, at start.
-    pub(super) fn reap_orphans(&self) {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        let suffix = format!(" {}", self.inner.config.apps_dir.display());
-        let now = Utc::now().timestamp();
-        for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-                continue;
-            };
-            let prefix = format!("{ORPHAN_MARKER}=");
-            let Some(stop_by) = environ
-                .split(|b| *b == 0)
-                .filter_map(|var| std::str::from_utf8(var).ok()?.strip_prefix(&prefix))
-                .find_map(|value| value.strip_suffix(&suffix)?.parse::<i64>().ok())
-            else {
-                continue;
-            };
-            // Only the leader of its group: the rest go with it.
-            if nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32)))
-                .map_or(true, |g| g.as_raw() as u32 != pid)
-                || !process::alive(pid)
-            {
-                continue;
-            }
-            let group = move |signal| {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
-            };
-            if stop_by <= now {
-                tracing::info!(pid, "stopping a one-off process a previous run left");
-                group(Signal::SIGKILL);
-                continue;
-            }
-            tracing::info!(
-                pid,
-                stop_by,
-                "a detached one-off process a previous run left runs until its deadline"
-            );
-            tokio::spawn(async move {
-                let deadline = tokio::time::Instant::now()
-                    + Duration::from_secs(u64::try_from(stop_by - now).unwrap_or(0));
-                while tokio::time::Instant::now() < deadline {
-                    if !process::alive(pid) {
-                        return;
-                    }
-                    tokio::time::sleep(ORPHAN_POLL.min(deadline - tokio::time::Instant::now()))
-                        .await;
-                }
-                group(Signal::SIGTERM);
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                group(Signal::SIGKILL);
-            });
-        }
     }
 }
