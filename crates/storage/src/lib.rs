@@ -20,8 +20,8 @@ pub use sqlx::{AnyPool, Transaction};
 
 mod args;
 pub mod files;
-pub mod outbox;
 pub mod idempotency;
+pub mod outbox;
 
 pub use args::StoreArgs;
 #[cfg(feature = "testing")]

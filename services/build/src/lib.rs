@@ -20,11 +20,11 @@ pub mod log;
 pub mod model;
 pub mod objects;
 pub mod pipeline;
+pub mod relay;
 pub mod release;
 pub mod service;
 pub mod store;
 pub mod unpack;
-pub mod relay;
 
 use std::future::Future;
 use std::path::PathBuf;
