@@ -222,13 +222,17 @@ pub async fn ledger(cluster: &Cluster, app: &str) -> Vec<(String, String)> {
 /// Every acknowledged variable of `tally` is in `app`'s ledger exactly once,
 /// as the release that acknowledged it; no `env add:W…` release exists that
 /// was not acknowledged unless `unacked_ok` (a write whose answer was lost
-/// for good may have applied once); and the newest release carries every
-/// acknowledged variable. Returns the ledger.
+/// for good may have applied once); the release each change made carries
+/// its variable; and, unless the workload rolled back (a rollback forks an
+/// older release's env, so later releases rightly lack what came between),
+/// the newest release carries every acknowledged variable. Returns the
+/// ledger.
 pub async fn check_env_writes(
     cluster: &Cluster,
     app: &str,
     tally: &Tally,
     unacked_ok: bool,
+    rolled_back: bool,
 ) -> Vec<(String, String)> {
     let rows = ledger(cluster, app).await;
     let acked = tally.acked.lock().expect("tally lock").clone();
@@ -271,9 +275,24 @@ pub async fn check_env_writes(
     .await;
     let (status, newest) = answer.expect("list releases");
     assert_eq!(status, 200, "{newest}");
-    for var in acked.keys() {
+    for (var, release) in &acked {
+        let (answer, _) = send_keyed(
+            gateways,
+            0,
+            "GET",
+            &format!("/apps/{app}/releases/{release}"),
+            "",
+            None,
+        )
+        .await;
+        let (status, made) = answer.expect("release info");
+        assert_eq!(status, 200, "{made}");
         assert!(
-            newest.contains(&format!("{var}=")),
+            made.contains(&format!("{var}=")),
+            "{var} missing in {release}, the release its change made: {made}"
+        );
+        assert!(
+            rolled_back || newest.contains(&format!("{var}=")),
             "{var} missing in the newest release: {newest}"
         );
     }

@@ -312,7 +312,7 @@ async fn chaos_under_the_seed_workflow_keeps_the_ledger_whole() {
     .await;
 
     // 1. Every acknowledged env change, raw or by the CLI, exactly once.
-    let rows = load::check_env_writes(&cluster, "myapp", &tally, true).await;
+    let rows = load::check_env_writes(&cluster, "myapp", &tally, true, true).await;
     for (var, release) in &seen.env {
         let made: Vec<&String> = rows
             .iter()

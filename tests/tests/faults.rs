@@ -277,7 +277,7 @@ async fn the_build_service_killed_under_load_costs_no_build() {
     .await
     .expect("upload the source");
     assert_eq!(status, 200, "upload: {object}");
-    let url = serde_json::from_str::<serde_json::Value>(&object).unwrap()["url"]
+    let url = serde_json::from_str::<serde_json::Value>(&object).unwrap()["Url"]
         .as_str()
         .unwrap()
         .to_owned();

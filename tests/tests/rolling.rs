@@ -54,7 +54,7 @@ async fn a_rolling_restart_of_every_service_under_load_fails_no_request() {
         failed.len(),
         cluster.logs()
     );
-    let rows = load::check_env_writes(&cluster, "myapp", &tally, false).await;
+    let rows = load::check_env_writes(&cluster, "myapp", &tally, false, false).await;
     assert_eq!(
         rows.len(),
         tally.acked(),

@@ -285,9 +285,11 @@ async fn the_release_command_gates_a_promotion_on_kubernetes() {
     let (mut client, _stop, _data) = kube_service(&kubeconfig).await;
 
     // A failing command fails the promotion before any Deployment exists.
+    // Both lines on stderr: exec carries stdout and stderr on channels of
+    // their own, so lines of the two have no order between them.
     let failing = release(
         "RAAAAAAAAAA",
-        "'echo migrating $FOO; echo boom >&2; exit 3'",
+        "'echo migrating $FOO >&2; echo boom >&2; exit 3'",
     );
     let p1 = promotion_id("shop", 1);
     start(&mut client, &p1, failing, None, 0).await;
