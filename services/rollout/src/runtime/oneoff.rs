@@ -12,7 +12,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use slipway_domain::manifest::Service;
 use tokio::sync::mpsc;
+
+use super::{RuntimeError, Spec};
 
 /// Timeout of a one-off process when the caller gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -31,6 +34,44 @@ pub struct RunRequest {
     /// Keep its stdin and output for one session that attaches; else stdin
     /// is empty and the output goes to the app's log.
     pub attach: bool,
+}
+
+impl RunRequest {
+    /// Checks the request against the release it runs, as every backend
+    /// must before starting anything: the service is in the release, the
+    /// command (the request's, else the service's own) is not empty, the
+    /// timeout is in range. Returns the service and the command to run.
+    pub fn check<'a>(&self, spec: &'a Spec) -> Result<(&'a Service, String), RuntimeError> {
+        let refused = |message: String| RuntimeError::Refused(message);
+        let service = spec.manifest.service(&self.service).ok_or_else(|| {
+            let known: Vec<&str> = spec.manifest.services.keys().map(String::as_str).collect();
+            refused(format!(
+                "no such service: {} (release {} has {})",
+                self.service,
+                spec.release,
+                known.join(", ")
+            ))
+        })?;
+        let command = self
+            .command
+            .clone()
+            .filter(|c| !c.trim().is_empty())
+            .or_else(|| service.command.clone())
+            .ok_or_else(|| {
+                refused(format!(
+                    "empty command: service {} has no command of its own",
+                    self.service
+                ))
+            })?;
+        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
+            return Err(refused(format!(
+                "timeout {}s out of range: 1 to {}s",
+                self.timeout.as_secs(),
+                MAX_TIMEOUT.as_secs()
+            )));
+        }
+        Ok((service, command))
+    }
 }
 
 /// Where a one-off process is in its life.

@@ -45,7 +45,7 @@ use tokio::time::Instant;
 use super::api::{self, Op};
 use super::objects::{self, LABEL_APP, LABEL_RELEASE, LABEL_SERVICE, namespace_name};
 use super::{KubernetesRuntime, progress, remote};
-use crate::runtime::oneoff::{self, MAX_TIMEOUT};
+use crate::runtime::oneoff;
 use crate::runtime::{
     OneOffInfo, OneOffStatus, ProcessInfo, RunRequest, RuntimeError, Session, SessionKind, Spec,
 };
@@ -270,32 +270,7 @@ impl KubernetesRuntime {
         request: RunRequest,
     ) -> Result<OneOffInfo, RuntimeError> {
         let (app, release) = (spec.app.clone(), spec.release.clone());
-        let svc = spec.manifest.service(&request.service).ok_or_else(|| {
-            let known: Vec<&str> = spec.manifest.services.keys().map(String::as_str).collect();
-            refused(format!(
-                "no such service: {} (release {release} has {})",
-                request.service,
-                known.join(", ")
-            ))
-        })?;
-        let command = request
-            .command
-            .clone()
-            .filter(|c| !c.trim().is_empty())
-            .or_else(|| svc.command.clone())
-            .ok_or_else(|| {
-                refused(format!(
-                    "empty command: service {} has no command of its own",
-                    request.service
-                ))
-            })?;
-        if request.timeout.is_zero() || request.timeout > MAX_TIMEOUT {
-            return Err(refused(format!(
-                "timeout {}s out of range: 1 to {}s",
-                request.timeout.as_secs(),
-                MAX_TIMEOUT.as_secs()
-            )));
-        }
+        let (svc, command) = request.check(&spec)?;
         let timeout = request.timeout.as_secs();
         // The Deployment's pod template; its rolling-update settings do not
         // matter here (and must not refuse a one-off).

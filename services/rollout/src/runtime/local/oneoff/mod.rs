@@ -33,7 +33,7 @@ use super::LocalRuntime;
 use super::isolation::Launch;
 use super::process::{self, Proc};
 use super::supervise;
-use crate::runtime::oneoff::{self, MAX_TIMEOUT};
+use crate::runtime::oneoff;
 
 mod orphans;
 use crate::runtime::{
@@ -282,32 +282,7 @@ impl LocalRuntime {
         request: RunRequest,
     ) -> Result<OneOffInfo, RuntimeError> {
         let (app, release) = (spec.app.to_string(), spec.release.to_string());
-        let service = spec.manifest.service(&request.service).ok_or_else(|| {
-            let known: Vec<&str> = spec.manifest.services.keys().map(String::as_str).collect();
-            refused(format!(
-                "no such service: {} (release {release} has {})",
-                request.service,
-                known.join(", ")
-            ))
-        })?;
-        let command = request
-            .command
-            .clone()
-            .filter(|c| !c.trim().is_empty())
-            .or_else(|| service.command.clone())
-            .ok_or_else(|| {
-                refused(format!(
-                    "empty command: service {} has no command of its own",
-                    request.service
-                ))
-            })?;
-        if request.timeout.is_zero() || request.timeout > MAX_TIMEOUT {
-            return Err(refused(format!(
-                "timeout {}s out of range: 1 to {}s",
-                request.timeout.as_secs(),
-                MAX_TIMEOUT.as_secs()
-            )));
-        }
+        let (service, command) = request.check(&spec)?;
         let artifact = spec
             .artifacts
             .get(&request.service)
