@@ -123,6 +123,12 @@ pub struct Config {
     /// (a private registry, such as the oci builder's `--registry`).
     #[arg(long, env = "SLIPWAY_KUBE_IMAGE_PULL_SECRET")]
     pub kube_image_pull_secret: Option<String>,
+
+    /// Kubernetes: the uid and gid app pods run as (non-root, every
+    /// capability dropped); 0 runs them as their image says, root
+    /// included, for images that must start as root.
+    #[arg(long, env = "SLIPWAY_KUBE_POD_USER", default_value_t = crate::runtime::kubernetes::DEFAULT_POD_USER)]
+    pub kube_pod_user: u32,
 }
 
 /// How the local runtime keeps apps away from the rack and each other
@@ -242,6 +248,7 @@ impl Config {
             redis_url: None,
             redis_prefix: "rollout".to_owned(),
             kube_image_pull_secret: None,
+            kube_pod_user: crate::runtime::kubernetes::DEFAULT_POD_USER,
         }
     }
 

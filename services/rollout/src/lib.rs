@@ -115,7 +115,8 @@ pub async fn start_runtime(
                         restart_limit: config.restart_limit,
                     },
                 )
-                .with_image_pull_secret(config.kube_image_pull_secret.clone()),
+                .with_image_pull_secret(config.kube_image_pull_secret.clone())
+                .with_pod_user(config.kube_pod_user),
             )
         }
     })

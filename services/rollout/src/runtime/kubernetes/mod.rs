@@ -19,6 +19,8 @@ mod oneoff;
 mod progress;
 mod remote;
 
+pub use self::objects::DEFAULT_POD_USER;
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::PathBuf;

@@ -45,7 +45,7 @@ pub(crate) const LABEL_RELEASE: &str = "release";
 /// The uid and gid app pods run as by default: the first user
 /// `useradd`/`adduser` make in Debian, Ubuntu and Alpine images, so an
 /// image that made one user for its app runs as it.
-pub(crate) const DEFAULT_POD_USER: u32 = 1000;
+pub const DEFAULT_POD_USER: u32 = 1000;
 
 /// Readiness-probe failures in a row that make a pod unready.
 pub(crate) const FAILURE_THRESHOLD: u32 = 3;
