@@ -60,7 +60,15 @@ async fn postgres_unreachable_then_back() {
     );
     relay.restore().await;
     let status = waiting.await.unwrap().expect_err("no such rollout");
-    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    // Its answer once PostgreSQL is back; on a loaded machine the pool's
+    // reconnect can outlast the call's deadline, and then the answer is the
+    // clear error, never another.
+    assert!(
+        status.code() == tonic::Code::NotFound
+            || (status.code() == tonic::Code::Unavailable
+                && status.message() == slipway_storage::UNAVAILABLE_MESSAGE),
+        "{status:?}"
+    );
 
     // A long one: the clear error, within the deadline.
     relay.cut().await;

@@ -129,12 +129,20 @@ async fn detached_one_offs_are_taken_back_after_a_restart() {
         !listed.iter().any(|p| p.id == attached.id),
         "an attached one-off is not taken back: {listed:?}"
     );
-    assert!(
-        !std::path::Path::new(&format!("/proc/{attached_pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{attached_pid}/stat"))
-                .is_ok_and(|s| s.contains(") Z")),
-        "the attached one-off's process was stopped"
-    );
+    // Killed at the start of the second run (SIGKILL lands a moment later):
+    // gone, or a zombie nobody has reaped yet.
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{attached_pid}/stat"))
+            .map_or(true, |stat| stat.contains(") Z"))
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !stopped() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the attached one-off's process was not stopped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let info = second.process(&app, &waiting.id).await.unwrap();
     assert_eq!(info.status, OneOffStatus::Running);
     assert_eq!(info.deadline, waiting.deadline);
