@@ -173,6 +173,30 @@ impl KubernetesRuntime {
         self
     }
 
+    /// Applies app `app`'s namespace `ns` and its egress policy, which
+    /// must exist before any pod of the app does.
+    async fn apply_namespace(&self, rack: &str, app: &str, ns: &str) -> Result<(), RuntimeError> {
+        let namespaces: Api<Namespace> = Api::all(self.inner.client.clone());
+        self.apply_object(
+            &namespaces,
+            "namespaces",
+            None,
+            ns,
+            &objects::namespace(rack, app),
+        )
+        .await?;
+        let policies: Api<NetworkPolicy> = self.namespaced(ns);
+        self.apply_object(
+            &policies,
+            "networkpolicies",
+            Some(ns),
+            objects::EGRESS_POLICY,
+            &objects::network_policy(rack, app),
+        )
+        .await?;
+        Ok(())
+    }
+
     fn rack(&self) -> &str {
         &self.inner.config.rack
     }
@@ -468,25 +492,8 @@ impl Runtime for KubernetesRuntime {
             .map_err(backend)?;
             deployments.push((svc, body));
         }
-        let namespaces: Api<Namespace> = Api::all(self.inner.client.clone());
-        self.apply_object(
-            &namespaces,
-            "namespaces",
-            None,
-            &ns,
-            &objects::namespace(&rack, &app),
-        )
-        .await?;
-        // Before any pod of the app exists.
-        let policies: Api<NetworkPolicy> = self.namespaced(&ns);
-        self.apply_object(
-            &policies,
-            "networkpolicies",
-            Some(&ns),
-            objects::EGRESS_POLICY,
-            &objects::network_policy(&rack, &app),
-        )
-        .await?;
+        // The policy before any pod of the app exists.
+        self.apply_namespace(&rack, &app, &ns).await?;
         {
             let mut apps = self.inner.apps.lock().await;
             let current = apps

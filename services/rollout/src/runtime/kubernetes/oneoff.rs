@@ -36,8 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use tokio::time::Instant;
@@ -290,24 +289,7 @@ impl KubernetesRuntime {
         let ns = namespace_name(&rack, &app);
         // The namespace and its egress policy (an app never deployed here
         // has neither), then the release's env Secret.
-        let namespaces: Api<Namespace> = Api::all(self.inner.client.clone());
-        self.apply_object(
-            &namespaces,
-            "namespaces",
-            None,
-            &ns,
-            &objects::namespace(&rack, &app),
-        )
-        .await?;
-        let policies: Api<NetworkPolicy> = self.namespaced(&ns);
-        self.apply_object(
-            &policies,
-            "networkpolicies",
-            Some(&ns),
-            objects::EGRESS_POLICY,
-            &objects::network_policy(&rack, &app),
-        )
-        .await?;
+        self.apply_namespace(&rack, &app, &ns).await?;
         let secrets: Api<Secret> = self.namespaced(&ns);
         let secret_name = objects::secret_name(&svc.name, &release);
         let secret = self
