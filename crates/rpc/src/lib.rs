@@ -6,6 +6,8 @@
 //! is the same everywhere.
 
 pub mod actor;
+#[cfg(feature = "audit-relay")]
+pub mod audit_relay;
 pub mod auth;
 mod balance;
 mod deadline;

@@ -6,17 +6,17 @@
 //!   them into its own outbox and delivers them (receiver URLs and signing
 //!   keys stay in the release service; this service holds none of them);
 //! - `build.create` audit records go to `RecordAudit`, with the actor and
-//!   source of the call that started the build.
+//!   source of the call that started the build (the forwarder the rollout
+//!   service's audit outbox uses too: `slipway_rpc::audit_relay`).
 //!
 //! Until the release service answers, rows wait here, retried with backoff
 //! (1 s growing to a minute), never dropped; published rows are pruned
 //! after 7 days.
 
-use slipway_api::release::v1::audit_service_client::AuditServiceClient;
+use slipway_api::release::v1::PublishWebhookEventRequest;
 use slipway_api::release::v1::webhook_service_client::WebhookServiceClient;
-use slipway_api::release::v1::{PublishWebhookEventRequest, RecordAuditRequest};
 use slipway_rpc::Channel;
-use slipway_storage::outbox::audit::AuditEntry;
+use slipway_rpc::audit_relay::RecordAudit;
 use slipway_storage::outbox::{Forward, relay_loop as relay};
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +33,7 @@ pub async fn relay_loop(store: Store, channel: Channel, stop: CancellationToken)
     );
     let audit = relay(
         store.audit_outbox(),
-        Audit(AuditServiceClient::new(channel)),
+        RecordAudit::new(channel),
         "audit records",
         stop.cancelled_owned(),
     );
@@ -65,38 +65,6 @@ impl Forward for Webhooks {
         self.0
             .clone()
             .publish_webhook_event(request)
-            .await
-            .map(drop)
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))
-    }
-}
-
-/// Audit records to `RecordAudit`.
-pub struct Audit(pub AuditServiceClient<Channel>);
-
-impl Forward for Audit {
-    type Item = AuditEntry;
-
-    fn decode(&self, row: &sqlx::any::AnyRow) -> Result<AuditEntry, sqlx::Error> {
-        AuditEntry::from_row(row)
-    }
-
-    async fn forward(&self, id: &str, entry: &AuditEntry) -> Result<(), String> {
-        let at = chrono::DateTime::from_timestamp_micros(entry.at_micros).unwrap_or_default();
-        let request = slipway_rpc::actor::Actor::new(&entry.actor, &entry.source).request(
-            RecordAuditRequest {
-                action: entry.action.clone(),
-                app: entry.app.clone(),
-                target: entry.target.clone(),
-                outcome: entry.outcome.clone(),
-                detail: entry.detail.clone(),
-                id: id.to_owned(),
-                time: Some(slipway_api::timestamp(at)),
-            },
-        );
-        self.0
-            .clone()
-            .record_audit(request)
             .await
             .map(drop)
             .map_err(|s| format!("{}: {}", s.code(), s.message()))

@@ -9,18 +9,18 @@
 //! (a minute) with outcome `unknown`.
 //!
 //! The relay forwards rows to the release service's `RecordAudit` with the
-//! row's id as the dedup key, and marks them published only after it
+//! row's id as the dedup key (`slipway_rpc::audit_relay`, shared with the
+//! build service), and marks them published only after it
 //! answered: nothing is dropped under load or lost in a crash.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use slipway_api::release::v1::RecordAuditRequest;
-use slipway_api::release::v1::audit_service_client::AuditServiceClient;
 use slipway_rpc::Channel;
+use slipway_rpc::audit_relay::RecordAudit;
 use slipway_storage::now_micros;
+use slipway_storage::outbox::Outbox;
 use slipway_storage::outbox::audit::{self, AuditEntry};
-use slipway_storage::outbox::{Forward, Outbox};
 use sqlx::{Any, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -145,42 +145,9 @@ impl Held {
 pub async fn relay_loop(store: Store, channel: Channel, stop: CancellationToken) {
     slipway_storage::outbox::relay_loop(
         outbox(&store),
-        Relay(AuditServiceClient::new(channel)),
+        RecordAudit::new(channel),
         "audit records",
         stop.cancelled_owned(),
     )
     .await;
-}
-
-/// Audit records to `RecordAudit`, with the actor and source of the call
-/// that made the change.
-struct Relay(AuditServiceClient<Channel>);
-
-impl Forward for Relay {
-    type Item = AuditEntry;
-
-    fn decode(&self, row: &sqlx::any::AnyRow) -> Result<AuditEntry, sqlx::Error> {
-        AuditEntry::from_row(row)
-    }
-
-    async fn forward(&self, id: &str, entry: &AuditEntry) -> Result<(), String> {
-        let at = chrono::DateTime::from_timestamp_micros(entry.at_micros).unwrap_or_default();
-        let request = slipway_rpc::actor::Actor::new(&entry.actor, &entry.source).request(
-            RecordAuditRequest {
-                action: entry.action.clone(),
-                app: entry.app.clone(),
-                target: entry.target.clone(),
-                outcome: entry.outcome.clone(),
-                detail: entry.detail.clone(),
-                id: id.to_owned(),
-                time: Some(slipway_api::timestamp(at)),
-            },
-        );
-        self.0
-            .clone()
-            .record_audit(request)
-            .await
-            .map(drop)
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))
-    }
 }
