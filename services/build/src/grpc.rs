@@ -161,6 +161,7 @@ impl BuildRpc for Grpc {
         request: Request<pb::CancelBuildRequest>,
     ) -> Result<Response<pb::CancelBuildResponse>, Status> {
         let key = slipway_rpc::idempotency::key_of(&request)?;
+        let by = slipway_rpc::actor::actor_of(&request);
         let req = request.into_inner();
         let (app, id) = (app_name(&req.app)?, build_id(&req.id)?);
         let claim = claim(
@@ -170,7 +171,7 @@ impl BuildRpc for Grpc {
                 .field(app.as_str())
                 .field(id.as_str()),
         );
-        let build = self.service.cancel(&app, &id, claim).await?;
+        let build = self.service.cancel(&app, &id, claim, by).await?;
         Ok(Response::new(pb::CancelBuildResponse {
             build: Some(build_pb(build)),
         }))

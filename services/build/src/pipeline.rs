@@ -44,6 +44,9 @@ pub struct Running {
     pub cancel: CancellationToken,
     /// Why it was stopped (the first reason wins).
     pub stop: OnceLock<Stop>,
+    /// Who cancelled it ([`Stop::Cancelled`] by a caller): the build's end
+    /// is audited as `build.cancel` by them.
+    pub cancelled_by: OnceLock<slipway_rpc::actor::Actor>,
     /// Fires once the outcome is recorded and the log closed.
     pub finished: CancellationToken,
 }
@@ -55,6 +58,7 @@ impl Running {
             log: BuildLog::new(),
             cancel: CancellationToken::new(),
             stop: OnceLock::new(),
+            cancelled_by: OnceLock::new(),
             finished: CancellationToken::new(),
         })
     }
@@ -63,6 +67,22 @@ impl Running {
     pub fn request_stop(&self, why: Stop) {
         let _ = self.stop.set(why);
         self.cancel.cancel();
+    }
+
+    /// Asks the build to stop because `by` cancelled it.
+    pub fn cancel_by(&self, by: slipway_rpc::actor::Actor) {
+        if self.stop.get().is_none() {
+            let _ = self.cancelled_by.set(by);
+        }
+        self.request_stop(Stop::Cancelled);
+    }
+
+    /// Who cancelled the build, if a caller did and that is why it stops.
+    pub fn canceller(&self) -> Option<&slipway_rpc::actor::Actor> {
+        match self.stop.get() {
+            Some(Stop::Cancelled) => self.cancelled_by.get(),
+            _ => None,
+        }
     }
 }
 
@@ -136,7 +156,11 @@ impl Pipeline {
             tracing::warn!(build_id = %build.id, "failed to remove work directory {}: {e}", work.display());
         }
         self.store_log(build, log).await;
-        match self.store.finish(&build.id, &outcome).await {
+        match self
+            .store
+            .finish_by(&build.id, &outcome, running.canceller())
+            .await
+        {
             Ok(true) => {
                 slipway_telemetry::metrics::build_finished(
                     started.elapsed(),

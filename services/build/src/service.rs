@@ -329,7 +329,11 @@ impl BuildService {
         if let Err(e) = self
             .pipeline
             .store
-            .finish(&build.id, &Outcome::stopped(status, reason, String::new()))
+            .finish_by(
+                &build.id,
+                &Outcome::stopped(status, reason, String::new()),
+                running.canceller(),
+            )
             .await
         {
             tracing::error!(build_id = %build.id, "failed to record the build's outcome: {e}");
@@ -347,10 +351,18 @@ impl BuildService {
         self.pipeline.store.list(app, limit).await
     }
 
-    /// Cancels an open build; a build that already ended is returned as is
-    /// (so cancelling twice changes nothing). A keyed call records the key
-    /// once the cancel is done; the same key with another build is refused.
-    pub async fn cancel(&self, app: &AppName, id: &BuildId, claim: Option<Claim>) -> Result<Build> {
+    /// Cancels an open build for `by`; a build that already ended is
+    /// returned as is (so cancelling twice changes nothing). The build's
+    /// cancelled end is audited as `build.cancel` by `by`, in the
+    /// transaction that records it. A keyed call records the key once the
+    /// cancel is done; the same key with another build is refused.
+    pub async fn cancel(
+        &self,
+        app: &AppName,
+        id: &BuildId,
+        claim: Option<Claim>,
+        by: slipway_rpc::actor::Actor,
+    ) -> Result<Build> {
         let keys = self.pipeline.store.keys();
         // The recorded steps are only checked: a repeated cancel is the same
         // cancel, answered with the build as it is now.
@@ -358,20 +370,25 @@ impl BuildService {
         if let Some(claim) = claim {
             keys.recorded(claim).await?;
         }
-        let build = self.cancel_now(app, id).await?;
+        let build = self.cancel_now(app, id, by).await?;
         if let Some(claim) = claim {
             keys.record_done(claim, CANCEL_STEP, id.as_str()).await;
         }
         Ok(build)
     }
 
-    async fn cancel_now(&self, app: &AppName, id: &BuildId) -> Result<Build> {
+    async fn cancel_now(
+        &self,
+        app: &AppName,
+        id: &BuildId,
+        by: slipway_rpc::actor::Actor,
+    ) -> Result<Build> {
         let build = self.get(app, id).await?;
         if build.status.is_terminal() {
             return Ok(build);
         }
         if let Some(running) = self.running(id) {
-            running.request_stop(Stop::Cancelled);
+            running.cancel_by(by);
             if tokio::time::timeout(CANCEL_WAIT, running.finished.cancelled())
                 .await
                 .is_err()
@@ -383,7 +400,10 @@ impl BuildService {
             // loop sees it and stops its builder.
             let outcome =
                 Outcome::stopped(BuildStatus::Cancelled, "cancelled", build.manifest.clone());
-            self.pipeline.store.finish(id, &outcome).await?;
+            self.pipeline
+                .store
+                .finish_by(id, &outcome, Some(&by))
+                .await?;
         }
         self.get(app, id).await
     }

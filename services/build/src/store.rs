@@ -186,6 +186,19 @@ impl Store {
     /// Records how an open build ended; false if it had already ended (the
     /// first ending wins).
     pub async fn finish(&self, id: &BuildId, outcome: &Outcome) -> Result<bool> {
+        self.finish_by(id, outcome, None).await
+    }
+
+    /// [`Store::finish`]; a cancelled build that `cancelled_by` cancelled
+    /// gets its `build.cancel` audit record in the same transaction, so it
+    /// is recorded exactly when the build ended cancelled (a cancel of a
+    /// build that had already ended changes nothing and records nothing).
+    pub async fn finish_by(
+        &self,
+        id: &BuildId,
+        outcome: &Outcome,
+        cancelled_by: Option<&slipway_rpc::actor::Actor>,
+    ) -> Result<bool> {
         debug_assert!(outcome.status.is_terminal());
         let mut tx = self
             .db
@@ -208,13 +221,26 @@ impl Store {
         let Some(row) = done else {
             return Ok(false);
         };
+        let app: String = row.try_get("app")?;
         let failed = outcome.status == BuildStatus::Failed;
         if failed {
             // Convox announces a build's failure as `build:create` with
             // status `error`; a cancel is no failure.
-            let app: String = row.try_get("app")?;
             let actor = outbox::starter(&mut tx, id.as_str()).await?;
             outbox::announce(&mut tx, "error", &app, &actor, id.as_str(), &outcome.reason).await?;
+        }
+        if let (BuildStatus::Cancelled, Some(by)) = (outcome.status, cancelled_by) {
+            let detail = format!("build {id} cancelled");
+            outbox::record(
+                &mut tx,
+                "build.cancel",
+                &app,
+                by,
+                id.as_str(),
+                &detail,
+                now_micros(),
+            )
+            .await?;
         }
         tx.commit().await?;
         if failed {

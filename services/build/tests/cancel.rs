@@ -1,10 +1,11 @@
 //! Cancelling a running build kills its builder's processes, records
-//! `cancelled`, and creates no release.
+//! `cancelled` (audited as `build.cancel`), and creates no release.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use slipway_api::build::v1::{BuildStatus, CancelBuildRequest};
+use slipway_rpc::actor::Actor;
 
 use crate::helpers::{Backend, ScriptBuilder, Tarball, TestApp, WEB, status};
 
@@ -93,4 +94,104 @@ fn alive(pid: u32) -> bool {
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
+}
+
+/// A cancel that ends a build is audited as `build.cancel` with the
+/// caller's actor and address, written in the transaction that records the
+/// build cancelled (so it is in the outbox when the cancel answers), and
+/// relayed to the release service; a cancel of an ended build changes
+/// nothing and records nothing.
+#[tokio::test]
+async fn cancel_is_audited_with_its_actor_and_source() {
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        Some(Arc::new(ScriptBuilder {
+            script: "echo started; sleep 300".into(),
+        })),
+        |_| {},
+    )
+    .await;
+    let url = app
+        .upload("myapp", &Tarball::source(WEB, &[]))
+        .await
+        .unwrap();
+    let build = app.create("myapp", &url, "").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while status(&app.get("myapp", &build.id).await) != BuildStatus::Running {
+        assert!(std::time::Instant::now() < deadline, "build never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let by = Actor::token("ci-web", "203.0.113.7:41000");
+    let cancel = || {
+        by.request(CancelBuildRequest {
+            app: "myapp".into(),
+            id: build.id.clone(),
+        })
+    };
+    let cancelled = app
+        .client
+        .clone()
+        .cancel_build(cancel())
+        .await
+        .unwrap()
+        .into_inner()
+        .build
+        .unwrap();
+    assert_eq!(status(&cancelled), BuildStatus::Cancelled, "{cancelled:?}");
+    let rows = cancel_rows(&app, &build.id).await;
+    assert_eq!(
+        rows,
+        vec![(
+            "token:ci-web".to_owned(),
+            "203.0.113.7:41000".to_owned(),
+            "ok".to_owned()
+        )]
+    );
+
+    // Cancelling the ended build again changes nothing: no second record.
+    app.client.clone().cancel_build(cancel()).await.unwrap();
+    assert_eq!(cancel_rows(&app, &build.id).await.len(), 1);
+
+    // The relay hands it to the release service with the actor and source
+    // in the call's metadata and the row's id as the dedup key.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (actor, record) = loop {
+        let found = app
+            .releases
+            .audits()
+            .into_iter()
+            .find(|(_, r)| r.action == "build.cancel" && r.target == build.id);
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "build.cancel never relayed: {:?}",
+            app.releases.audits()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(actor, by);
+    assert_eq!(
+        (record.app.as_str(), record.outcome.as_str()),
+        ("myapp", "ok")
+    );
+    assert!(
+        record.id.starts_with('A') && record.time.is_some(),
+        "{record:?}"
+    );
+    app.shutdown().await;
+}
+
+/// The `build.cancel` rows of `build`'s audit outbox: actor, source, outcome.
+async fn cancel_rows(app: &TestApp, build: &str) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT actor, source, outcome FROM build_audit_outbox \
+         WHERE action = 'build.cancel' AND target = $1",
+    )
+    .bind(build)
+    .fetch_all(&app.db.db.pool)
+    .await
+    .unwrap()
 }

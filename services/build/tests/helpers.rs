@@ -12,6 +12,7 @@ use futures::StreamExt as _;
 use slipway_api::build::v1 as pb;
 use slipway_api::build::v1::build_service_client::BuildServiceClient;
 use slipway_api::release::v1 as rpb;
+use slipway_api::release::v1::audit_service_server::{AuditService, AuditServiceServer};
 use slipway_api::release::v1::release_service_server::{ReleaseService, ReleaseServiceServer};
 use slipway_build::Config;
 use slipway_build::builder::{Artifacts, BuildError, BuildJob, Builder, run_logged};
@@ -34,15 +35,44 @@ pub fn init_logs() {
 }
 
 /// The fake release service: records every CreateRelease and answers with a
-/// fresh release id.
+/// fresh release id, and records every RecordAudit the audit relay makes
+/// (with the actor and source of its metadata).
 #[derive(Clone, Default)]
 pub struct FakeReleases {
     pub calls: Arc<Mutex<Vec<rpb::CreateReleaseRequest>>>,
+    pub audits: Arc<Mutex<Vec<(slipway_rpc::actor::Actor, rpb::RecordAuditRequest)>>>,
 }
 
 impl FakeReleases {
     pub fn calls(&self) -> Vec<rpb::CreateReleaseRequest> {
         self.calls.lock().unwrap().clone()
+    }
+
+    /// The audit records relayed so far.
+    pub fn audits(&self) -> Vec<(slipway_rpc::actor::Actor, rpb::RecordAuditRequest)> {
+        self.audits.lock().unwrap().clone()
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for FakeReleases {
+    async fn record_audit(
+        &self,
+        request: Request<rpb::RecordAuditRequest>,
+    ) -> Result<Response<rpb::RecordAuditResponse>, Status> {
+        let actor = slipway_rpc::actor::actor_of(&request);
+        self.audits
+            .lock()
+            .unwrap()
+            .push((actor, request.into_inner()));
+        Ok(Response::new(rpb::RecordAuditResponse::default()))
+    }
+
+    async fn list_audit(
+        &self,
+        _: Request<rpb::ListAuditRequest>,
+    ) -> Result<Response<rpb::ListAuditResponse>, Status> {
+        Err(Status::unimplemented("list_audit"))
     }
 }
 
@@ -139,7 +169,8 @@ pub struct TestApp {
     pub releases: FakeReleases,
     pub data_dir: PathBuf,
     _dir: tempfile::TempDir,
-    _db: TestDb,
+    /// The build service's database.
+    pub db: TestDb,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -166,7 +197,8 @@ impl TestApp {
             let releases = releases.clone();
             tokio::spawn(async move {
                 tonic::transport::Server::builder()
-                    .add_service(ReleaseServiceServer::new(releases))
+                    .add_service(ReleaseServiceServer::new(releases.clone()))
+                    .add_service(AuditServiceServer::new(releases))
                     .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
                         release_listener,
                     ))
@@ -218,7 +250,7 @@ impl TestApp {
             releases,
             data_dir,
             _dir: dir,
-            _db: db,
+            db,
             stop: Some(stop),
             server: Some(server),
         }

@@ -250,3 +250,76 @@ async fn builds_are_audited_through_the_outbox(backend: Backend) {
 }
 
 slipway_storage::both_backends!(builds_are_audited_through_the_outbox);
+
+/// A cancel is audited in the transaction that ends the build cancelled
+/// (the path of a build running on another replica): one `build.cancel`
+/// row with the canceller's actor and address; a build that had already
+/// ended, or an end that is no cancel, records nothing.
+async fn cancels_are_audited_with_the_build_end(backend: Backend) {
+    use slipway_storage::outbox::audit::AuditEntry;
+
+    let db = backend.db().await;
+    let store = Store::new(db.db.clone());
+    store.migrate().await.unwrap();
+    let builds: Vec<Build> = (0..3).map(|n| new_build("myapp", n)).collect();
+    for b in &builds {
+        store.insert(b, "runner-a").await.unwrap();
+    }
+    let by = slipway_rpc::actor::Actor::console("alice", "198.51.100.4");
+    let cancel = Outcome::stopped(BuildStatus::Cancelled, "cancelled", String::new());
+    let failed = Outcome::stopped(BuildStatus::Failed, "boom", String::new());
+    assert!(
+        store
+            .finish_by(&builds[0].id, &cancel, Some(&by))
+            .await
+            .unwrap()
+    );
+    // Already ended: the cancel changes nothing and is not recorded.
+    assert!(
+        !store
+            .finish_by(&builds[0].id, &cancel, Some(&by))
+            .await
+            .unwrap()
+    );
+    // A failure is no cancel, whoever asked.
+    assert!(
+        store
+            .finish_by(&builds[1].id, &failed, Some(&by))
+            .await
+            .unwrap()
+    );
+    // A cancel nobody asked for here (another replica's, seen by its
+    // heartbeat) is that replica's record.
+    assert!(store.finish_by(&builds[2].id, &cancel, None).await.unwrap());
+
+    let rows = sqlx::query(
+        "SELECT id, actor, source, action, app, target, outcome, detail, created_at \
+         FROM build_audit_outbox WHERE action = 'build.cancel'",
+    )
+    .fetch_all(&db.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1);
+    let entry = AuditEntry::from_row(&rows[0]).unwrap();
+    assert_eq!(
+        (
+            entry.actor.as_str(),
+            entry.source.as_str(),
+            entry.app.as_str(),
+            entry.target.as_str(),
+            entry.outcome.as_str()
+        ),
+        (
+            "console:alice",
+            "198.51.100.4",
+            "myapp",
+            builds[0].id.as_str(),
+            "ok"
+        )
+    );
+    assert!(entry.detail.contains(builds[0].id.as_str()), "{entry:?}");
+    // Relayed with the build.create rows of the same outbox.
+    assert_eq!(store.audit_outbox().unpublished().await.unwrap(), 4);
+}
+
+slipway_storage::both_backends!(cancels_are_audited_with_the_build_end);

@@ -2,7 +2,8 @@
 //! webhook outbox (`build_outbox`: `build:create` events written in the
 //! transaction that records a build's start or its failure) and the audit
 //! outbox (`build_audit_outbox`: a `build.create` record per build started,
-//! written in the same transaction). The relays (`crate::relay`) forward
+//! written in the same transaction, and a `build.cancel` record per build a
+//! caller cancelled, written in the transaction that records it cancelled). The relays (`crate::relay`) forward
 //! them to the release service and mark them published once it recorded
 //! them.
 
@@ -71,18 +72,35 @@ pub(super) async fn announce(
     .execute(&mut **tx)
     .await?;
     if status == "success" {
-        let entry = audit::AuditEntry {
-            actor: actor.to_owned(),
-            source: slipway_rpc::actor::current().source,
-            action: "build.create".to_owned(),
-            app: app.to_owned(),
-            target: build.to_owned(),
-            outcome: "ok".to_owned(),
-            detail: message.chars().take(1024).collect(),
-            at_micros: now,
-        };
-        audit::write(tx, AUDIT_TABLE, &audit_id(), &entry).await?;
+        let source = slipway_rpc::actor::current().source;
+        let by = slipway_rpc::actor::Actor::new(actor, &source);
+        record(tx, "build.create", app, &by, build, message, now).await?;
     }
+    Ok(())
+}
+
+/// Writes the audit record of `action` on `build` of `app` by `by` (its
+/// name and the client's address) in `tx`, the transaction of the change.
+pub(super) async fn record(
+    tx: &mut Transaction<'static, Any>,
+    action: &str,
+    app: &str,
+    by: &slipway_rpc::actor::Actor,
+    build: &str,
+    detail: &str,
+    at_micros: i64,
+) -> Result<()> {
+    let entry = audit::AuditEntry {
+        actor: by.name.clone(),
+        source: by.source.clone(),
+        action: action.to_owned(),
+        app: app.to_owned(),
+        target: build.to_owned(),
+        outcome: "ok".to_owned(),
+        detail: detail.chars().take(1024).collect(),
+        at_micros,
+    };
+    audit::write(tx, AUDIT_TABLE, &audit_id(), &entry).await?;
     Ok(())
 }
 
@@ -144,7 +162,8 @@ impl Store {
     }
 
     /// The audit outbox (`build_audit_outbox`): one `build.create` row per
-    /// build started, written with the build.
+    /// build started, written with the build, and one `build.cancel` row
+    /// per build a caller cancelled, written with its end.
     pub fn audit_outbox(&self) -> Outbox {
         Outbox::new(self.db.clone(), AUDIT_TABLE, audit::COLUMNS)
     }
