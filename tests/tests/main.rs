@@ -14,6 +14,7 @@ mod env_basis;
 mod env_values;
 mod faults;
 mod isolation;
+mod log_resume;
 mod logs;
 mod processes;
 mod rolling;

@@ -105,6 +105,7 @@ pub(crate) async fn page(
             service: service.clone(),
             tail: BACKLOG_LINES,
             filter: String::new(),
+            after_cursor: String::new(),
         })
         .await?
         .into_inner();
@@ -235,6 +236,7 @@ pub(crate) async fn stream(
             service: query.service(),
             tail: 0,
             filter: String::new(),
+            after_cursor: String::new(),
         })
         .await?
         .into_inner();

@@ -3,6 +3,7 @@
 //! release, build and rollout services. It owns no database.
 
 pub mod access;
+mod app_log;
 mod audit;
 pub mod auth;
 mod builds;

@@ -80,21 +80,9 @@ pub(crate) async fn app_logs(
         crate::routes::read_app(&state, &request.app)
             .await
             .map_err(|s| s.message().to_owned())?;
-        let stream = state
-            .rollout
-            .clone()
-            .stream_app_logs(request)
-            .await
-            .map_err(|s| s.message().to_owned())?
-            .into_inner();
-        Ok(stream
-            .filter_map(|m| async move {
-                match m {
-                    Ok(m) => m.event.map(|e| Ok(convert::event_line(&e).into_bytes())),
-                    Err(s) => Some(Err(s.message().to_owned())),
-                }
-            })
-            .boxed())
+        // Resumed on another rollout replica when the one serving it
+        // restarts (see `app_log.rs`).
+        crate::app_log::lines(&state, request).await
     };
     upgrade(ws, tokens, caller, source)
 }
@@ -126,6 +114,7 @@ fn log_request(
         service,
         tail,
         filter: header(headers, "filter").unwrap_or_default(),
+        after_cursor: String::new(),
     })
 }
 
@@ -306,11 +295,11 @@ type Items = futures::stream::BoxStream<'static, Result<Watched, String>>;
 /// replica taking it: long enough for every rollout replica to be
 /// restarted one after the other (a rolling restart) or for a killed one's
 /// lease to pass to another, short of the CLI's own patience.
-const RESUME_FOR: Duration = Duration::from_secs(60);
+pub(crate) const RESUME_FOR: Duration = Duration::from_secs(60);
 /// Wait before resuming, doubled each time in a row up to [`RESUME_MAX`].
-const RESUME_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const RESUME_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between two resumes.
-const RESUME_MAX: Duration = Duration::from_secs(1);
+pub(crate) const RESUME_MAX: Duration = Duration::from_secs(1);
 
 /// A rollout's events after event `after` (empty: from its start), then the
 /// finished rollout. The stream survives the rollout replica serving it:
@@ -421,7 +410,7 @@ async fn rollout_events(state: &AppState, id: String, after: String) -> Result<I
 
 /// Whether a broken stream is worth resuming elsewhere: the replica or the
 /// connection failed, not the request.
-fn resumable(code: tonic::Code) -> bool {
+pub(crate) fn resumable(code: tonic::Code) -> bool {
     matches!(
         code,
         tonic::Code::Unavailable

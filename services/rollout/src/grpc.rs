@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::logs::LogQuery;
+use crate::logs::{Cursor, LogQuery};
 use crate::model::{Phase, Rollout, SpecRecord};
 use crate::service::{Rollouts, StartRequest, WatchItem};
 
@@ -51,6 +51,7 @@ pub(crate) fn phase(p: Phase) -> pb::RolloutPhase {
         Phase::Reverting => pb::RolloutPhase::Reverting,
         Phase::Reverted => pb::RolloutPhase::Reverted,
         Phase::Failure => pb::RolloutPhase::Failure,
+        Phase::Cancelled => pb::RolloutPhase::Cancelled,
     }
 }
 
@@ -247,18 +248,43 @@ impl RolloutService for Grpc {
             tail: req.tail,
             filter: req.filter,
         };
-        let rx = self.service.app_logs(query).await?;
-        let stream = ReceiverStream::new(rx).map(move |item| match item {
-            Ok(line) => Ok(pb::StreamAppLogsResponse {
-                event: Some(pb::Event {
+        let after = match req.after_cursor.as_str() {
+            "" => None,
+            text => Some(
+                Cursor::parse(text)
+                    .map_err(|why| Status::invalid_argument(format!("after_cursor: {why}")))?,
+            ),
+        };
+        let rx = self.service.app_logs(query, after).await?;
+        let lines = ReceiverStream::new(rx).map(move |item| match item {
+            Ok(item) => Ok(pb::StreamAppLogsResponse {
+                event: item.line.map(|line| pb::Event {
                     id: line.id,
                     time: Some(timestamp(line.time)),
                     app: app.clone(),
                     source: line.source,
                     message: line.message,
                 }),
+                cursor: item.cursor.encode(),
             }),
             Err(e) => Err(Status::from(e)),
+        });
+        // A replica that starts draining ends its log streams at once with
+        // UNAVAILABLE (instead of holding its shutdown for the grace), the
+        // caller's cue to resume after its last cursor elsewhere.
+        let draining = self.service.draining();
+        let stream = futures::stream::unfold(Some((lines, draining)), |state| async move {
+            let (mut lines, draining) = state?;
+            tokio::select! {
+                biased;
+                () = draining.cancelled() => Some((
+                    Err(Status::unavailable(
+                        "this rollout replica is shutting down: resume the log after its last cursor",
+                    )),
+                    None,
+                )),
+                item = lines.next() => item.map(|item| (item, Some((lines, draining)))),
+            }
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod driver;
 pub mod error;
 pub mod grpc;
+pub mod log_cursor;
 pub mod logs;
 pub mod model;
 pub mod overrides;

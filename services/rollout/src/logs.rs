@@ -20,11 +20,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use slipway_domain::AppName;
-use slipway_events::{Error as BusError, Event, EventBus, EventStream, Topic};
+use slipway_events::{Error as BusError, Event, EventBus, EventId, EventStream, Topic};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 
 use crate::error::Result;
+pub use crate::log_cursor::Cursor;
 use crate::store::{AppEvent, Store};
 
 /// At most this many durable events make up a backlog (the newest ones).
@@ -158,20 +159,99 @@ impl Seen {
     }
 }
 
+/// One message of an app log stream: a line (or none, when the message
+/// only says how far the stream has read) and the stream's cursor after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogItem {
+    /// The line, if this message carries one.
+    pub line: Option<LogLine>,
+    /// Where the stream stands after this message.
+    pub cursor: Cursor,
+}
+
+/// How far a stream has read both sources, for its cursor.
+struct Position {
+    bus: Option<EventId>,
+    live: DateTime<Utc>,
+    /// The cursor last sent, so a poll that moved nothing sends nothing.
+    sent: Option<Cursor>,
+}
+
+impl Position {
+    fn cursor(&self, durable: DateTime<Utc>) -> Cursor {
+        Cursor {
+            bus: self.bus,
+            durable,
+            live: self.live,
+        }
+    }
+
+    /// Notes a bus event the stream consumed (whether or not it sends it).
+    fn consumed(&mut self, event: &Event, sent_live: bool) {
+        self.bus = Some(self.bus.map_or(event.id, |b| b.max(event.id)));
+        if sent_live && event.rollout.is_some() {
+            self.live = self.live.max(event.time);
+        }
+    }
+}
+
+/// What a resumed stream knows of the stream it continues.
+#[derive(Clone, Copy)]
+struct Resumed {
+    cursor: Cursor,
+}
+
+impl Resumed {
+    /// Whether a bus event after the cursor was already sent before the
+    /// break: a rollout event at or before the durable position came from
+    /// the durable log; without a bus position, anything older than the
+    /// durable floor was either sent or before the stream's window.
+    fn sent_before(&self, event: &Event) -> bool {
+        (event.rollout.is_some() && event.time <= self.cursor.durable)
+            || (self.cursor.bus.is_none() && event.time <= self.cursor.durable_floor())
+    }
+}
+
+/// Sends `line` with the cursor after it; false when the receiver is gone.
+async fn send(
+    tx: &mpsc::Sender<Result<LogItem>>,
+    line: Option<LogLine>,
+    cursor: Cursor,
+    position: &mut Position,
+) -> bool {
+    position.sent = Some(cursor);
+    tx.send(Ok(LogItem { line, cursor })).await.is_ok()
+}
+
 /// Streams `query`'s backlog, then (with follow) live events until the
 /// receiver is dropped or the bus ends. Without the bus (Redis down) the
 /// log is what the durable log holds: the backlog of rollout events, then,
 /// following, new rollout events as they are recorded, until the bus
 /// answers again and live events flow from it.
+///
+/// With `after` (the cursor of the last line a reader got before its
+/// stream broke) the stream resumes there instead: its backlog is
+/// everything after the cursor (`since` and `tail` do not apply), so the
+/// reader sees each line once across the break. Every message carries the
+/// stream's cursor; one without a line ends the backlog and follows each
+/// durable poll that moved the stream on.
 pub async fn stream(
     store: Store,
     bus: Arc<dyn EventBus>,
     query: LogQuery,
-) -> Result<mpsc::Receiver<Result<LogLine>>> {
+    after: Option<Cursor>,
+) -> Result<mpsc::Receiver<Result<LogItem>>> {
     let started = Utc::now();
-    let cutoff = started - chrono::Duration::from_std(query.since).unwrap_or_default();
+    let resumed = after.map(|cursor| Resumed { cursor });
+    let cutoff = match after {
+        Some(cursor) => cursor.durable_floor(),
+        None => started - chrono::Duration::from_std(query.since).unwrap_or_default(),
+    };
+    // A fresh stream with no backlog reads nothing from before it started.
+    let no_backlog = after.is_none() && query.since.is_zero();
+    let bus_after = after.and_then(|c| c.bus);
     let subscription = match bus
-        .subscribe_with_backlog(Topic::App(query.app.to_string()), None)
+        .subscribe_with_backlog(Topic::App(query.app.to_string()), bus_after)
         .await
     {
         Ok(subscription) => Some(subscription),
@@ -180,7 +260,7 @@ pub async fn stream(
             None
         }
     };
-    let durable = if query.since.is_zero() {
+    let durable = if no_backlog {
         Vec::new()
     } else {
         store
@@ -190,18 +270,24 @@ pub async fn stream(
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         let mut seen = Seen::default();
-        let mut durable_log = DurableCursor::new(if query.since.is_zero() {
-            started
-        } else {
-            cutoff
-        });
-        let mut backlog: Vec<LogLine> = Vec::with_capacity(durable.len());
+        let mut durable_log = DurableCursor::new(if no_backlog { started } else { cutoff });
+        // What a resumed stream reads of the durable log at its floor was
+        // handled before the break (every read is inclusive).
+        durable_log.after = after.map(|c| c.durable_floor());
+        let mut position = Position {
+            bus: bus_after,
+            live: after.map_or(DateTime::<Utc>::UNIX_EPOCH, |c| c.live),
+            sent: None,
+        };
+        let mut durable_lines: Vec<LogLine> = Vec::with_capacity(durable.len());
         for e in durable {
             if let Some(line) = durable_log.take(e, &mut seen) {
-                backlog.push(line);
+                durable_lines.push(line);
             }
         }
-        // The bus's retained history, exactly as long as it says.
+        // The bus's retained history, exactly as long as it says, in its
+        // own order (the order its ids resume in).
+        let mut bus_entries: Vec<BusEntry> = Vec::new();
         let mut live = None;
         let mut ended = false;
         if let Some(subscription) = subscription {
@@ -216,27 +302,53 @@ pub async fn stream(
                         tracing::warn!(app = %query.app, "app log backlog incomplete: {e}");
                     }
                     Some(Ok(event)) => {
-                        if event.time >= cutoff && !query.since.is_zero() && !seen.take(&event) {
+                        let wanted = match resumed {
+                            Some(resumed) => !resumed.sent_before(&event) && !seen.take(&event),
+                            None => event.time >= cutoff && !no_backlog && !seen.take(&event),
+                        };
+                        if wanted {
                             durable_log.came_live(&event);
-                            backlog.push(event.into());
                         }
+                        bus_entries.push(BusEntry {
+                            event,
+                            send: wanted,
+                        });
                     }
                 }
             }
             live = Some(events);
         }
-        // Durable and bus events interleave by time (stable: ties keep the
-        // durable log's order first).
-        backlog.sort_by_key(|l| l.time);
-        backlog.retain(|l| query.matches(&l.source, &l.message));
-        let skip = match query.tail {
+        // Durable lines (by time) merged into the bus's order; ties keep
+        // the durable line first.
+        let backlog = merge(durable_lines, bus_entries, &query);
+        let sendable = backlog.iter().filter(|e| e.send).count();
+        let mut skip = match query.tail {
             0 => 0,
-            tail => backlog.len().saturating_sub(tail as usize),
+            _ if after.is_some() => 0,
+            tail => sendable.saturating_sub(tail as usize),
         };
-        for line in backlog.into_iter().skip(skip) {
-            if tx.send(Ok(line)).await.is_err() {
+        let mut durable_at = durable_log.from;
+        for entry in backlog {
+            match &entry.from_bus {
+                Some(event) => position.consumed(event, entry.send),
+                None => durable_at = durable_at.max(entry.line.time),
+            }
+            if !entry.send {
+                continue;
+            }
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            let cursor = position.cursor(durable_at);
+            if !send(&tx, Some(entry.line), cursor, &mut position).await {
                 return;
             }
+        }
+        // Where the backlog ended, also when it sent nothing.
+        let cursor = position.cursor(durable_log.newest);
+        if !send(&tx, None, cursor, &mut position).await {
+            return;
         }
         if !query.follow || ended {
             return;
@@ -263,9 +375,11 @@ pub async fn stream(
                         for e in events {
                             if let Some(line) = durable_log.take(e, &mut seen)
                                 && query.matches(&line.source, &line.message)
-                                && tx.send(Ok(line)).await.is_err()
                             {
-                                return;
+                                let cursor = position.cursor(durable_log.newest);
+                                if !send(&tx, Some(line), cursor, &mut position).await {
+                                    return;
+                                }
                             }
                         }
                     }
@@ -275,45 +389,60 @@ pub async fn stream(
                 }
                 if live.is_none()
                     && let Ok(subscription) = bus
-                        .subscribe_with_backlog(Topic::App(query.app.to_string()), None)
+                        .subscribe_with_backlog(Topic::App(query.app.to_string()), position.bus)
                         .await
                 {
                     tracing::info!(app = %query.app, "app log: event bus is back");
                     let mut events = subscription.events;
-                    // What it retains from before this stream started was
-                    // not wanted live.
+                    // After the bus position the stream had, all of it;
+                    // without one, what it retains from before this stream
+                    // (or the stream it resumes) started was not wanted.
+                    let floor = after.map_or(started, |c| c.durable_floor());
                     for _ in 0..subscription.backlog {
                         match events.next().await {
                             None => return,
-                            Some(Ok(event)) if event.time >= started => {
-                                if seen.take(&event) {
-                                    continue;
+                            Some(Ok(event)) => {
+                                let wanted = (position.bus.is_some() || event.time >= floor)
+                                    && !resumed.is_some_and(|r| r.sent_before(&event))
+                                    && !seen.take(&event);
+                                if wanted {
+                                    durable_log.came_live(&event);
                                 }
-                                durable_log.came_live(&event);
-                                if query.matches(&event.source, &event.message)
-                                    && tx.send(Ok(event.into())).await.is_err()
-                                {
-                                    return;
+                                position.consumed(&event, wanted);
+                                if wanted && query.matches(&event.source, &event.message) {
+                                    let cursor = position.cursor(durable_log.newest);
+                                    if !send(&tx, Some(event.into()), cursor, &mut position).await
+                                    {
+                                        return;
+                                    }
                                 }
                             }
-                            Some(_) => {}
+                            Some(Err(_)) => {}
                         }
                     }
                     live = Some(events);
+                }
+                let cursor = position.cursor(durable_log.newest);
+                if position.sent != Some(cursor) && !send(&tx, None, cursor, &mut position).await
+                {
+                    return;
                 }
                 continue;
             };
             match item {
                 None => return,
                 Some(Ok(event)) => {
-                    if seen.take(&event) {
-                        continue;
+                    let wanted =
+                        !resumed.is_some_and(|r| r.sent_before(&event)) && !seen.take(&event);
+                    if wanted {
+                        durable_log.came_live(&event);
                     }
-                    durable_log.came_live(&event);
-                    if query.matches(&event.source, &event.message)
-                        && tx.send(Ok(event.into())).await.is_err()
-                    {
-                        return;
+                    position.consumed(&event, wanted);
+                    if wanted && query.matches(&event.source, &event.message) {
+                        let cursor = position.cursor(durable_log.newest);
+                        if !send(&tx, Some(event.into()), cursor, &mut position).await {
+                            return;
+                        }
                     }
                 }
                 Some(Err(e)) => {
@@ -323,6 +452,54 @@ pub async fn stream(
         }
     });
     Ok(rx)
+}
+
+/// A bus event of the backlog, and whether it is to be sent.
+struct BusEntry {
+    event: Event,
+    send: bool,
+}
+
+/// A backlog line: from the bus (its event, for the cursor) or from the
+/// durable log.
+struct Entry {
+    line: LogLine,
+    from_bus: Option<Event>,
+    send: bool,
+}
+
+/// The durable lines, in time order, merged into the bus entries, in bus
+/// order (ties: the durable line first), each marked whether it is sent
+/// (wanted and passing the query's filters).
+fn merge(durable: Vec<LogLine>, bus: Vec<BusEntry>, query: &LogQuery) -> Vec<Entry> {
+    let mut out = Vec::with_capacity(durable.len() + bus.len());
+    let mut durable = durable.into_iter().peekable();
+    for entry in bus {
+        while let Some(line) = durable.next_if(|l| l.time <= entry.event.time) {
+            let send = query.matches(&line.source, &line.message);
+            out.push(Entry {
+                line,
+                from_bus: None,
+                send,
+            });
+        }
+        let line = LogLine::from(entry.event.clone());
+        let send = entry.send && query.matches(&line.source, &line.message);
+        out.push(Entry {
+            line,
+            from_bus: Some(entry.event),
+            send,
+        });
+    }
+    for line in durable {
+        let send = query.matches(&line.source, &line.message);
+        out.push(Entry {
+            line,
+            from_bus: None,
+            send,
+        });
+    }
+    out
 }
 
 /// The next live event, or never without a bus.
@@ -336,6 +513,11 @@ async fn next_live(live: &mut Option<EventStream>) -> Option<Result<Event, BusEr
 /// Which durable events were sent (or came through the bus), so re-reading
 /// the durable log sends each once.
 struct DurableCursor {
+    /// Where reading started.
+    from: DateTime<Utc>,
+    /// Events at or before this time are not taken (a resumed stream's
+    /// floor: handled before its break).
+    after: Option<DateTime<Utc>>,
     /// The newest event time read: the next read starts there.
     newest: DateTime<Utc>,
     /// Durable events handled, by rollout and position.
@@ -348,6 +530,8 @@ struct DurableCursor {
 impl DurableCursor {
     fn new(from: DateTime<Utc>) -> Self {
         Self {
+            from,
+            after: None,
             newest: from,
             sent: HashSet::new(),
             live: HashSet::new(),
@@ -365,6 +549,9 @@ impl DurableCursor {
     /// The event as a line, unless it was sent already or came through the
     /// bus; a rollout event sent here is skipped when the bus brings it too.
     fn take(&mut self, e: AppEvent, seen: &mut Seen) -> Option<LogLine> {
+        if self.after.is_some_and(|after| e.event.time <= after) {
+            return None;
+        }
         if !self.sent.insert((e.rollout.clone(), e.event.seq)) {
             return None;
         }

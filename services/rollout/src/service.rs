@@ -13,7 +13,7 @@ use tokio_stream::StreamExt as _;
 
 use crate::driver::Drivers;
 use crate::error::{Error, Result};
-use crate::logs::{LogLine, LogQuery};
+use crate::logs::{Cursor, LogItem, LogQuery};
 use crate::model::{Phase, Rollout, Spec, SpecRecord};
 use crate::runtime::{DynRuntime, ProcessInfo, ServiceInfo};
 use crate::store::{NewRollout, Store, StoredEvent};
@@ -251,8 +251,18 @@ impl Rollouts {
 
     /// Streams an app's log: its events since `query.since`, then, with
     /// `query.follow`, live ones (see [`crate::logs`]).
-    pub async fn app_logs(&self, query: LogQuery) -> Result<mpsc::Receiver<Result<LogLine>>> {
-        crate::logs::stream(self.store.clone(), self.bus.clone(), query).await
+    pub async fn app_logs(
+        &self,
+        query: LogQuery,
+        after: Option<Cursor>,
+    ) -> Result<mpsc::Receiver<Result<LogItem>>> {
+        crate::logs::stream(self.store.clone(), self.bus.clone(), query, after).await
+    }
+
+    /// Fires when this replica starts draining (after SIGTERM): its open
+    /// streams end at once so that their callers resume elsewhere.
+    pub fn draining(&self) -> tokio_util::sync::CancellationToken {
+        self.drivers.shutdown_token()
     }
 
     /// The app's processes.

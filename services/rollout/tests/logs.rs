@@ -32,9 +32,37 @@ async fn backlog(
         let mut stream = client.stream_app_logs(request).await.unwrap().into_inner();
         let mut events = Vec::new();
         while let Some(item) = stream.next().await {
-            events.push(item.unwrap().event.unwrap());
+            // A message with only a cursor carries no line.
+            events.extend(item.unwrap().event);
         }
         events
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("a non-following log stream ends after its backlog")
+}
+
+/// The lines of a non-following request (`time source message`), each
+/// with the cursor after it.
+async fn with_cursors(
+    client: &mut RolloutServiceClient<Channel>,
+    request: pb::StreamAppLogsRequest,
+) -> Vec<(String, String)> {
+    let read = async {
+        let mut stream = client.stream_app_logs(request).await.unwrap().into_inner();
+        let mut lines = Vec::new();
+        let mut cursors = 0;
+        while let Some(item) = stream.next().await {
+            let item = item.unwrap();
+            assert!(!item.cursor.is_empty(), "every message has a cursor");
+            cursors += 1;
+            if let Some(e) = item.event {
+                let time = slipway_api::from_timestamp(e.time.as_ref().unwrap());
+                lines.push((format!("{time:?} {} {}", e.source, e.message), item.cursor));
+            }
+        }
+        assert_eq!(cursors, lines.len() + 1, "one cursor-only message ends the backlog");
+        lines
     };
     tokio::time::timeout(Duration::from_secs(10), read)
         .await
@@ -119,6 +147,35 @@ async fn process_output_and_runtime_events_stream_with_since_follow_and_tail() {
     assert_eq!(last.len(), 2, "{}", show(&last));
     assert_eq!(show(&last), show(&events[events.len() - 2..]));
 
+    // Resume: after the cursor of any line, the rest of the same backlog,
+    // each line once (rollout events are both in the durable log and on
+    // the bus; the resumed stream sends neither copy of one sent before).
+    let full = with_cursors(&mut client, request(&app, 300, false)).await;
+    assert!(full.len() >= 4, "{full:#?}");
+    let lines: Vec<String> = full.iter().map(|(line, _)| line.clone()).collect();
+    for (k, (_, cursor)) in full.iter().enumerate() {
+        let mut again = request(&app, 300, false);
+        again.after_cursor = cursor.clone();
+        let rest: Vec<String> = with_cursors(&mut client, again)
+            .await
+            .into_iter()
+            .map(|(line, _)| line)
+            .collect();
+        // Process output may have come since: only after the rest.
+        assert!(
+            rest.starts_with(&lines[k + 1..]),
+            "resumed after line {k}:\n{rest:#?}\nthe whole backlog:\n{lines:#?}"
+        );
+    }
+    let mut bad = request(&app, 300, false);
+    bad.after_cursor = "yesterday".into();
+    let status = client
+        .stream_app_logs(bad)
+        .await
+        .expect_err("a malformed cursor");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("after_cursor"), "{status:?}");
+
     // Filters: by service, by text.
     let mut other = request(&app, 300, false);
     other.service = Some("worker".into());
@@ -165,7 +222,9 @@ async fn process_output_and_runtime_events_stream_with_since_follow_and_tail() {
     let mut seen = Vec::new();
     let found = tokio::time::timeout(LIMIT, async {
         while let Some(item) = live.next().await {
-            let event = item.unwrap().event.unwrap();
+            let Some(event) = item.unwrap().event else {
+                continue;
+            };
             let done = event.source.starts_with("service/web/")
                 && event.message.contains("testapp RBBBBBBBBBB listening on");
             seen.push(event);
