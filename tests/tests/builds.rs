@@ -356,6 +356,49 @@ async fn builds_export_and_import_into_another_app_and_rack() {
         .filter(|p| p.ends_with("escaped.txt"))
         .collect();
     assert!(escaped.is_empty(), "{escaped:?}");
+
+    // A keyed import (issue 17): sent again with its key (the answer was
+    // lost), it answers the first build instead of making another; another
+    // archive under the used key is refused with 409 and makes nothing.
+    let builds_of_copy = || async {
+        let (_, body) = rack
+            .raw("GET", "/apps/copy/builds?", "", b"", &rack.password)
+            .await;
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let before = builds_of_copy().await.as_array().unwrap().len();
+    let keyed = "application/octet-stream\r\nIdempotency-Key: import-once";
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let (status, answer) = rack
+            .raw(
+                "POST",
+                "/apps/copy/builds/import?",
+                keyed,
+                &bytes,
+                &rack.password,
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        let build: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        answers.push((build["id"].clone(), build["release"].clone()));
+    }
+    assert_eq!(answers[0], answers[1], "a retried import made another build");
+    assert_eq!(builds_of_copy().await.as_array().unwrap().len(), before + 1);
+    let other = archive(&[("slipway-build.json", record), ("convox.yml", &manifest)]);
+    let (status, answer) = rack
+        .raw(
+            "POST",
+            "/apps/copy/builds/import?",
+            keyed,
+            &other,
+            &rack.password,
+        )
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer.contains("import-once"), "{answer}");
+    assert_eq!(builds_of_copy().await.as_array().unwrap().len(), before + 1);
+
     // Unknown build: 404, not an empty archive.
     let (status, _) = rack
         .raw(

@@ -51,6 +51,7 @@ pub const HONOURED: &[&str] = &[
     "/slipway.release.v1.ReleaseService/CancelPromotion",
     "/slipway.build.v1.BuildService/CreateBuild",
     "/slipway.build.v1.BuildService/CancelBuild",
+    "/slipway.build.v1.BuildArchiveService/ImportBuild",
 ];
 
 /// Whether `request` carries a key for a method in [`HONOURED`].

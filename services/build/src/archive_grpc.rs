@@ -59,10 +59,11 @@ impl BuildArchiveService for ArchiveGrpc {
         request: Request<pb::ImportBuildRequest>,
     ) -> Result<Response<pb::ImportBuildResponse>, Status> {
         let actor = slipway_rpc::actor(&request);
+        let key = slipway_rpc::idempotency::key_of(&request)?;
         let req = request.into_inner();
         let app = AppName::parse(&req.app).map_err(|e| field("app", e))?;
         let source = ObjectRef::parse_url(&req.source_url).map_err(|e| field("source_url", e))?;
-        let build = self.service.import(&app, source, actor).await?;
+        let build = self.service.import(&app, source, actor, key).await?;
         Ok(Response::new(pb::ImportBuildResponse {
             build: Some(build_pb(build)),
         }))

@@ -31,6 +31,8 @@ use bytes::Bytes;
 use slipway_domain::{AppName, BuildId};
 use tokio::sync::mpsc;
 
+use slipway_storage::idempotency::Claim;
+
 use super::{BuildService, NewBuild};
 use crate::builder::oci::export_image_path;
 use crate::error::{Error, Result};
@@ -160,6 +162,7 @@ impl BuildService {
         app: &AppName,
         source: ObjectRef,
         actor: String,
+        key: Option<String>,
     ) -> Result<Build> {
         if source.app != *app {
             return Err(Error::InvalidArgument(format!(
@@ -178,9 +181,10 @@ impl BuildService {
             .objects
             .fetch(&source, &spare, self.pipeline.limits.max_compressed_bytes)
             .await?;
-        let read = tokio::task::spawn_blocking(move || read_record(file)).await;
+        let read = tokio::task::spawn_blocking(move || digest_and_record(file)).await;
         let _ = tokio::fs::remove_file(&spare).await;
-        let record = read.map_err(|e| Error::Internal(format!("import task failed: {e}")))??;
+        let (digest, record) =
+            read.map_err(|e| Error::Internal(format!("import task failed: {e}")))??;
         let text = |key: &str| {
             record
                 .get(key)
@@ -203,8 +207,14 @@ impl BuildService {
                 )));
             }
         }
+        // A keyed import is one build per key: a retried upload of the same
+        // archive (the gateway stored it again under a new object) answers
+        // the first build; another archive under a used key is refused.
+        // The archive's bytes, not where they were stored, identify it.
+        let claim =
+            key.map(|key| Claim::new(key, "ImportBuild", format!("{}\n{digest}", app.as_str())));
         let build = self
-            .create(
+            .create_keyed(
                 NewBuild {
                     app: app.clone(),
                     source,
@@ -213,6 +223,7 @@ impl BuildService {
                     git_sha,
                 },
                 actor,
+                claim,
             )
             .await?;
         let deadline = tokio::time::Instant::now() + IMPORT_WAIT;
@@ -376,6 +387,23 @@ fn write_archive(work_root: &Path, record: &[u8], root: &Path) -> Result<std::fs
 
 /// Reads the record, which must be the archive's first entry, a regular
 /// file of at most [`MAX_RECORD`] bytes holding a JSON object.
+/// The archive's SHA-256 (hex) and its record.
+fn digest_and_record(
+    mut file: std::fs::File,
+) -> Result<(String, serde_json::Map<String, serde_json::Value>)> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)
+        .map_err(|e| Error::Internal(format!("read the uploaded archive: {e}")))?;
+    std::io::Seek::rewind(&mut file).map_err(|e| Error::Internal(format!("rewind: {e}")))?;
+    let digest = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((digest, read_record(file)?))
+}
+
 fn read_record(file: std::fs::File) -> Result<serde_json::Map<String, serde_json::Value>> {
     let not_export = |why: &str| {
         Error::InvalidArgument(format!(
