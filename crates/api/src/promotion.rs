@@ -15,6 +15,7 @@ pub fn rollout_outcome(phase: RolloutPhase) -> Option<PromotionOutcome> {
         RolloutPhase::Running => Some(PromotionOutcome::Succeeded),
         RolloutPhase::Reverted => Some(PromotionOutcome::RolledBack),
         RolloutPhase::Failure => Some(PromotionOutcome::Failed),
+        RolloutPhase::Cancelled => Some(PromotionOutcome::Cancelled),
         RolloutPhase::Unspecified
         | RolloutPhase::Pending
         | RolloutPhase::Updating
@@ -73,6 +74,7 @@ impl From<PromotionOutcome> for pb::PromotionOutcome {
             PromotionOutcome::Succeeded => Self::Succeeded,
             PromotionOutcome::RolledBack => Self::RolledBack,
             PromotionOutcome::Failed => Self::Failed,
+            PromotionOutcome::Cancelled => Self::Cancelled,
         }
     }
 }
@@ -85,6 +87,7 @@ impl TryFrom<pb::PromotionOutcome> for PromotionOutcome {
             pb::PromotionOutcome::Succeeded => Self::Succeeded,
             pb::PromotionOutcome::RolledBack => Self::RolledBack,
             pb::PromotionOutcome::Failed => Self::Failed,
+            pb::PromotionOutcome::Cancelled => Self::Cancelled,
             pb::PromotionOutcome::Unspecified => {
                 return Err(Unspecified {
                     what: "promotion outcome",
@@ -149,6 +152,10 @@ mod tests {
             rollout_outcome(RolloutPhase::Failure),
             Some(PromotionOutcome::Failed)
         );
+        assert_eq!(
+            rollout_outcome(RolloutPhase::Cancelled),
+            Some(PromotionOutcome::Cancelled)
+        );
         for running in [
             RolloutPhase::Unspecified,
             RolloutPhase::Pending,
@@ -165,6 +172,7 @@ mod tests {
             PromotionOutcome::Succeeded,
             PromotionOutcome::RolledBack,
             PromotionOutcome::Failed,
+            PromotionOutcome::Cancelled,
         ] {
             let wire = pb::PromotionOutcome::from(outcome);
             assert_eq!(PromotionOutcome::try_from(wire), Ok(outcome));

@@ -29,7 +29,8 @@ pub enum PromotionState {
     /// The promotion could not proceed (e.g. a required env var is missing) or the
     /// rollback itself failed.
     Failed,
-    /// Withdrawn before the rollout started.
+    /// Withdrawn before anything of the new release started: before the
+    /// rollout began, or during its release command.
     Cancelled,
 }
 
@@ -72,7 +73,9 @@ impl PromotionState {
     /// Whether moving from `self` to `next` is allowed.
     ///
     /// `pending` may start rolling out, be cancelled, or fail (e.g. a missing env var
-    /// found before anything is touched). `rolling_out` may succeed, roll back or fail.
+    /// found before anything is touched). `rolling_out` may succeed, roll back or fail,
+    /// or be cancelled while its release command runs (nothing of the release has
+    /// started then; the rollout service reports which).
     /// Terminal states, and staying in place, are never allowed.
     pub fn can_transition_to(self, next: Self) -> bool {
         matches!(
@@ -82,7 +85,7 @@ impl PromotionState {
                 Self::RollingOut | Self::Cancelled | Self::Failed
             ) | (
                 Self::RollingOut,
-                Self::Succeeded | Self::RolledBack | Self::Failed
+                Self::Succeeded | Self::RolledBack | Self::Failed | Self::Cancelled
             )
         )
     }
@@ -125,6 +128,9 @@ pub enum PromotionOutcome {
     RolledBack,
     /// The rollout, or its revert, failed.
     Failed,
+    /// Cancelled before anything of the new release started (during its
+    /// release command).
+    Cancelled,
 }
 
 impl PromotionOutcome {
@@ -134,6 +140,7 @@ impl PromotionOutcome {
             Self::Succeeded => PromotionState::Succeeded,
             Self::RolledBack => PromotionState::RolledBack,
             Self::Failed => PromotionState::Failed,
+            Self::Cancelled => PromotionState::Cancelled,
         }
     }
 }
@@ -207,6 +214,7 @@ mod tests {
             (RollingOut, Succeeded),
             (RollingOut, RolledBack),
             (RollingOut, Failed),
+            (RollingOut, Cancelled),
         ];
         for from in PromotionState::ALL {
             for to in PromotionState::ALL {

@@ -27,7 +27,7 @@
 //! error channel carries a `Status`: `Success`, or `Failure` with reason
 //! `NonZeroExitCode` and `details.causes[{reason: ExitCode, message: "N"}]`
 //! (a process killed by signal N exits 128+N, as container runtimes
-//! report it), and the socket closes. A client that goes away kills the
+//! report it), and the socket closes with the closing handshake. A client that goes away kills the
 //! command. A pod that is missing is a 404 and one that is not running a
 //! 400, before the upgrade, as the API server answers.
 
@@ -579,7 +579,7 @@ async fn session(
             let _ = socket
                 .send(frame(ERROR, failure.to_string().as_bytes()))
                 .await;
-            let _ = socket.send(Message::Close(None)).await;
+            close(socket).await;
             return;
         }
     };
@@ -654,7 +654,29 @@ async fn session(
     let code = exited.unwrap_or(1);
     let body = status(&request.command, code).to_string();
     let _ = socket.send(frame(ERROR, body.as_bytes())).await;
-    let _ = socket.send(Message::Close(None)).await;
+    close(socket).await;
+}
+
+/// How long the closing handshake waits for the client's Close.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Ends a session with the websocket closing handshake: Close, then what
+/// the client still sends read and dropped up to its own Close. Dropping
+/// the connection with frames of the client unread (a late stdin frame,
+/// the `[255, 0]` that ends stdin) makes the kernel answer with a reset,
+/// which discards what was not yet sent: the status frame, now and then.
+async fn close(mut socket: WebSocket) {
+    if socket.send(Message::Close(None)).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

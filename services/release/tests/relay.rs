@@ -4,7 +4,8 @@
 //! webhook delivery is kept (the deliveries view shows the recent ones);
 //! finished deliveries are pruned after the retention and pending ones
 //! stay; a promotion cancelled while rolling out is announced as
-//! `app:promote:cancelled`, whether or not the rollout says so.
+//! `app:promote:cancelled`, whether or not the rollout says so, and one
+//! cancelled during its release command ends in the state `cancelled`.
 
 use std::time::Duration;
 
@@ -216,7 +217,7 @@ async fn a_cancel_while_rolling_out_is_announced_as_cancelled(backend: Backend) 
             .promotion
             .unwrap()
     };
-    let complete = |id: String, cancelled: Option<bool>, reason: &str| {
+    let end = |id: String, outcome: pb::PromotionOutcome, cancelled: Option<bool>, reason: &str| {
         let client = client.clone();
         let reason = reason.to_owned();
         async move {
@@ -224,7 +225,7 @@ async fn a_cancel_while_rolling_out_is_announced_as_cancelled(backend: Backend) 
                 .clone()
                 .complete_promotion(pb::CompletePromotionRequest {
                     promotion: id,
-                    outcome: pb::PromotionOutcome::RolledBack as i32,
+                    outcome: outcome as i32,
                     reason,
                     lease_epoch: 1,
                     cancelled,
@@ -235,6 +236,9 @@ async fn a_cancel_while_rolling_out_is_announced_as_cancelled(backend: Backend) 
                 .promotion
                 .unwrap()
         }
+    };
+    let complete = |id: String, cancelled: Option<bool>, reason: &str| {
+        end(id, pb::PromotionOutcome::RolledBack, cancelled, reason)
     };
 
     // A cancel while rolling out, reported by a rollout that does not say.
@@ -259,6 +263,24 @@ async fn a_cancel_while_rolling_out_is_announced_as_cancelled(backend: Backend) 
     let p4 = s.promote("web", &fourth.id).await;
     cancel().await;
     complete(p4.id.clone(), Some(false), "web: health check failed").await;
+    // A cancel during the release command, before anything of the release
+    // started: the promotion itself ends cancelled, and a repeated report
+    // answers the same.
+    let fifth = s.release("web").await;
+    let p5 = s.promote("web", &fifth.id).await;
+    cancel().await;
+    let reason = "cancelled during the release command";
+    for _ in 0..2 {
+        let ended = end(
+            p5.id.clone(),
+            pb::PromotionOutcome::Cancelled,
+            Some(true),
+            reason,
+        )
+        .await;
+        assert_eq!(ended.state, pb::PromotionState::Cancelled as i32);
+        assert_eq!(ended.reason, reason);
+    }
 
     s.settled().await;
     let ends = |release: &str| {
@@ -268,7 +290,7 @@ async fn a_cancel_while_rolling_out_is_announced_as_cancelled(backend: Backend) 
             .map(|g| (g.action(), g.json()))
             .collect::<Vec<_>>()
     };
-    for release in [&second.id, &third.id] {
+    for release in [&second.id, &third.id, &fifth.id] {
         let got = ends(release);
         assert_eq!(got.len(), 1, "exactly one end event: {got:?}");
         assert_eq!(got[0].0, "app:promote:cancelled", "{got:?}");
@@ -283,5 +305,5 @@ async fn a_cancel_while_rolling_out_is_announced_as_cancelled(backend: Backend) 
         .fetch_one(&s.app.db.db.pool)
         .await
         .unwrap();
-    assert_eq!(sqlx::Row::try_get::<i64, _>(&n, "n").unwrap(), 3);
+    assert_eq!(sqlx::Row::try_get::<i64, _>(&n, "n").unwrap(), 4);
 }

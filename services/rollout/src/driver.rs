@@ -335,7 +335,7 @@ impl Drivers {
                                 epoch,
                                 app,
                                 Phase::Pending,
-                                Phase::Reverted,
+                                Phase::Cancelled,
                                 &reason,
                                 None,
                             )
@@ -471,7 +471,7 @@ impl Drivers {
                         .await?
                     }
                 },
-                Phase::Running | Phase::Reverted | Phase::Failure => {
+                Phase::Running | Phase::Reverted | Phase::Failure | Phase::Cancelled => {
                     self.recorder.flush().await;
                     if !rollout.reported
                         && let (Some(finished), Some(outcome)) =

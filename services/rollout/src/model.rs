@@ -31,6 +31,9 @@ pub enum Phase {
     Reverted,
     /// Neither the target nor the fallback runs healthy (failed).
     Failure,
+    /// Cancelled before anything of the target started (during its release
+    /// command); what ran before runs on, untouched.
+    Cancelled,
 }
 
 impl Phase {
@@ -43,6 +46,7 @@ impl Phase {
             Self::Reverting => "reverting",
             Self::Reverted => "reverted",
             Self::Failure => "failure",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -55,13 +59,17 @@ impl Phase {
             "reverting" => Self::Reverting,
             "reverted" => Self::Reverted,
             "failure" => Self::Failure,
+            "cancelled" => Self::Cancelled,
             _ => return None,
         })
     }
 
     /// Whether the rollout is over.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Running | Self::Reverted | Self::Failure)
+        matches!(
+            self,
+            Self::Running | Self::Reverted | Self::Failure | Self::Cancelled
+        )
     }
 }
 
@@ -75,6 +83,7 @@ impl fmt::Display for Phase {
             Self::Reverting => "Reverting",
             Self::Reverted => "Reverted",
             Self::Failure => "Failure",
+            Self::Cancelled => "Cancelled",
         })
     }
 }

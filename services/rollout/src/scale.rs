@@ -269,7 +269,7 @@ impl Scales {
             return Ok(None);
         };
         let spec = match plan.rollout.phase {
-            Phase::Reverted | Phase::Failure if !open => plan.fallback,
+            Phase::Reverted | Phase::Failure | Phase::Cancelled if !open => plan.fallback,
             _ => Some(plan.target),
         };
         Ok(spec.map(|s| (s, open)))

@@ -17,6 +17,16 @@ pub(crate) async fn spawn_binary(
     database_url: &str,
     release: &str,
 ) -> (Child, std::net::SocketAddr) {
+    spawn_binary_with(data_dir, database_url, release, &[]).await
+}
+
+/// [`spawn_binary`] with more arguments (another runtime, say).
+pub(crate) async fn spawn_binary_with(
+    data_dir: &std::path::Path,
+    database_url: &str,
+    release: &str,
+    extra: &[&std::ffi::OsStr],
+) -> (Child, std::net::SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_slipway-rollout"))
         .args([
             "--listen",
@@ -36,6 +46,7 @@ pub(crate) async fn spawn_binary(
             "--release-endpoint",
             release,
         ])
+        .args(extra)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())

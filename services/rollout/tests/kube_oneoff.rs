@@ -2,7 +2,9 @@
 //! against the fake cluster (its kubelet runs run-to-completion pods and
 //! exec sessions as real local processes): the one-off conformance suite,
 //! the pod a one-off gets (an unpromoted release's env, never touching the
-//! app's Deployment), and a release command that gates a promotion.
+//! app's Deployment), and a release command that gates a promotion, is
+//! stopped by a cancel, and is never run twice when the rollout service is
+//! killed while it runs.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use slipway_rollout::runtime::{
     EventSink, OneOffStatus, Progress, RunRequest, Runtime, SessionKind, Spec,
 };
 
-use crate::helpers::{connect, finish, promotion_id, serve, start};
+use crate::helpers::{FakeRelease, connect, eventually, finish, promotion_id, serve, start};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -332,4 +334,119 @@ async fn the_release_command_gates_a_promotion_on_kubernetes() {
         assert!(start.elapsed() < LIMIT, "the release command's pod stays");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The pods of the app's one-offs.
+fn run_pods(fake: &FakeKube) -> Vec<serde_json::Value> {
+    fake.objects("pods", "test-shop")
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["type"] == "run")
+        .collect()
+}
+
+/// How many times a release command that appends to `file` ran.
+fn runs(file: &Path) -> usize {
+    std::fs::read_to_string(file).map_or(0, |s| s.lines().count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_the_release_command_stops_it_and_ends_cancelled_on_kubernetes() {
+    let fake = FakeKube::start().await;
+    fake.run_controller();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig).unwrap();
+    let (mut client, _stop, _data) = kube_service(&kubeconfig).await;
+    let ran = dir.path().join("runs");
+
+    let slow = release(
+        "RAAAAAAAAAA",
+        &format!("'echo run >> {}; exec sleep 30'", ran.display()),
+    );
+    let p1 = promotion_id("shop", 1);
+    start(&mut client, &p1, slow, None, 0).await;
+    eventually(LIMIT, "the release command to run", || async {
+        runs(&ran) == 1
+    })
+    .await;
+    let began = Instant::now();
+    client
+        .cancel_rollout(pb::CancelRolloutRequest { id: p1.clone() })
+        .await
+        .unwrap();
+    let (done, _) = finish(&mut client, &p1, LIMIT).await;
+    assert_eq!(done.phase(), pb::RolloutPhase::Cancelled, "{done:?}");
+    assert_eq!(done.reason, "cancelled during the release command");
+    assert!(began.elapsed() < Duration::from_secs(15), "{:?}", began.elapsed());
+    // Nothing of the release started, and its command's pod goes.
+    assert!(fake.object("deployments", "test-shop", "web").is_none());
+    eventually(LIMIT, "the release command's pod to go", || async {
+        run_pods(&fake).is_empty()
+    })
+    .await;
+    assert_eq!(runs(&ran), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_during_the_release_command_never_runs_it_twice_on_kubernetes() {
+    let fake = FakeKube::start().await;
+    fake.run_controller();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let url = format!("sqlite:{}", data.join("rollout.db").display());
+    let release_service = FakeRelease::default();
+    let release_addr = release_service.spawn().await.to_string();
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "--runtime".as_ref(),
+        "kubernetes".as_ref(),
+        "--rack".as_ref(),
+        "test".as_ref(),
+        "--kubeconfig".as_ref(),
+        kubeconfig.as_os_str(),
+    ];
+    let ran = dir.path().join("runs");
+
+    let (mut child, addr) =
+        crate::crash::spawn_binary_with(&data, &url, &release_addr, &args).await;
+    let mut client = connect(addr).await;
+    let p1 = promotion_id("shop", 1);
+    let slow = release(
+        "RAAAAAAAAAA",
+        &format!("'echo run >> {}; exec sleep 5'", ran.display()),
+    );
+    start(&mut client, &p1, slow, None, 0).await;
+    eventually(LIMIT, "the release command to run", || async {
+        runs(&ran) == 1
+    })
+    .await;
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+
+    let (_child, addr) = crate::crash::spawn_binary_with(&data, &url, &release_addr, &args).await;
+    let mut client = connect(addr).await;
+    let (done, events) = finish(&mut client, &p1, LIMIT).await;
+    assert_eq!(done.phase(), pb::RolloutPhase::Failure, "{done:?}");
+    assert!(
+        done.reason.contains("how it ended is unknown") && done.reason.contains("not run twice"),
+        "{done:?}"
+    );
+    // The restarted service deleted the command's pod (its holder would
+    // otherwise stay until the timeout), and nothing of the release started.
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.starts_with("Stopped what was left of the release command")),
+        "{events:?}"
+    );
+    eventually(LIMIT, "the release command's pod to go", || async {
+        run_pods(&fake).is_empty()
+    })
+    .await;
+    assert!(fake.object("deployments", "test-shop", "web").is_none());
+    // Past the command's own end it still ran once.
+    tokio::time::sleep(Duration::from_secs(6)).await; // absence check: a second run would have begun by now
+    assert_eq!(runs(&ran), 1);
 }

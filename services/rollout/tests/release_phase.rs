@@ -126,7 +126,7 @@ async fn the_release_command_runs_once_before_the_release_and_gates_it() {
         .await
         .unwrap();
     let (done, _) = finish(&mut service.client, &p4, LIMIT).await;
-    assert_eq!(done.phase(), pb::RolloutPhase::Reverted, "{done:?}");
+    assert_eq!(done.phase(), pb::RolloutPhase::Cancelled, "{done:?}");
     assert_eq!(done.reason, "cancelled during the release command");
     assert!(
         began.elapsed() < Duration::from_secs(15),

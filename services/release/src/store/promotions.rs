@@ -304,9 +304,10 @@ impl Store {
                 promotion_end(outcome, reason)
             };
             if let Some((action, status, message)) = end {
-                // Who promoted, except for a cancel: who cancelled.
+                // Who promoted, except for a cancel: who cancelled (a
+                // rollout's report of a cancel names who asked for it).
                 let by = if outcome == PromotionState::Cancelled {
-                    actor
+                    cancelled_by.as_deref().unwrap_or(actor)
                 } else if was_cancel {
                     cancelled_by.as_deref().unwrap_or(current.actor.as_str())
                 } else {

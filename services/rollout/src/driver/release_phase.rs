@@ -49,6 +49,8 @@ pub(super) enum Outcome {
 /// What the record says about an earlier attempt.
 struct Record {
     started_at: i64,
+    /// The one-off that runs it, once started (empty before).
+    process_id: String,
     ended_at: Option<i64>,
     exit_code: Option<i64>,
 }
@@ -72,6 +74,7 @@ impl Drivers {
             ));
         }
         if let Some(record) = self.record(id).await? {
+            self.stop_orphan(&target.app.to_string(), id, &record).await;
             return Ok(earlier(&record));
         }
         if !self.record_start(id).await? {
@@ -112,6 +115,7 @@ impl Drivers {
             }
         };
         let pid = started.id.clone();
+        self.record_process(id, &pid).await?;
         let session = match self.runtime.session(&app, &pid, SessionKind::Attach).await {
             Ok(session) => session,
             Err(e) => {
@@ -209,7 +213,8 @@ impl Drivers {
         let (db, _) = self.store.parts();
         let row = retry(|| {
             sqlx::query(
-                "SELECT started_at, ended_at, exit_code FROM release_commands WHERE rollout_id = $1",
+                "SELECT started_at, process_id, ended_at, exit_code FROM release_commands \
+                 WHERE rollout_id = $1",
             )
             .bind(id)
             .fetch_optional(&db.pool)
@@ -218,6 +223,7 @@ impl Drivers {
         Ok(match row {
             Some(row) => Some(Record {
                 started_at: row.try_get("started_at")?,
+                process_id: row.try_get("process_id")?,
                 ended_at: row.try_get("ended_at")?,
                 exit_code: row.try_get("exit_code")?,
             }),
@@ -239,6 +245,39 @@ impl Drivers {
         })
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Records which one-off runs the command, so that whoever finds its
+    /// end unknown (after a crash) can stop what is left of it.
+    async fn record_process(&self, id: &str, process: &str) -> Result<()> {
+        let (db, _) = self.store.parts();
+        retry(|| {
+            sqlx::query("UPDATE release_commands SET process_id = $1 WHERE rollout_id = $2")
+                .bind(process)
+                .bind(id)
+                .execute(&db.pool)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A command whose end is unknown (its rollout service stopped while it
+    /// ran) is stopped if anything of it is left: on Kubernetes its pod
+    /// would otherwise hold until its timeout. It is never run again.
+    async fn stop_orphan(&self, app: &str, id: &str, record: &Record) {
+        let pid = record.process_id.as_str();
+        if pid.is_empty() || record.ended_at.is_some() {
+            return;
+        }
+        match self.runtime.stop(app, pid).await {
+            Ok(()) => self.event(
+                app,
+                id,
+                "release",
+                format!("Stopped what was left of the release command ({pid})"),
+            ),
+            Err(e) => tracing::debug!(rollout = %id, process = %pid, error = %e, "release command: nothing left to stop"),
+        }
     }
 
     async fn record_end(&self, id: &str, process: &str, code: i32) -> Result<()> {

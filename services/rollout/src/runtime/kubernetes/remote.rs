@@ -211,7 +211,12 @@ pub(super) fn bridge(stream: ExecStream) -> (Session, oneshot::Receiver<Ended>) 
                         ERROR => code = Some(exit_status(&bytes[1..])),
                         _ => {}
                     },
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                    ended @ (Some(Ok(Message::Close(_)) | Err(_)) | None) => {
+                        if code.is_none() {
+                            // A server that closes without the status (or a
+                            // connection reset that lost it) leaves 1.
+                            tracing::warn!(?ended, "exec session ended without an exit status; reporting 1");
+                        }
                         break Ended::Exit(code.unwrap_or(1));
                     }
                     Some(Ok(_)) => {}
