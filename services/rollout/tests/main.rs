@@ -1,6 +1,7 @@
 //! The rollout service's tests: one binary. Real processes (the
 //! `slipway-testapp` binary), real sockets, SQLite and PostgreSQL.
 
+mod audit;
 mod bus;
 mod crash;
 mod database;
