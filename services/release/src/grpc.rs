@@ -388,7 +388,9 @@ impl ReleaseRpc for Grpc {
         let req = request.into_inner();
         let outcome: PromotionOutcome = slipway_api::promotion::promotion_outcome(req.outcome)
             .map_err(|_| {
-                Status::invalid_argument("outcome must be SUCCEEDED, ROLLED_BACK, FAILED or CANCELLED")
+                Status::invalid_argument(
+                    "outcome must be SUCCEEDED, ROLLED_BACK, FAILED or CANCELLED",
+                )
             })?;
         let promotion = promotion_id(&req.promotion)?;
         let promotion = self

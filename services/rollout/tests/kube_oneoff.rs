@@ -377,7 +377,11 @@ async fn a_cancel_during_the_release_command_stops_it_and_ends_cancelled_on_kube
     let (done, _) = finish(&mut client, &p1, LIMIT).await;
     assert_eq!(done.phase(), pb::RolloutPhase::Cancelled, "{done:?}");
     assert_eq!(done.reason, "cancelled during the release command");
-    assert!(began.elapsed() < Duration::from_secs(15), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        began.elapsed()
+    );
     // Nothing of the release started, and its command's pod goes.
     assert!(fake.object("deployments", "test-shop", "web").is_none());
     eventually(LIMIT, "the release command's pod to go", || async {
@@ -436,9 +440,9 @@ async fn a_kill_9_during_the_release_command_never_runs_it_twice_on_kubernetes()
     // The restarted service deleted the command's pod (its holder would
     // otherwise stay until the timeout), and nothing of the release started.
     assert!(
-        events
-            .iter()
-            .any(|e| e.message.starts_with("Stopped what was left of the release command")),
+        events.iter().any(|e| e
+            .message
+            .starts_with("Stopped what was left of the release command")),
         "{events:?}"
     );
     eventually(LIMIT, "the release command's pod to go", || async {

@@ -276,7 +276,9 @@ impl Drivers {
                 "release",
                 format!("Stopped what was left of the release command ({pid})"),
             ),
-            Err(e) => tracing::debug!(rollout = %id, process = %pid, error = %e, "release command: nothing left to stop"),
+            Err(e) => {
+                tracing::debug!(rollout = %id, process = %pid, error = %e, "release command: nothing left to stop")
+            }
         }
     }
 
