@@ -5,7 +5,8 @@
 //! actor and source of the call, a record is appended once per id however
 //! often it is forwarded, a record written while the release service is
 //! unreachable is delivered once it is back, and so is one whose service
-//! was SIGKILLed before it could deliver it.
+//! was SIGKILLed before it could deliver it or while its forward was in
+//! flight.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use slipway_api::release::v1 as rpb;
 use slipway_api::release::v1::audit_service_client::AuditServiceClient;
-use slipway_api::release::v1::audit_service_server::AuditServiceServer;
+use slipway_api::release::v1::audit_service_server::{AuditService, AuditServiceServer};
 use slipway_api::release::v1::release_service_server::ReleaseServiceServer;
 use slipway_api::rollout::v1 as pb;
 use slipway_api::rollout::v1::scale_service_client::ScaleServiceClient;
@@ -27,11 +28,55 @@ use tokio::net::TcpListener;
 use crate::crash::spawn_binary;
 use crate::helpers::*;
 
+/// How the audit service answers `RecordAudit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Records and answers.
+    Ok,
+    /// Answers UNAVAILABLE, records nothing.
+    Down,
+    /// Records, then never answers (the answer is lost with its caller).
+    Hold,
+}
+
+/// The release service's real audit service, answering as `mode` says.
+#[derive(Clone)]
+struct Audit {
+    inner: Arc<slipway_release::access::Access>,
+    mode: Arc<std::sync::Mutex<Mode>>,
+}
+
+#[tonic::async_trait]
+impl AuditService for Audit {
+    async fn record_audit(
+        &self,
+        request: tonic::Request<rpb::RecordAuditRequest>,
+    ) -> Result<tonic::Response<rpb::RecordAuditResponse>, tonic::Status> {
+        let mode = *self.mode.lock().unwrap();
+        if mode == Mode::Down {
+            return Err(tonic::Status::unavailable("release service down"));
+        }
+        let answer = self.inner.record_audit(request).await;
+        if mode == Mode::Hold {
+            std::future::pending::<()>().await;
+        }
+        answer
+    }
+
+    async fn list_audit(
+        &self,
+        request: tonic::Request<rpb::ListAuditRequest>,
+    ) -> Result<tonic::Response<rpb::ListAuditResponse>, tonic::Status> {
+        self.inner.list_audit(request).await
+    }
+}
+
 /// The release side: a fake release service (promotion outcomes) and the
 /// real audit service on one port, reached by the rollout service through
 /// `relay`.
 struct AuditRelease {
     relay: Arc<Relay>,
+    mode: Arc<std::sync::Mutex<Mode>>,
     audit: AuditServiceClient<tonic::transport::Channel>,
     _dir: tempfile::TempDir,
 }
@@ -41,10 +86,14 @@ impl AuditRelease {
         let dir = tempfile::tempdir().unwrap();
         let config = slipway_release::config::Config::dev(dir.path().join("release"));
         let store = slipway_release::open_store(&config).await.unwrap();
-        let access = slipway_release::access::Access::new(
-            store,
-            slipway_release::access::TokenKey::new([7; 32]),
-        );
+        let mode = Arc::new(std::sync::Mutex::new(Mode::Ok));
+        let access = Audit {
+            inner: Arc::new(slipway_release::access::Access::new(
+                store,
+                slipway_release::access::TokenKey::new([7; 32]),
+            )),
+            mode: mode.clone(),
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -61,9 +110,14 @@ impl AuditRelease {
             .connect_lazy();
         Self {
             relay,
+            mode,
             audit: AuditServiceClient::new(channel),
             _dir: dir,
         }
+    }
+
+    fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
     }
 
     /// Where the rollout service reaches it.
@@ -284,11 +338,13 @@ async fn scale_and_restart_are_relayed_once_per_id_and_wait_out_a_release_outage
     assert_eq!(release.records(&app, "service.scale").await.len(), 1);
 }
 
-/// `kill -9` of the rollout service while its audit records wait for an
-/// unreachable release service: the next process on the same database
-/// delivers every one of them, each exactly once.
+/// `kill -9` of the rollout service while its audit records wait: two
+/// refused by a release service that was down, and one in flight, already
+/// recorded by the release service but not yet answered. The next process
+/// on the same database delivers all three (the in-flight ones once the
+/// dead process's claim has run out, a minute), each recorded exactly once.
 #[tokio::test]
-async fn records_pending_at_a_kill_9_are_delivered_once_after_the_restart() {
+async fn records_pending_or_in_flight_at_a_kill_9_are_recorded_once_after_the_restart() {
     let app = app_name("audit-kill");
     let _guard = AppGuard(app.clone());
     let release = AuditRelease::spawn().await;
@@ -299,24 +355,44 @@ async fn records_pending_at_a_kill_9_are_delivered_once_after_the_restart() {
     promote(addr, &app).await;
     let db = rollout_db(&data).await;
 
-    release.relay.cut().await;
+    release.set(Mode::Down);
     let ci = Actor::token("ci-web", "203.0.113.7:41000");
     scale(addr, &app, 2, &ci).await;
     restart(addr, &app, &ci).await;
-    scale(addr, &app, 1, &ci).await;
-    // Every record was tried and kept.
-    let pending = wait_rows(&db, &app, "failed attempts", |r| !r.2 && r.3 >= 1).await;
-    assert_eq!(pending.len(), 3, "{pending:?}");
-    child.start_kill().unwrap(); // SIGKILL
-    child.wait().await.unwrap();
+    let refused = wait_rows(&db, &app, "refused attempts", |r| !r.2 && r.3 >= 1).await;
+    assert_eq!(refused.len(), 2, "{refused:?}");
     assert!(release.records(&app, "service.scale").await.is_empty());
 
-    release.relay.restore().await;
+    // In flight: the release service records the next forward and holds
+    // its answer.
+    release.set(Mode::Hold);
+    scale(addr, &app, 1, &ci).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let recorded = release.records(&app, "service.scale").await.len()
+            + release.records(&app, "service.restart").await.len();
+        if recorded >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing forwarded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pending = outbox_rows(&db, &app).await;
+    assert_eq!(pending.len(), 3, "{pending:?}");
+    assert!(pending.iter().all(|r| !r.2), "{pending:?}");
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+
+    release.set(Mode::Ok);
     let (_child, _addr) = spawn_binary(&data, &url, &release.endpoint()).await;
     wait_rows(&db, &app, "published after the restart", |r| r.2).await;
-    let scales = release.wait_for(&app, "service.scale", 2).await;
-    let restarts = release.wait_for(&app, "service.restart", 1).await;
-    assert_eq!((scales.len(), restarts.len()), (2, 1));
+    let scales = release.records(&app, "service.scale").await;
+    let restarts = release.records(&app, "service.restart").await;
+    assert_eq!(
+        (scales.len(), restarts.len()),
+        (2, 1),
+        "{scales:?} {restarts:?}"
+    );
     for record in scales.iter().chain(&restarts) {
         assert_eq!(
             (record.actor.as_str(), record.source.as_str()),
