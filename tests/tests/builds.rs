@@ -383,7 +383,10 @@ async fn builds_export_and_import_into_another_app_and_rack() {
         let build: serde_json::Value = serde_json::from_str(&answer).unwrap();
         answers.push((build["id"].clone(), build["release"].clone()));
     }
-    assert_eq!(answers[0], answers[1], "a retried import made another build");
+    assert_eq!(
+        answers[0], answers[1],
+        "a retried import made another build"
+    );
     assert_eq!(builds_of_copy().await.as_array().unwrap().len(), before + 1);
     let other = archive(&[("slipway-build.json", record), ("convox.yml", &manifest)]);
     let (status, answer) = rack

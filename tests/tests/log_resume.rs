@@ -111,6 +111,12 @@ async fn a_followed_log_survives_rollout_restarts_with_every_line_once() {
     let _ = cli.start_kill();
     let _ = cli.wait().await;
     reader.abort();
+    // The stream did break and was resumed (not merely left open).
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("app log stream broke, resuming on the next rollout replica"),
+        "the gateway never resumed the log stream:\n{logs}"
+    );
     let got = printed(&out);
     let want: Vec<u32> = (0..30).collect();
     assert_eq!(

@@ -207,8 +207,11 @@ impl Resumed {
     /// the durable log; without a bus position, anything older than the
     /// durable floor was either sent or before the stream's window.
     fn sent_before(&self, event: &Event) -> bool {
-        (event.rollout.is_some() && event.time <= self.cursor.durable)
-            || (self.cursor.bus.is_none() && event.time <= self.cursor.durable_floor())
+        // The durable log and cursors keep microseconds; the bus more.
+        let micros = event.time.timestamp_micros();
+        (event.rollout.is_some() && micros <= self.cursor.durable.timestamp_micros())
+            || (self.cursor.bus.is_none()
+                && micros <= self.cursor.durable_floor().timestamp_micros())
     }
 }
 
@@ -411,8 +414,7 @@ pub async fn stream(
                                 position.consumed(&event, wanted);
                                 if wanted && query.matches(&event.source, &event.message) {
                                     let cursor = position.cursor(durable_log.newest);
-                                    if !send(&tx, Some(event.into()), cursor, &mut position).await
-                                    {
+                                    if !send(&tx, Some(event.into()), cursor, &mut position).await {
                                         return;
                                     }
                                 }
@@ -423,8 +425,7 @@ pub async fn stream(
                     live = Some(events);
                 }
                 let cursor = position.cursor(durable_log.newest);
-                if position.sent != Some(cursor) && !send(&tx, None, cursor, &mut position).await
-                {
+                if position.sent != Some(cursor) && !send(&tx, None, cursor, &mut position).await {
                     return;
                 }
                 continue;
