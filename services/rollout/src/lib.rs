@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod log_cursor;
 pub mod logs;
 pub mod model;
+pub mod oneoff_ends;
 pub mod overrides;
 pub mod processes;
 pub mod recorder;
@@ -76,17 +77,20 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// Starts the runtime the configuration names.
+/// Starts the runtime the configuration names; it reports how one-offs
+/// ended into `store` (see [`oneoff_ends`]).
 pub async fn start_runtime(
     config: &Config,
     store: Store,
     events: Arc<dyn EventSink>,
 ) -> anyhow::Result<DynRuntime> {
+    let ends = Arc::new(oneoff_ends::Ledger::new(store.clone()));
     Ok(match config.runtime {
         RuntimeKind::Local => Arc::new(
-            LocalRuntime::start(
+            LocalRuntime::start_with_ends(
                 store,
                 events,
+                ends,
                 LocalConfig {
                     data_dir: config.store.data_dir.clone(),
                     ports: config.port_range.0,
@@ -117,7 +121,8 @@ pub async fn start_runtime(
                     },
                 )
                 .with_image_pull_secret(config.kube_image_pull_secret.clone())
-                .with_pod_user(config.kube_pod_user),
+                .with_pod_user(config.kube_pod_user)
+                .with_oneoff_ends(ends),
             )
         }
     })

@@ -1,7 +1,9 @@
 //! gRPC face of one-off processes and exec sessions
 //! (`slipway.rollout.v1.ProcessService`): requests checked and turned into
 //! runtime calls, runtime answers into wire messages. The runtime does the
-//! work (see [`crate::runtime::oneoff`]).
+//! work (see [`crate::runtime::oneoff`]); a one-off the runtime no longer
+//! knows is answered from how it ended, as recorded by whichever replica
+//! saw it end (see [`crate::oneoff_ends`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::audit;
 use crate::model::Spec;
+use crate::oneoff_ends::Ledger;
 use crate::runtime::oneoff::{DEFAULT_TIMEOUT, MAX_TIMEOUT};
 use crate::runtime::{
     DynRuntime, OneOffInfo, RunRequest, RuntimeError, SessionKind, SessionOutput,
@@ -28,12 +31,36 @@ pub struct Processes {
     runtime: DynRuntime,
     /// Where runs and stops are audited (`crate::audit`).
     store: Store,
+    /// How one-offs ended, for those the runtime no longer knows.
+    ends: Ledger,
 }
 
 impl Processes {
-    /// Serves one-off processes of `runtime`, auditing into `store`.
+    /// Serves one-off processes of `runtime`, auditing into `store` and
+    /// reading the ends of one-offs from it.
     pub fn new(runtime: DynRuntime, store: Store) -> Self {
-        Self { runtime, store }
+        let ends = Ledger::new(store.clone());
+        Self {
+            runtime,
+            store,
+            ends,
+        }
+    }
+
+    /// How process `id` of `app` ended, if the runtime answered "not
+    /// found" and an end is recorded; else the runtime's failure.
+    async fn ended(&self, app: &str, id: &str, err: RuntimeError) -> Result<OneOffInfo, Status> {
+        let RuntimeError::NotFound(_) = err else {
+            return Err(status(err));
+        };
+        match self.ends.get(app, id).await {
+            Ok(Some((info, _))) => Ok(info),
+            Ok(None) => Err(status(err)),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read how a one-off ended");
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -162,11 +189,10 @@ impl ProcessService for Processes {
         let request = request.into_inner();
         required(&request.app, "app")?;
         required(&request.id, "id")?;
-        let info = self
-            .runtime
-            .process(&request.app, &request.id)
-            .await
-            .map_err(status)?;
+        let info = match self.runtime.process(&request.app, &request.id).await {
+            Ok(info) => info,
+            Err(e) => self.ended(&request.app, &request.id, e).await?,
+        };
         Ok(Response::new(pb::GetProcessResponse {
             process: Some(process(info)),
         }))
@@ -189,8 +215,11 @@ impl ProcessService for Processes {
         )
         .await?;
         if let Err(e) = self.runtime.stop(&request.app, &request.id).await {
-            held.refused().await;
-            return Err(status(e));
+            // One that has ended already needs no stop.
+            if let Err(e) = self.ended(&request.app, &request.id, e).await {
+                held.refused().await;
+                return Err(e);
+            }
         }
         held.done("").await;
         Ok(Response::new(pb::StopProcessResponse {}))
@@ -221,11 +250,16 @@ impl ProcessService for Processes {
             required(start.command.trim(), "command")?;
             SessionKind::Exec(start.command)
         };
-        let session = self
-            .runtime
-            .session(&start.app, &start.process, kind)
-            .await
-            .map_err(status)?;
+        let session = match self.runtime.session(&start.app, &start.process, kind).await {
+            Ok(session) => session,
+            Err(e) => {
+                self.ended(&start.app, &start.process, e).await?;
+                return Err(Status::failed_precondition(format!(
+                    "process {} has ended",
+                    start.process
+                )));
+            }
+        };
         let stdin = session.stdin;
         tokio::spawn(async move {
             use pb::exec_process_request::Input;

@@ -10,6 +10,7 @@ mod kube_oneoff;
 mod kubectl;
 mod kubernetes;
 mod logs;
+mod oneoff_ends;
 mod release_phase;
 mod rollouts;
 mod runtime;

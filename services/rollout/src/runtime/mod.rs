@@ -35,7 +35,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use slipway_events::NewEvent;
 
-pub use self::oneoff::{OneOffInfo, OneOffStatus, RunRequest, Session, SessionKind, SessionOutput};
+pub use self::oneoff::{
+    NoEnds, OneOffEnds, OneOffInfo, OneOffStatus, RunRequest, Session, SessionKind, SessionOutput,
+};
 pub use crate::model::Spec;
 
 /// Failures of a runtime call (not of the rollout: those are [`Progress::Failed`]).

@@ -131,6 +131,30 @@ pub struct OneOffInfo {
     pub exit_code: Option<i32>,
 }
 
+/// Where a runtime reports the end of a one-off, once it has seen it, so
+/// that every replica (and this one after a restart) can tell how it ended
+/// after the runtime has let go of it (the service keeps it in its
+/// database: `crate::oneoff_ends`). A backend reports each end it observes
+/// before it lets go of what shows it (a Kubernetes pod is deleted only
+/// after); reporting one end twice, from two observers, is allowed (the
+/// first report wins).
+#[async_trait::async_trait]
+pub trait OneOffEnds: Send + Sync + 'static {
+    /// Records `info`, an ended one-off (its status `complete` or
+    /// `failed`), which ended at `at`. Returns once it is kept, or once the
+    /// sink gave up (it logs why); a runtime goes on either way.
+    async fn ended(&self, info: &OneOffInfo, at: DateTime<Utc>);
+}
+
+/// Keeps no ends: a runtime built without a sink remembers ends only in
+/// its own memory.
+pub struct NoEnds;
+
+#[async_trait::async_trait]
+impl OneOffEnds for NoEnds {
+    async fn ended(&self, _: &OneOffInfo, _: DateTime<Utc>) {}
+}
+
 /// What a session runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionKind {

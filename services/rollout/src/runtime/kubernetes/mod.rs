@@ -40,8 +40,8 @@ use self::events::Watcher;
 use self::objects::{LABEL_APP, LABEL_RELEASE, LABEL_SERVICE, namespace_name};
 use self::progress::{Baseline, ServiceRead};
 use super::{
-    EventSink, OneOffInfo, ProcessInfo, Progress, RunRequest, Runtime, RuntimeError, ServiceInfo,
-    ServiceProgress, Session, SessionKind, Spec,
+    EventSink, NoEnds, OneOffEnds, OneOffInfo, ProcessInfo, Progress, RunRequest, Runtime,
+    RuntimeError, ServiceInfo, ServiceProgress, Session, SessionKind, Spec,
 };
 
 /// The field manager of every write.
@@ -119,6 +119,8 @@ struct Inner {
     apps: tokio::sync::Mutex<BTreeMap<String, AppEntry>>,
     /// One-offs this replica saw end (see `oneoff.rs`).
     oneoffs: oneoff::OneOffs,
+    /// Where the ends of one-offs are reported before their pods go.
+    oneoff_ends: Arc<dyn OneOffEnds>,
 }
 
 /// What the runtime knows of an app beyond the API server: the spec it
@@ -150,8 +152,19 @@ impl KubernetesRuntime {
                 pod_user: objects::DEFAULT_POD_USER,
                 apps: tokio::sync::Mutex::new(BTreeMap::new()),
                 oneoffs: oneoff::OneOffs::default(),
+                oneoff_ends: Arc::new(NoEnds),
             }),
         }
+    }
+
+    /// Reports how one-offs ended to `ends` (before their pods are
+    /// deleted), so that any replica can still tell once they are gone.
+    #[must_use]
+    pub fn with_oneoff_ends(mut self, ends: Arc<dyn OneOffEnds>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("a runtime being built has one owner")
+            .oneoff_ends = ends;
+        self
     }
 
     /// Names `secret` as every pod's image pull secret (a private registry).

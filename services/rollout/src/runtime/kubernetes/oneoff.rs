@@ -25,11 +25,13 @@
 //!   happens only when no pod of the release is left). A readiness gate
 //!   that nothing sets keeps it out of the service's endpoints.
 //! - **Ended one-offs** are deleted as soon as their end is seen (by the
-//!   session, or a reaper task polling the pod), and remembered in memory
-//!   for [`KEEP_ENDED`] so `process` can say how they ended. Another
+//!   session, a reaper task polling the pod, or a `process` call that
+//!   finds the pod over), after the end is reported to the runtime's
+//!   [`OneOffEnds`](crate::runtime::OneOffEnds) sink (the service's
+//!   database), and remembered in memory for [`KEEP_ENDED`]. Another
 //!   rollout replica, or this one after a restart, reads a one-off from
-//!   its pod while it exists; one that ended and was deleted elsewhere is
-//!   not found.
+//!   its pod while it exists; once the pod is gone the runtime answers
+//!   "not found" and the service answers from the reported end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -83,12 +85,16 @@ impl OneOffs {
             .map(|(info, _)| info.clone())
     }
 
-    /// Records how a one-off ended (the first record wins).
-    fn end(&self, info: OneOffInfo) {
+    /// Records how a one-off ended (the first record wins); `true` if
+    /// this was the first.
+    fn end(&self, info: OneOffInfo) -> bool {
         let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
-        ended
-            .entry((info.app.clone(), info.id.clone()))
-            .or_insert((info, Instant::now()));
+        let key = (info.app.clone(), info.id.clone());
+        if ended.contains_key(&key) {
+            return false;
+        }
+        ended.insert(key, (info, Instant::now()));
+        true
     }
 }
 
@@ -253,10 +259,13 @@ impl KubernetesRuntime {
         }
     }
 
-    /// Records how a one-off ended and deletes its pod.
+    /// Records how a one-off ended, reports it (the first time this
+    /// replica sees it), then deletes its pod.
     async fn finish(&self, ns: &str, info: OneOffInfo) {
         let id = info.id.clone();
-        self.inner.oneoffs.end(info);
+        if self.inner.oneoffs.end(info.clone()) {
+            self.inner.oneoff_ends.ended(&info, Utc::now()).await;
+        }
         if let Err(e) = self.delete_pod(ns, &id).await {
             tracing::warn!(pod = %id, error = %e, "could not delete an ended one-off's pod");
         }
@@ -411,6 +420,11 @@ impl KubernetesRuntime {
             return Err(not_found(id));
         }
         let mut info = info(app, &pod);
+        if is_oneoff(&pod) && info.status.is_over() {
+            // Its end, seen here first (its reaper is on a replica that
+            // stopped, or has not looked yet): reported, and the pod goes.
+            self.finish(&ns, info.clone()).await;
+        }
         if !is_oneoff(&pod) {
             // A service process: running or not, never over.
             info.status = match info.status {

@@ -61,8 +61,8 @@ use self::isolation::Isolation;
 use self::process::Status;
 use self::state::{Action, App, AppState, Target};
 use super::{
-    EventSink, OneOffInfo, ProcessInfo, Progress, RunRequest, Runtime, RuntimeError, ServiceInfo,
-    Session, SessionKind, Spec,
+    EventSink, NoEnds, OneOffEnds, OneOffInfo, ProcessInfo, Progress, RunRequest, Runtime,
+    RuntimeError, ServiceInfo, Session, SessionKind, Spec,
 };
 use crate::store::Store;
 
@@ -98,6 +98,8 @@ struct Inner {
     apps: Mutex<BTreeMap<String, Arc<App>>>,
     /// One-off processes (`oneoff`).
     oneoffs: oneoff::OneOffs,
+    /// Where the ends of one-offs are reported.
+    oneoff_ends: Arc<dyn OneOffEnds>,
     /// Serialises stable-port assignment.
     ports: tokio::sync::Mutex<()>,
     /// Cancelled by [`Runtime::shutdown`]: the reconcile loops end.
@@ -113,6 +115,18 @@ impl LocalRuntime {
         events: Arc<dyn EventSink>,
         config: LocalConfig,
     ) -> Result<Self, RuntimeError> {
+        Self::start_with_ends(store, events, Arc::new(NoEnds), config).await
+    }
+
+    /// [`LocalRuntime::start`], reporting how one-offs ended to `ends`
+    /// (those that ended while the service was down included, found at
+    /// start).
+    pub async fn start_with_ends(
+        store: Store,
+        events: Arc<dyn EventSink>,
+        ends: Arc<dyn OneOffEnds>,
+        config: LocalConfig,
+    ) -> Result<Self, RuntimeError> {
         let records = LocalRecords::new(&store);
         let isolation = Isolation::start(config.apps_dir.clone(), config.app_uids, records.clone())
             .map_err(|e| RuntimeError::Backend(e.to_string()))?;
@@ -124,6 +138,7 @@ impl LocalRuntime {
                 isolation,
                 apps: Mutex::new(BTreeMap::new()),
                 oneoffs: oneoff::OneOffs::default(),
+                oneoff_ends: ends,
                 ports: tokio::sync::Mutex::new(()),
                 stopping: tokio_util::sync::CancellationToken::new(),
             }),

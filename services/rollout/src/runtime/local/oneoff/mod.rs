@@ -13,7 +13,10 @@
 //! one-offs and exec sessions are stopped (their sessions went through
 //! it); detached ones are listed, followed, stoppable and stopped at their
 //! deadline again, from a record kept beside their log. Ended ones stay
-//! listed by id for [`KEEP_ENDED`], so a client can read how they ended.
+//! listed by id for [`KEEP_ENDED`], so a client can read how they ended;
+//! each end is also reported to the runtime's
+//! [`OneOffEnds`](crate::runtime::OneOffEnds) sink (the service keeps it in
+//! its database), which answers for it after a restart.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -476,9 +479,9 @@ impl LocalRuntime {
                     .events
                     .emit(NewEvent::now(&ctx.app, source.clone(), line));
             }
-            orphans::remove_files(&self.log_path(&ctx.app, &proc.id)).await;
         }
-        let how = {
+        let ended_at = Utc::now();
+        let (how, info) = {
             let mut st = oneoff.lock();
             st.info.exit_code = code;
             st.info.status = match code {
@@ -490,15 +493,22 @@ impl LocalRuntime {
                 Some(code) => format!("ended with status {code}"),
                 None => "ended; its exit status is unknown".to_owned(),
             };
-            match (&st.stopping, code) {
+            let how = match (&st.stopping, code) {
                 (Some(why), _) => format!("{why}, {ended}"),
                 (None, Some(code)) => format!("exited with status {code}"),
                 (None, None) => ended,
-            }
+            };
+            (how, st.info.clone())
         };
         proc.gone.cancel();
         self.inner.isolation.release(&ctx.app, &ctx.release).await;
         self.emit_oneoff(&ctx, format!("One-off process {} {how}", proc.id));
+        // Reported before its files go: a restart in between finds the
+        // end again from them (see `orphans`).
+        self.inner.oneoff_ends.ended(&info, ended_at).await;
+        if detached {
+            orphans::remove_files(&self.log_path(&ctx.app, &proc.id)).await;
+        }
     }
 
     /// SIGTERM, then SIGKILL after the service's grace; `why` is how its

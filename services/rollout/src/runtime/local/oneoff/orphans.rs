@@ -11,7 +11,10 @@
 //! shows, never its env) makes it listed again, its log is followed from
 //! where it is, `ps stop` and the timeout stop it, and when it ends its
 //! exit status is read from the exit file its shell writes (see
-//! `DETACHED_SHELL`).
+//! `DETACHED_SHELL`). One whose record is left but that was not taken back
+//! (it ended while the service was down, or was just stopped past its
+//! timeout) has its end reported to the runtime's one-off ends sink, with
+//! the status from its exit file if there is one, and its files go.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -177,6 +180,66 @@ impl LocalRuntime {
                 continue;
             };
             self.take_back(found.pid, record, log).await;
+        }
+        self.report_ended_while_away().await;
+    }
+
+    /// Reports the end of every detached one-off whose record is left but
+    /// which was not taken back: it ended while the service was down (its
+    /// status is in its exit file) or was just stopped past its timeout
+    /// (failed, status unknown). Its files then go.
+    async fn report_ended_while_away(&self) {
+        let logs = self.inner.config.data_dir.join("logs");
+        let Ok(apps) = std::fs::read_dir(&logs) else {
+            return;
+        };
+        let mut records = Vec::new();
+        for app in apps.filter_map(Result::ok) {
+            let Ok(files) = std::fs::read_dir(app.path()) else {
+                continue;
+            };
+            for file in files.filter_map(Result::ok) {
+                let path = file.path();
+                if path.to_string_lossy().ends_with(".oneoff.json") {
+                    records.push(path);
+                }
+            }
+        }
+        for path in records {
+            let Some(record) = std::fs::read(&path)
+                .ok()
+                .and_then(|json| serde_json::from_slice::<Record>(&json).ok())
+            else {
+                continue;
+            };
+            if self.inner.oneoffs.get(&record.app, &record.id).is_some() {
+                continue;
+            }
+            let log = self.log_path(&record.app, &record.id);
+            if record_path(&log) != path {
+                continue;
+            }
+            let code = read_exit(&log);
+            let ended_at = std::fs::metadata(exit_path(&log))
+                .and_then(|m| m.modified())
+                .map_or_else(|_| Utc::now(), DateTime::<Utc>::from);
+            let info = OneOffInfo {
+                id: record.id,
+                app: record.app,
+                service: record.service,
+                release: record.release,
+                command: record.command,
+                status: match code {
+                    Some(0) => OneOffStatus::Complete,
+                    _ => OneOffStatus::Failed,
+                },
+                started: record.started,
+                deadline: None,
+                exit_code: code,
+            };
+            tracing::info!(process = %info.id, status = info.status.as_str(), "a detached one-off process ended while the service was down");
+            self.inner.oneoff_ends.ended(&info, ended_at).await;
+            remove_files(&log).await;
         }
     }
 
