@@ -9,15 +9,9 @@ use slipway_rpc::actor::Actor;
 
 use crate::helpers::{Backend, ScriptBuilder, Tarball, TestApp, WEB, status};
 
-#[tokio::test]
-async fn cancel_kills_the_builder_and_creates_no_release() {
-    let dir = tempfile::tempdir().unwrap();
-    let pid_file = dir.path().join("pid");
-    // The long-running grandchild shares the builder's process group.
-    let script = format!(
-        "sleep 300 & echo $! > {pid}; echo started; wait",
-        pid = pid_file.display()
-    );
+/// The service with a builder running `script`, and a build of `myapp`
+/// started on it.
+async fn build_running(script: String) -> (TestApp, slipway_api::build::v1::Build) {
     let app = TestApp::spawn_with(
         Backend::Sqlite,
         Some(Arc::new(ScriptBuilder { script })),
@@ -29,6 +23,19 @@ async fn cancel_kills_the_builder_and_creates_no_release() {
         .await
         .unwrap();
     let build = app.create("myapp", &url, "").await;
+    (app, build)
+}
+
+#[tokio::test]
+async fn cancel_kills_the_builder_and_creates_no_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    // The long-running grandchild shares the builder's process group.
+    let script = format!(
+        "sleep 300 & echo $! > {pid}; echo started; wait",
+        pid = pid_file.display()
+    );
+    let (app, build) = build_running(script).await;
 
     let mut waited = Duration::ZERO;
     while !pid_file.exists()
@@ -103,19 +110,7 @@ fn alive(pid: u32) -> bool {
 /// nothing and records nothing.
 #[tokio::test]
 async fn cancel_is_audited_with_its_actor_and_source() {
-    let app = TestApp::spawn_with(
-        Backend::Sqlite,
-        Some(Arc::new(ScriptBuilder {
-            script: "echo started; sleep 300".into(),
-        })),
-        |_| {},
-    )
-    .await;
-    let url = app
-        .upload("myapp", &Tarball::source(WEB, &[]))
-        .await
-        .unwrap();
-    let build = app.create("myapp", &url, "").await;
+    let (app, build) = build_running("echo started; sleep 300".into()).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while status(&app.get("myapp", &build.id).await) != BuildStatus::Running {
         assert!(std::time::Instant::now() < deadline, "build never ran");

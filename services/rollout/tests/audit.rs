@@ -212,28 +212,29 @@ async fn wait_rows(
     }
 }
 
-async fn scale(addr: SocketAddr, app: &str, count: u32, by: &Actor) {
+fn scales(addr: SocketAddr) -> ScaleServiceClient<slipway_rpc::Channel> {
     let channel =
         slipway_rpc::channel("rollout", &[addr.to_string()], &Default::default()).unwrap();
     ScaleServiceClient::new(channel)
-        .set_scale(by.request(pb::SetScaleRequest {
-            app: app.to_owned(),
-            service: "web".into(),
-            count: Some(count),
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
+}
+
+async fn scale(addr: SocketAddr, app: &str, count: u32, by: &Actor) {
+    let request = pb::SetScaleRequest {
+        app: app.to_owned(),
+        service: "web".into(),
+        count: Some(count),
+        ..Default::default()
+    };
+    scales(addr).set_scale(by.request(request)).await.unwrap();
 }
 
 async fn restart(addr: SocketAddr, app: &str, by: &Actor) {
-    let channel =
-        slipway_rpc::channel("rollout", &[addr.to_string()], &Default::default()).unwrap();
-    ScaleServiceClient::new(channel)
-        .restart_service(by.request(pb::RestartServiceRequest {
-            app: app.to_owned(),
-            service: "web".into(),
-        }))
+    let request = pb::RestartServiceRequest {
+        app: app.to_owned(),
+        service: "web".into(),
+    };
+    scales(addr)
+        .restart_service(by.request(request))
         .await
         .unwrap();
 }
