@@ -98,7 +98,13 @@ mod tests {
     #[test]
     fn cursors_round_trip() {
         let t = DateTime::<Utc>::from_timestamp_micros(1_700_000_000_123_456).unwrap();
-        for bus in [None, Some(EventId { ms: 1_700_000_000_000, seq: 7 })] {
+        for bus in [
+            None,
+            Some(EventId {
+                ms: 1_700_000_000_000,
+                seq: 7,
+            }),
+        ] {
             let cursor = Cursor {
                 bus,
                 durable: t,

@@ -61,7 +61,11 @@ async fn with_cursors(
                 lines.push((format!("{time:?} {} {}", e.source, e.message), item.cursor));
             }
         }
-        assert_eq!(cursors, lines.len() + 1, "one cursor-only message ends the backlog");
+        assert_eq!(
+            cursors,
+            lines.len() + 1,
+            "one cursor-only message ends the backlog"
+        );
         lines
     };
     tokio::time::timeout(Duration::from_secs(10), read)
