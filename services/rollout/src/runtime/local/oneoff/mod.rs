@@ -47,7 +47,13 @@ use crate::runtime::{
 /// How long an ended one-off can still be looked up.
 pub(super) const KEEP_ENDED: Duration = Duration::from_secs(600);
 /// How much output one read hands to a session.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
+/// The size asked for a session's stdin and output pipes (the kernel's
+/// default is 64 KiB): a bulk copy (`run web cat < dump`) then moves in
+/// fewer, larger steps, each of which wakes four processes and two RPC
+/// streams. Within the default `/proc/sys/fs/pipe-max-size`; if refused,
+/// the default stays.
+const PIPE_SIZE: i32 = 1 << 20;
 /// The env var that marks a one-off or exec session: `<deadline> <apps dir>`.
 const ORPHAN_MARKER: &str = "SLIPWAY_ONEOFF";
 /// How long the output of an ended command may still drain (a descendant
@@ -196,6 +202,7 @@ fn prepare(
         }
         None => {
             let (reader, writer) = std::io::pipe()?;
+            widen(&reader);
             cmd.stdin(std::process::Stdio::piped())
                 .stdout(writer.try_clone()?)
                 .stderr(writer);
@@ -213,10 +220,18 @@ fn spawn(prepared: Prepared) -> std::io::Result<(tokio::process::Child, Option<P
     let mut child = cmd.spawn()?;
     drop(cmd);
     let pipes = output.map(|output| Pipes {
-        stdin: child.stdin.take(),
+        stdin: child.stdin.take().inspect(widen),
         output,
     });
     Ok((child, pipes))
+}
+
+/// Asks for a [`PIPE_SIZE`] buffer on `pipe` (either end); best effort.
+fn widen(pipe: &impl std::os::fd::AsFd) {
+    use nix::fcntl::{FcntlArg, fcntl};
+    if let Err(e) = fcntl(pipe, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
+        tracing::debug!(error = %e, "one-off pipe keeps its default size");
+    }
 }
 
 /// Wires a command's pipes to a [`Session`]: stdin from the session, output
