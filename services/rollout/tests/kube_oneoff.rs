@@ -279,11 +279,7 @@ fn release(release: &str, command: &str) -> pb::ReleaseSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_release_command_gates_a_promotion_on_kubernetes() {
-    let fake = FakeKube::start().await;
-    fake.run_controller();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    fake.write_kubeconfig(&kubeconfig).unwrap();
+    let (fake, _dir, kubeconfig) = cluster().await;
     let (mut client, _stop, _data) = kube_service(&kubeconfig).await;
 
     // A failing command fails the promotion before any Deployment exists.
@@ -336,6 +332,17 @@ async fn the_release_command_gates_a_promotion_on_kubernetes() {
     }
 }
 
+/// A fake cluster with its controller running, and a kubeconfig for it in
+/// a fresh directory.
+async fn cluster() -> (FakeKube, tempfile::TempDir, std::path::PathBuf) {
+    let fake = FakeKube::start().await;
+    fake.run_controller();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig).unwrap();
+    (fake, dir, kubeconfig)
+}
+
 /// The pods of the app's one-offs.
 fn run_pods(fake: &FakeKube) -> Vec<serde_json::Value> {
     fake.objects("pods", "test-shop")
@@ -351,11 +358,7 @@ fn runs(file: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_during_the_release_command_stops_it_and_ends_cancelled_on_kubernetes() {
-    let fake = FakeKube::start().await;
-    fake.run_controller();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    fake.write_kubeconfig(&kubeconfig).unwrap();
+    let (fake, dir, kubeconfig) = cluster().await;
     let (mut client, _stop, _data) = kube_service(&kubeconfig).await;
     let ran = dir.path().join("runs");
 
@@ -393,11 +396,7 @@ async fn a_cancel_during_the_release_command_stops_it_and_ends_cancelled_on_kube
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_9_during_the_release_command_never_runs_it_twice_on_kubernetes() {
-    let fake = FakeKube::start().await;
-    fake.run_controller();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    fake.write_kubeconfig(&kubeconfig).unwrap();
+    let (fake, dir, kubeconfig) = cluster().await;
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let url = format!("sqlite:{}", data.join("rollout.db").display());
