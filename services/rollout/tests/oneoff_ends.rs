@@ -3,7 +3,8 @@
 //! exiting 0, whose pods are deleted once they end, are answered by a
 //! second rollout service on the same PostgreSQL and cluster; on the local
 //! runtime the same across a restart of the service, and a detached
-//! one-off that ended while the service was down is answered by the next.
+//! one-off that ended while the service was down is answered by the next;
+//! and the ledger itself on SQLite and PostgreSQL.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,12 @@ use slipway_api::rollout::v1 as pb;
 use slipway_api::rollout::v1::process_service_client::ProcessServiceClient;
 use slipway_kube_fake::FakeKube;
 use slipway_rollout::config::RuntimeKind;
+use slipway_rollout::crypto::SpecCipher;
+use slipway_rollout::oneoff_ends::{Ledger, RETENTION};
+use slipway_rollout::runtime::OneOffInfo;
+use slipway_rollout::store::Store;
 use slipway_rpc::Channel;
+use slipway_storage::testing::Backend;
 use sqlx::Row as _;
 use tokio_stream::StreamExt as _;
 
@@ -364,3 +370,78 @@ async fn oneoff_ends_survive_a_restart_on_the_local_runtime() {
     assert!(!exit_file.exists());
     assert_no_env(&db, "healthy").await;
 }
+
+fn ended(
+    id: &str,
+    status: slipway_rollout::runtime::OneOffStatus,
+    code: Option<i32>,
+) -> OneOffInfo {
+    OneOffInfo {
+        id: id.to_owned(),
+        app: "shop".to_owned(),
+        service: "web".to_owned(),
+        release: "RAAAAAAAAAA".to_owned(),
+        command: "bin/migrate".to_owned(),
+        status,
+        started: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        deadline: None,
+        exit_code: code,
+    }
+}
+
+async fn oneoff_ends_ledger_keeps_the_first_end_for_a_day(backend: Backend) {
+    use slipway_rollout::runtime::OneOffStatus::{Complete, Failed, Running};
+    let db = backend.db().await;
+    let store = Store::new(db.db.clone(), SpecCipher::generate());
+    store.migrate().await.unwrap();
+    let ledger = Ledger::new(store);
+    let now = chrono::Utc::now();
+    let at = chrono::DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap();
+
+    // The first end is kept; a second report of it changes nothing.
+    let first = ended("web-aaaaa", Failed, Some(3));
+    assert!(ledger.record(&first, at).await.unwrap());
+    let again = ended("web-aaaaa", Complete, Some(0));
+    assert!(!ledger.record(&again, at).await.unwrap());
+    assert_eq!(
+        ledger.get("shop", "web-aaaaa").await.unwrap(),
+        Some((first, at))
+    );
+    // Unknown status: failed; unknown ids and other apps: nothing.
+    let unknown = ended("web-bbbbb", Failed, None);
+    ledger.record(&unknown, at).await.unwrap();
+    assert_eq!(
+        ledger.get("shop", "web-bbbbb").await.unwrap().unwrap().0,
+        unknown
+    );
+    assert_eq!(ledger.get("shop", "web-zzzzz").await.unwrap(), None);
+    assert_eq!(ledger.get("other", "web-aaaaa").await.unwrap(), None);
+    // A one-off that has not ended is refused and nothing is written.
+    let running = ended("web-ccccc", Running, None);
+    let refused = ledger.record(&running, at).await.unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "process web-ccccc has not ended (it is running)"
+    );
+    assert_eq!(ledger.get("shop", "web-ccccc").await.unwrap(), None);
+
+    // Past the retention an end is not read, and the next write prunes it.
+    let old = ended("web-ddddd", Complete, Some(0));
+    let long_ago =
+        now - chrono::Duration::from_std(RETENTION).unwrap() - chrono::Duration::minutes(1);
+    ledger.record(&old, long_ago).await.unwrap();
+    assert_eq!(ledger.get("shop", "web-ddddd").await.unwrap(), None);
+    ledger
+        .record(&ended("web-eeeee", Complete, Some(0)), at)
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM oneoff_ends WHERE id = 'web-ddddd'")
+        .fetch_one(&db.db.pool)
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+slipway_storage::both_backends!(oneoff_ends_ledger_keeps_the_first_end_for_a_day);
