@@ -194,14 +194,15 @@ async fn outbox_rows(
         .collect()
 }
 
-/// Waits until every outbox row of `app` satisfies `done`.
+/// Waits until every outbox row of `app` satisfies `done`: up to two
+/// minutes, which covers a dead relay's claim (a minute) on a busy machine.
 async fn wait_rows(
     db: &slipway_storage::Database,
     app: &str,
     what: &str,
     done: impl Fn(&(String, AuditEntry, bool, i64)) -> bool,
 ) -> Vec<(String, AuditEntry, bool, i64)> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let rows = outbox_rows(db, app).await;
         if !rows.is_empty() && rows.iter().all(&done) {
