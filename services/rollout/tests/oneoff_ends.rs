@@ -445,3 +445,85 @@ async fn oneoff_ends_ledger_keeps_the_first_end_for_a_day(backend: Backend) {
 }
 
 slipway_storage::both_backends!(oneoff_ends_ledger_keeps_the_first_end_for_a_day);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_oneoff_left_by_a_killed_replica_is_recorded_and_deleted_by_another_replicas_listing() {
+    let db = slipway_storage::testing::postgres().await;
+    let fake = FakeKube::start().await;
+    fake.run_controller();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let release_service = crate::helpers::FakeRelease::default();
+    let release_addr = release_service.spawn().await.to_string();
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "--runtime".as_ref(),
+        "kubernetes".as_ref(),
+        "--rack".as_ref(),
+        "test".as_ref(),
+        "--kubeconfig".as_ref(),
+        kubeconfig.as_os_str(),
+    ];
+
+    // A detached one-off started on a replica that is then killed: its
+    // reaper dies with it, and its pod ends with nobody watching.
+    let (mut child, addr) =
+        crate::crash::spawn_binary_with(&data, &db.url, &release_addr, &args).await;
+    let mut first = processes(addr).await;
+    let p = run(
+        &mut first,
+        kube_release("shop", "RAAAAAAAAAA"),
+        "sleep 1; exit 5",
+        false,
+    )
+    .await;
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    eventually(LIMIT, "the orphaned one-off's pod to end", || async {
+        fake.object("pods", "test-shop", &p.id)
+            .is_some_and(|pod| pod["status"]["phase"] == "Failed")
+    })
+    .await;
+
+    // Another replica's `ps` records its end and deletes the pod.
+    let url = db.url.clone();
+    let kube = kubeconfig.clone();
+    let (addr, _release, _stop, _data) = serve(move |config| {
+        config.runtime = RuntimeKind::Kubernetes;
+        config.kubeconfig = Some(kube);
+        config.rack = "test".to_owned();
+        config.store.database_url = Some(url.into());
+    })
+    .await;
+    let listed = crate::helpers::connect(addr)
+        .await
+        .list_processes(pb::ListProcessesRequest { app: "shop".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .processes;
+    assert!(
+        listed.iter().all(|l| l.id != p.id),
+        "an ended one-off is not listed: {listed:?}"
+    );
+    eventually(
+        LIMIT,
+        "the orphaned one-off's pod to be deleted",
+        || async { fake.object("pods", "test-shop", &p.id).is_none() },
+    )
+    .await;
+    let row = sqlx::query("SELECT status, exit_code FROM oneoff_ends WHERE id = $1")
+        .bind(&p.id)
+        .fetch_one(&db.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.try_get::<String, _>("status").unwrap(),
+            row.try_get::<Option<i64>, _>("exit_code").unwrap()
+        ),
+        ("failed".to_owned(), Some(5))
+    );
+}

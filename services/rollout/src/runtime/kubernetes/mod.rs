@@ -721,6 +721,7 @@ impl Runtime for KubernetesRuntime {
                 &format!("{LABEL_APP}={app}"),
             )
             .await?;
+        self.reap_listed(app, &ns, &pods);
         let mut out: Vec<ProcessInfo> = pods
             .iter()
             .filter_map(|p| oneoff::listed(p, process_info(p)))

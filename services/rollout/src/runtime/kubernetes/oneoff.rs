@@ -271,6 +271,23 @@ impl KubernetesRuntime {
         }
     }
 
+    /// Ends, in the background, the one-offs among `pods` (a listing of
+    /// the app's) whose pods are over but still there: their reaper was on
+    /// a replica that stopped. `ps` then records and deletes them as
+    /// `ps info` does.
+    pub(super) fn reap_listed(&self, app: &str, ns: &str, pods: &[Pod]) {
+        for pod in pods {
+            if !is_oneoff(pod) || pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let info = info(app, pod);
+            if info.status.is_over() {
+                let (runtime, ns) = (self.clone(), ns.to_owned());
+                tokio::spawn(async move { runtime.finish(&ns, info).await });
+            }
+        }
+    }
+
     /// See [`crate::runtime::Runtime::run`].
     pub(super) async fn run_oneoff(
         &self,
