@@ -16,6 +16,7 @@ mod objects;
 mod processes;
 mod promotions;
 mod reads;
+mod resume;
 mod routes;
 mod scale;
 pub mod serve;

@@ -18,6 +18,7 @@ use tracing::Instrument as _;
 use slipway_convox::frames::{AFTER_HEADER, PromotionFrame, PromotionResult, TYPED_HEADER};
 
 use crate::auth::SocketCaller;
+use crate::resume::{RESUME_FOR, Resumed, Taken};
 use crate::{AppState, convert};
 
 /// `GET /apps/{app}/builds/{id}/logs`: the build's log from byte 0, live
@@ -291,30 +292,16 @@ enum Watched {
 
 type Items = futures::stream::BoxStream<'static, Result<Watched, String>>;
 
-/// How long a broken promotion-event stream keeps being resumed without a
-/// replica taking it: long enough for every rollout replica to be
-/// restarted one after the other (a rolling restart) or for a killed one's
-/// lease to pass to another, short of the CLI's own patience.
-pub(crate) const RESUME_FOR: Duration = Duration::from_secs(60);
-/// Wait before resuming, doubled each time in a row up to [`RESUME_MAX`].
-pub(crate) const RESUME_BACKOFF: Duration = Duration::from_millis(100);
-/// The longest wait between two resumes.
-pub(crate) const RESUME_MAX: Duration = Duration::from_secs(1);
-
 /// A rollout's events after event `after` (empty: from its start), then the
-/// finished rollout. The stream survives the rollout replica serving it:
-/// when it breaks (the replica died, froze past its keepalive, or is
-/// draining for a restart and said so) or ends without the finished
-/// rollout, it resumes on the next replica after the last event it passed
-/// on, so the client sees every event once; it gives up when no replica
-/// took the watch for [`RESUME_FOR`].
+/// finished rollout, resumed across rollout replicas (`resume.rs`): every
+/// watch ends with the finished rollout, so an end without it is a replica
+/// going away.
 async fn rollout_events(state: &AppState, id: String, after: String) -> Result<Items, String> {
     let replicas = state.reads.rollout.clone();
-    let watch = move |after: String| {
+    let open = move |after: String| {
         let id = id.clone();
-        let replicas = replicas.clone();
+        let mut client = replicas.next_client();
         async move {
-            let mut client = replicas.next_client();
             client
                 .watch_rollout(opb::WatchRolloutRequest {
                     id,
@@ -324,100 +311,35 @@ async fn rollout_events(state: &AppState, id: String, after: String) -> Result<I
                 .map(tonic::Response::into_inner)
         }
     };
-    // The first call's refusal (unknown rollout) is the answer as is; a
-    // replica that is away is tried again on the next one.
-    let mut tries = 0;
-    let mut stream = loop {
-        match watch(after.clone()).await {
-            Ok(stream) => break stream,
-            Err(status) if resumable(status.code()) && tries < 3 => {
-                tries += 1;
-                tokio::time::sleep(RESUME_BACKOFF * tries).await;
+    Resumed {
+        open,
+        take: |message: opb::WatchRolloutResponse| {
+            let position = message.event.as_ref().map(|e| e.id.clone());
+            let last = message.finished.is_some();
+            let items = message
+                .event
+                .map(Watched::Event)
+                .into_iter()
+                .chain(message.finished.map(Watched::Finished))
+                .collect();
+            Taken {
+                items,
+                position,
+                last,
             }
-            Err(status) => return Err(status.message().to_owned()),
-        }
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(
-        async move {
-            let mut after = after;
-            let mut backoff = RESUME_BACKOFF;
-            let mut broken_since: Option<tokio::time::Instant> = None;
-            loop {
-                let broke = match stream.message().await {
-                    Ok(Some(message)) => {
-                        if let Some(event) = message.event {
-                            after.clone_from(&event.id);
-                            (broken_since, backoff) = (None, RESUME_BACKOFF);
-                            if tx.send(Ok(Watched::Event(event))).await.is_err() {
-                                return;
-                            }
-                        }
-                        if let Some(rollout) = message.finished {
-                            let _ = tx.send(Ok(Watched::Finished(rollout))).await;
-                            return;
-                        }
-                        continue;
-                    }
-                    // Every watch ends with the finished rollout: an end
-                    // without it is a replica going away.
-                    Ok(None) => tonic::Status::unavailable("the watch ended early"),
-                    Err(status) if resumable(status.code()) => status,
-                    Err(status) => {
-                        let _ = tx.send(Err(status.message().to_owned())).await;
-                        return;
-                    }
-                };
-                let since = *broken_since.get_or_insert_with(tokio::time::Instant::now);
-                loop {
-                    if tx.is_closed() {
-                        return;
-                    }
-                    if since.elapsed() >= RESUME_FOR {
-                        let _ = tx
-                            .send(Err(format!(
-                                "lost the promotion's events after {after:?} and no rollout \
-                                 replica resumed them within {RESUME_FOR:?}: {}; follow it again \
-                                 with `slipway releases` or the promotion's state",
-                                broke.message()
-                            )))
-                            .await;
-                        return;
-                    }
-                    tracing::warn!(after = %after, "promotion event stream broke, resuming on the next rollout replica: {}", broke.message());
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RESUME_MAX);
-                    match watch(after.clone()).await {
-                        Ok(next) => {
-                            // A quiet rollout may run long: the budget is
-                            // for resuming, not for the rollout.
-                            (stream, broken_since) = (next, None);
-                            break;
-                        }
-                        Err(status) if resumable(status.code()) => {}
-                        Err(status) => {
-                            let _ = tx.send(Err(status.message().to_owned())).await;
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-        .in_current_span(),
-    );
-    Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
-}
-
-/// Whether a broken stream is worth resuming elsewhere: the replica or the
-/// connection failed, not the request.
-pub(crate) fn resumable(code: tonic::Code) -> bool {
-    matches!(
-        code,
-        tonic::Code::Unavailable
-            | tonic::Code::Unknown
-            | tonic::Code::Cancelled
-            | tonic::Code::DeadlineExceeded
-    )
+        },
+        end_is_normal: false,
+        lost: |after: &str, reason: &str| {
+            format!(
+                "lost the promotion's events after {after:?} and no rollout replica resumed \
+                 them within {RESUME_FOR:?}: {reason}; follow it again with `slipway releases` \
+                 or the promotion's state"
+            )
+        },
+        what: "promotion event stream",
+    }
+    .start(after)
+    .await
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
