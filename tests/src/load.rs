@@ -31,16 +31,17 @@ pub async fn send(
     addr: SocketAddr,
     method: &str,
     target: &str,
-    body: &str,
+    body: impl AsRef<[u8]>,
     key: Option<&str>,
 ) -> Option<(u16, String)> {
+    let body = body.as_ref();
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("convox:{PASSWORD}"));
     let key = key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
-    let content_type = if body.starts_with('{') {
-        "application/json"
-    } else {
-        "application/x-www-form-urlencoded"
+    let content_type = match body.first() {
+        Some(b'{') => "application/json",
+        _ if std::str::from_utf8(body).is_ok() => "application/x-www-form-urlencoded",
+        _ => "application/octet-stream",
     };
     let head = format!(
         "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\n\
@@ -48,7 +49,7 @@ pub async fn send(
         body.len()
     );
     stream.write_all(head.as_bytes()).await.ok()?;
-    stream.write_all(body.as_bytes()).await.ok()?;
+    stream.write_all(body).await.ok()?;
     let (status, body) = tokio::time::timeout(Duration::from_secs(60), read_answer(&mut stream))
         .await
         .unwrap_or((0, String::new()));

@@ -6,56 +6,18 @@
 //! gateway, which the client sends again with the same `Idempotency-Key`
 //! to the other gateway and which then apply once.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use base64::Engine as _;
-use slipway_e2e::cluster::{Cluster, ClusterOptions, PASSWORD};
-use slipway_e2e::read_answer;
-use tokio::io::AsyncWriteExt as _;
+use slipway_e2e::cluster::{Cluster, ClusterOptions};
+use slipway_e2e::load::{Tally, send};
 
 /// Writes per writer.
 const WRITES: usize = 60;
 /// Acknowledged writes (of both writers) before the fault.
 const FAULT_AFTER: usize = 12;
-
-/// One HTTP request to a gateway; `None` when no answer came (refused, or
-/// the connection dropped), the one case a client resends.
-async fn send(
-    addr: SocketAddr,
-    method: &str,
-    target: &str,
-    body: impl AsRef<[u8]>,
-    key: Option<&str>,
-) -> Option<(u16, String)> {
-    let body = body.as_ref();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("convox:{PASSWORD}"));
-    let key = key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\n\
-         Content-Type: application/json\r\n{key}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.ok()?;
-    stream.write_all(body).await.ok()?;
-    let (status, body) = read_answer(&mut stream).await;
-    (status != 0).then_some((status, body))
-}
-
-/// What the writers saw.
-#[derive(Default)]
-struct Tally {
-    /// Keys acknowledged (200), with the release that answered.
-    acked: std::sync::Mutex<BTreeMap<String, String>>,
-    /// Requests that got no answer and were sent again with their key.
-    resent: AtomicUsize,
-    /// Answers other than 200 (each a failed write).
-    failed: std::sync::Mutex<Vec<String>>,
-}
 
 /// Writer `w`: `WRITES` env changes `W<w>_<i>=<i>`, each with its own
 /// idempotency key, first to `gateways[w % 2]`; a request without an answer
