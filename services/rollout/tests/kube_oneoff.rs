@@ -334,7 +334,7 @@ async fn the_release_command_gates_a_promotion_on_kubernetes() {
 
 /// A fake cluster with its controller running, and a kubeconfig for it in
 /// a fresh directory.
-async fn cluster() -> (FakeKube, tempfile::TempDir, std::path::PathBuf) {
+pub(crate) async fn cluster() -> (FakeKube, tempfile::TempDir, std::path::PathBuf) {
     let fake = FakeKube::start().await;
     fake.run_controller();
     let dir = tempfile::tempdir().unwrap();

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use slipway_api::rollout::v1 as pb;
 use slipway_api::rollout::v1::process_service_client::ProcessServiceClient;
-use slipway_kube_fake::FakeKube;
 use slipway_rollout::config::RuntimeKind;
 use slipway_rollout::crypto::SpecCipher;
 use slipway_rollout::oneoff_ends::{Ledger, RETENTION};
@@ -214,11 +213,7 @@ async fn kube_replica(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oneoff_ends_are_answered_by_another_replica_on_kubernetes() {
     let db = slipway_storage::testing::postgres().await;
-    let fake = FakeKube::start().await;
-    fake.run_controller();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    fake.write_kubeconfig(&kubeconfig).unwrap();
+    let (fake, _dir, kubeconfig) = crate::kube_oneoff::cluster().await;
     let (mut first, _stop_first, _data_first) = kube_replica(&kubeconfig, &db.url).await;
 
     let release = kube_release("shop", "RAAAAAAAAAA");
@@ -449,11 +444,7 @@ slipway_storage::both_backends!(oneoff_ends_ledger_keeps_the_first_end_for_a_day
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_oneoff_left_by_a_killed_replica_is_recorded_and_deleted_by_another_replicas_listing() {
     let db = slipway_storage::testing::postgres().await;
-    let fake = FakeKube::start().await;
-    fake.run_controller();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    fake.write_kubeconfig(&kubeconfig).unwrap();
+    let (fake, dir, kubeconfig) = crate::kube_oneoff::cluster().await;
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let release_service = crate::helpers::FakeRelease::default();
