@@ -16,6 +16,7 @@ mod faults;
 mod isolation;
 mod log_resume;
 mod logs;
+mod outage;
 mod processes;
 mod rolling;
 mod scale;
