@@ -375,6 +375,34 @@ impl Cluster {
         command
     }
 
+    /// `env set FOO=bar` on `app` through gateway-a, then, with the
+    /// cluster holding Deployments back, `releases promote` of that release
+    /// through gateway-b, started and not waited for: the new release and
+    /// the running promote (its output piped).
+    pub async fn start_held_promotion(&self, cwd: &Path, app: &str) -> (String, Child) {
+        let out = self
+            .ok(
+                "gateway-a",
+                cwd,
+                &["env", "set", "FOO=bar", "-a", app],
+                "env set",
+            )
+            .await;
+        let target = crate::release_of(&out);
+        self.pause_deployments(true);
+        let promote = self
+            .slipway_command(
+                "gateway-b",
+                cwd,
+                &["releases", "promote", &target, "-a", app],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start promote");
+        (target, promote)
+    }
+
     /// SIGKILLs replica `name` and waits for it to be gone.
     pub async fn kill(&mut self, name: &str) {
         let replica = self.replica_mut(name);

@@ -265,6 +265,15 @@ pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     ))
 }
 
+/// The release a `slipway env set` or `build` printed (`Release: R…`).
+pub fn release_of(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("Release: "))
+        .unwrap_or_else(|| panic!("no `Release: R…` line in:\n{out}"))
+        .trim()
+        .to_owned()
+}
+
 /// stdout of a command, panicking with both streams when it failed.
 pub fn ok_stdout(output: &Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();

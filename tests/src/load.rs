@@ -57,8 +57,8 @@ pub async fn send(
 }
 
 /// Sends one request (keyed: `key`), first to `gateways[first]`, again to the other
-/// gateway (same key) while no answer comes; the answer, the gateway that
-/// gave it, and how many times it was resent.
+/// gateway (same key) while no answer comes; the answer and how many times
+/// it was resent.
 pub async fn send_keyed(
     gateways: [SocketAddr; 2],
     first: usize,
@@ -67,10 +67,28 @@ pub async fn send_keyed(
     body: &str,
     key: Option<&str>,
 ) -> (Option<(u16, String)>, usize) {
+    send_keyed_retrying(gateways, first, method, target, body, key, &[]).await
+}
+
+/// [`send_keyed`] that also sends again (same key, other gateway) on an
+/// answer with a status in `also` (say 502/503: the gateway could not reach
+/// the service behind it in time).
+pub async fn send_keyed_retrying(
+    gateways: [SocketAddr; 2],
+    first: usize,
+    method: &str,
+    target: &str,
+    body: &str,
+    key: Option<&str>,
+    also: &[u16],
+) -> (Option<(u16, String)>, usize) {
     let mut g = first % 2;
+    let mut last = None;
     for attempt in 0..TRIES {
-        if let Some(answer) = send(gateways[g], method, target, body, key).await {
-            return (Some(answer), attempt);
+        match send(gateways[g], method, target, body, key).await {
+            Some(answer) if also.contains(&answer.0) => last = Some(answer),
+            Some(answer) => return (Some(answer), attempt),
+            None => {}
         }
         g = 1 - g;
         if attempt % 2 == 1 {
@@ -79,7 +97,7 @@ pub async fn send_keyed(
             tokio::time::sleep(Duration::from_millis(50 * (attempt as u64 + 1).min(10))).await;
         }
     }
-    (None, TRIES)
+    (last, TRIES)
 }
 
 /// What the writers saw.
@@ -104,6 +122,29 @@ impl Tally {
     /// The failed writes so far.
     pub fn failed(&self) -> Vec<String> {
         self.failed.lock().expect("tally lock").clone()
+    }
+
+    /// Records the answer to write `name`, sent at `started`: acknowledged
+    /// (200, with the id its JSON body names, and its latency) or failed.
+    pub fn record(&self, name: String, answer: Option<(u16, String)>, started: Instant) {
+        match answer {
+            Some((200, body)) => {
+                let id = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|r| r["id"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                self.latencies
+                    .lock()
+                    .expect("tally lock")
+                    .push(started.elapsed());
+                self.acked.lock().expect("tally lock").insert(name, id);
+            }
+            other => self
+                .failed
+                .lock()
+                .expect("tally lock")
+                .push(format!("{name}: {other:?}")),
+        }
     }
 }
 
@@ -182,40 +223,33 @@ async fn write_once(gateways: [SocketAddr; 2], app: &str, w: usize, i: usize, ta
     )
     .await;
     tally.resent.fetch_add(resent, Ordering::SeqCst);
-    match answer {
-        Some((200, release)) => {
-            let id = serde_json::from_str::<serde_json::Value>(&release)
-                .ok()
-                .and_then(|r| r["id"].as_str().map(str::to_owned))
-                .unwrap_or_default();
-            tally
-                .latencies
-                .lock()
-                .expect("tally lock")
-                .push(started.elapsed());
-            tally.acked.lock().expect("tally lock").insert(var, id);
-        }
-        other => tally
-            .failed
-            .lock()
-            .expect("tally lock")
-            .push(format!("{var}: {other:?}")),
-    }
+    tally.record(var, answer, started);
 }
 
 /// The releases of `app` in the ledger, oldest first: (id, description).
 pub async fn ledger(cluster: &Cluster, app: &str) -> Vec<(String, String)> {
+    release_rows(
+        cluster,
+        "SELECT r.id, r.description FROM releases r JOIN apps a ON a.id = r.app_id \
+         WHERE a.name = $1 ORDER BY r.seq",
+        app,
+    )
+    .await
+}
+
+/// The rows `sql` (with `app` as `$1`) gives in the release database.
+pub async fn release_rows<T>(cluster: &Cluster, sql: &str, app: &str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+{
     let db = slipway_storage::connect(&cluster.release_db, &Default::default())
         .await
         .expect("connect to the release database");
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT r.id, r.description FROM releases r JOIN apps a ON a.id = r.app_id \
-         WHERE a.name = $1 ORDER BY r.seq",
-    )
-    .bind(app)
-    .fetch_all(&db.pool)
-    .await
-    .expect("read the ledger");
+    let rows = sqlx::query_as(sql)
+        .bind(app)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("read the release database ({sql}): {e}"));
     db.pool.close().await;
     rows
 }

@@ -175,19 +175,13 @@ impl CliTarget {
 
 /// Promotions of `app` in the release database: (id, release, state).
 async fn promotions(cluster: &Cluster, app: &str) -> Vec<(String, String, String)> {
-    let db = slipway_storage::connect(&cluster.release_db, &Default::default())
-        .await
-        .expect("connect to the release database");
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
+    load::release_rows(
+        cluster,
         "SELECT p.id, p.release_id, p.state FROM promotions p JOIN apps a ON a.id = p.app_id \
          WHERE a.name = $1 ORDER BY p.created_at",
+        app,
     )
-    .bind(app)
-    .fetch_all(&db.pool)
     .await
-    .expect("read promotions");
-    db.pool.close().await;
-    rows
 }
 
 /// The rollouts of `promotion` in the rollout database: (phase, reported),

@@ -9,10 +9,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use slipway_e2e::cluster::{Cluster, ClusterOptions};
-use slipway_e2e::load::{Tally, send};
+use slipway_e2e::load::{self, Tally};
 
 /// Writes per writer.
 const WRITES: usize = 60;
@@ -27,30 +27,11 @@ async fn writer(w: usize, gateways: [SocketAddr; 2], tally: Arc<Tally>) {
         let var = format!("W{w}_{i}");
         let key = format!("faults-{w}-{i}-{}", uuid::Uuid::new_v4().simple());
         let body = format!(r#"{{"set":{{"{var}":"{i}"}},"unset":[]}}"#);
-        let mut g = w % 2;
-        let mut answer = None;
-        for _ in 0..20 {
-            answer = send(gateways[g], "POST", "/apps/myapp/env", &body, Some(&key)).await;
-            if answer.is_some() {
-                break;
-            }
-            tally.resent.fetch_add(1, Ordering::SeqCst);
-            g = 1 - g;
-        }
-        match answer {
-            Some((200, release)) => {
-                let id = serde_json::from_str::<serde_json::Value>(&release)
-                    .ok()
-                    .and_then(|r| r["id"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                tally.acked.lock().unwrap().insert(var, id);
-            }
-            other => tally
-                .failed
-                .lock()
-                .unwrap()
-                .push(format!("{var}: {other:?}")),
-        }
+        let started = Instant::now();
+        let (answer, resent) =
+            load::send_keyed(gateways, w, "POST", "/apps/myapp/env", &body, Some(&key)).await;
+        tally.resent.fetch_add(resent, Ordering::SeqCst);
+        tally.record(var, answer, started);
     }
 }
 
@@ -58,7 +39,7 @@ async fn writer(w: usize, gateways: [SocketAddr; 2], tally: Arc<Tally>) {
 /// acknowledged; then checks the ledger.
 async fn writes_through(cluster: &mut Cluster, fault: &[&str]) -> Arc<Tally> {
     let gateways = [cluster.addr("gateway-a"), cluster.addr("gateway-b")];
-    let (status, body) = send(gateways[0], "POST", "/apps", "name=myapp", None)
+    let (status, body) = load::send(gateways[0], "POST", "/apps", "name=myapp", None)
         .await
         .expect("create the app");
     assert!(
@@ -127,7 +108,7 @@ async fn check_ledger(cluster: &Cluster, tally: &Tally) {
         2 * WRITES,
         "releases beyond the writes: {rows:?}"
     );
-    let (status, newest) = send(
+    let (status, newest) = load::send(
         cluster.addr("gateway-b"),
         "GET",
         "/apps/myapp/releases?limit=1",
@@ -174,30 +155,19 @@ async fn builder(w: usize, gateways: [SocketAddr; 2], url: String, tally: Arc<Ta
         let description = format!("B{w}_{i}");
         let key = format!("builds-{w}-{i}-{}", uuid::Uuid::new_v4().simple());
         let body = format!("url={url}&description={description}");
-        let mut g = w % 2;
-        let mut answer = None;
-        for _ in 0..20 {
-            answer = send(gateways[g], "POST", "/apps/myapp/builds", &body, Some(&key)).await;
-            if !matches!(answer, None | Some((502 | 503, _))) {
-                break;
-            }
-            tally.resent.fetch_add(1, Ordering::SeqCst);
-            g = 1 - g;
-        }
-        match answer {
-            Some((200, build)) => {
-                let id = serde_json::from_str::<serde_json::Value>(&build)
-                    .ok()
-                    .and_then(|b| b["id"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                tally.acked.lock().unwrap().insert(description, id);
-            }
-            other => tally
-                .failed
-                .lock()
-                .unwrap()
-                .push(format!("{description}: {other:?}")),
-        }
+        let started = Instant::now();
+        let (answer, resent) = load::send_keyed_retrying(
+            gateways,
+            w,
+            "POST",
+            "/apps/myapp/builds",
+            &body,
+            Some(&key),
+            &[502, 503],
+        )
+        .await;
+        tally.resent.fetch_add(resent, Ordering::SeqCst);
+        tally.record(description, answer, started);
     }
 }
 
@@ -225,11 +195,11 @@ fn source() -> Vec<u8> {
 async fn the_build_service_killed_under_load_costs_no_build() {
     let mut cluster = Cluster::start(ClusterOptions::default()).await;
     let gateways = [cluster.addr("gateway-a"), cluster.addr("gateway-b")];
-    let (status, body) = send(gateways[0], "POST", "/apps", "name=myapp", None)
+    let (status, body) = load::send(gateways[0], "POST", "/apps", "name=myapp", None)
         .await
         .expect("create the app");
     assert_eq!(status, 200, "apps create: {body}");
-    let (status, object) = send(
+    let (status, object) = load::send(
         gateways[1],
         "POST",
         "/apps/myapp/objects/tmp/faults.tgz",
@@ -273,7 +243,7 @@ async fn the_build_service_killed_under_load_costs_no_build() {
         cluster.logs()
     );
     // Every acknowledged build exists once, as the build that acknowledged it.
-    let (status, list) = send(
+    let (status, list) = load::send(
         gateways[0],
         "GET",
         "/apps/myapp/builds?limit=1000",

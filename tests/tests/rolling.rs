@@ -103,14 +103,6 @@ async fn rollout_events(cluster: &Cluster, rollout: &str) -> Vec<String> {
         .collect()
 }
 
-fn release_of(out: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix("Release: "))
-        .unwrap_or_else(|| panic!("no `Release: R…` line in:\n{out}"))
-        .trim()
-        .to_owned()
-}
-
 /// A lease long enough that a takeover after expiry cannot pass for a
 /// hand-over.
 const LONG_LEASE: Duration = Duration::from_secs(10);
@@ -143,28 +135,8 @@ async fn a_stopped_rollout_replica_hands_its_rollout_over_and_the_stream_prints_
         .expect("Deployment web")["metadata"]["generation"]
         .as_i64()
         .unwrap();
-    let out = cluster
-        .ok(
-            "gateway-a",
-            dir,
-            &["env", "set", "FOO=bar", "-a", "myapp"],
-            "env set",
-        )
-        .await;
-    let target = release_of(&out);
-
     // The promotion's rollout is held in Updating while replicas restart.
-    cluster.pause_deployments(true);
-    let promote = cluster
-        .slipway_command(
-            "gateway-b",
-            dir,
-            &["releases", "promote", &target, "-a", "myapp"],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start promote");
+    let (_, promote) = cluster.start_held_promotion(dir, "myapp").await;
     let (rollout, owner, epoch, lease) = eventually(
         Duration::from_secs(60),
         "the rollout to be applied",

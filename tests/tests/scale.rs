@@ -8,16 +8,8 @@
 use std::time::{Duration, Instant};
 
 use slipway_e2e::cluster::{Cluster, ClusterOptions, LEASE_TTL};
-use slipway_e2e::{eventually, example};
+use slipway_e2e::{eventually, example, release_of};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
-
-fn release_of(out: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix("Release: "))
-        .unwrap_or_else(|| panic!("no `Release: R…` line in:\n{out}"))
-        .trim()
-        .to_owned()
-}
 
 /// The line of the active release in `slipway releases` output.
 fn active_line(list: &str) -> &str {
@@ -295,26 +287,7 @@ async fn takeover(loss: Loss) {
     let generation_before = before["metadata"]["generation"].as_i64().unwrap();
 
     // A second release, rolled out while the cluster holds Deployments back.
-    let out = cluster
-        .ok(
-            "gateway-a",
-            dir,
-            &["env", "set", "FOO=bar", "-a", "myapp"],
-            "env set",
-        )
-        .await;
-    let target = release_of(&out);
-    cluster.pause_deployments(true);
-    let promote = cluster
-        .slipway_command(
-            "gateway-b",
-            dir,
-            &["releases", "promote", &target, "-a", "myapp"],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start promote");
+    let (target, promote) = cluster.start_held_promotion(dir, "myapp").await;
 
     // Wait until the new template is applied and the rollout has an owner.
     let (rollout, owner, epoch) = eventually(

@@ -52,14 +52,7 @@ async fn postgres_unreachable_then_back() {
         let request = create(&url, "during");
         async move { client.create_build(request).await }
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while relay.refused.load(Ordering::SeqCst) < refused_before + 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the pool never tried to reconnect"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    relay.await_refused(refused_before + 2).await;
     assert!(
         !waiting.is_finished(),
         "answered with PostgreSQL unreachable"

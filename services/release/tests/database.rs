@@ -7,7 +7,6 @@
 //! replica serves again afterwards without a restart, and every
 //! acknowledged write is there once.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use slipway_api::release::v1 as pb;
@@ -50,14 +49,7 @@ async fn postgres_unreachable_then_back() {
         async move { client.change_env(change("myapp", "DURING")).await }
     });
     // The pool tries to reconnect while the call waits.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while relay.refused.load(Ordering::SeqCst) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the pool never tried to reconnect"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    relay.await_refused(2).await;
     assert!(
         !waiting.is_finished(),
         "answered with PostgreSQL unreachable"

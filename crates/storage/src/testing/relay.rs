@@ -77,6 +77,20 @@ impl Relay {
     pub async fn restore(&self) {
         self.rebind(true).await;
     }
+
+    /// Waits (up to 10 s, else panics) until [`Relay::refused`] reaches
+    /// `count`: a pool has tried to reconnect while the relay is cut.
+    pub async fn await_refused(&self, count: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.refused.load(Ordering::SeqCst) < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pool never tried to reconnect ({} of {count} connections refused)",
+                self.refused.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// Answers a connection as a PostgreSQL that is starting up does: the
