@@ -11,6 +11,7 @@ mod humanize;
 mod output;
 mod package;
 mod settings;
+mod stdio;
 
 use slipway_client::Client;
 

@@ -139,6 +139,10 @@ impl Client {
     }
 }
 
+/// The most stdin one frame carries: a bulk copy (`run web cat < dump`)
+/// moves in few, large steps, each of which wakes every hop on the way.
+const STDIN_CHUNK: usize = 1 << 20;
+
 /// The exit status a marker frame carries, if `text` is one.
 pub fn exit_marker(text: &str) -> Option<i32> {
     text.strip_prefix(EXIT_MARKER)?.trim().parse().ok()
@@ -165,16 +169,19 @@ impl ExecSession {
         // large input would otherwise stall in turns); the command may also
         // end before its stdin does (`sleep 20 | … exec … true`).
         let writer = tokio::spawn(async move {
-            let mut buf = vec![0; 64 * 1024];
+            // Each chunk is split off `buf` (no copy); `reserve` takes the
+            // memory of chunks already sent back.
+            let mut buf = bytes::BytesMut::new();
             loop {
-                let chunk = match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => Vec::new(),
-                    Ok(n) => buf[..n].to_vec(),
+                buf.reserve(STDIN_CHUNK);
+                let chunk = match stdin.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => bytes::Bytes::new(),
+                    Ok(_) => buf.split().freeze(),
                 };
                 let end = chunk.is_empty();
                 // The empty binary frame is the end of stdin. A failed send
                 // shows up as the end of the output.
-                if sink.send(Message::Binary(chunk.into())).await.is_err() || end {
+                if sink.send(Message::Binary(chunk)).await.is_err() || end {
                     return sink;
                 }
             }

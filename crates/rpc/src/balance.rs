@@ -184,8 +184,8 @@ impl Balanced {
         let this = self.clone();
         Box::pin(async move {
             let started = Instant::now();
-            let budget =
-                deadline_of(&request).map_or(this.unsent_retry, |d| d.min(this.unsent_retry));
+            let budget = crate::deadline::timeout_of(&request)
+                .map_or(this.unsent_retry, |d| d.min(this.unsent_retry));
             let keyed = crate::idempotency::honoured(&request);
             let (parts, body) = request.into_parts();
             let source = if keyed {
@@ -382,22 +382,6 @@ async fn watch(member: Arc<Member>, stop: CancellationToken) {
     }
 }
 
-/// The call's own deadline, from its `grpc-timeout` header.
-fn deadline_of<B>(request: &http::Request<B>) -> Option<Duration> {
-    let value = request.headers().get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 /// A request body that stays in a shared slot until the transport first
 /// reads it. While it is still there after a failure, no server saw the
 /// message, and the next attempt sends the same body.
@@ -449,31 +433,5 @@ impl http_body::Body for Unsent {
                 .map(http_body::Body::size_hint)
                 .unwrap_or_default(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deadlines_parse_from_grpc_timeout() {
-        let mut request = http::Request::new(());
-        assert_eq!(deadline_of(&request), None);
-        for (text, want) in [
-            ("250m", Duration::from_millis(250)),
-            ("30S", Duration::from_secs(30)),
-            ("2M", Duration::from_secs(120)),
-            ("1H", Duration::from_secs(3600)),
-        ] {
-            request
-                .headers_mut()
-                .insert("grpc-timeout", text.parse().unwrap());
-            assert_eq!(deadline_of(&request), Some(want), "{text}");
-        }
-        request
-            .headers_mut()
-            .insert("grpc-timeout", "x".parse().unwrap());
-        assert_eq!(deadline_of(&request), None);
     }
 }

@@ -27,6 +27,26 @@ pub(crate) fn set_deadline<B>(request: &mut http::Request<B>, timeout: Duration,
     request.headers_mut().insert(GRPC_TIMEOUT, encode(timeout));
 }
 
+/// The deadline `request` carries in `grpc-timeout`, if any (and valid):
+/// what a balanced call's retries and an in-process call are bounded by.
+pub(crate) fn timeout_of<B>(request: &http::Request<B>) -> Option<Duration> {
+    let value = request.headers().get(GRPC_TIMEOUT)?.to_str().ok()?;
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// A `grpc-timeout` value: at most eight digits and a unit, rounded up so
 /// that a deadline is never shorter than asked.
 fn encode(timeout: Duration) -> HeaderValue {
@@ -119,6 +139,41 @@ mod tests {
         assert_eq!(encode(Duration::ZERO), "1m");
         assert_eq!(encode(Duration::from_secs(200_000)), "200000S");
         assert_eq!(encode(Duration::MAX).to_str().unwrap().len(), 9);
+    }
+
+    #[test]
+    fn timeouts_read_back_as_set() {
+        for timeout in [
+            Duration::from_secs(60),
+            Duration::from_millis(1),
+            Duration::from_secs(200_000),
+        ] {
+            let mut request = http::Request::new(());
+            request.headers_mut().insert(GRPC_TIMEOUT, encode(timeout));
+            assert_eq!(timeout_of(&request), Some(timeout));
+        }
+        for (text, want) in [
+            ("250m", Duration::from_millis(250)),
+            ("30S", Duration::from_secs(30)),
+            ("2M", Duration::from_secs(120)),
+            ("1H", Duration::from_secs(3600)),
+            ("7u", Duration::from_micros(7)),
+            ("9n", Duration::from_nanos(9)),
+        ] {
+            let mut request = http::Request::new(());
+            request
+                .headers_mut()
+                .insert(GRPC_TIMEOUT, HeaderValue::from_static(text));
+            assert_eq!(timeout_of(&request), Some(want), "{text}");
+        }
+        for bad in ["", "5", "m", "123456789m", "5x", "-5m"] {
+            let mut request = http::Request::new(());
+            request
+                .headers_mut()
+                .insert(GRPC_TIMEOUT, HeaderValue::from_static(bad));
+            assert_eq!(timeout_of(&request), None, "{bad:?}");
+        }
+        assert_eq!(timeout_of(&http::Request::new(())), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod auth;
 mod balance;
 mod deadline;
 pub mod idempotency;
+pub mod in_process;
 pub mod limits;
 mod telemetry;
 
@@ -24,6 +25,7 @@ use tonic::service::Routes;
 use tonic::transport::{Endpoint, Server};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower::Layer as _;
 
 pub use auth::SecurityArgs;
 pub use deadline::{Deadline, DeadlineLayer};
@@ -154,57 +156,66 @@ pub async fn serve(
             draining.cancel();
         }
     };
-    let server = Server::builder()
-        // tonic wraps whatever `.layer()` gets in its own per-connection
-        // stack (`MakeSvc::call`): error recovery, then load shed,
-        // concurrency limit and `Server::timeout` when those builder options
-        // are set, then the caller's `grpc-timeout`. We set none of those
-        // options, so the whole documented order is this one `.layer()`;
-        // only a caller's own `grpc-timeout` is still enforced outside it.
-        // Below, outermost first (STYLE §5): every call, shed or timed out
-        // too, gets a span and a metric.
+    // tonic wraps whatever `.layer()` gets in its own per-connection
+    // stack (`MakeSvc::call`): error recovery, then load shed,
+    // concurrency limit and `Server::timeout` when those builder options
+    // are set, then the caller's `grpc-timeout`. We set none of those
+    // options, so the whole documented order is this one `.layer()`;
+    // only a caller's own `grpc-timeout` is still enforced outside it.
+    // Below, outermost first (STYLE §5): every call, shed or timed out
+    // too, gets a span and a metric.
+    let stack = tower::ServiceBuilder::new()
+        // A span per request, outermost, so every log line below
+        // carries it; its parent is the caller's W3C `traceparent`.
         .layer(
-            tower::ServiceBuilder::new()
-                // A span per request, outermost, so every log line below
-                // carries it; its parent is the caller's W3C `traceparent`.
-                .layer(
-                    tower_http::trace::TraceLayer::new_for_grpc()
-                        .make_span_with(slipway_telemetry::RequestSpan::grpc())
-                        // A non-OK status is an answer (NotFound,
-                        // FailedPrecondition), not an outage; the service
-                        // logs what needs a human.
-                        .on_failure(
-                            tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
-                        ),
-                )
-                // Latency by method and code, inside the span, over
-                // everything below, so timed-out and shed calls count too.
-                .layer(ServerMetricsLayer)
-                // Bounds each call but the untimed client streams; above
-                // the limit, so the metrics see its CANCELLED answer.
-                .layer(DeadlineLayer::new(
-                    options.request_timeout,
-                    options.untimed_methods,
-                ))
-                // A shed call becomes RESOURCE_EXHAUSTED here, in tonic's
-                // own words, so the layers above see an answer, not an error.
-                .map_result(answer_shed)
-                // Answers at once instead of queueing when the limit below
-                // is full.
-                .load_shed()
-                // In-flight calls on this server (every connection shares it).
-                .concurrency_limit(options.concurrency_limit)
-                // Service tokens, innermost: only calls that got past the
-                // limits above pay for the HMAC; health checks pass without.
-                .layer(auth::RequireServiceTokenLayer::new(
-                    options.service_auth.clone(),
-                ))
-                // The caller's actor and source (metadata a service that
-                // passed the check above set) as `actor::current()` for the
-                // handler: the audit trail's source.
-                .layer(actor::ScopeLayer)
-                .into_inner(),
+            tower_http::trace::TraceLayer::new_for_grpc()
+                .make_span_with(slipway_telemetry::RequestSpan::grpc())
+                // A non-OK status is an answer (NotFound,
+                // FailedPrecondition), not an outage; the service
+                // logs what needs a human.
+                .on_failure(
+                    tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                ),
         )
+        // Latency by method and code, inside the span, over
+        // everything below, so timed-out and shed calls count too.
+        .layer(ServerMetricsLayer)
+        // Bounds each call but the untimed client streams; above
+        // the limit, so the metrics see its CANCELLED answer.
+        .layer(DeadlineLayer::new(
+            options.request_timeout,
+            options.untimed_methods,
+        ))
+        // A shed call becomes RESOURCE_EXHAUSTED here, in tonic's
+        // own words, so the layers above see an answer, not an error.
+        .map_result(answer_shed)
+        // Answers at once instead of queueing when the limit below
+        // is full.
+        .load_shed()
+        // In-flight calls on this server (every connection shares it).
+        .concurrency_limit(options.concurrency_limit)
+        // Service tokens, innermost: only calls that got past the
+        // limits above pay for the HMAC; health checks pass without.
+        .layer(auth::RequireServiceTokenLayer::new(
+            options.service_auth.clone(),
+        ))
+        // The caller's actor and source (metadata a service that
+        // passed the check above set) as `actor::current()` for the
+        // handler: the audit trail's source.
+        .layer(actor::ScopeLayer)
+        .into_inner();
+    // The same stack, for callers in this process (see `in_process`).
+    let _registration = listener.local_addr().ok().map(|addr| {
+        let local = tower::util::MapErr::new(
+            tower::util::MapResponse::new(stack.layer(routes.clone()), |r: http::Response<_>| {
+                r.map(tonic::body::Body::new)
+            }),
+            Into::into,
+        );
+        in_process::register(addr, tower::util::BoxCloneService::new(local))
+    });
+    let server = Server::builder()
+        .layer(stack)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Large fixed HTTP/2 windows and 1 MiB frames: hyper's 64 KiB default
@@ -347,12 +358,22 @@ pub enum ChannelError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// An in-process endpoint that cannot be used.
+    #[error("invalid endpoint for {peer}: {reason}")]
+    InProcess {
+        /// Which peer the endpoint was for.
+        peer: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
 }
 
 /// A lazily connecting channel to one or several replicas of `peer`,
 /// balancing calls over the live ones and sending a call that no server
 /// read to the next (see `balance.rs` for the policy). Endpoints are
-/// `http://host:port`. Every call carries the current span's trace context.
+/// `http://host:port`, or one `in-process://host:port` for the server on
+/// that address in this process ([`in_process`]). Every call carries the
+/// current span's trace context.
 pub fn channel(
     peer: &'static str,
     endpoints: &[String],
@@ -360,6 +381,22 @@ pub fn channel(
 ) -> Result<Channel, ChannelError> {
     if endpoints.is_empty() {
         return Err(ChannelError::NoEndpoints(peer));
+    }
+    if let [endpoint] = endpoints
+        && let Some(addr) = in_process::parse(endpoint)
+    {
+        let addr = addr.map_err(|reason| ChannelError::InProcess { peer, reason })?;
+        return Ok(Channel::in_process(addr, options.unsent_retry)
+            .with_service_token(options.service_token.clone())
+            .with_deadline(options.request_timeout, options.untimed_methods));
+    }
+    if let Some(endpoint) = endpoints.iter().find(|e| e.starts_with(in_process::SCHEME)) {
+        return Err(ChannelError::InProcess {
+            peer,
+            reason: format!(
+                "{endpoint:?} is in this process; it cannot be balanced with other endpoints"
+            ),
+        });
     }
     let built = endpoints
         .iter()

@@ -75,19 +75,39 @@ where
 /// per-call client metadata.
 #[derive(Clone)]
 pub struct Channel {
-    /// The peer's endpoints, with their health (crate::balance).
-    inner: std::sync::Arc<crate::balance::Balanced>,
+    /// Where calls go.
+    peer: Peer,
     /// Signs the caller's service token onto every call (crate::auth).
     service_token: Option<crate::auth::TokenSigner>,
     /// The deadline of every call but the untimed methods (crate::deadline).
     deadline: Option<(Duration, &'static [&'static str])>,
 }
 
+/// Where a channel's calls go.
+#[derive(Clone)]
+enum Peer {
+    /// Over the network, to the peer's live endpoints (crate::balance).
+    Balanced(std::sync::Arc<crate::balance::Balanced>),
+    /// To the server on this address in this process (crate::in_process),
+    /// waiting up to the duration for it to start.
+    InProcess(std::net::SocketAddr, Duration),
+}
+
 impl Channel {
     /// Wraps balanced endpoints.
     pub(crate) fn new(inner: crate::balance::Balanced) -> Self {
+        Self::to(Peer::Balanced(std::sync::Arc::new(inner)))
+    }
+
+    /// Calls the server listening on `addr` in this process, waiting up to
+    /// `unsent_retry` for it to start.
+    pub(crate) fn in_process(addr: std::net::SocketAddr, unsent_retry: Duration) -> Self {
+        Self::to(Peer::InProcess(addr, unsent_retry))
+    }
+
+    fn to(peer: Peer) -> Self {
         Self {
-            inner: std::sync::Arc::new(inner),
+            peer,
             service_token: None,
             deadline: None,
         }
@@ -142,6 +162,12 @@ impl tower::Service<http::Request<Body>> for Channel {
         if let Some((timeout, untimed)) = self.deadline {
             crate::deadline::set_deadline(&mut request, timeout, untimed);
         }
-        self.inner.call(request)
+        match &self.peer {
+            Peer::Balanced(balanced) => balanced.call(request),
+            Peer::InProcess(addr, unsent_retry) => {
+                let timeout = crate::deadline::timeout_of(&request);
+                crate::in_process::call(*addr, request, timeout, *unsent_retry)
+            }
+        }
     }
 }

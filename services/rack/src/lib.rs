@@ -92,7 +92,10 @@ impl Rack {
         let release_addr = release_listener.local_addr()?;
         let build_addr = build_listener.local_addr()?;
         let rollout_addr = rollout_listener.local_addr()?;
-        let url = |a: SocketAddr| format!("http://{a}");
+        // The services call each other in this process, with no socket
+        // between them (see `slipway_rpc::in_process`); their listeners
+        // still serve callers from outside (tests, `grpcurl`).
+        let url = slipway_rpc::in_process::url;
 
         let mut release = slipway_release::Config::dev(data.join("release"));
         release.security = security.clone();

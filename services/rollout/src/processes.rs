@@ -265,7 +265,8 @@ impl ProcessService for Processes {
             use pb::exec_process_request::Input;
             while let Some(Ok(message)) = input.next().await {
                 match message.input {
-                    Some(Input::Stdin(bytes)) if stdin.send(bytes.to_vec()).await.is_err() => {
+                    // (A clone of `Bytes` is a reference, not a copy.)
+                    Some(Input::Stdin(bytes)) if stdin.send(bytes.clone()).await.is_err() => {
                         return;
                     }
                     // Dropping the sender closes the command's stdin.
@@ -278,7 +279,7 @@ impl ProcessService for Processes {
             use pb::exec_process_response::Output;
             Ok(pb::ExecProcessResponse {
                 output: Some(match item {
-                    SessionOutput::Data(bytes) => Output::Data(bytes.into()),
+                    SessionOutput::Data(bytes) => Output::Data(bytes),
                     SessionOutput::Exit(code) => Output::ExitCode(code),
                 }),
             })

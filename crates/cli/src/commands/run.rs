@@ -17,6 +17,7 @@ use crate::Context;
 use crate::cli::{PsCommand, RunArgs};
 use crate::humanize::relative;
 use crate::output::{Output, info, print};
+use crate::stdio::Stdio;
 
 /// `slipway run SERVICE COMMAND...`.
 pub(crate) async fn run(ctx: &Context, args: &RunArgs) -> anyhow::Result<()> {
@@ -78,9 +79,14 @@ async fn attached(
     session: ExecSession,
     mut interrupt: tokio::signal::unix::Signal,
 ) -> anyhow::Result<i32> {
-    let stdout = tokio::io::stdout();
+    // Dropped (the pipes' flags put back) before the CLI exits.
+    let Stdio {
+        input,
+        output,
+        flags: _flags,
+    } = Stdio::open();
     tokio::select! {
-        outcome = session.run(tokio::io::stdin(), stdout) => {
+        outcome = session.run(input, output) => {
             let ExecOutcome { code, error } = outcome?;
             if let Some(message) = error {
                 bail!("{message}");

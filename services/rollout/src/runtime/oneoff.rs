@@ -169,7 +169,7 @@ pub enum SessionKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionOutput {
     /// stdout and stderr, merged, as the command wrote them.
-    Data(Vec<u8>),
+    Data(bytes::Bytes),
     /// The last item: the exit status (128+N for signal N).
     Exit(i32),
 }
@@ -180,7 +180,7 @@ pub enum SessionOutput {
 #[derive(Debug)]
 pub struct Session {
     /// Bytes for the command's stdin.
-    pub stdin: mpsc::Sender<Vec<u8>>,
+    pub stdin: mpsc::Sender<bytes::Bytes>,
     /// Its output, then its exit status.
     pub output: mpsc::Receiver<SessionOutput>,
 }

@@ -20,7 +20,7 @@ pub async fn drain(mut session: Session, stdin: &[u8]) -> (Vec<u8>, i32) {
     if !stdin.is_empty() {
         session
             .stdin
-            .send(stdin.to_vec())
+            .send(bytes::Bytes::copy_from_slice(stdin))
             .await
             .expect("stdin open");
     }

@@ -173,7 +173,7 @@ pub(super) fn exit_status(status: &[u8]) -> i32 {
 /// Output items are stdout and stderr merged, then the exit status (1 when
 /// the stream ended without one).
 pub(super) fn bridge(stream: ExecStream) -> (Session, oneshot::Receiver<Ended>) {
-    let (stdin_tx, mut stdin_rx) = mpsc::channel::<Vec<u8>>(16);
+    let (stdin_tx, mut stdin_rx) = mpsc::channel::<bytes::Bytes>(16);
     let (out_tx, out_rx) = mpsc::channel::<SessionOutput>(16);
     let (ended_tx, ended_rx) = oneshot::channel();
     let ExecStream { socket, v5 } = stream;
@@ -202,7 +202,7 @@ pub(super) fn bridge(stream: ExecStream) -> (Session, oneshot::Receiver<Ended>) 
                 message = source.next() => match message {
                     Some(Ok(Message::Binary(bytes))) if bytes.len() > 1 => match bytes[0] {
                         STDOUT | STDERR => {
-                            let data = SessionOutput::Data(bytes[1..].to_vec());
+                            let data = SessionOutput::Data(bytes.slice(1..));
                             let sent = out_tx.send(data).await;
                             if sent.is_err() {
                                 break Ended::Abandoned;

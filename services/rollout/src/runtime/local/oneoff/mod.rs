@@ -19,7 +19,6 @@
 //! its database), which answers for it after a restart.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,7 +27,7 @@ use chrono::Utc;
 use nix::sys::signal::Signal;
 use slipway_domain::Env;
 use slipway_events::NewEvent;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -46,8 +45,8 @@ use crate::runtime::{
 
 /// How long an ended one-off can still be looked up.
 pub(super) const KEEP_ENDED: Duration = Duration::from_secs(600);
-/// How much output one read hands to a session.
-const CHUNK: usize = 256 * 1024;
+/// The most output one read hands to a session (a full pipe).
+const CHUNK: usize = 1 << 20;
 /// The size asked for a session's stdin and output pipes (the kernel's
 /// default is 64 KiB): a bulk copy (`run web cat < dump`) then moves in
 /// fewer, larger steps, each of which wakes four processes and two RPC
@@ -242,9 +241,9 @@ fn open_session(
     exit: impl std::future::Future<Output = i32> + Send + 'static,
     abandon: impl FnOnce() + Send + 'static,
 ) -> Session {
-    let (stdin_tx, mut stdin_rx) = mpsc::channel::<Vec<u8>>(16);
+    let (stdin_tx, mut stdin_rx) = mpsc::channel::<bytes::Bytes>(16);
     let (out_tx, out_rx) = mpsc::channel(16);
-    let Pipes { stdin, mut output } = pipes;
+    let Pipes { stdin, output } = pipes;
     tokio::spawn(async move {
         let Some(mut stdin) = stdin else { return };
         while let Some(bytes) = stdin_rx.recv().await {
@@ -255,14 +254,23 @@ fn open_session(
         // The session closed its stdin: so does the command's (dropped).
     });
     let reader_tx = out_tx.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0; CHUNK];
+    // Read through the reactor (non-blocking): no thread hand-off per
+    // chunk, and a reader left waiting on a pipe that a background child
+    // holds open is dropped, not parked on a blocking thread.
+    let reader = tokio::spawn(async move {
+        let Ok(mut output) = tokio::net::unix::pipe::Receiver::from_owned_fd(output.into()) else {
+            return;
+        };
+        // Each chunk is split off `buf` (no copy); once the chunks sent
+        // before are dropped, `reserve` takes their memory back.
+        let mut buf = bytes::BytesMut::new();
         loop {
-            match output.read(&mut buf) {
+            buf.reserve(CHUNK);
+            match output.read_buf(&mut buf).await {
                 Ok(0) => return,
-                Ok(n) => {
-                    let data = SessionOutput::Data(buf[..n].to_vec());
-                    if reader_tx.blocking_send(data).is_err() {
+                Ok(_) => {
+                    let data = SessionOutput::Data(buf.split().freeze());
+                    if reader_tx.send(data).await.is_err() {
                         return;
                     }
                 }
