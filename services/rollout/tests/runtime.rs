@@ -43,11 +43,13 @@ async fn the_local_runtime_passes_the_conformance_suite() {
     slipway_rollout::runtime::conformance::oneoffs::run(&runtime, &TestAppFixture, &app).await;
 }
 
-/// A local runtime over `store` and `dir`, as the rollout service starts one.
+/// A local runtime over `store` and `dir`, as the rollout service starts one
+/// (one-off ends kept in `store`).
 async fn local(store: Store, dir: &std::path::Path) -> LocalRuntime {
-    LocalRuntime::start(
-        store,
+    LocalRuntime::start_with_ends(
+        store.clone(),
         Arc::new(Discard),
+        Arc::new(slipway_rollout::oneoff_ends::Ledger::new(store)),
         LocalConfig {
             data_dir: dir.join("data"),
             ports: None,
@@ -63,7 +65,7 @@ async fn local(store: Store, dir: &std::path::Path) -> LocalRuntime {
 /// Detached one-offs outlive a restart of the rollout service: the next run
 /// lists them with their command, stops them on request, and reads their
 /// exit status when they end; an attached one (its session is gone) is
-/// stopped at once.
+/// stopped at once, and its end recorded (failed, status unknown).
 #[tokio::test]
 async fn detached_one_offs_are_taken_back_after_a_restart() {
     use slipway_rollout::runtime::conformance::oneoffs::wait_status;
@@ -143,6 +145,15 @@ async fn detached_one_offs_are_taken_back_after_a_restart() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    let (ended, _) = slipway_rollout::oneoff_ends::Ledger::new(store.clone())
+        .get(&app, &attached.id)
+        .await
+        .unwrap()
+        .expect("the end of the attached one-off is recorded");
+    assert_eq!(
+        (ended.status, ended.exit_code, ended.command.as_str()),
+        (OneOffStatus::Failed, None, "sleep 600")
+    );
     let info = second.process(&app, &waiting.id).await.unwrap();
     assert_eq!(info.status, OneOffStatus::Running);
     assert_eq!(info.deadline, waiting.deadline);

@@ -358,29 +358,27 @@ impl LocalRuntime {
         };
         // A detached one-off outlives a restart of the service until its
         // deadline (its record says what it is); an attached one's session
-        // cannot.
+        // cannot, and its record is how the restarted service tells its
+        // end.
         let stop_by = match request.attach {
             true => 0,
             false => deadline.map_or(i64::MAX, |d| d.timestamp()),
         };
-        let spawned = match request.attach {
-            true => Ok(()),
-            false => orphans::write_record(&log, &info, ctx.grace),
-        }
-        .and_then(|()| {
-            prepare(
-                &ctx,
-                &launch,
-                &command,
-                (process::MARKER, &id),
-                &self.orphan_marker(stop_by),
-                (!request.attach).then_some(Detached {
-                    log: &log,
-                    exit: &exit,
-                }),
-            )
-        })
-        .and_then(spawn);
+        let spawned = orphans::write_record(&log, &info, ctx.grace)
+            .and_then(|()| {
+                prepare(
+                    &ctx,
+                    &launch,
+                    &command,
+                    (process::MARKER, &id),
+                    &self.orphan_marker(stop_by),
+                    (!request.attach).then_some(Detached {
+                        log: &log,
+                        exit: &exit,
+                    }),
+                )
+            })
+            .and_then(spawn);
         let (child, pipes) = match spawned {
             Ok(spawned) => spawned,
             Err(e) => {
@@ -529,9 +527,7 @@ impl LocalRuntime {
         // Reported before its files go: a restart in between finds the
         // end again from them (see `orphans`).
         self.inner.oneoff_ends.ended(&info, ended_at).await;
-        if detached {
-            orphans::remove_files(&self.log_path(&ctx.app, &proc.id)).await;
-        }
+        orphans::remove_files(&self.log_path(&ctx.app, &proc.id)).await;
     }
 
     /// SIGTERM, then SIGKILL after the service's grace; `why` is how its

@@ -11,10 +11,12 @@
 //! shows, never its env) makes it listed again, its log is followed from
 //! where it is, `ps stop` and the timeout stop it, and when it ends its
 //! exit status is read from the exit file its shell writes (see
-//! `DETACHED_SHELL`). One whose record is left but that was not taken back
-//! (it ended while the service was down, or was just stopped past its
-//! timeout) has its end reported to the runtime's one-off ends sink, with
-//! the status from its exit file if there is one, and its files go.
+//! `DETACHED_SHELL`). Attached one-offs have a record too, and are never
+//! taken back. One whose record is left but that was not taken back (it
+//! ended while the service was down, was just stopped past its timeout, or
+//! was attached to a session of the previous run) has its end reported to
+//! the runtime's one-off ends sink, with the status from its exit file if
+//! there is one (else failed, status unknown), and its files go.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -29,7 +31,7 @@ use crate::runtime::local::LocalRuntime;
 use crate::runtime::local::process::{self, Proc};
 use crate::runtime::{OneOffInfo, OneOffStatus};
 
-/// What a detached one-off's record holds.
+/// What a one-off's record holds.
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
     id: String,
@@ -53,8 +55,7 @@ pub(super) fn exit_path(log: &Path) -> PathBuf {
     log.with_extension("exit")
 }
 
-/// Writes the record of a detached one-off about to start (private, like
-/// its log).
+/// Writes the record of a one-off about to start (private, like its log).
 pub(super) fn write_record(log: &Path, info: &OneOffInfo, grace: Duration) -> std::io::Result<()> {
     use std::io::Write as _;
     let record = Record {
@@ -184,10 +185,11 @@ impl LocalRuntime {
         self.report_ended_while_away().await;
     }
 
-    /// Reports the end of every detached one-off whose record is left but
-    /// which was not taken back: it ended while the service was down (its
-    /// status is in its exit file) or was just stopped past its timeout
-    /// (failed, status unknown). Its files then go.
+    /// Reports the end of every one-off whose record is left but which was
+    /// not taken back: it ended while the service was down (a detached
+    /// one's status is in its exit file), was just stopped past its timeout,
+    /// or was attached to a session of the previous run (failed, status
+    /// unknown). Its files then go.
     async fn report_ended_while_away(&self) {
         let logs = self.inner.config.data_dir.join("logs");
         let Ok(apps) = std::fs::read_dir(&logs) else {
@@ -237,7 +239,7 @@ impl LocalRuntime {
                 deadline: None,
                 exit_code: code,
             };
-            tracing::info!(process = %info.id, status = info.status.as_str(), "a detached one-off process ended while the service was down");
+            tracing::info!(process = %info.id, status = info.status.as_str(), "a one-off process ended while the service was down, or with its session");
             self.inner.oneoff_ends.ended(&info, ended_at).await;
             remove_files(&log).await;
         }
