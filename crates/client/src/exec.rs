@@ -13,7 +13,7 @@
 
 use futures::{SinkExt as _, StreamExt as _};
 use hyper::Method;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::client::{Body, root_cause};
@@ -153,7 +153,7 @@ impl ExecSession {
     /// to `stdout` until the rack ends the stream; says how it ended.
     pub async fn run(
         self,
-        mut stdin: impl AsyncRead + Unpin + Send + 'static,
+        stdin: impl AsyncRead + Unpin + Send + 'static,
         mut stdout: impl AsyncWrite + Unpin,
     ) -> Result<ExecOutcome, Error> {
         let (what, socket) = self.stream.into_parts();
@@ -169,14 +169,12 @@ impl ExecSession {
         // large input would otherwise stall in turns); the command may also
         // end before its stdin does (`sleep 20 | … exec … true`).
         let writer = tokio::spawn(async move {
-            // Each chunk is split off `buf` (no copy); `reserve` takes the
-            // memory of chunks already sent back.
-            let mut buf = bytes::BytesMut::new();
+            // Chunks split off one buffer, no copies.
+            let mut chunks = tokio_util::io::ReaderStream::with_capacity(stdin, STDIN_CHUNK);
             loop {
-                buf.reserve(STDIN_CHUNK);
-                let chunk = match stdin.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => bytes::Bytes::new(),
-                    Ok(_) => buf.split().freeze(),
+                let chunk = match chunks.next().await {
+                    Some(Ok(chunk)) => chunk,
+                    None | Some(Err(_)) => bytes::Bytes::new(),
                 };
                 let end = chunk.is_empty();
                 // The empty binary frame is the end of stdin. A failed send

@@ -27,9 +27,10 @@ use chrono::Utc;
 use nix::sys::signal::Signal;
 use slipway_domain::Env;
 use slipway_events::NewEvent;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_stream::StreamExt as _;
 
 use super::LocalRuntime;
 use super::isolation::Launch;
@@ -258,24 +259,14 @@ fn open_session(
     // chunk, and a reader left waiting on a pipe that a background child
     // holds open is dropped, not parked on a blocking thread.
     let reader = tokio::spawn(async move {
-        let Ok(mut output) = tokio::net::unix::pipe::Receiver::from_owned_fd(output.into()) else {
+        let Ok(output) = tokio::net::unix::pipe::Receiver::from_owned_fd(output.into()) else {
             return;
         };
-        // Each chunk is split off `buf` (no copy); once the chunks sent
-        // before are dropped, `reserve` takes their memory back.
-        let mut buf = bytes::BytesMut::new();
-        loop {
-            buf.reserve(CHUNK);
-            match output.read_buf(&mut buf).await {
-                Ok(0) => return,
-                Ok(_) => {
-                    let data = SessionOutput::Data(buf.split().freeze());
-                    if reader_tx.send(data).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return,
+        // Chunks split off one buffer, no copies.
+        let mut chunks = tokio_util::io::ReaderStream::with_capacity(output, CHUNK);
+        while let Some(Ok(chunk)) = chunks.next().await {
+            if reader_tx.send(SessionOutput::Data(chunk)).await.is_err() {
+                return;
             }
         }
     });
