@@ -185,7 +185,7 @@ impl Keys {
         )
         .bind(&claim.key)
         .bind(claim.method)
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?;
         let mut recorded = Recorded::default();
         let mut expired = false;
@@ -215,7 +215,7 @@ impl Keys {
             .bind(&claim.key)
             .bind(claim.method)
             .bind(cutoff)
-            .execute(&self.db.pool)
+            .execute(&mut *self.db.acquire().await?)
             .await?;
         }
         Ok(recorded)
@@ -226,7 +226,11 @@ impl Keys {
     /// costs only a different answer to a retry, so a failure is logged,
     /// not returned.
     pub async fn record_done(&self, claim: &Claim, step: &str, result: &str) {
-        if let Err(e) = insert(claim, step, result).execute(&self.db.pool).await {
+        let done = match self.db.acquire().await {
+            Ok(mut conn) => insert(claim, step, result).execute(&mut *conn).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
             tracing::debug!(method = claim.method, "idempotency key not recorded: {e}");
         }
     }

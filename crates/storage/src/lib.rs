@@ -22,6 +22,7 @@ mod args;
 pub mod files;
 pub mod idempotency;
 pub mod outbox;
+mod patience;
 
 pub use args::StoreArgs;
 #[cfg(feature = "testing")]

@@ -129,7 +129,7 @@ impl Outbox {
         .bind(lease_until)
         .bind(now_micros())
         .bind(limit as i64)
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await
     }
 
@@ -144,7 +144,7 @@ impl Outbox {
         .bind(now_micros())
         .bind(id)
         .bind(token)
-        .execute(&self.db.pool)
+        .execute(&mut *self.db.acquire().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -167,7 +167,7 @@ impl Outbox {
         .bind(error)
         .bind(id)
         .bind(token)
-        .execute(&self.db.pool)
+        .execute(&mut *self.db.acquire().await?)
         .await?;
         Ok(())
     }
@@ -178,7 +178,7 @@ impl Outbox {
             "SELECT MIN(next_attempt_at) AS t FROM {} WHERE published_at IS NULL",
             self.table
         ))
-        .fetch_one(&self.db.pool)
+        .fetch_one(&mut *self.db.acquire().await?)
         .await?;
         row.try_get::<Option<i64>, _>("t")
     }
@@ -189,7 +189,7 @@ impl Outbox {
             "SELECT COUNT(*) AS n FROM {} WHERE published_at IS NULL",
             self.table
         ))
-        .fetch_one(&self.db.pool)
+        .fetch_one(&mut *self.db.acquire().await?)
         .await?;
         row.try_get::<i64, _>("n")
     }
@@ -202,7 +202,7 @@ impl Outbox {
             self.table
         ))
         .bind(cutoff)
-        .execute(&self.db.pool)
+        .execute(&mut *self.db.acquire().await?)
         .await?;
         Ok(done.rows_affected())
     }

@@ -83,11 +83,7 @@ impl Store {
         claim: Option<&Claim>,
     ) -> Result<()> {
         let now = now_micros();
-        let mut tx = self
-            .db
-            .pool
-            .begin_with(self.db.dialect.begin_write())
-            .await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query(
             "INSERT INTO builds (id, app, status, reason, description, git_sha, source_url, manifest_path, \
              manifest, release_id, artifacts, runner, heartbeat_at, started_at) \
@@ -139,7 +135,7 @@ impl Store {
         ))
         .bind(id.as_str())
         .bind(app.as_str())
-        .fetch_optional(&self.db.pool)
+        .fetch_optional(&mut *self.db.acquire().await?)
         .await?
         .map(|row| build_from_row(&row))
         .transpose()?
@@ -150,7 +146,7 @@ impl Store {
     pub async fn status(&self, id: &BuildId) -> Result<Option<BuildStatus>> {
         let row = sqlx::query("SELECT status FROM builds WHERE id = $1")
             .bind(id.as_str())
-            .fetch_optional(&self.db.pool)
+            .fetch_optional(&mut *self.db.acquire().await?)
             .await?;
         Ok(match row {
             Some(row) => BuildStatus::parse(&row.try_get::<String, _>("status")?),
@@ -165,7 +161,7 @@ impl Store {
         ))
         .bind(app.as_str())
         .bind(i64::from(limit))
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?
         .iter()
         .map(build_from_row)
@@ -178,7 +174,7 @@ impl Store {
         let done = sqlx::query("UPDATE builds SET status = 'running', heartbeat_at = $2 WHERE id = $1 AND status = 'created'")
             .bind(id.as_str())
             .bind(now_micros())
-            .execute(&self.db.pool)
+            .execute(&mut *self.db.acquire().await?)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -200,11 +196,7 @@ impl Store {
         cancelled_by: Option<&slipway_rpc::actor::Actor>,
     ) -> Result<bool> {
         debug_assert!(outcome.status.is_terminal());
-        let mut tx = self
-            .db
-            .pool
-            .begin_with(self.db.dialect.begin_write())
-            .await?;
+        let mut tx = self.db.begin_write().await?;
         let done = sqlx::query(&format!(
             "UPDATE builds SET status = $2, reason = $3, manifest = $4, release_id = $5, artifacts = $6, \
              ended_at = $7 WHERE id = $1 AND status IN {OPEN} RETURNING app"
@@ -256,7 +248,7 @@ impl Store {
         ))
         .bind(now_micros())
         .bind(runner)
-        .execute(&self.db.pool)
+        .execute(&mut *self.db.acquire().await?)
         .await?;
         Ok(())
     }
@@ -268,11 +260,7 @@ impl Store {
         silent_since: DateTime<Utc>,
         reason: &str,
     ) -> Result<Vec<String>> {
-        let mut tx = self
-            .db
-            .pool
-            .begin_with(self.db.dialect.begin_write())
-            .await?;
+        let mut tx = self.db.begin_write().await?;
         let rows = sqlx::query(&format!(
             "UPDATE builds SET status = 'failed', reason = $1, ended_at = $2 \
              WHERE status IN {OPEN} AND heartbeat_at < $3 RETURNING id, app"

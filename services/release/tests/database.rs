@@ -2,6 +2,7 @@
 //! PostgreSQL through a TCP relay the test cuts (every connection dropped,
 //! new ones refused) and restores. Stopping the shared PostgreSQL itself is
 //! not possible on a machine other tests use. A call during a short outage
+//! (connects answered "starting up" and hung up mid-handshake in turn)
 //! waits and succeeds once the database answers; one outliving the pool's
 //! wait fails with UNAVAILABLE "database unavailable, retrying"; the same
 //! replica serves again afterwards without a restart, and every

@@ -105,7 +105,7 @@ pub async fn hold(
     );
     entry.outcome = "unknown".to_owned();
     let id = new_id();
-    let mut tx = db.pool.begin_with(db.dialect.begin_write()).await?;
+    let mut tx = db.begin_write().await?;
     audit::write_due(
         &mut tx,
         TABLE,

@@ -55,7 +55,7 @@ impl Ledger {
             )));
         }
         let (db, _) = self.store.parts();
-        let done = retry(|| {
+        let done = retry(|| async {
             sqlx::query(
                 "INSERT INTO oneoff_ends (app, id, service, release_id, command, status, \
                  exit_code, started_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -70,13 +70,15 @@ impl Ledger {
             .bind(info.exit_code.map(i64::from))
             .bind(micros(info.started))
             .bind(micros(at))
-            .execute(&db.pool)
+            .execute(&mut *db.acquire().await?)
+            .await
         })
         .await?;
-        retry(|| {
+        retry(|| async {
             sqlx::query("DELETE FROM oneoff_ends WHERE ended_at < $1")
                 .bind(cutoff())
-                .execute(&db.pool)
+                .execute(&mut *db.acquire().await?)
+                .await
         })
         .await?;
         Ok(done.rows_affected() == 1)
@@ -86,7 +88,7 @@ impl Ledger {
     /// and within [`RETENTION`].
     pub async fn get(&self, app: &str, id: &str) -> Result<Option<(OneOffInfo, DateTime<Utc>)>> {
         let (db, _) = self.store.parts();
-        let row = retry(|| {
+        let row = retry(|| async {
             sqlx::query(
                 "SELECT service, release_id, command, status, exit_code, started_at, ended_at \
                  FROM oneoff_ends WHERE app = $1 AND id = $2 AND ended_at >= $3",
@@ -94,7 +96,8 @@ impl Ledger {
             .bind(app)
             .bind(id)
             .bind(cutoff())
-            .fetch_optional(&db.pool)
+            .fetch_optional(&mut *db.acquire().await?)
+            .await
         })
         .await?;
         let Some(row) = row else {

@@ -260,7 +260,7 @@ impl Scales {
              ORDER BY created_at DESC, finished_at IS NULL DESC LIMIT 1",
         )
         .bind(app.as_str())
-        .fetch_optional(&db.pool)
+        .fetch_optional(&mut *db.acquire().await?)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let id: String = row.try_get("id")?;
@@ -307,7 +307,7 @@ impl Scales {
         let sealed = cipher.seal(app.as_str(), &spec.to_json());
         // The rollout row, the scale record and the audit record commit
         // together (crate::audit).
-        let mut tx = db.pool.begin_with(db.dialect.begin_write()).await?;
+        let mut tx = db.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO rollouts (id, app, release_id, fallback_release, target_spec, fallback_spec, phase, \
              deadline_secs, deadline_at, owner, lease_expires, epoch, reported, created_at, finished_at) \
@@ -404,7 +404,7 @@ async fn records(
         "SELECT service, count, cpu, memory, updated_at FROM service_scales WHERE app = $1",
     )
     .bind(app)
-    .fetch_all(&db.pool)
+    .fetch_all(&mut *db.acquire().await?)
     .await?;
     rows.iter()
         .map(|r| {
@@ -445,7 +445,7 @@ async fn upsert(store: &Store, app: &AppName, service: &str, scale: ServiceScale
     .bind(i64::from(scale.cpu))
     .bind(i64::from(scale.memory))
     .bind(now_micros())
-    .execute(&db.pool)
+    .execute(&mut *db.acquire().await?)
     .await?;
     Ok(())
 }

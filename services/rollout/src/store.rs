@@ -121,7 +121,7 @@ impl Store {
             .fallback
             .as_ref()
             .map(|f| self.cipher.seal(&new.target.app, &f.to_json()));
-        let inserted = retry(|| {
+        let inserted = retry(|| async {
             sqlx::query(
                 "INSERT INTO rollouts (id, app, release_id, fallback_release, target_spec, fallback_spec, phase, \
                  deadline_secs, deadline_at, owner, lease_expires, epoch, created_at) \
@@ -139,7 +139,7 @@ impl Store {
             .bind(owner)
             .bind(lease_until(ttl))
             .bind(now)
-            .execute(&self.db.pool)
+            .execute(&mut *self.db.acquire().await?).await
         })
         .await;
         match inserted {
@@ -169,7 +169,7 @@ impl Store {
     async fn open_for_app(&self, app: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT id FROM rollouts WHERE app = $1 AND finished_at IS NULL")
             .bind(app)
-            .fetch_optional(&self.db.pool)
+            .fetch_optional(&mut *self.db.acquire().await?)
             .await?;
         Ok(row.map(|r| r.try_get("id")).transpose()?)
     }
@@ -180,7 +180,7 @@ impl Store {
             "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(&self.db.pool)
+        .fetch_optional(&mut *self.db.acquire().await?)
         .await?;
         row.as_ref().map(rollout_from_row).transpose()
     }
@@ -191,7 +191,7 @@ impl Store {
             "SELECT {ROLLOUT_COLUMNS}, target_spec, fallback_spec FROM rollouts WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(&self.db.pool)
+        .fetch_optional(&mut *self.db.acquire().await?)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let rollout = rollout_from_row(&row)?;
@@ -215,7 +215,7 @@ impl Store {
     /// outcome is not yet acknowledged. Returns the new epoch, or `None` if
     /// someone else holds it.
     pub async fn acquire(&self, id: &str, owner: &str, ttl: Duration) -> Result<Option<u64>> {
-        let row = retry(|| {
+        let row = retry(|| async {
             sqlx::query(
                 "UPDATE rollouts SET owner = $1, lease_expires = $2, epoch = epoch + 1 \
                  WHERE id = $3 AND lease_expires < $4 AND reported = 0 RETURNING epoch",
@@ -224,7 +224,8 @@ impl Store {
             .bind(lease_until(ttl))
             .bind(id)
             .bind(now_micros())
-            .fetch_optional(&self.db.pool)
+            .fetch_optional(&mut *self.db.acquire().await?)
+            .await
         })
         .await?;
         Ok(row
@@ -242,7 +243,7 @@ impl Store {
         epoch: u64,
         ttl: Duration,
     ) -> Result<Option<bool>> {
-        let row = retry(|| {
+        let row = retry(|| async {
             sqlx::query(
                 "UPDATE rollouts SET lease_expires = $1 WHERE id = $2 AND owner = $3 AND epoch = $4 \
                  RETURNING cancel_requested",
@@ -251,7 +252,7 @@ impl Store {
             .bind(id)
             .bind(owner)
             .bind(epoch as i64)
-            .fetch_optional(&self.db.pool)
+            .fetch_optional(&mut *self.db.acquire().await?).await
         })
         .await?;
         Ok(row
@@ -266,7 +267,7 @@ impl Store {
         sqlx::query("UPDATE rollouts SET lease_expires = 0 WHERE id = $1 AND epoch = $2")
             .bind(id)
             .bind(epoch as i64)
-            .execute(&self.db.pool)
+            .execute(&mut *self.db.acquire().await?)
             .await?;
         Ok(())
     }
@@ -283,7 +284,7 @@ impl Store {
         deadline: Option<DateTime<Utc>>,
     ) -> Result<bool> {
         let now = now_micros();
-        let done = retry(|| {
+        let done = retry(|| async {
             sqlx::query(
                 "UPDATE rollouts SET phase = $1, reason = $2, deadline_at = COALESCE($3, deadline_at), \
                  finished_at = $4 WHERE id = $5 AND epoch = $6",
@@ -294,7 +295,7 @@ impl Store {
             .bind(phase.is_terminal().then_some(now))
             .bind(id)
             .bind(epoch as i64)
-            .execute(&self.db.pool)
+            .execute(&mut *self.db.acquire().await?).await
         })
         .await?;
         Ok(done.rows_affected() == 1)
@@ -303,12 +304,13 @@ impl Store {
     /// Records a cancel request (any replica may take it; the owner reads
     /// it when it renews). Returns the rollout, or `None` if unknown.
     pub async fn request_cancel(&self, id: &str) -> Result<Option<Rollout>> {
-        retry(|| {
+        retry(|| async {
             sqlx::query(
                 "UPDATE rollouts SET cancel_requested = 1 WHERE id = $1 AND finished_at IS NULL",
             )
             .bind(id)
-            .execute(&self.db.pool)
+            .execute(&mut *self.db.acquire().await?)
+            .await
         })
         .await?;
         self.get(id).await
@@ -316,13 +318,14 @@ impl Store {
 
     /// Records that the release service acknowledged the outcome.
     pub async fn mark_reported(&self, id: &str, epoch: u64) -> Result<bool> {
-        let done = retry(|| {
+        let done = retry(|| async {
             sqlx::query(
                 "UPDATE rollouts SET reported = 1, lease_expires = 0 WHERE id = $1 AND epoch = $2",
             )
             .bind(id)
             .bind(epoch as i64)
-            .execute(&self.db.pool)
+            .execute(&mut *self.db.acquire().await?)
+            .await
         })
         .await?;
         Ok(done.rows_affected() == 1)
@@ -335,7 +338,7 @@ impl Store {
             "SELECT id FROM rollouts WHERE reported = 0 AND lease_expires < $1 ORDER BY created_at",
         )
         .bind(now_micros())
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
@@ -382,7 +385,7 @@ impl Store {
             .bind(epoch.map_or(-1, |e| e as i64))
             .bind(rollout)
             .bind(epoch.unwrap_or_default() as i64)
-            .fetch_optional(&self.db.pool)
+            .fetch_optional(&mut *self.db.acquire().await?)
             .await;
             match row {
                 Ok(Some(row)) => return Ok(Some(row.try_get::<i64, _>("seq")? as u64)),
@@ -422,7 +425,7 @@ impl Store {
         .bind(app)
         .bind(micros(since))
         .bind(i64::from(limit))
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?;
         let mut events = rows
             .iter()
@@ -456,7 +459,7 @@ impl Store {
         .bind(rollout)
         .bind(after as i64)
         .bind(i64::from(limit))
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?;
         rows.iter()
             .map(|r| {

@@ -113,7 +113,7 @@ pub async fn settle(
     .bind(detail)
     .bind(now_micros())
     .bind(id)
-    .execute(&db.pool)
+    .execute(&mut *db.acquire().await?)
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -129,7 +129,7 @@ pub async fn withdraw(
         "DELETE FROM {table} WHERE id = $1 AND published_at IS NULL AND claim = ''"
     ))
     .bind(id)
-    .execute(&db.pool)
+    .execute(&mut *db.acquire().await?)
     .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -1,6 +1,7 @@
 //! A relay between a service and PostgreSQL that a test cuts (every
-//! connection dropped, new ones answered as by a PostgreSQL starting up)
-//! and restores: PostgreSQL unreachable, without stopping the machine's
+//! connection dropped, new ones answered in turn as by a PostgreSQL starting
+//! up and by one going down: hung up halfway through the handshake) and
+//! restores: PostgreSQL unreachable, without stopping the machine's
 //! PostgreSQL, which other tests use. Point a service's `--database-url`
 //! at [`through`]`(url, relay.addr)`.
 
@@ -12,7 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 /// A relay to PostgreSQL that can be cut (every connection dropped, new
-/// ones answered as by a PostgreSQL starting up, counted) and restored.
+/// ones answered in turn with "starting up" and with a hang-up mid
+/// handshake, counted) and restored.
 pub struct Relay {
     /// Where the relay listens: the address services connect to.
     pub addr: SocketAddr,
@@ -43,9 +45,15 @@ impl Relay {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !forward {
-                    refused.fetch_add(1, Ordering::SeqCst);
+                    // Both answers of a server that is not there: sqlx's
+                    // pool retries the first by itself, not the second.
+                    let nth = refused.fetch_add(1, Ordering::SeqCst);
                     conns.spawn(async move {
-                        let _ = starting_up(&mut inbound).await;
+                        if nth % 2 == 0 {
+                            let _ = starting_up(&mut inbound).await;
+                        } else {
+                            let _ = hang_up(inbound).await;
+                        }
                     });
                     continue;
                 }
@@ -131,6 +139,16 @@ async fn starting_up(stream: &mut TcpStream) -> std::io::Result<()> {
     message.extend_from_slice(&fields);
     stream.write_all(&message).await?;
     stream.shutdown().await
+}
+
+/// Answers a connection as a PostgreSQL going down does: reads the first
+/// message and closes the connection unanswered.
+async fn hang_up(mut stream: TcpStream) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    let len = stream.read_u32().await? as usize;
+    let mut body = vec![0; len.saturating_sub(4)];
+    stream.read_exact(&mut body).await?;
+    Ok(())
 }
 
 /// `url` with its `host:port` replaced by `addr`.

@@ -55,7 +55,7 @@ impl Store {
              WHERE name = $1 AND deleted_at IS NULL",
         )
         .bind(name.as_str())
-        .fetch_optional(&self.db.pool)
+        .fetch_optional(&mut *self.db.acquire().await?)
         .await?
         .ok_or_else(|| app_not_found(name))?;
         let open = self.open_promotion(row.try_get("id")?).await?;
@@ -68,13 +68,13 @@ impl Store {
             "SELECT id, name, created_at, deadline_secs, active_release FROM apps \
              WHERE deleted_at IS NULL ORDER BY name",
         )
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?;
         let open = sqlx::query(&format!(
             "SELECT {PROMOTION_COLUMNS}, p.app_id FROM promotions p JOIN apps a ON a.id = p.app_id \
              WHERE a.deleted_at IS NULL AND p.state IN {OPEN_STATES}"
         ))
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?;
         let mut open_by_app = std::collections::HashMap::new();
         for row in &open {
@@ -123,13 +123,13 @@ impl Store {
             )
             .bind(app.as_str())
             .bind(i64::from(limit))
-            .fetch_all(&self.db.pool)
+            .fetch_all(&mut *self.db.acquire().await?)
             .await?,
             None => sqlx::query(
                 "SELECT id, at, actor, action, app, subject, detail FROM audit_events ORDER BY id DESC LIMIT $1",
             )
             .bind(i64::from(limit))
-            .fetch_all(&self.db.pool)
+            .fetch_all(&mut *self.db.acquire().await?)
             .await?,
         };
         rows.iter()

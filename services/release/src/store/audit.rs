@@ -75,7 +75,7 @@ impl Store {
         .bind(&record.outcome)
         .bind(&record.detail)
         .bind((!record.dedup_key.is_empty()).then_some(record.dedup_key.as_str()))
-        .execute(&self.db.pool)
+        .execute(&mut *self.db.acquire().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -95,7 +95,7 @@ impl Store {
         .bind(app.unwrap_or_default())
         .bind(since.unwrap_or(0))
         .bind(i64::from(limit))
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?;
         rows.iter()
             .map(|row| {

@@ -123,7 +123,7 @@ impl Store {
         .bind(crate::webhooks::new_id('E'))
         // The audit record's source (see `slipway_rpc::actor::current`).
         .bind(slipway_rpc::actor::current().source)
-        .fetch_one(&self.db.pool)
+        .fetch_one(&mut *self.db.acquire().await?)
         .await?
         .try_get("n")?;
         if inserted != 1 {
@@ -218,7 +218,7 @@ impl Store {
 
     /// Reads a release of `app`, or its newest release when `id` is `None`.
     pub async fn get_release(&self, app: &AppName, id: Option<&ReleaseId>) -> Result<Release> {
-        let mut conn = self.db.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         let app_id = app_id(&mut conn, app).await?;
         let row = match id {
             Some(id) => sqlx::query(&format!(
@@ -254,7 +254,7 @@ impl Store {
         budget: usize,
     ) -> Result<(Vec<Release>, bool)> {
         use futures::TryStreamExt as _;
-        let mut conn = self.db.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         let app_id = app_id(&mut conn, app).await?;
         let sql = format!(
             "SELECT {RELEASE_COLUMNS} FROM releases r WHERE r.app_id = $1 AND r.seq < $2 \

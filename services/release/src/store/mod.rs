@@ -81,11 +81,7 @@ impl Store {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Any>> {
-        Ok(self
-            .db
-            .pool
-            .begin_with(self.db.dialect.begin_write())
-            .await?)
+        Ok(self.db.begin_write().await?)
     }
 }
 

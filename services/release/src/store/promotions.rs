@@ -153,7 +153,7 @@ impl Store {
         .bind(now_micros())
         .bind(promotion.as_str())
         .bind(PromotionState::Pending.as_str())
-        .execute(&self.db.pool)
+        .execute(&mut *self.db.acquire().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -337,7 +337,7 @@ impl Store {
 
     /// Reads a promotion.
     pub async fn get_promotion(&self, id: &PromotionId) -> Result<Promotion> {
-        let mut conn = self.db.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         let row = sqlx::query(&format!(
             "SELECT {PROMOTION_COLUMNS} FROM promotions p JOIN apps a ON a.id = p.app_id WHERE p.id = $1"
         ))
@@ -350,7 +350,7 @@ impl Store {
 
     /// Lists an app's promotions, newest first.
     pub async fn list_promotions(&self, app: &AppName, limit: u32) -> Result<Vec<Promotion>> {
-        let mut conn = self.db.pool.acquire().await?;
+        let mut conn = self.db.acquire().await?;
         let app_id = app_id(&mut conn, app).await?;
         let rows = sqlx::query(&format!(
             "SELECT {PROMOTION_COLUMNS} FROM promotions p JOIN apps a ON a.id = p.app_id \
@@ -373,7 +373,7 @@ impl Store {
         ))
         .bind(PromotionState::Pending.as_str())
         .bind(cutoff)
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?;
         rows.iter().map(promotion_from_row).collect()
     }
@@ -399,7 +399,7 @@ impl Store {
              WHERE p.app_id = $1 AND p.state IN {OPEN_STATES}"
         ))
         .bind(app_id)
-        .fetch_optional(&self.db.pool)
+        .fetch_optional(&mut *self.db.acquire().await?)
         .await?;
         row.as_ref().map(promotion_from_row).transpose()
     }

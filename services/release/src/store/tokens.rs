@@ -136,7 +136,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT {TOKEN_COLUMNS} FROM access_tokens WHERE revoked_at IS NULL ORDER BY id"
         ))
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?;
         rows.iter().map(token_from_row).collect()
     }
@@ -148,7 +148,7 @@ impl Store {
              WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) ORDER BY id"
         ))
         .bind(now_micros())
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?;
         rows.iter().map(token_from_row).collect()
     }
@@ -165,7 +165,7 @@ impl Store {
              WHERE id IN ({list}) AND (last_used_at IS NULL OR last_used_at < $1)"
         ))
         .bind(at)
-        .execute(&self.db.pool)
+        .execute(&mut *self.db.acquire().await?)
         .await?;
         Ok(())
     }

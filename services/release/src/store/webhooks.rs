@@ -151,7 +151,7 @@ impl Store {
         events.sort();
         events.dedup();
         if let Some(app) = app {
-            let mut conn = self.db.pool.acquire().await?;
+            let mut conn = self.db.acquire().await?;
             app_id(&mut conn, app).await?;
         }
         retry(|| async {
@@ -215,7 +215,7 @@ impl Store {
             "SELECT id, url_display, app, events, actor, created_at FROM webhooks \
              WHERE deleted_at IS NULL ORDER BY created_at, id",
         )
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -341,7 +341,7 @@ impl Store {
             "SELECT id, fingerprint, actor, created_at FROM webhook_keys WHERE deleted_at IS NULL \
              ORDER BY created_at, id",
         )
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -401,7 +401,7 @@ impl Store {
             "SELECT id, key_sealed FROM webhook_keys WHERE deleted_at IS NULL ORDER BY created_at, id LIMIT $1",
         )
         .bind(MAX_KEYS as i64)
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -419,7 +419,7 @@ impl Store {
         let row =
             sqlx::query("SELECT url_sealed FROM webhooks WHERE id = $1 AND deleted_at IS NULL")
                 .bind(id)
-                .fetch_optional(&self.db.pool)
+                .fetch_optional(&mut *self.db.acquire().await?)
                 .await?;
         let Some(row) = row else { return Ok(None) };
         let sealed: Vec<u8> = row.try_get("url_sealed")?;
@@ -474,7 +474,7 @@ impl Store {
         for id in busy {
             query = query.bind(id);
         }
-        let rows = query.fetch_all(&self.db.pool).await?;
+        let rows = query.fetch_all(&mut *self.db.acquire().await?).await?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -497,7 +497,7 @@ impl Store {
             query = query.bind(id);
         }
         let mut events = std::collections::HashMap::new();
-        for row in query.fetch_all(&self.db.pool).await? {
+        for row in query.fetch_all(&mut *self.db.acquire().await?).await? {
             let event = Event {
                 id: row.try_get("id")?,
                 action: row.try_get("action")?,
@@ -575,7 +575,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT MIN(next_attempt_at) AS t FROM webhook_deliveries WHERE state = 'pending'",
         )
-        .fetch_one(&self.db.pool)
+        .fetch_one(&mut *self.db.acquire().await?)
         .await?;
         Ok(row.try_get::<Option<i64>, _>("t")?)
     }
@@ -595,14 +595,14 @@ impl Store {
             ))
             .bind(w)
             .bind(i64::from(limit))
-            .fetch_all(&self.db.pool)
+            .fetch_all(&mut *self.db.acquire().await?)
             .await?,
             None => sqlx::query(&format!(
                 "SELECT {columns} FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id \
                  ORDER BY d.created_at DESC, d.id DESC LIMIT $1"
             ))
             .bind(i64::from(limit))
-            .fetch_all(&self.db.pool)
+            .fetch_all(&mut *self.db.acquire().await?)
             .await?,
         };
         let ids = rows

@@ -211,13 +211,14 @@ impl Drivers {
 
     async fn record(&self, id: &str) -> Result<Option<Record>> {
         let (db, _) = self.store.parts();
-        let row = retry(|| {
+        let row = retry(|| async {
             sqlx::query(
                 "SELECT started_at, process_id, ended_at, exit_code FROM release_commands \
                  WHERE rollout_id = $1",
             )
             .bind(id)
-            .fetch_optional(&db.pool)
+            .fetch_optional(&mut *db.acquire().await?)
+            .await
         })
         .await?;
         Ok(match row {
@@ -234,14 +235,15 @@ impl Drivers {
     /// Records the start; `false` if a start was recorded already.
     async fn record_start(&self, id: &str) -> Result<bool> {
         let (db, _) = self.store.parts();
-        let done = retry(|| {
+        let done = retry(|| async {
             sqlx::query(
                 "INSERT INTO release_commands (rollout_id, started_at) VALUES ($1, $2) \
                  ON CONFLICT (rollout_id) DO NOTHING",
             )
             .bind(id)
             .bind(now_micros())
-            .execute(&db.pool)
+            .execute(&mut *db.acquire().await?)
+            .await
         })
         .await?;
         Ok(done.rows_affected() == 1)
@@ -251,11 +253,12 @@ impl Drivers {
     /// end unknown (after a crash) can stop what is left of it.
     async fn record_process(&self, id: &str, process: &str) -> Result<()> {
         let (db, _) = self.store.parts();
-        retry(|| {
+        retry(|| async {
             sqlx::query("UPDATE release_commands SET process_id = $1 WHERE rollout_id = $2")
                 .bind(process)
                 .bind(id)
-                .execute(&db.pool)
+                .execute(&mut *db.acquire().await?)
+                .await
         })
         .await?;
         Ok(())
@@ -284,7 +287,7 @@ impl Drivers {
 
     async fn record_end(&self, id: &str, process: &str, code: i32) -> Result<()> {
         let (db, _) = self.store.parts();
-        retry(|| {
+        retry(|| async {
             sqlx::query(
                 "UPDATE release_commands SET process_id = $1, ended_at = $2, exit_code = $3 \
                  WHERE rollout_id = $4",
@@ -293,7 +296,8 @@ impl Drivers {
             .bind(now_micros())
             .bind(i64::from(code))
             .bind(id)
-            .execute(&db.pool)
+            .execute(&mut *db.acquire().await?)
+            .await
         })
         .await?;
         Ok(())

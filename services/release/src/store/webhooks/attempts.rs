@@ -70,7 +70,7 @@ impl Store {
             for id in chunk {
                 query = query.bind(id);
             }
-            for row in query.fetch_all(&self.db.pool).await? {
+            for row in query.fetch_all(&mut *self.db.acquire().await?).await? {
                 let delivery: String = row.try_get("delivery_id")?;
                 let list = found.entry(delivery).or_default();
                 if list.len() as i64 >= RECENT_ATTEMPTS {
@@ -95,14 +95,14 @@ impl Store {
     pub async fn prune_webhooks(&self, cutoff: i64) -> Result<Pruned> {
         let attempts = sqlx::query("DELETE FROM webhook_attempts WHERE at < $1")
             .bind(cutoff)
-            .execute(&self.db.pool)
+            .execute(&mut *self.db.acquire().await?)
             .await?
             .rows_affected();
         let deliveries = sqlx::query(
             "DELETE FROM webhook_deliveries WHERE state <> 'pending' AND updated_at < $1",
         )
         .bind(cutoff)
-        .execute(&self.db.pool)
+        .execute(&mut *self.db.acquire().await?)
         .await?
         .rows_affected();
         let events = sqlx::query(
@@ -110,7 +110,7 @@ impl Store {
              (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = webhook_events.id)",
         )
         .bind(cutoff)
-        .execute(&self.db.pool)
+        .execute(&mut *self.db.acquire().await?)
         .await?
         .rows_affected();
         Ok(Pruned {

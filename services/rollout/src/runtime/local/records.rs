@@ -60,7 +60,7 @@ impl LocalRecords {
     /// Records what an app should run (the spec JSON and the rollout that set it).
     pub async fn set_app(&self, app: &str, spec_json: &str, rollout: &str) -> Result<()> {
         let sealed = self.cipher.seal(app, spec_json);
-        retry(|| {
+        retry(|| async {
             sqlx::query(
                 "INSERT INTO local_apps (app, spec, rollout_id, updated_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (app) DO UPDATE SET spec = excluded.spec, rollout_id = excluded.rollout_id, \
@@ -70,7 +70,7 @@ impl LocalRecords {
             .bind(&sealed)
             .bind(rollout)
             .bind(now_micros())
-            .execute(&self.db.pool)
+            .execute(&mut *self.db.acquire().await?).await
         })
         .await?;
         Ok(())
@@ -78,10 +78,11 @@ impl LocalRecords {
 
     /// Forgets what an app should run.
     pub async fn remove_app(&self, app: &str) -> Result<()> {
-        retry(|| {
+        retry(|| async {
             sqlx::query("DELETE FROM local_apps WHERE app = $1")
                 .bind(app)
-                .execute(&self.db.pool)
+                .execute(&mut *self.db.acquire().await?)
+                .await
         })
         .await?;
         Ok(())
@@ -90,7 +91,7 @@ impl LocalRecords {
     /// Every app's desired spec JSON and rollout.
     pub async fn apps(&self) -> Result<Vec<(String, String, String)>> {
         let rows = sqlx::query("SELECT app, spec, rollout_id FROM local_apps ORDER BY app")
-            .fetch_all(&self.db.pool)
+            .fetch_all(&mut *self.db.acquire().await?)
             .await?;
         rows.iter()
             .map(|r| {
@@ -106,7 +107,7 @@ impl LocalRecords {
         let row = sqlx::query("SELECT port FROM local_ports WHERE app = $1 AND service = $2")
             .bind(app)
             .bind(service)
-            .fetch_optional(&self.db.pool)
+            .fetch_optional(&mut *self.db.acquire().await?)
             .await?;
         Ok(row
             .map(|r| r.try_get::<i64, _>("port"))
@@ -117,7 +118,7 @@ impl LocalRecords {
     /// Every assigned stable port.
     pub async fn ports(&self) -> Result<Vec<u16>> {
         let rows = sqlx::query("SELECT port FROM local_ports")
-            .fetch_all(&self.db.pool)
+            .fetch_all(&mut *self.db.acquire().await?)
             .await?;
         rows.iter()
             .map(|r| Ok(r.try_get::<i64, _>("port")? as u16))
@@ -126,12 +127,13 @@ impl LocalRecords {
 
     /// Assigns a stable port; `false` if the port is taken by another service.
     pub async fn assign_port(&self, app: &str, service: &str, port: u16) -> Result<bool> {
-        let done = retry(|| {
+        let done = retry(|| async {
             sqlx::query("INSERT INTO local_ports (app, service, port) VALUES ($1, $2, $3)")
                 .bind(app)
                 .bind(service)
                 .bind(i64::from(port))
-                .execute(&self.db.pool)
+                .execute(&mut *self.db.acquire().await?)
+                .await
         })
         .await;
         match done {
@@ -145,7 +147,7 @@ impl LocalRecords {
     pub async fn app_user(&self, app: &str) -> Result<Option<u32>> {
         let row = sqlx::query("SELECT uid FROM local_app_users WHERE app = $1")
             .bind(app)
-            .fetch_optional(&self.db.pool)
+            .fetch_optional(&mut *self.db.acquire().await?)
             .await?;
         Ok(row
             .map(|r| r.try_get::<i64, _>("uid"))
@@ -156,7 +158,7 @@ impl LocalRecords {
     /// Every assigned app uid.
     pub async fn app_users(&self) -> Result<Vec<u32>> {
         let rows = sqlx::query("SELECT uid FROM local_app_users")
-            .fetch_all(&self.db.pool)
+            .fetch_all(&mut *self.db.acquire().await?)
             .await?;
         rows.iter()
             .map(|r| Ok(r.try_get::<i64, _>("uid")? as u32))
@@ -165,11 +167,12 @@ impl LocalRecords {
 
     /// Assigns `uid` to `app`; `false` if the app or the uid has one already.
     pub async fn assign_app_user(&self, app: &str, uid: u32) -> Result<bool> {
-        let done = retry(|| {
+        let done = retry(|| async {
             sqlx::query("INSERT INTO local_app_users (app, uid) VALUES ($1, $2)")
                 .bind(app)
                 .bind(i64::from(uid))
-                .execute(&self.db.pool)
+                .execute(&mut *self.db.acquire().await?)
+                .await
         })
         .await;
         match done {
@@ -193,8 +196,7 @@ impl LocalRecords {
         retry(|| async {
             let mut tx = self
                 .db
-                .pool
-                .begin_with(self.db.dialect.begin_write())
+            .begin_write()
                 .await?;
             for p in ps {
                 sqlx::query(
@@ -228,11 +230,7 @@ impl LocalRecords {
             return Ok(());
         }
         retry(|| async {
-            let mut tx = self
-                .db
-                .pool
-                .begin_with(self.db.dialect.begin_write())
-                .await?;
+            let mut tx = self.db.begin_write().await?;
             for (id, pid) in pids {
                 sqlx::query("UPDATE local_processes SET pid = $1 WHERE id = $2")
                     .bind(i64::from(*pid))
@@ -253,11 +251,7 @@ impl LocalRecords {
             return Ok(());
         }
         retry(|| async {
-            let mut tx = self
-                .db
-                .pool
-                .begin_with(self.db.dialect.begin_write())
-                .await?;
+            let mut tx = self.db.begin_write().await?;
             for id in ids {
                 sqlx::query("DELETE FROM local_processes WHERE id = $1")
                     .bind(id)
@@ -272,10 +266,11 @@ impl LocalRecords {
 
     /// Forgets a process that is gone.
     pub async fn delete_process(&self, id: &str) -> Result<()> {
-        retry(|| {
+        retry(|| async {
             sqlx::query("DELETE FROM local_processes WHERE id = $1")
                 .bind(id)
-                .execute(&self.db.pool)
+                .execute(&mut *self.db.acquire().await?)
+                .await
         })
         .await?;
         Ok(())
@@ -286,7 +281,7 @@ impl LocalRecords {
         let rows = sqlx::query(
             "SELECT id, app, service, release_id, pid, port, started_at FROM local_processes ORDER BY started_at",
         )
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *self.db.acquire().await?)
         .await?;
         rows.iter()
             .map(|r| {
