@@ -49,7 +49,7 @@ impl Relay {
                     // pool retries the first by itself, not the second.
                     let nth = refused.fetch_add(1, Ordering::SeqCst);
                     conns.spawn(async move {
-                        if nth % 2 == 0 {
+                        if nth.is_multiple_of(2) {
                             let _ = starting_up(&mut inbound).await;
                         } else {
                             let _ = hang_up(inbound).await;
