@@ -226,11 +226,11 @@ impl Keys {
     /// costs only a different answer to a retry, so a failure is logged,
     /// not returned.
     pub async fn record_done(&self, claim: &Claim, step: &str, result: &str) {
-        let done = match self.db.acquire().await {
-            Ok(mut conn) => insert(claim, step, result).execute(&mut *conn).await,
-            Err(e) => Err(e),
+        let done = async {
+            let mut conn = self.db.acquire().await?;
+            insert(claim, step, result).execute(&mut *conn).await
         };
-        if let Err(e) = done {
+        if let Err(e) = done.await {
             tracing::debug!(method = claim.method, "idempotency key not recorded: {e}");
         }
     }

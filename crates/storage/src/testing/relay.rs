@@ -105,11 +105,9 @@ impl Relay {
 /// startup message (after refusing TLS) gets FATAL 57P03, which drivers
 /// retry.
 async fn starting_up(stream: &mut TcpStream) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     loop {
-        let len = stream.read_u32().await? as usize;
-        let mut body = vec![0; len.saturating_sub(4)];
-        stream.read_exact(&mut body).await?;
+        let body = read_message(stream).await?;
         // SSLRequest and GSSENCRequest: no.
         if body.len() == 4
             && matches!(
@@ -144,11 +142,17 @@ async fn starting_up(stream: &mut TcpStream) -> std::io::Result<()> {
 /// Answers a connection as a PostgreSQL going down does: reads the first
 /// message and closes the connection unanswered.
 async fn hang_up(mut stream: TcpStream) -> std::io::Result<()> {
+    read_message(&mut stream).await.map(drop)
+}
+
+/// Reads one untyped message of a connection's start (a length that counts
+/// itself, then the body) and returns its body.
+async fn read_message(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     use tokio::io::AsyncReadExt as _;
     let len = stream.read_u32().await? as usize;
     let mut body = vec![0; len.saturating_sub(4)];
     stream.read_exact(&mut body).await?;
-    Ok(())
+    Ok(body)
 }
 
 /// `url` with its `host:port` replaced by `addr`.

@@ -16,7 +16,7 @@ impl Store {
     /// Creates an app.
     pub async fn create_app(&self, name: &AppName, deadline_secs: u32, actor: &str) -> Result<App> {
         retry(|| async {
-            let mut tx = self.begin().await?;
+            let mut tx = self.db.begin_write().await?;
             let now = now_micros();
             let inserted = sqlx::query(
                 "INSERT INTO apps (name, created_at, deadline_secs) VALUES ($1, $2, $3) RETURNING id",
@@ -64,17 +64,18 @@ impl Store {
 
     /// Lists live apps by name.
     pub async fn list_apps(&self) -> Result<Vec<App>> {
+        let mut conn = self.db.acquire().await?;
         let rows = sqlx::query(
             "SELECT id, name, created_at, deadline_secs, active_release FROM apps \
              WHERE deleted_at IS NULL ORDER BY name",
         )
-        .fetch_all(&mut *self.db.acquire().await?)
+        .fetch_all(&mut *conn)
         .await?;
         let open = sqlx::query(&format!(
             "SELECT {PROMOTION_COLUMNS}, p.app_id FROM promotions p JOIN apps a ON a.id = p.app_id \
              WHERE a.deleted_at IS NULL AND p.state IN {OPEN_STATES}"
         ))
-        .fetch_all(&mut *self.db.acquire().await?)
+        .fetch_all(&mut *conn)
         .await?;
         let mut open_by_app = std::collections::HashMap::new();
         for row in &open {
@@ -89,7 +90,7 @@ impl Store {
     /// name, which can be reused). Refused while a promotion is in flight.
     pub async fn delete_app(&self, name: &AppName, actor: &str) -> Result<()> {
         retry(|| async {
-            let mut tx = self.begin().await?;
+            let mut tx = self.db.begin_write().await?;
             let app_id = lock_app(&mut tx, self.db.dialect.for_update(), name).await?;
             let open: i64 = sqlx::query(&format!(
                 "SELECT COUNT(*) AS n FROM promotions WHERE app_id = $1 AND state IN {OPEN_STATES}"

@@ -157,7 +157,7 @@ impl Store {
         actor: &str,
     ) -> Result<(i64, Release)> {
         retry(|| async {
-            let mut tx = self.begin().await?;
+            let mut tx = self.db.begin_write().await?;
             // Taking the app row serialises forks: the newest release read
             // below cannot change before this transaction commits.
             let locked = sqlx::query(

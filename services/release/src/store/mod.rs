@@ -79,10 +79,6 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), slipway_storage::Error> {
         self.db.migrate(&POSTGRES_MIGRATOR, &SQLITE_MIGRATOR).await
     }
-
-    async fn begin(&self) -> Result<Transaction<'static, Any>> {
-        Ok(self.db.begin_write().await?)
-    }
 }
 
 async fn lock_app(

@@ -56,7 +56,7 @@ impl Store {
         actor: &str,
     ) -> Result<PromotionStart> {
         retry(|| async {
-            let mut tx = self.begin().await?;
+            let mut tx = self.db.begin_write().await?;
             let row = sqlx::query(&format!(
                 "SELECT id, deadline_secs, active_release, active_seq FROM apps \
                  WHERE name = $1 AND deleted_at IS NULL{}",
@@ -181,7 +181,7 @@ impl Store {
     /// was no longer rolling out or a cancel was requested before.
     pub async fn request_cancel(&self, promotion: &Promotion, actor: &str) -> Result<bool> {
         retry(|| async {
-            let mut tx = self.begin().await?;
+            let mut tx = self.db.begin_write().await?;
             let done = sqlx::query(
                 "UPDATE promotions SET cancelled_by = $1, updated_at = $2 \
                  WHERE id = $3 AND state = $4 AND cancelled_by IS NULL",
@@ -227,7 +227,7 @@ impl Store {
         cancelled: Option<bool>,
     ) -> Result<Promotion> {
         retry(|| async {
-            let mut tx = self.begin().await?;
+            let mut tx = self.db.begin_write().await?;
             let mut current = self.promotion_in(&mut tx, promotion, true).await?;
             if current.lease_epoch > lease_epoch {
                 return Err(Error::FailedPrecondition(format!(

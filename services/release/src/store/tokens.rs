@@ -56,7 +56,7 @@ impl Store {
     /// active token has the name.
     pub async fn create_token(&self, token: &NewToken, actor: &str) -> Result<TokenRecord> {
         retry(|| async {
-            let mut tx = self.begin().await?;
+            let mut tx = self.db.begin_write().await?;
             let now = now_micros();
             let apps = join_apps(&token.apps);
             let inserted = sqlx::query(
@@ -110,7 +110,7 @@ impl Store {
     /// Revokes the active token named `name` and audits it.
     pub async fn revoke_token(&self, name: &str, actor: &str) -> Result<()> {
         retry(|| async {
-            let mut tx = self.begin().await?;
+            let mut tx = self.db.begin_write().await?;
             let done = sqlx::query(
                 "UPDATE access_tokens SET revoked_at = $1, revoked_by = $2 \
                  WHERE name = $3 AND revoked_at IS NULL",

@@ -101,7 +101,7 @@ impl Store {
     /// false when an event with its id was recorded before (nothing done).
     pub async fn publish_event(&self, event: &Event) -> Result<bool> {
         let fresh = retry(|| async {
-            let mut tx = self.begin().await?;
+            let mut tx = self.db.begin_write().await?;
             let inserted = sqlx::query(
                 "INSERT INTO webhook_events (id, action, status, app, actor, subject, message, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
@@ -155,7 +155,7 @@ impl Store {
             app_id(&mut conn, app).await?;
         }
         retry(|| async {
-            let mut tx = self.begin().await?;
+            let mut tx = self.db.begin_write().await?;
             let id = new_id('W');
             let now = now_micros();
             let sealed = self
@@ -240,7 +240,7 @@ impl Store {
     /// Removes a receiver and cancels its pending deliveries.
     pub async fn delete_webhook(&self, id: &str, actor: &str) -> Result<()> {
         retry(|| async {
-            let mut tx = self.begin().await?;
+            let mut tx = self.db.begin_write().await?;
             let now = now_micros();
             let row = sqlx::query(
                 "UPDATE webhooks SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL RETURNING app, url_display",
@@ -270,7 +270,7 @@ impl Store {
     /// Generates a signing key (refused when [`MAX_KEYS`] are active).
     pub async fn create_webhook_key(&self, actor: &str) -> Result<(KeyInfo, String)> {
         retry(|| async {
-            let mut tx = self.begin().await?;
+            let mut tx = self.db.begin_write().await?;
             let keys: i64 = sqlx::query("SELECT COUNT(*) AS n FROM webhook_keys WHERE deleted_at IS NULL")
                 .fetch_one(&mut *tx)
                 .await?
@@ -358,7 +358,7 @@ impl Store {
     /// Removes a key.
     pub async fn delete_webhook_key(&self, id: &str, actor: &str) -> Result<()> {
         retry(|| async {
-            let mut tx = self.begin().await?;
+            let mut tx = self.db.begin_write().await?;
             // Nothing is ever sent unsigned: the last key stays while any
             // receiver does (rotate by adding a key first).
             let keys: i64 =
@@ -474,7 +474,8 @@ impl Store {
         for id in busy {
             query = query.bind(id);
         }
-        let rows = query.fetch_all(&mut *self.db.acquire().await?).await?;
+        let mut conn = self.db.acquire().await?;
+        let rows = query.fetch_all(&mut *conn).await?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -497,7 +498,7 @@ impl Store {
             query = query.bind(id);
         }
         let mut events = std::collections::HashMap::new();
-        for row in query.fetch_all(&mut *self.db.acquire().await?).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let event = Event {
                 id: row.try_get("id")?,
                 action: row.try_get("action")?,
@@ -537,7 +538,7 @@ impl Store {
     ) -> Result<bool> {
         let now = now_micros();
         let delivered = (record.state == "delivered").then_some(now);
-        let mut tx = self.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let done = sqlx::query(
             "UPDATE webhook_deliveries SET state = $1, attempts = attempts + 1, last_status = $2, \
              last_error = $3, next_attempt_at = $4, claim = '', updated_at = $5, delivered_at = $6 \

@@ -70,7 +70,8 @@ impl LocalRecords {
             .bind(&sealed)
             .bind(rollout)
             .bind(now_micros())
-            .execute(&mut *self.db.acquire().await?).await
+            .execute(&mut *self.db.acquire().await?)
+            .await
         })
         .await?;
         Ok(())
@@ -194,10 +195,7 @@ impl LocalRecords {
             return Ok(());
         }
         retry(|| async {
-            let mut tx = self
-                .db
-            .begin_write()
-                .await?;
+            let mut tx = self.db.begin_write().await?;
             for p in ps {
                 sqlx::query(
                     "INSERT INTO local_processes (id, app, service, release_id, pid, port, started_at) \
