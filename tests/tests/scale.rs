@@ -218,6 +218,47 @@ async fn the_seed_flow_runs_on_the_scale_setup_across_gateways() {
         )
         .await;
     assert!(info.contains("FOO=bar"), "{info}");
+
+    // A one-off through gateway B, whose exec session reaches a rollout
+    // replica by gRPC (the embedded rack's gateway hands sessions over in
+    // process instead): stdin through, output back, the exit status kept.
+    let mut run = cluster
+        .slipway_command("gateway-b", dir, &["run", "-a", "myapp", "web", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start slipway run");
+    let input = b"through gateway B by gRPC\n".repeat(4096);
+    let mut stdin = run.stdin.take().unwrap();
+    let writer = tokio::spawn({
+        let input = input.clone();
+        async move {
+            use tokio::io::AsyncWriteExt as _;
+            stdin.write_all(&input).await.unwrap();
+        }
+    });
+    let out = tokio::time::timeout(Duration::from_secs(120), run.wait_with_output())
+        .await
+        .expect("run web cat ends")
+        .unwrap();
+    writer.await.unwrap();
+    assert!(
+        out.status.success(),
+        "run web cat: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    assert!(
+        out.stdout == input,
+        "cat gave {} bytes of {}",
+        out.stdout.len(),
+        input.len()
+    );
+    let out = cluster
+        .slipway("gateway-b", dir, &["run", "-a", "myapp", "web", "exit 42"])
+        .await;
+    assert_eq!(out.status.code(), Some(42), "{out:?}");
 }
 
 /// How the owning rollout replica goes away mid-rollout.

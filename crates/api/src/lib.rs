@@ -27,6 +27,7 @@ pub mod rollout {
 }
 
 pub mod events;
+pub mod exec;
 pub mod promotion;
 pub mod refusal;
 

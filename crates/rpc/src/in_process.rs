@@ -17,7 +17,14 @@
 //! registered there waits for a server as a balanced call that no server
 //! read keeps trying (the channel's `unsent_retry`, within the call's
 //! deadline), then is UNAVAILABLE, as a refused connection is.
+//!
+//! A server may also [`offer`] typed handles under its address, for the
+//! few calls whose encoding is most of their cost (an exec session's
+//! stream of chunks, `slipway_api::exec`): a caller in this process that
+//! finds one ([`handle`]) calls it directly, and the server's stack,
+//! metrics included, does not see that call.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{LazyLock, Mutex};
@@ -70,6 +77,45 @@ impl Drop for Registration {
 
 fn servers() -> std::sync::MutexGuard<'static, HashMap<SocketAddr, Stack>> {
     SERVERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The handles servers of this process offer, by listen address and type.
+type Handles = HashMap<(SocketAddr, TypeId), Box<dyn Any + Send + Sync>>;
+static HANDLES: LazyLock<Mutex<Handles>> = LazyLock::new(Default::default);
+
+fn handles() -> std::sync::MutexGuard<'static, Handles> {
+    HANDLES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The address an in-process endpoint names, if `endpoint` is a valid one.
+pub fn address(endpoint: &str) -> Option<SocketAddr> {
+    parse(endpoint)?.ok()
+}
+
+/// Keeps a handle offered; withdraws it when dropped.
+#[must_use = "the handle is withdrawn when the offer drops"]
+pub struct Offer(SocketAddr, TypeId);
+
+/// Offers `handle` to callers in this process that reach the server on
+/// `addr`, until the offer drops (one handle per type and address).
+pub fn offer<T: Clone + Send + Sync + 'static>(addr: SocketAddr, handle: T) -> Offer {
+    let key = (addr, TypeId::of::<T>());
+    handles().insert(key, Box::new(handle));
+    Offer(key.0, key.1)
+}
+
+/// The handle of type `T` the server on `addr` offers, if it does.
+pub fn handle<T: Clone + Send + Sync + 'static>(addr: SocketAddr) -> Option<T> {
+    handles()
+        .get(&(addr, TypeId::of::<T>()))
+        .and_then(|h| h.downcast_ref::<T>())
+        .cloned()
+}
+
+impl Drop for Offer {
+    fn drop(&mut self) {
+        handles().remove(&(self.0, self.1));
+    }
 }
 
 /// How often a call with no server looks again.
@@ -149,6 +195,28 @@ mod tests {
         assert_eq!(answer.headers()["grpc-status"], "5");
         drop(registration);
         assert!(call(addr, request(), None, Duration::ZERO).await.is_err());
+    }
+
+    #[test]
+    fn handles_are_found_by_address_and_type_while_offered() {
+        let addr: SocketAddr = "127.0.0.1:4".parse().unwrap();
+        assert_eq!(handle::<std::sync::Arc<str>>(addr), None);
+        let offered = offer::<std::sync::Arc<str>>(addr, "plane".into());
+        assert_eq!(
+            handle::<std::sync::Arc<str>>(addr).as_deref(),
+            Some("plane")
+        );
+        assert_eq!(handle::<String>(addr), None, "another type");
+        let other: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        assert_eq!(
+            handle::<std::sync::Arc<str>>(other),
+            None,
+            "another address"
+        );
+        drop(offered);
+        assert_eq!(handle::<std::sync::Arc<str>>(addr), None, "withdrawn");
+        assert_eq!(address("in-process://127.0.0.1:4"), Some(addr));
+        assert_eq!(address("http://127.0.0.1:4"), None);
     }
 
     #[tokio::test]

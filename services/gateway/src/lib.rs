@@ -76,6 +76,10 @@ pub struct AppState {
     pub rollout: RolloutServiceClient<Channel>,
     /// The rollout service's one-off processes and exec sessions.
     pub processes: ProcessServiceClient<Channel>,
+    /// The rollout service's address when it is reached in this process
+    /// (the embedded rack): exec sessions then go through the handle it
+    /// offers there, if it does (`slipway_api::exec`).
+    pub local_rollout: Option<std::net::SocketAddr>,
     /// The rollout service's scale and restart client.
     pub scale: ScaleServiceClient<Channel>,
     /// The build service's export and import client.
@@ -148,6 +152,10 @@ impl AppState {
                 &options,
             )?)
             .with_message_limits(),
+            local_rollout: match config.rollout_endpoints.as_slice() {
+                [one] => slipway_rpc::in_process::address(one),
+                _ => None,
+            },
             archives: BuildArchiveServiceClient::new(slipway_rpc::channel(
                 "build",
                 &config.build_endpoints,

@@ -19,12 +19,15 @@
 //! a `convox run` session, whose holder is stopped if the client drops the
 //! socket before the end (the CLI is often killed in CI).
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures::{SinkExt as _, StreamExt as _};
+use slipway_api::exec::{ExecOutput, ExecPlane};
 use slipway_api::release::v1 as rpb;
 use slipway_api::rollout::v1 as opb;
 use slipway_convox::exec::{ATTACH_HEADER, BINARY_HEADER, EXIT_MARKER, TIMEOUT_HEADER};
@@ -295,6 +298,25 @@ where
     let _ = sink.send(Message::Close(None)).await;
 }
 
+/// Opens the session `input` starts: through the rollout service's handle
+/// when it runs in this process and offers one, else by gRPC.
+async fn open_session(
+    state: &AppState,
+    input: tokio::sync::mpsc::Receiver<opb::ExecProcessRequest>,
+) -> Result<ExecOutput, tonic::Status> {
+    let input = ReceiverStream::new(input);
+    let plane = state
+        .local_rollout
+        .and_then(slipway_rpc::in_process::handle::<Arc<dyn ExecPlane>>);
+    match plane {
+        Some(plane) => plane.exec(Box::pin(input.map(Ok))).await,
+        None => {
+            let response = state.processes.clone().exec_process(input).await?;
+            Ok(Box::pin(response.into_inner()))
+        }
+    }
+}
+
 /// Runs one exec session to its end (or until the client goes away).
 async fn session(state: &AppState, mut socket: WebSocket, request: ExecRequest) {
     if let Some(command) = &request.command {
@@ -317,13 +339,8 @@ async fn session(state: &AppState, mut socket: WebSocket, request: ExecRequest) 
             input: Some(opb::exec_process_request::Input::Start(start)),
         })
         .await;
-    let mut output = match state
-        .processes
-        .clone()
-        .exec_process(ReceiverStream::new(rx))
-        .await
-    {
-        Ok(response) => response.into_inner(),
+    let mut output = match open_session(state, rx).await {
+        Ok(output) => output,
         Err(status) => return fail(&mut socket, &ApiError::from(status).message).await,
     };
     let (mut sink, mut frames) = socket.split();
@@ -366,7 +383,7 @@ async fn session(state: &AppState, mut socket: WebSocket, request: ExecRequest) 
     let mut first = true;
     loop {
         tokio::select! {
-            message = output.message() => match message {
+            message = output.next() => match message.transpose() {
                 Ok(Some(opb::ExecProcessResponse { output: Some(item) })) => match item {
                     opb::exec_process_response::Output::Data(bytes) => {
                         let frame = if request.binary {

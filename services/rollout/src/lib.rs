@@ -207,7 +207,13 @@ pub async fn run_with_bus(
         background.clone(),
     );
     tokio::spawn(drivers.clone().takeover_loop());
-    let processes = processes::Processes::new(runtime.clone(), store.clone());
+    let processes = Arc::new(processes::Processes::new(runtime.clone(), store.clone()));
+    // A gateway in this process opens exec sessions without encoding them
+    // (`slipway_api::exec`); withdrawn when the service ends.
+    let _exec_plane = slipway_rpc::in_process::offer::<Arc<dyn slipway_api::exec::ExecPlane>>(
+        listener.local_addr()?,
+        processes.clone(),
+    );
     let held = runtime.clone();
     let service = Arc::new(Rollouts::new(
         store,
@@ -218,7 +224,7 @@ pub async fn run_with_bus(
     ));
     let routes = routes
         .add_service(RolloutServiceServer::new(grpc::Grpc::new(service)).with_message_limits())
-        .add_service(ProcessServiceServer::new(processes).with_message_limits())
+        .add_service(ProcessServiceServer::from_arc(processes).with_message_limits())
         .add_service(
             ScaleServiceServer::new(scale_grpc::ScaleGrpc::new(scales)).with_message_limits(),
         );

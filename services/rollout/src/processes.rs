@@ -5,14 +5,13 @@
 //! knows is answered from how it ended, as recorded by whichever replica
 //! saw it end (see [`crate::oneoff_ends`]).
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use slipway_api::exec::{ExecInput, ExecOutput, ExecPlane};
 use slipway_api::rollout::v1 as pb;
 use slipway_api::rollout::v1::process_service_server::ProcessService;
 use slipway_api::timestamp;
-use tokio_stream::Stream;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -147,8 +146,6 @@ fn run_request(request: pb::RunProcessRequest) -> Result<(Spec, RunRequest), Sta
     ))
 }
 
-type ExecStream = Pin<Box<dyn Stream<Item = Result<pb::ExecProcessResponse, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl ProcessService for Processes {
     #[tracing::instrument(skip_all, fields(app, service))]
@@ -225,14 +222,24 @@ impl ProcessService for Processes {
         Ok(Response::new(pb::StopProcessResponse {}))
     }
 
-    type ExecProcessStream = ExecStream;
+    type ExecProcessStream = ExecOutput;
 
     async fn exec_process(
         &self,
         request: Request<Streaming<pb::ExecProcessRequest>>,
-    ) -> Result<Response<ExecStream>, Status> {
-        let mut input = request.into_inner();
-        let start = match input.message().await? {
+    ) -> Result<Response<ExecOutput>, Status> {
+        self.exec(Box::pin(request.into_inner()))
+            .await
+            .map(Response::new)
+    }
+}
+
+/// Exec sessions for a gateway in this process: the same as
+/// `exec_process`, without encoding a message (`slipway_api::exec`).
+#[tonic::async_trait]
+impl ExecPlane for Processes {
+    async fn exec(&self, mut input: ExecInput) -> Result<ExecOutput, Status> {
+        let start = match input.next().await.transpose()? {
             Some(pb::ExecProcessRequest {
                 input: Some(pb::exec_process_request::Input::Start(start)),
             }) => start,
@@ -284,6 +291,6 @@ impl ProcessService for Processes {
                 }),
             })
         });
-        Ok(Response::new(Box::pin(output)))
+        Ok(Box::pin(output))
     }
 }
